@@ -1,0 +1,37 @@
+"""Batch augmentation on the training device (airbench-style): one call per batch, no per-image loop.
+
+Images stay uint8 NHWC, as in the input contract.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def random_crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random `pad`-pixel translation (reflect padding) and horizontal flip of a uint8 NHWC batch."""
+    n, h, w, _ = images.shape
+    dev = images.device
+    if pad:
+        padded = F.pad(images.permute(0, 3, 1, 2).float(), (pad,) * 4, mode="reflect").to(images.dtype)
+        padded = padded.permute(0, 2, 3, 1)  # back to NHWC, [n, h+2p, w+2p, c]
+        dy = torch.randint(0, 2 * pad + 1, (n, 1), device=dev, generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (n, 1), device=dev, generator=generator)
+        rows = (torch.arange(h, device=dev) + dy)[:, :, None]  # [n, h, 1]
+        cols = (torch.arange(w, device=dev) + dx)[:, None, :]  # [n, 1, w]
+        images = padded[torch.arange(n, device=dev)[:, None, None], rows, cols]
+    flip = torch.rand(n, device=dev, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(2), images)
+
+
+def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero (to mid-grey, 128) one random `size` x `size` square per image, clipped at the borders."""
+    n, h, w, _ = images.shape
+    dev = images.device
+    cy = torch.randint(0, h, (n, 1, 1), device=dev, generator=generator)
+    cx = torch.randint(0, w, (n, 1, 1), device=dev, generator=generator)
+    ys = torch.arange(h, device=dev)[None, :, None]
+    xs = torch.arange(w, device=dev)[None, None, :]
+    mask = ((ys - cy).abs() <= size // 2) & ((xs - cx).abs() <= size // 2)
+    return images.masked_fill(mask[..., None], 128)

@@ -1,0 +1,143 @@
+"""The `edgecifar` command: each command parses options, calls one library function, prints.
+
+Errors: any EdgecifarError becomes one red line and its exit code, here and only here.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import EdgecifarError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, export and benchmark small CIFAR-10 classifiers for edge CPUs.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn library errors into one line and a non-zero exit code; never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgecifarError as e:
+            err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code)
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/yellow]")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+# shared option aliases
+DataOpt = Annotated[str, typer.Option("--data", help="cifar10 (download), a cifar-10-batches-py folder, an "
+                                                    "ImageFolder root with train/ and test/, or a .tar.gz of one")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="where downloads and decoded data are "
+                                                                     "cached [default: ~/.cache/edgecifar]")]
+RunDir = Annotated[Path, typer.Argument(help="a run folder made by `edgecifar train`")]
+
+
+@app.command()
+@handle_errors
+def train(
+    model: Annotated[str, typer.Option(help="registry name (see `edgecifar models`) or any timm model")] = "scratch_cnn",
+    data: DataOpt = "cifar10",
+    cache_dir: CacheOpt = None,
+    pretrained: Annotated[bool, typer.Option(help="start from ImageNet weights")] = False,
+    weights: Annotated[Optional[Path], typer.Option(help="pretrained weights file (.pth/.safetensors)")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="peak learning rate (OneCycle)")] = None,
+    optimizer: Annotated[Optional[Optimizer], typer.Option()] = None,
+    weight_decay: Annotated[Optional[float], typer.Option()] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(min=0.0, max=1.0)] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="resize inside the model (e.g. 64 for transfer)")] = None,
+    cutout: Annotated[Optional[int], typer.Option(help="cutout square size in pixels (0: off)")] = None,
+    ema: Annotated[Optional[float], typer.Option(help="EMA decay of the weights (0: off)")] = None,
+    bf16: Annotated[Optional[bool], typer.Option(help="bfloat16 autocast")] = None,
+    teacher: Annotated[Optional[Path], typer.Option(help="run folder of a model to distill from")] = None,
+    val_split: Annotated[float, typer.Option(min=0.0, max=0.9, help="fraction of train held out")] = 0.0,
+    max_train: Annotated[Optional[int], typer.Option(help="use at most N training images")] = None,
+    max_test: Annotated[Optional[int], typer.Option(help="evaluate on at most N test images")] = None,
+    seed: int = 0,
+    device: Annotated[Device, typer.Option()] = Device.auto,
+    out: Annotated[Optional[Path], typer.Option(help="run folder [default: runs/<model>]")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out from its last finished epoch")] = False,
+) -> None:
+    """Train a model on CIFAR-10 (or any ImageFolder data) into a run folder."""
+    from .train import TrainConfig, train as train_model
+
+    if resume and out is None:
+        raise EdgecifarError("--resume needs --out RUN_DIR (the run to continue)")
+    cfg = TrainConfig(model=model, data=data, cache_dir=str(cache_dir) if cache_dir else None, pretrained=pretrained,
+                      weights=str(weights) if weights else None, epochs=epochs, batch_size=batch_size, lr=lr,
+                      optimizer=optimizer.value if optimizer else None, weight_decay=weight_decay,
+                      label_smoothing=label_smoothing, img_size=img_size, cutout=cutout, ema=ema, bf16=bf16,
+                      teacher=str(teacher) if teacher else None, val_split=val_split, max_train=max_train,
+                      max_test=max_test, seed=seed, device=device.value, out=str(out) if out else None, resume=resume)
+    train_model(cfg, show_progress=sys.stderr.isatty(), log=console.print)
+
+
+@app.command()
+@handle_errors
+def evaluate(run_dir: RunDir, data: DataOpt = "", cache_dir: CacheOpt = None) -> None:
+    """Test accuracy, per-class accuracy and confusion matrix of a trained run (saved in the run folder)."""
+    from .evaluate import evaluate_run
+
+    report = evaluate_run(run_dir, data or None, cache_dir)
+    from rich.table import Table
+
+    table = Table(title=f"{report['model']} on {report['data']}: {report['test_acc']:.2%} top-1")
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    for name, acc in report["per_class"].items():
+        table.add_row(name, f"{acc:.2%}")
+    console.print(table)
+    console.print(f"confusion matrix: {report['files']['png']} and {report['files']['json']}")
+
+
+@app.command()
+@handle_errors
+def models() -> None:
+    """List the registered models with parameters, MACs and default recipe."""
+    from rich.table import Table
+
+    from .models import list_models, model_summary
+
+    table = Table(title="edgecifar models (any timm name works too)")
+    for col in ("model", "params", "MMACs", "img", "epochs", "description"):
+        table.add_column(col)
+    for name in list_models():
+        s = model_summary(name)
+        table.add_row(name, f"{s['params']:,}", f"{s['macs'] / 1e6:.1f}", str(s["recipe"]["img_size"]),
+                      str(s["recipe"]["epochs"]), s["description"])
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

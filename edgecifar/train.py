@@ -1,0 +1,288 @@
+"""Training: `train(TrainConfig(...))` reads top to bottom, data -> model -> loop -> run folder."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .augment import cutout, random_crop_flip
+from .data import Splits, load_data
+from .errors import CheckpointError, EdgecifarError
+from .models import EdgeModel, count_params, create_model, get_spec
+from .runs import (load_checkpoint, load_run, load_state, save_checkpoint, save_weights, write_config,
+                   write_metrics)
+from .utils import library_versions, remove_tree
+
+
+@dataclass
+class TrainConfig:
+    """What `edgecifar train` takes. None means "the model's own recipe"."""
+
+    model: str = "scratch_cnn"
+    data: str = "cifar10"
+    cache_dir: str | None = None
+    pretrained: bool = False
+    weights: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    optimizer: str | None = None  # sgd | adamw
+    weight_decay: float | None = None
+    label_smoothing: float | None = None
+    img_size: int | None = None
+    cutout: int | None = None
+    ema: float | None = None
+    bf16: bool | None = None
+    teacher: str | None = None  # run folder of a trained model to distill from
+    distill_alpha: float = 0.5
+    distill_temperature: float = 4.0
+    val_split: float = 0.0
+    max_train: int | None = None  # cap the training images (quick runs, tests)
+    max_test: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+    resume: bool = False
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every None filled from the model's registered recipe."""
+        recipe = asdict(get_spec(self.model).recipe)
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key, default in recipe.items():
+            if values.get(key) is None:
+                values[key] = default
+        return TrainConfig(**values)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EdgecifarError("--device cuda: no CUDA device is available here")
+    if name not in ("cpu", "cuda"):
+        raise EdgecifarError(f"unknown device '{name}': use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def run_dir_for(cfg: TrainConfig) -> Path:
+    """`--out`, or runs/<model>, runs/<model>-2, ... (the first that is free)."""
+    if cfg.out:
+        out = Path(cfg.out)
+        if not cfg.resume and out.exists() and any(out.iterdir()):
+            raise EdgecifarError(f"{out} already holds a run: pass --resume to continue it, or another --out")
+        return out
+    base = Path("runs") / cfg.model
+    out, n = base, 1
+    while out.exists() and any(out.iterdir()):
+        n += 1
+        out = base.with_name(f"{cfg.model}-{n}")
+    return out
+
+
+def train(cfg: TrainConfig, show_progress: bool = False, log=print) -> Path:
+    """Train a model; returns its run folder. Any failure before the first epoch ends leaves no folder."""
+    cfg = cfg.resolved()
+    device = pick_device(cfg.device)
+    data = load_data(cfg.data, cfg.cache_dir, cfg.val_split, cfg.seed)
+    out = run_dir_for(cfg)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise EdgecifarError(f"cannot write to {out}: {e.strerror or e}") from e
+    try:
+        return _train(cfg, data, device, out, show_progress, log)
+    except BaseException:
+        if created and not (out / "checkpoint.pt").exists():
+            remove_tree(out)  # nothing worth resuming: leave no half-written run folder
+        raise
+
+
+def _subset(x, y, limit: int | None, seed: int):
+    if not limit or limit >= len(y):
+        return x, y
+    keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:limit].numpy()
+    return x[keep], y[keep]
+
+
+def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, show_progress: bool, log) -> Path:
+    torch.manual_seed(cfg.seed)
+    train_x, train_y = (torch.from_numpy(a).to(device) for a in _subset(data.train_x, data.train_y, cfg.max_train,
+                                                                       cfg.seed))
+    eval_x, eval_y = (data.val_x, data.val_y) if data.val_y is not None else (data.test_x, data.test_y)
+    eval_x, eval_y = (torch.from_numpy(a).to(device) for a in _subset(eval_x, eval_y, cfg.max_test, cfg.seed))
+    model = create_model(cfg.model, len(data.classes), pretrained=cfg.pretrained, weights=cfg.weights,
+                         img_size=cfg.img_size, classes=data.classes)
+    model = model.to(device, memory_format=torch.channels_last)
+    teacher = load_run(cfg.teacher).to(device) if cfg.teacher else None
+    if teacher is not None and teacher.meta["classes"] != model.meta["classes"]:
+        raise EdgecifarError(f"teacher {cfg.teacher} was trained on other classes")
+
+    steps_per_epoch = math.ceil(len(train_y) / cfg.batch_size)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
+                                                    pct_start=0.2, div_factor=20, final_div_factor=200)
+    ema = EMA(model, cfg.ema) if cfg.ema else None
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if cfg.resume:
+        start_epoch, history = _restore(out, model, optimizer, scheduler, ema)
+    config = {"model": model.meta, "train": asdict(cfg), "data": data.describe(), "device": str(device),
+              "params": count_params(model), "versions": {"edgecifar": __version__, "python": platform.python_version(),
+                                                           **library_versions("torch", "torchvision", "timm")}}
+    write_config(out, config)
+    log(f"training {cfg.model} ({config['params']:,} params) on {len(train_y):,} images, {device}, -> {out}")
+
+    started = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        stats = _train_epoch(model, teacher, ema, optimizer, scheduler, train_x, train_y, cfg, epoch, show_progress)
+        eval_model = ema.model if ema else model
+        stats["test_acc" if data.val_y is None else "val_acc"] = evaluate(eval_model, eval_x, eval_y)
+        history.append(stats)
+        save_checkpoint(out, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else {},
+                              "history": history})
+        acc_key = "test_acc" if data.val_y is None else "val_acc"
+        log(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.4f}  train {stats['train_acc']:.2%}  "
+            f"{acc_key.replace('_acc', '')} {stats[acc_key]:.2%}  {stats['images_per_s']:.0f} img/s  "
+            f"{stats['seconds']:.0f}s")
+
+    final = ema.model if ema else model
+    sha = save_weights(final, out, {k: v for k, v in final.state_dict().items()})
+    test_x, test_y = (torch.from_numpy(a).to(device) for a in _subset(data.test_x, data.test_y, cfg.max_test, cfg.seed))
+    test_acc = evaluate(final, test_x, test_y)
+    train_seconds = sum(h["seconds"] for h in history)
+    write_metrics(out, {"test_acc": test_acc, "epochs": history, "train_seconds": train_seconds,
+                        "wall_seconds_this_session": time.perf_counter() - started,
+                        "images_per_s": sum(h["images_per_s"] for h in history) / max(len(history), 1),
+                        "weights_sha256": sha, "device": str(device), "cpu": platform.processor() or platform.machine(),
+                        "threads": torch.get_num_threads()})
+    log(f"test accuracy {test_acc:.2%} after {train_seconds / 60:.1f} min of training; run saved in {out}")
+    return out
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.ndim > 1]  # no weight decay on biases and norms
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    raise EdgecifarError(f"unknown optimizer '{cfg.optimizer}': use sgd or adamw")
+
+
+def _restore(out: Path, model, optimizer, scheduler, ema) -> tuple[int, list]:
+    ckpt = load_checkpoint(out)
+    try:
+        load_state(model, ckpt["model"], str(out / "checkpoint.pt"))
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ema:
+            ema.load_state_dict(ckpt["ema"])
+        return int(ckpt["epoch"]), list(ckpt["history"])
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint in {out} does not match this run's settings: {e}") from e
+
+
+def _train_epoch(model, teacher, ema, optimizer, scheduler, x, y, cfg: TrainConfig, epoch: int,
+                 show_progress: bool) -> dict[str, Any]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    model.train()
+    # one generator per epoch: a resumed run replays exactly the batches an uninterrupted one would see
+    gen = torch.Generator(device=x.device).manual_seed(cfg.seed * 100_003 + epoch)
+    torch.manual_seed(cfg.seed * 100_003 + epoch)
+    order = torch.randperm(len(y), device=x.device, generator=gen)
+    total_loss, correct, seen = 0.0, 0, 0
+    started = time.perf_counter()
+    columns = [TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]:.3f}  {task.fields[ips]:.0f} img/s"), TimeRemainingColumn()]
+    with Progress(*columns, disable=not show_progress, transient=True) as progress:
+        task = progress.add_task("train", total=len(order) // cfg.batch_size + bool(len(order) % cfg.batch_size),
+                                 loss=0.0, ips=0.0)
+        for idx in order.split(cfg.batch_size):
+            images = random_crop_flip(x[idx], 4, gen)
+            if cfg.cutout:
+                images = cutout(images, cfg.cutout, gen)
+            labels = y[idx]
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16)):
+                logits = model(images)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = teacher(images).float()
+                    loss = distillation_loss(logits.float(), teacher_logits, loss, cfg.distill_alpha,
+                                             cfg.distill_temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if ema:
+                ema.update(model)
+            total_loss += loss.item() * len(idx)
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += len(idx)
+            progress.update(task, advance=1, loss=total_loss / seen, ips=seen / (time.perf_counter() - started))
+    seconds = time.perf_counter() - started
+    return {"epoch": epoch + 1, "loss": total_loss / seen, "train_acc": correct / seen, "seconds": seconds,
+            "images_per_s": seen / seconds, "lr": scheduler.get_last_lr()[0]}
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor, alpha: float,
+                      temperature: float) -> torch.Tensor:
+    """(1 - alpha) * label loss + alpha * T^2 * KL(teacher || student) on temperature-softened logits."""
+    soft = F.kl_div(F.log_softmax(student / temperature, dim=1), F.log_softmax(teacher.detach() / temperature, dim=1),
+                    reduction="batchmean", log_target=True)
+    return (1 - alpha) * hard_loss + alpha * temperature ** 2 * soft
+
+
+class EMA:
+    """Exponential moving average of the weights (and a copy of the buffers), evaluated and saved instead."""
+
+    def __init__(self, model: EdgeModel, decay: float):
+        import copy
+
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: EdgeModel) -> None:
+        ema_params = list(self.model.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - self.decay)
+        for ema_buf, buf in zip(self.model.buffers(), model.buffers()):
+            ema_buf.copy_(buf)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+
+@torch.no_grad()
+def predict_logits(model: EdgeModel, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    model.eval()
+    outs = [model(images[i:i + batch_size]).float() for i in range(0, len(images), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0, model.meta["num_classes"])
+
+
+def evaluate(model: EdgeModel, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy (restores train mode afterwards if the model was training)."""
+    was_training = model.training
+    acc = (predict_logits(model, images).argmax(1) == labels).float().mean().item()
+    model.train(was_training)
+    return acc
