@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny synthetic data in every supported layout, and the real data when present."""
+
+from __future__ import annotations
+
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ["cat", "dog", "ship"]
+SHARED_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def synthetic_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose class is visible (a bright channel per class), so a model can learn them."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % len(CLASSES)
+    images = rng.integers(0, 90, size=(n, 32, 32, 3), dtype=np.uint8)
+    images[np.arange(n), :, :, labels] += 150
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def image_tree(tmp_path_factory) -> Path:
+    """An ImageFolder root: train/<class>/*.png (60) and test/<class>/*.jpg (30), some not 32x32."""
+    root = tmp_path_factory.mktemp("tree")
+    for split, n, ext in (("train", 60, "png"), ("test", 30, "jpg")):
+        images, labels = synthetic_images(n, seed=len(split))
+        for i, (img, label) in enumerate(zip(images, labels)):
+            folder = root / split / CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            pil = Image.fromarray(img)
+            if i % 7 == 0:  # any size is accepted and resized to 32x32
+                pil = pil.resize((48, 40))
+            pil.save(folder / f"{i:04d}.{ext}", quality=95)
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_archive(image_tree, tmp_path_factory) -> Path:
+    """The same tree as a .tar.gz with one top folder, like the shared CIFAR-10 copy."""
+    path = tmp_path_factory.mktemp("archive") / "tiny-jpeg.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(image_tree, arcname="tiny-jpeg")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar_batches(tmp_path_factory) -> Path:
+    """torchvision's extracted layout: <root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}."""
+    root = tmp_path_factory.mktemp("cifar")
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+
+    def dump(name: str, n: int, seed: int) -> None:
+        images, labels = synthetic_images(n, seed)
+        data = images.transpose(0, 3, 1, 2).reshape(n, -1)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": labels.tolist()}, f)
+
+    for i in range(1, 6):
+        dump(f"data_batch_{i}", 12, seed=i)
+    dump("test_batch", 15, seed=9)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": CLASSES}, f)
+    return root
+
+
+@pytest.fixture()
+def cache_dir(tmp_path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    if not SHARED_ARCHIVE.exists():
+        pytest.skip("../shared/data/cifar10-jpeg.tar.gz is not here")
+    return SHARED_ARCHIVE

@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import torch
+
+from edgecifar.errors import ModelError
+from edgecifar.models import count_macs, count_params, create_model, get_spec, list_models, load_bundled_lite0
+
+
+def test_scratch_cnn_is_the_reports_cnn():
+    model = create_model("scratch_cnn")
+    assert count_params(model) == 1_147_466
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
+        (3, 32, (3, 3), (1, 1)), (32, 64, (3, 3), (1, 1)), (64, 128, (3, 3), (1, 1))]
+    fcs = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert fcs == [(2048, 512), (512, 10)]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", ["scratch_cnn", "efficientnet_lite0", "resnet18", "mobilenetv3_small_100"])
+def test_input_contract(name):
+    """uint8 NHWC 32x32 in, float logits [N, C] out, for registered and plain timm names."""
+    model = create_model(name, num_classes=7).eval()
+    images = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        logits = model(images)
+    assert logits.shape == (3, 7) and logits.dtype == torch.float32
+    assert model.meta["input"]["dtype"] == "uint8" and model.meta["input"]["shape"] == ["N", 32, 32, 3]
+    assert len(model.meta["classes"]) == 7
+
+
+def test_normalization_lives_in_the_model():
+    """A mid-grey image becomes (128/255 - mean) / std before the backbone sees it."""
+    model = create_model("efficientnet_lite0")
+    seen = {}
+    model.backbone.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    with torch.no_grad():
+        model.eval()(torch.full((1, 32, 32, 3), 128, dtype=torch.uint8))
+    assert seen["x"].shape == (1, 3, 64, 64)  # resized to the recipe's 64 px inside the model
+    assert torch.allclose(seen["x"], torch.full_like(seen["x"], (128 / 255 - 0.5) / 0.5), atol=1e-5)
+
+
+def test_img_size_override():
+    model = create_model("scratch_cnn", img_size=32)
+    assert model.meta["img_size"] == 32
+    assert create_model("efficientnet_lite0", img_size=96).meta["img_size"] == 96
+
+
+def test_unknown_model():
+    with pytest.raises(ModelError, match="unknown model 'nonsense_net'"):
+        create_model("nonsense_net")
+
+
+def test_registry_lists_and_counts():
+    assert {"scratch_cnn", "efficientnet_lite0", "resnet18"} <= set(list_models())
+    assert 11_000_000 < count_macs(create_model("scratch_cnn")) < 12_000_000
+    assert get_spec("efficientnet_lite0").recipe.img_size == 64
+
+
+def test_hub_failure_is_a_clear_error(monkeypatch):
+    import timm
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Cannot reach huggingface.co")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(ModelError, match="--weights"):
+        create_model("resnet18", pretrained=True)
+
+
+def test_weights_file_for_a_timm_model(tmp_path):
+    """--weights FILE loads ImageNet-style weights (1000 classes) and gets a fresh 10-class head."""
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("resnet18", num_classes=1000)
+    path = tmp_path / "resnet18.safetensors"
+    save_file(source.state_dict(), str(path))
+    model = create_model("resnet18", weights=str(path))
+    assert torch.equal(model.backbone.conv1.weight, source.conv1.weight)
+    assert model.backbone.fc.out_features == 10
+    with pytest.raises(ModelError, match="could not load"):
+        create_model("resnet18", weights=str(tmp_path / "missing.pth"))
+
+
+def test_bundled_lite0_mapping_is_strict_and_keeps_imagenet_predictions():
+    """The TF-ported lukemelas weights land on timm's tf_efficientnet_lite0 and still see a cat and espresso."""
+    import timm
+    import torch.nn.functional as F
+    from skimage import data
+
+    model = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
+    before = model.conv_stem.weight.clone()
+    load_bundled_lite0(model)  # load_state_dict(strict=True) inside
+    assert not torch.equal(before, model.conv_stem.weight)
+    model.eval()
+    for image, want in ((data.chelsea(), 285), (data.coffee(), 967)):  # Egyptian cat, espresso
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()[None] / 255
+        x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True)
+        with torch.no_grad():
+            probs = model((x - 0.5) / 0.5).softmax(-1)[0]
+        assert probs.argmax().item() == want and probs.max() > 0.5
+
+
+def test_pretrained_efficientnet_keeps_backbone_weights():
+    pretrained = create_model("efficientnet_lite0", pretrained=True)
+    random = create_model("efficientnet_lite0")
+    assert not torch.equal(pretrained.backbone.conv_stem.weight, random.backbone.conv_stem.weight)
+    assert pretrained.backbone.classifier.out_features == 10

@@ -1,0 +1,140 @@
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import edgecifar.train as train_module
+from edgecifar.errors import CheckpointError, EdgecifarError, ModelError
+from edgecifar.runs import load_run
+from edgecifar.train import TrainConfig, distillation_loss, train
+
+
+def tiny(data, out, **kw) -> TrainConfig:
+    base = dict(model="scratch_cnn", data=str(data), epochs=2, batch_size=16, lr=0.01, out=str(out), seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def weights(run):
+    return load_file(str(run / "model.safetensors"))
+
+
+def test_run_folder_contents(image_tree, tmp_path):
+    run = train(tiny(image_tree, tmp_path / "run", cache_dir=str(tmp_path / "c")), log=lambda *a: None)
+    assert {p.name for p in run.iterdir()} >= {"model.safetensors", "config.json", "metrics.json", "checkpoint.pt"}
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["model"] == "scratch_cnn" and config["model"]["classes"] == ["cat", "dog", "ship"]
+    assert config["model"]["mean"] and config["model"]["img_size"] == 32
+    assert config["train"]["epochs"] == 2 and config["train"]["seed"] == 3 and config["train"]["lr"] == 0.01
+    assert config["data"]["fingerprint"] and config["versions"]["torch"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 2 and 0 <= metrics["test_acc"] <= 1
+    assert metrics["train_seconds"] > 0 and metrics["images_per_s"] > 0
+    model = load_run(run)  # rebuilt from config.json + safetensors alone
+    assert model.meta["classes"] == ["cat", "dog", "ship"] and not model.training
+
+
+def test_seeded_runs_are_identical(image_tree, tmp_path):
+    a = train(tiny(image_tree, tmp_path / "a", cache_dir=str(tmp_path / "c")), log=lambda *a: None)
+    b = train(tiny(image_tree, tmp_path / "b", cache_dir=str(tmp_path / "c")), log=lambda *a: None)
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(image_tree, tmp_path, monkeypatch):
+    cache = str(tmp_path / "c")
+    whole = train(tiny(image_tree, tmp_path / "whole", cache_dir=cache, epochs=3, ema=0.9), log=lambda *a: None)
+
+    real_epoch = train_module._train_epoch
+
+    def killed_in_epoch_2(*args, **kwargs):
+        if args[8] == 1:  # the epoch index
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(image_tree, tmp_path / "killed", cache_dir=cache, epochs=3, ema=0.9), log=lambda *a: None)
+    assert (tmp_path / "killed" / "checkpoint.pt").exists()
+    assert not (tmp_path / "killed" / "model.safetensors").exists()
+    monkeypatch.setattr(train_module, "_train_epoch", real_epoch)
+    resumed = train(tiny(image_tree, tmp_path / "killed", cache_dir=cache, epochs=3, ema=0.9, resume=True),
+                    log=lambda *a: None)
+    ww, wr = weights(whole), weights(resumed)
+    assert all(torch.equal(ww[k], wr[k]) for k in ww)
+    history = json.loads((resumed / "metrics.json").read_text())["epochs"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_unknown_model_leaves_nothing(image_tree, tmp_path):
+    with pytest.raises(ModelError):
+        train(tiny(image_tree, tmp_path / "run", model="nonsense_net"), log=lambda *a: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_failure_before_first_epoch_removes_the_run_folder(image_tree, tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise EdgecifarError("boom")
+
+    monkeypatch.setattr(train_module, "_train_epoch", boom)
+    with pytest.raises(EdgecifarError):
+        train(tiny(image_tree, tmp_path / "run", cache_dir=str(tmp_path / "c")), log=lambda *a: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_needs_resume(image_tree, tmp_path):
+    run = train(tiny(image_tree, tmp_path / "run", cache_dir=str(tmp_path / "c"), epochs=1), log=lambda *a: None)
+    with pytest.raises(EdgecifarError, match="--resume"):
+        train(tiny(image_tree, run, cache_dir=str(tmp_path / "c")), log=lambda *a: None)
+
+
+def test_corrupt_and_mismatched_checkpoints(image_tree, tmp_path):
+    cache = str(tmp_path / "c")
+    run = train(tiny(image_tree, tmp_path / "run", cache_dir=cache, epochs=1), log=lambda *a: None)
+    (run / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt checkpoint"):
+        train(tiny(image_tree, run, cache_dir=cache, resume=True), log=lambda *a: None)
+    other = train(tiny(image_tree, tmp_path / "other", cache_dir=cache, epochs=1, model="resnet18",
+                       img_size=32), log=lambda *a: None)
+    with pytest.raises(CheckpointError, match="does not match"):
+        train(tiny(image_tree, other, cache_dir=cache, resume=True), log=lambda *a: None)
+    (run / "model.safetensors").write_bytes(b"\x00" * 40)
+    with pytest.raises(CheckpointError, match="corrupt weights"):
+        load_run(run)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_out(image_tree, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(EdgecifarError, match="cannot write"):
+        train(tiny(image_tree, locked / "run", cache_dir=str(tmp_path / "c")), log=lambda *a: None)
+
+
+def test_out_under_a_file_is_unwritable(image_tree, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(EdgecifarError, match="cannot write"):
+        train(tiny(image_tree, tmp_path / "file" / "run", cache_dir=str(tmp_path / "c")), log=lambda *a: None)
+
+
+def test_distillation_gradient_reaches_the_student_only():
+    student = torch.randn(4, 3, requires_grad=True)
+    teacher = torch.randn(4, 3, requires_grad=True)
+    hard = torch.nn.functional.cross_entropy(student, torch.tensor([0, 1, 2, 0]))
+    loss = distillation_loss(student, teacher, hard, alpha=0.5, temperature=4.0)
+    loss.backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    assert teacher.grad is None
+    same = distillation_loss(teacher.detach(), teacher.detach(), torch.tensor(0.0), 1.0, 4.0)
+    assert abs(same.item()) < 1e-6  # no soft loss when the student already matches its teacher
+
+
+@pytest.mark.slow
+def test_real_data_smoke(real_data, tmp_path):
+    """scratch_cnn, briefly, on a subset of the real CIFAR-10 JPEG copy must beat 35 %."""
+    run = train(TrainConfig(model="scratch_cnn", data=str(real_data), epochs=3, max_train=8000, max_test=2000,
+                            out=str(tmp_path / "run"), seed=0), log=lambda *a: None)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_acc"] > 0.35
