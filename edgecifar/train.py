@@ -216,28 +216,33 @@ def _train_epoch(model, teacher, ema, optimizer, scheduler, x, y, cfg: TrainConf
             images = random_crop_flip(x[idx], 4, gen)
             if cfg.cutout:
                 images = cutout(images, cfg.cutout, gen)
-            labels = y[idx]
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16)):
-                logits = model(images)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher_logits = teacher(images).float()
-                    loss = distillation_loss(logits.float(), teacher_logits, loss, cfg.distill_alpha,
-                                             cfg.distill_temperature)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if ema:
-                ema.update(model)
-            total_loss += loss.item() * len(idx)
-            correct += (logits.argmax(1) == labels).sum().item()
+            loss, hits = train_step(model, teacher, ema, optimizer, scheduler, images, y[idx], cfg)
+            total_loss += loss * len(idx)
+            correct += hits
             seen += len(idx)
             progress.update(task, advance=1, loss=total_loss / seen, ips=seen / (time.perf_counter() - started))
     seconds = time.perf_counter() - started
     return {"epoch": epoch + 1, "loss": total_loss / seen, "train_acc": correct / seen, "seconds": seconds,
             "images_per_s": seen / seconds, "lr": scheduler.get_last_lr()[0]}
+
+
+def train_step(model, teacher, ema, optimizer, scheduler, images: torch.Tensor, labels: torch.Tensor,
+               cfg: TrainConfig) -> tuple[float, int]:
+    """One optimizer step on an augmented batch; returns (loss, correct predictions)."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16)):
+        logits = model(images).float()
+        loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(images).float()
+            loss = distillation_loss(logits, teacher_logits, loss, cfg.distill_alpha, cfg.distill_temperature)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    if ema:
+        ema.update(model)
+    return loss.item(), (logits.argmax(1) == labels).sum().item()
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor, alpha: float,

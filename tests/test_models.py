@@ -107,3 +107,22 @@ def test_pretrained_efficientnet_keeps_backbone_weights():
     random = create_model("efficientnet_lite0")
     assert not torch.equal(pretrained.backbone.conv_stem.weight, random.backbone.conv_stem.weight)
     assert pretrained.backbone.classifier.out_features == 10
+
+
+@pytest.mark.parametrize("name, max_params, max_macs", [("edge_tiny", 120_000, 20_000_000),
+                                                        ("edge_small", 500_000, 40_000_000)])
+def test_edge_nets_are_small_and_registered(name, max_params, max_macs):
+    from edgecifar.models import model_summary
+
+    summary = model_summary(name)
+    assert 20_000 < summary["params"] <= max_params
+    assert 1_000_000 < summary["macs"] <= max_macs
+    assert summary["recipe"]["cutout"] > 0 and summary["recipe"]["ema"] > 0
+    model = create_model(name, num_classes=10).eval()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        assert model(torch.zeros(2, 32, 32, 3, dtype=torch.uint8)).shape == (2, 10)
+
+
+def test_edge_tiny_is_resnet8():
+    assert count_params(create_model("edge_tiny")) == 78_042  # MLPerf Tiny's ResNet-8 layout, 10 classes
