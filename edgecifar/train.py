@@ -156,7 +156,7 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, show
         acc_key = "test_acc" if data.val_y is None else "val_acc"
         log(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.4f}  train {stats['train_acc']:.2%}  "
             f"{acc_key.replace('_acc', '')} {stats[acc_key]:.2%}  {stats['images_per_s']:.0f} img/s  "
-            f"{stats['seconds']:.0f}s")
+            f"{stats['seconds']:.0f}s  eta {_eta(history, cfg.epochs)}")
 
     final = ema.model if ema else model
     sha = save_weights(final, out, {k: v for k, v in final.state_dict().items()})
@@ -170,6 +170,12 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, show
                         "threads": torch.get_num_threads()})
     log(f"test accuracy {test_acc:.2%} after {train_seconds / 60:.1f} min of training; run saved in {out}")
     return out
+
+
+def _eta(history: list[dict[str, Any]], epochs: int) -> str:
+    """Time left for the remaining epochs, at the mean epoch time so far."""
+    seconds = (epochs - len(history)) * sum(h["seconds"] for h in history) / len(history)
+    return f"{seconds / 60:.1f} min"
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
