@@ -135,6 +135,93 @@ def models() -> None:
     console.print(table)
 
 
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    openvino = "openvino"
+    all = "all"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+    all = "all"
+
+
+class CalibMethod(str, Enum):
+    minmax = "minmax"
+    percentile = "percentile"
+    entropy = "entropy"
+    default = "default"
+
+
+@app.command()
+@handle_errors
+def export(
+    run_dir: RunDir,
+    format: Annotated[ExportFormat, typer.Option("--format", help="file format")] = ExportFormat.all,
+    precision: Annotated[Precision, typer.Option(help="weights/compute precision")] = Precision.all,
+    out: Annotated[Path, typer.Option(help="output folder (holds manifest.json and <run-name>/)")] = Path("exported"),
+    calib_size: Annotated[int, typer.Option(min=1, help="INT8 calibration images (seeded draw from train)")] = 512,
+    calib_method: Annotated[CalibMethod, typer.Option(help="INT8 activation ranges. minmax: over all calibration "
+                                                           "images; percentile; entropy (nncf: histogram); default: "
+                                                           "each backend's own (nncf: mean of per-image min/max)")]
+    = CalibMethod.minmax,
+    verify_size: Annotated[int, typer.Option(min=1, help="test images each export is verified on")] = 500,
+    data: DataOpt = "",
+    cache_dir: CacheOpt = None,
+    seed: int = 0,
+) -> None:
+    """Export a run to ONNX / OpenVINO in FP32 / FP16 / INT8, each verified against PyTorch on test images."""
+    from rich.table import Table
+
+    from .export import export_run
+
+    entries = export_run(run_dir, format.value, precision.value, out_dir=out, calib_size=calib_size,
+                         calib_method=calib_method.value, data=data or None, cache_dir=cache_dir, seed=seed,
+                         verify_size=verify_size, log=lambda msg: err_console.print(msg, highlight=False))
+    table = Table(title=f"exported {run_dir} -> {out} (manifest.json updated)")
+    for col in ("file", "format", "precision", "MB", "agreement", "max |dlogit|", "accuracy", "torch acc"):
+        table.add_column(col, justify="left" if col in ("file", "format", "precision") else "right")
+    for e in entries:
+        v = e["verification"]
+        style = "yellow" if "warning" in v else None
+        table.add_row(e["path"], e["format"], e["precision"], f"{e['bytes'] / 1e6:.2f}", f"{v['agreement']:.2%}",
+                      f"{v['max_abs_logit_diff']:.3g}", f"{v['accuracy']:.2%}", f"{v['torch_accuracy']:.2%}",
+                      style=style)
+    console.print(table)
+
+
+@app.command()
+@handle_errors
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="image files (any size, any common format)")],
+    model: Annotated[Path, typer.Option("--model", help="an exported .onnx or OpenVINO .xml file")],
+    topk: Annotated[int, typer.Option(min=1, help="classes to show per image")] = 3,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="runtime threads")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Classify images with an exported model (the same code path as `python -m edgecifar.runtime`)."""
+    from .runtime import predict as run_predict
+
+    results = run_predict(images, model, topk, threads,
+                          on_warning=lambda msg: err_console.print(f"[yellow]{msg}[/yellow]", highlight=False))
+    if json_out:
+        import json
+
+        print(json.dumps(results, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{model} (checksum: {results[0]['checksum']})")
+    table.add_column("image")
+    for i in range(min(topk, len(results[0]["predictions"]))):
+        table.add_column(f"#{i + 1}")
+    for r in results:
+        table.add_row(r["image"], *(f"{p['class']} {p['probability']:.1%}" for p in r["predictions"]))
+    console.print(table)
+
+
 def main() -> None:
     app()
 

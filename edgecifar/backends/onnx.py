@@ -1,0 +1,175 @@
+"""ONNX backend: torch.onnx export, FP16 by onnxruntime's converter, INT8 by onnxruntime's quantize_static
+(QDQ, per-channel weights); load and run with onnxruntime. Only `export` needs torch and onnx."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArtifactError, ExportError
+from . import INPUT_NAME, OUTPUT_NAME, Calibration, Session, first_line
+
+OPSET = 18  # current and >= 17; the TorchScript exporter (no onnxscript dependency) supports up to 20
+
+# onnxruntime's names for our calibration methods ("default" is onnxruntime's own default, MinMax)
+ORT_CALIB = {"default": "MinMax", "minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+
+
+class OnnxBackend:
+    name = "onnx"
+    suffixes = (".onnx",)
+
+    # ------------------------------------------------------------ export (host side: torch, onnx)
+
+    def export(self, model: Any, path: Path, precision: str, calibration: Calibration | None,
+               metadata: dict[str, str]) -> list[Path]:
+        import onnx
+
+        with tempfile.TemporaryDirectory(prefix="edgecifar-onnx-") as tmp:
+            fp32 = Path(tmp) / "fp32.onnx"
+            _torch_export(model, fp32)
+            if precision == "fp32":
+                proto = onnx.load(str(fp32))
+            elif precision == "fp16":
+                proto = _to_fp16(onnx.load(str(fp32)))
+            elif precision == "int8":
+                if calibration is None:
+                    raise ExportError("INT8 export needs calibration images")
+                proto = _quantize(fp32, Path(tmp), calibration)
+            else:
+                raise ExportError(f"onnx: unknown precision '{precision}'")
+        _set_metadata(proto, metadata)
+        try:
+            onnx.checker.check_model(proto, full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise ExportError(f"onnx.checker rejected the {precision} model: {first_line(e)}") from e
+        onnx.save(proto, str(path))
+        return [path]
+
+    # ------------------------------------------------------------ device side (onnxruntime + numpy)
+
+    def load(self, path: Path, threads: int | None = None, precision: str | None = None) -> Session:
+        if precision not in (None, "f32"):
+            raise ArtifactError(f"onnxruntime takes no precision hint ('{precision}'): that is OpenVINO's")
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ArtifactError("onnxruntime is not installed: pip install 'edgecifar[runtime]'") from e
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: its warnings are not the user's problem
+        if threads:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1  # one sequential graph: no use for a second pool
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
+            raise ArtifactError(f"cannot load {path} with onnxruntime: {first_line(e)}") from e
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1 or len(outputs) < 1:
+            raise ArtifactError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
+        return Session(handle=session, metadata=dict(session.get_modelmeta().custom_metadata_map),
+                       input_type=_ORT_TYPES.get(inputs[0].type, inputs[0].type),
+                       input_shape=[d if isinstance(d, int) else None for d in inputs[0].shape],
+                       output_shape=[d if isinstance(d, int) else None for d in outputs[0].shape],
+                       extra={"input": inputs[0].name, "output": outputs[0].name})
+
+    def run(self, session: Session, images: np.ndarray) -> np.ndarray:
+        out = session.handle.run([session.extra["output"]], {session.extra["input"]: images})[0]
+        return out.astype(np.float32, copy=False)
+
+
+_ORT_TYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16"}
+
+
+def _torch_export(model: Any, path: Path) -> None:
+    import torch
+
+    example = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
+    with warnings.catch_warnings(), torch.no_grad():
+        # the TorchScript exporter warns about traced shape checks in EdgeModel.forward: the shapes are fixed
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}}, opset_version=OPSET,
+                          do_constant_folding=True, dynamo=False)
+
+
+def _to_fp16(proto: Any) -> Any:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    # keep_io_types: the output stays float32 (the uint8 input is not a float and is never touched)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert_float_to_float16(proto, keep_io_types=True)
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over small batches; `set_range` lets quantize_static calibrate a few
+    batches at a time (CalibStridedMinMax), so histogram methods never hold every batch's activations."""
+
+    def __init__(self, calibration: Calibration):
+        self._batches = list(calibration.batches())
+        self._next, self._end = 0, len(self._batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._next >= self._end:
+            return None
+        self._next += 1
+        return {INPUT_NAME: self._batches[self._next - 1]}
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._next, self._end = start_index, min(end_index, len(self._batches))
+
+
+def _stride(batches: int, most: int = 8) -> int:
+    """The largest number of batches <= `most` that divides `batches` (onnxruntime requires a divisor)."""
+    return max(d for d in range(1, min(most, batches) + 1) if batches % d == 0)
+
+
+def _quantize(fp32: Path, tmp: Path, calibration: Calibration) -> Any:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared, quantized = tmp / "prepared.onnx", tmp / "int8.onnx"
+    # symbolic shape inference + graph optimizations (e.g. folding) before quantization, as ORT recommends
+    quant_pre_process(str(fp32), str(prepared))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print(...) their progress
+            quantize_static(str(prepared), str(quantized), _Reader(calibration), quant_format=QuantFormat.QDQ,
+                            per_channel=True, reduce_range=False,
+                            # U8 activations / S8 weights: the x86 (VNNI) fast path of ORT's CPU kernels
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=getattr(CalibrationMethod, ORT_CALIB[calibration.method]),
+                            # a few batches per pass (not CalibMaxIntermediateOutputs: in onnxruntime 1.32
+                            # it drops the batches it flushes)
+                            extra_options={"CalibStridedMinMax": _stride(calibration.num_batches)})
+    except Exception as e:  # onnxruntime raises plain ValueError/RuntimeError from deep inside
+        raise ExportError(f"onnxruntime quantization failed: {first_line(e)}") from e
+    return onnx.load(str(quantized))
+
+
+def _set_metadata(proto: Any, metadata: dict[str, str]) -> None:
+    import onnx
+
+    del proto.metadata_props[:]  # quantize_static/converters may carry stale props over
+    onnx.helper.set_model_props(proto, metadata)
+    proto.producer_name = "edgecifar"
+    proto.producer_version = metadata.get("edgecifar_version", "")
+    proto.doc_string = metadata.get("contract", "")
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata_props of an .onnx file (host-side helper; needs the onnx package)."""
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}

@@ -1,0 +1,162 @@
+"""OpenVINO backend: IR (.xml + .bin) by openvino.convert_model/save_model, FP16 by compress_to_fp16, INT8 by
+nncf.quantize of the converted FP32 model; load and run with openvino. Only `export` needs torch and nncf."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArtifactError, ExportError
+from . import INPUT_NAME, OUTPUT_NAME, Calibration, Session, first_line
+
+RT_SECTION = "edgecifar"  # our metadata lives under rt_info/edgecifar/<key>
+METADATA_KEYS = ("edgecifar_version", "format", "precision", "model", "classes", "num_classes", "img_size",
+                 "source_run", "source_sha256", "input", "output", "contract", "opset")
+# inference precision hints we accept; "auto" leaves the plugin's own choice (bf16 on CPUs that have it)
+HINTS = ("f32", "bf16", "f16", "auto")
+# nncf range estimators for our calibration methods (None: nncf's default, mean of per-batch min/max);
+# nncf has no entropy calibration: its histogram estimator (minimises the quantization error) is the nearest
+NNCF_CALIB = {"default": None, "minmax": "MINMAX", "percentile": "MEAN_QUANTILE", "entropy": "HISTOGRAM"}
+
+
+class OpenVinoBackend:
+    name = "openvino"
+    suffixes = (".xml", ".bin")
+
+    # ------------------------------------------------------------ export (host side: torch, nncf)
+
+    def export(self, model: Any, path: Path, precision: str, calibration: Calibration | None,
+               metadata: dict[str, str]) -> list[Path]:
+        import openvino as ov
+
+        if precision not in ("fp32", "fp16", "int8"):
+            raise ExportError(f"openvino: unknown precision '{precision}'")
+        ov_model = _convert(model)
+        if precision == "int8":
+            if calibration is None:
+                raise ExportError("INT8 export needs calibration images")
+            ov_model = _quantize(ov_model, calibration)
+        _set_names_and_metadata(ov_model, metadata)
+        try:
+            # save_model compresses to FP16 by default: only the fp16 precision asks for it
+            ov.save_model(ov_model, str(path), compress_to_fp16=precision == "fp16")
+        except Exception as e:
+            raise ExportError(f"openvino.save_model failed: {first_line(e)}") from e
+        return [path, path.with_suffix(".bin")]
+
+    # ------------------------------------------------------------ device side (openvino + numpy)
+
+    def load(self, path: Path, threads: int | None = None, precision: str | None = None) -> Session:
+        """Compile for CPU. precision: the INFERENCE_PRECISION_HINT; None pins f32 so that an FP32 figure is
+        FP32 (OpenVINO would otherwise run FP32/FP16 IRs in bf16 on CPUs that have it)."""
+        hint = precision or "f32"
+        if hint not in HINTS:
+            raise ArtifactError(f"unknown OpenVINO precision hint '{hint}': use one of {', '.join(HINTS)}")
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise ArtifactError("openvino is not installed: pip install openvino") from e
+        if not path.with_suffix(".bin").is_file():
+            raise ArtifactError(f"{path}: its weights file {path.with_suffix('.bin').name} is missing")
+        config: dict[str, Any] = {} if hint == "auto" else {"INFERENCE_PRECISION_HINT": hint}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        core = ov.Core()
+        try:
+            ov_model = core.read_model(str(path))
+            compiled = core.compile_model(ov_model, "CPU", config)
+        except Exception as e:  # OpenVINO raises RuntimeError with a multi-line C++ trace
+            raise ArtifactError(f"cannot load {path} with OpenVINO: {first_line(e)}") from e
+        if len(compiled.inputs) != 1 or len(compiled.outputs) < 1:
+            raise ArtifactError(f"{path}: expected one input and one output")
+        inp, out = compiled.input(0), compiled.output(0)
+        return Session(handle=compiled.create_infer_request(), metadata=_read_rt_info(ov_model),
+                       input_type=_OV_TYPES.get(inp.get_element_type().get_type_name(), "?"),
+                       input_shape=_dims(inp.get_partial_shape()), output_shape=_dims(out.get_partial_shape()),
+                       extra={"compiled": compiled, "hint": hint})
+
+    def run(self, session: Session, images: np.ndarray) -> np.ndarray:
+        request = session.handle
+        request.infer({0: images})
+        # the request reuses its output buffer on the next call: hand back a copy
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+
+
+_OV_TYPES = {"u8": "uint8", "f32": "float32", "f16": "float16"}
+
+
+def _dims(shape: Any) -> list[int | None]:
+    return [d.get_length() if d.is_static else None for d in shape]
+
+
+def _read_rt_info(ov_model: Any) -> dict[str, str]:
+    found = {}
+    for key in METADATA_KEYS:
+        if ov_model.has_rt_info([RT_SECTION, key]):
+            found[key] = ov_model.get_rt_info([RT_SECTION, key]).astype(str)
+    return found
+
+
+def _convert(model: Any) -> Any:
+    import openvino as ov
+    import torch
+
+    example = torch.zeros(1, 32, 32, 3, dtype=torch.uint8)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # torch.jit.trace deprecation and traced shape checks
+        try:
+            return ov.convert_model(model.eval(), example_input=example,
+                                    input=[(ov.PartialShape([-1, 32, 32, 3]), ov.Type.u8)])
+        except Exception as e:
+            raise ExportError(f"openvino.convert_model failed: {first_line(e)}") from e
+
+
+_AUTO_NAME = re.compile(r"^[A-Za-z]+_\d+$")  # "Constant_105342": numbered by a process-wide counter
+
+
+def _set_names_and_metadata(ov_model: Any, metadata: dict[str, str]) -> None:
+    # OpenVINO numbers unnamed nodes (and the model) with process-wide counters, so the same export done twice
+    # gives different .xml files; renumbering them in graph order makes the files reproducible
+    ov_model.set_friendly_name(metadata.get("model", "edgecifar"))
+    for i, op in enumerate(ov_model.get_ordered_ops()):
+        if _AUTO_NAME.match(op.get_friendly_name()):
+            op.set_friendly_name(f"{op.get_type_name()}_{i}")
+    # convert_model names the input after forward()'s argument and leaves the output unnamed
+    ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+    for key, value in metadata.items():
+        ov_model.set_rt_info(str(value), [RT_SECTION, key])
+
+
+def _quantize(ov_model: Any, calibration: Calibration) -> Any:
+    """nncf post-training quantization. Memory stays bounded: statistics are reduced inside the graph
+    (inplace), batches are small, and subset_size counts batches, so exactly the given images are used."""
+    # importing nncf loads torch.utils.cpp_extension, which logs a CUDA warning that is noise on a CPU host
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    import nncf
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    nncf.set_log_level(logging.ERROR)  # its notes would swamp the CLI's output
+    estimator = NNCF_CALIB[calibration.method]
+    advanced = nncf.AdvancedQuantizationParameters(
+        inplace_statistics=True,
+        # each item is a batch of images: statistics per image, as if batch size were 1 (nncf's defaults
+        # are tuned for that); safe here, the batch is axis 0 of every activation of these CNNs
+        batchwise_statistics=True,
+        **({"activations_range_estimator_params": getattr(RangeEstimatorParametersSet, estimator)}
+           if estimator else {}))
+    batches = list(calibration.batches())
+    try:
+        # nncf draws rich progress bars on stdout with no switch to turn them off: send them nowhere
+        with contextlib.redirect_stdout(io.StringIO()):
+            return nncf.quantize(ov_model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
+                                 subset_size=len(batches), fast_bias_correction=True, advanced_parameters=advanced)
+    except Exception as e:
+        raise ExportError(f"nncf.quantize failed: {first_line(e)}") from e

@@ -1,0 +1,270 @@
+"""`edgecifar export`: every format and precision, verification that cannot be skipped, metadata, manifest,
+calibration determinism, and bad input (one line, non-zero exit, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgecifar.backends import BACKENDS
+from edgecifar.cli import app
+from edgecifar.errors import ArtifactError, CheckpointError, ExportError
+from edgecifar.export import export_run
+from edgecifar.runtime import load_artifact
+from edgecifar.utils import sha256_file
+
+pytest.register_assert_rewrite("export_fixtures")
+from export_fixtures import CALIB_SIZE, CLASSES, VERIFY_SIZE  # noqa: E402
+
+pytest_plugins = ["export_fixtures"]  # tiny_run, exported: one session-wide export shared with test_predict.py
+
+FORMATS, PRECISIONS = ("onnx", "openvino"), ("fp32", "fp16", "int8")
+
+
+def tree_snapshot(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (hidden ones too) with its sha256: 'nothing changed' in one comparison."""
+    if not folder.exists():
+        return {}
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def entry(entries: list[dict], fmt: str, precision: str) -> dict:
+    return next(e for e in entries if e["format"] == fmt and e["precision"] == precision)
+
+
+# ---------------------------------------------------------------- the export itself
+
+def test_exports_every_format_and_precision(exported):
+    out, entries = exported
+    assert sorted((e["format"], e["precision"]) for e in entries) == sorted((f, p) for f in FORMATS for p in PRECISIONS)
+    assert sorted(p.name for p in (out / "tiny").iterdir()) == sorted(
+        [f"tiny-{p}.onnx" for p in PRECISIONS] + [f"tiny-{p}.{s}" for p in PRECISIONS for s in ("xml", "bin")])
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging folder left behind"
+    for e in entries:
+        v = e["verification"]
+        assert v["images"] == VERIFY_SIZE
+        assert v["inference_precision"] == ("f32" if e["format"] == "openvino" else "model")
+        if e["precision"] == "fp32":
+            assert v["agreement"] == 1.0 and v["max_abs_logit_diff"] < 1e-3
+        else:  # the figures come from running the reduced-precision file: it is close, but not identical
+            assert 0 < v["max_abs_logit_diff"] < 5 and v["agreement"] >= 0.95
+    for fmt in FORMATS:
+        assert entry(entries, fmt, "int8")["size_vs_fp32"] <= 0.30
+        assert 0.45 < entry(entries, fmt, "fp16")["size_vs_fp32"] < 0.55
+
+
+def test_artifacts_follow_the_input_contract(exported):
+    out, entries = exported
+    images = np.random.default_rng(0).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    for e in entries:
+        artifact = load_artifact(out / e["path"])
+        for batch in (images[:1], images):  # dynamic batch axis
+            logits = artifact.run(batch)
+            assert logits.dtype == np.float32 and logits.shape == (len(batch), len(CLASSES))
+
+
+def test_onnx_graph_is_current_and_checked(exported):
+    import onnx
+
+    out, entries = exported
+    for precision in PRECISIONS:
+        proto = onnx.load(str(out / entry(entries, "onnx", precision)["path"]))
+        onnx.checker.check_model(proto, full_check=True)
+        assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+        (inp,), (outp,) = proto.graph.input, proto.graph.output
+        assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+        assert outp.name == "logits" and outp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        assert inp.type.tensor_type.shape.dim[0].dim_param  # symbolic: any batch size
+        assert [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]] == [32, 32, 3]
+    int8 = onnx.load(str(out / entry(entries, "onnx", "int8")["path"]))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in int8.graph.node}  # QDQ format
+
+
+def test_metadata_round_trip(exported, tiny_run):
+    import onnx
+    import openvino as ov
+
+    out, entries = exported
+    weights_sha = sha256_file(tiny_run / "model.safetensors")
+    for e in entries:
+        path = out / e["path"]
+        meta = load_artifact(path).metadata  # what the device side reads
+        assert meta["classes"] == CLASSES and meta["model"] == "scratch_cnn"
+        assert meta["precision"] == e["precision"] and meta["format"] == e["format"]
+        assert meta["source_run"] == "tiny" and meta["source_sha256"] == weights_sha
+        assert meta["edgecifar_version"] and "uint8 [N, 32, 32, 3]" in meta["contract"]
+        assert meta["input"]["name"] == "image" and meta["output"]["shape"] == ["N", len(CLASSES)]
+        if e["format"] == "onnx":  # and what the files themselves hold
+            props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        else:
+            model = ov.Core().read_model(str(path))
+            props = {k: model.get_rt_info(["edgecifar", k]).astype(str) for k in ("classes", "precision")}
+            assert model.inputs[0].get_any_name() == "image" and model.outputs[0].get_any_name() == "logits"
+        assert json.loads(props["classes"]) == CLASSES and props["precision"] == e["precision"]
+
+
+def test_manifest_lists_every_artifact_with_checksums(exported, tiny_run):
+    out, entries = exported
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [a["path"] for a in manifest["artifacts"]] == sorted(e["path"] for e in entries)
+    for a in manifest["artifacts"]:
+        for key in ("model", "format", "precision", "path", "bytes", "sha256", "classes", "input", "output",
+                    "source_run", "verification"):
+            assert key in a, key
+        assert a["sha256"] == sha256_file(out / a["path"])
+        assert a["files"] == {name: sha256_file(out / name) for name in a["files"]}
+        assert a["bytes"] == sum((out / name).stat().st_size for name in a["files"])
+        assert a["classes"] == CLASSES and a["source_run"] == "tiny"
+        assert a["source_sha256"] == sha256_file(tiny_run / "model.safetensors")
+        assert a["input"]["dtype"] == "uint8" and a["output"]["dtype"] == "float32"
+        if a["precision"] == "int8":
+            assert a["calibration"]["images"] == CALIB_SIZE and a["calibration"]["split"] == "train"
+    assert set(len(a["files"]) for a in manifest["artifacts"] if a["format"] == "openvino") == {2}  # .xml + .bin
+
+
+def test_reexport_replaces_its_manifest_entry(tiny_run, tmp_path):
+    out = tmp_path / "exp"
+    export_run(tiny_run, "onnx", "fp32", out_dir=out, verify_size=50)
+    export_run(tiny_run, "openvino", "fp32", out_dir=out, verify_size=50)
+    export_run(tiny_run, "onnx", "fp32", out_dir=out, verify_size=50)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [a["path"] for a in manifest["artifacts"]] == ["tiny/tiny-fp32.onnx", "tiny/tiny-fp32.xml"]
+
+
+def test_int8_calibration_is_deterministic(tiny_run, tmp_path):
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        runs[name] = export_run(tiny_run, "all", "int8", out_dir=tmp_path / name, calib_size=CALIB_SIZE,
+                                verify_size=50, seed=seed)
+    for fmt in FORMATS:
+        a, b, c = (entry(runs[n], fmt, "int8") for n in "abc")
+        assert a["files"] == b["files"], f"{fmt}: same seed, different INT8 files"
+        assert a["calibration"]["images_sha256"] == b["calibration"]["images_sha256"]
+        assert a["calibration"]["images_sha256"] != c["calibration"]["images_sha256"]
+
+
+# ---------------------------------------------------------------- verification cannot be skipped or loosened
+
+def corrupt_run(monkeypatch, fmt: str, flip_rows: int | None):
+    """Make `fmt`'s runtime lie: flip the top-1 of the first `flip_rows` images (None: every image)."""
+    backend = BACKENDS[fmt]
+    real_run = backend.run
+    calls = {"n": 0}
+
+    def run(session, images):
+        logits = real_run(session, images).copy()
+        n = len(logits) if flip_rows is None else (flip_rows if calls["n"] == 0 else 0)
+        calls["n"] += 1
+        rows = np.arange(min(n, len(logits)))
+        logits[rows, logits[rows].argmax(1)] = logits.min() - 10.0  # the runner-up becomes top-1
+        return logits
+
+    monkeypatch.setattr(backend, "run", run)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_wrong_fp32_export_fails_and_leaves_nothing(monkeypatch, tiny_run, tmp_path, fmt):
+    corrupt_run(monkeypatch, fmt, None)
+    out = tmp_path / "exp"
+    with pytest.raises(ExportError, match="failed verification"):
+        export_run(tiny_run, fmt, "fp32", out_dir=out, verify_size=VERIFY_SIZE)
+    assert tree_snapshot(out) == {} and not out.exists()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_fp32_threshold_is_99_9_percent(monkeypatch, tiny_run, tmp_path, fmt):
+    corrupt_run(monkeypatch, fmt, 1)  # 1 of 200 images disagrees: 99.5 %, still under 99.9 %
+    with pytest.raises(ExportError, match="99.50%"):
+        export_run(tiny_run, fmt, "fp32", out_dir=tmp_path / "exp", verify_size=VERIFY_SIZE)
+
+
+def test_low_agreement_in_reduced_precision_warns_but_is_kept(monkeypatch, tiny_run, tmp_path):
+    corrupt_run(monkeypatch, "onnx", 10)  # 95 %
+    logs = []
+    (e,) = export_run(tiny_run, "onnx", "int8", out_dir=tmp_path / "exp", calib_size=CALIB_SIZE,
+                      verify_size=VERIFY_SIZE, log=logs.append)
+    assert e["verification"]["agreement"] == pytest.approx(0.95) and "warning" in e["verification"]
+    assert any(line.startswith("warning: onnx int8") for line in logs)
+
+
+def test_a_failure_keeps_earlier_exports_and_manifest(monkeypatch, tiny_run, tmp_path):
+    out = tmp_path / "exp"
+    export_run(tiny_run, "onnx", "fp32", out_dir=out, verify_size=50)
+    before = tree_snapshot(out)
+    corrupt_run(monkeypatch, "openvino", None)
+    with pytest.raises(ExportError):  # onnx passes again, openvino fails: all or nothing
+        export_run(tiny_run, "all", "fp32", out_dir=out, verify_size=VERIFY_SIZE)
+    assert tree_snapshot(out) == before
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_missing_run_and_missing_weights(tiny_run, tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        export_run(tmp_path / "nope", out_dir=tmp_path / "exp")
+    no_weights = tmp_path / "run"
+    shutil.copytree(tiny_run, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        export_run(no_weights, out_dir=tmp_path / "exp")
+    assert not (tmp_path / "exp").exists()
+
+
+def test_unknown_format_precision_and_method(tiny_run, tmp_path):
+    for kwargs, match in (({"formats": "tflite"}, "unknown format 'tflite'"),
+                          ({"precisions": "int4"}, "unknown precision 'int4'"),
+                          ({"calib_method": "magic"}, "unknown calibration method")):
+        with pytest.raises(ExportError, match=match):
+            export_run(tiny_run, out_dir=tmp_path / "exp", **kwargs)
+    assert not (tmp_path / "exp").exists()
+
+
+def test_corrupt_manifest_is_never_overwritten(tiny_run, tmp_path):
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="corrupt manifest"):
+        export_run(tiny_run, "onnx", "fp32", out_dir=out, verify_size=50)
+    assert tree_snapshot(out) == {"manifest.json": sha256_file(out / "manifest.json")}
+    assert (out / "manifest.json").read_text() == "{not json"
+
+
+def test_data_with_other_classes_is_refused(tiny_run, tmp_path):
+    from export_fixtures import make_image_tree
+
+    other = make_image_tree(tmp_path / "other", n_train=2, n_test=2)
+    (other / "train" / "alpha").rename(other / "train" / "delta")
+    (other / "test" / "alpha").rename(other / "test" / "delta")
+    with pytest.raises(ExportError, match="classes"):
+        export_run(tiny_run, "onnx", "fp32", out_dir=tmp_path / "exp", data=str(other), cache_dir=tmp_path / "c")
+    assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.parametrize("args, code", [
+    (["{missing}"], 4),
+    (["{run}", "--format", "tflite"], 2),
+    (["{run}", "--precision", "int4"], 2),
+])
+def test_cli_bad_input_is_one_clear_line(tiny_run, tmp_path, args, code):
+    out = tmp_path / "exp"
+    args = [a.format(missing=tmp_path / "nope", run=tiny_run) for a in args]
+    result = CliRunner().invoke(app, ["export", *args, "--out", str(out)])
+    assert result.exit_code == code
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no escaped exception
+    assert not out.exists()
+    if code == 4:
+        assert result.output.strip().startswith("error:") and len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_export_prints_a_table(tiny_run, tmp_path):
+    out = tmp_path / "exp"
+    result = CliRunner().invoke(app, ["export", str(tiny_run), "--format", "onnx", "--precision", "fp32", "--out",
+                                      str(out), "--verify-size", "50"])
+    assert result.exit_code == 0, result.output
+    assert "100.00%" in result.output and (out / "manifest.json").is_file()
