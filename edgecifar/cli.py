@@ -159,7 +159,7 @@ class CalibMethod(str, Enum):
 @handle_errors
 def export(
     run_dir: RunDir,
-    format: Annotated[ExportFormat, typer.Option("--format", help="file format")] = ExportFormat.all,
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="file format")] = ExportFormat.all,
     precision: Annotated[Precision, typer.Option(help="weights/compute precision")] = Precision.all,
     out: Annotated[Path, typer.Option(help="output folder (holds manifest.json and <run-name>/)")] = Path("exported"),
     calib_size: Annotated[int, typer.Option(min=1, help="INT8 calibration images (seeded draw from train)")] = 512,
@@ -177,18 +177,17 @@ def export(
 
     from .export import export_run
 
-    entries = export_run(run_dir, format.value, precision.value, out_dir=out, calib_size=calib_size,
+    entries = export_run(run_dir, fmt.value, precision.value, out_dir=out, calib_size=calib_size,
                          calib_method=calib_method.value, data=data or None, cache_dir=cache_dir, seed=seed,
                          verify_size=verify_size, log=lambda msg: err_console.print(msg, highlight=False))
     table = Table(title=f"exported {run_dir} -> {out} (manifest.json updated)")
-    for col in ("file", "format", "precision", "MB", "agreement", "max |dlogit|", "accuracy", "torch acc"):
-        table.add_column(col, justify="left" if col in ("file", "format", "precision") else "right")
+    for col in ("format", "precision", "MB", "agree", "max |dlogit|", "acc", "torch acc", "file"):
+        table.add_column(col, justify="left" if col in ("format", "precision", "file") else "right")
     for e in entries:
         v = e["verification"]
-        style = "yellow" if "warning" in v else None
-        table.add_row(e["path"], e["format"], e["precision"], f"{e['bytes'] / 1e6:.2f}", f"{v['agreement']:.2%}",
-                      f"{v['max_abs_logit_diff']:.3g}", f"{v['accuracy']:.2%}", f"{v['torch_accuracy']:.2%}",
-                      style=style)
+        table.add_row(e["format"], e["precision"], f"{e['bytes'] / 1e6:.2f}", f"{v['agreement']:.2%}",
+                      f"{v['max_abs_logit_diff']:.2g}", f"{v['accuracy']:.2%}", f"{v['torch_accuracy']:.2%}",
+                      Path(e["path"]).name, style="yellow" if "warning" in v else None)
     console.print(table)
 
 

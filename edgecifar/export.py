@@ -8,6 +8,8 @@ pass are they moved into `<out>/<run-name>/` and the manifest updated (atomicall
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -108,8 +110,6 @@ def _verification_set(model: Any, splits: Splits, size: int, seed: int) -> dict[
 
 def metadata_for(meta: dict[str, Any], backend: Backend, precision: str) -> dict[str, str]:
     """What every exported file carries about itself (all values are strings: ONNX and rt_info want them)."""
-    import json
-
     from .backends.onnx import OPSET
 
     found = {"edgecifar_version": __version__, "format": backend.name, "precision": precision,
@@ -126,8 +126,12 @@ def _export_all(model, jobs: list[tuple[Backend, str]], out_dir: Path, run_name:
                 calibration: Calibration | None, check: dict[str, Any], seed: int, log: Log) -> list[dict[str, Any]]:
     target = out_dir / run_name
     created = _missing_dirs(target)
-    target.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))  # same file system: renames are atomic
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))  # same file system: renames are atomic
+    except OSError as e:
+        _remove_empty(created)
+        raise ExportError(f"cannot write to {out_dir}: {e.strerror or e}") from e
     try:
         entries, staged = [], []
         for backend, precision in jobs:
@@ -144,9 +148,13 @@ def _export_all(model, jobs: list[tuple[Backend, str]], out_dir: Path, run_name:
         return entries
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        for folder in reversed(created):  # leave no empty folders behind after a failure
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        _remove_empty(created)  # after a failure, leave no empty folders behind
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in reversed(folders):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _commit(staged: list[Path], target: Path, manifest: Path, entries: list[dict[str, Any]]) -> None:
@@ -219,8 +227,6 @@ def verify_artifact(path: Path, check: dict[str, Any], classes: list[str]) -> di
 
 
 def _calibration_info(calibration: Calibration, backend: Backend, seed: int) -> dict[str, Any]:
-    import hashlib
-
     from .backends.onnx import ORT_CALIB
     from .backends.openvino import NNCF_CALIB
 

@@ -3,9 +3,11 @@ atomically. Light on purpose (stdlib only): the device-side runtime reads it to 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import ArtifactError
 from .utils import atomic_path, sha256_file
@@ -31,15 +33,32 @@ def read_manifest(path: Path | str) -> dict[str, Any]:
 def update_manifest(path: Path | str, entries: list[dict[str, Any]]) -> dict[str, Any]:
     """Add `entries`, replacing any with the same path (a re-export), and write the manifest atomically."""
     path = Path(path)
-    manifest = read_manifest(path)
-    new_paths = {e["path"] for e in entries}
-    kept = [e for e in manifest["artifacts"] if e.get("path") not in new_paths]
-    manifest["version"] = VERSION
-    manifest["artifacts"] = sorted(kept + list(entries), key=lambda e: e["path"])
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        tmp.chmod(0o644)  # a shared listing, not a secret (the temporary file starts as 0600)
+    with _locked(path.parent):  # two exports at once must not drop each other's entries
+        manifest = read_manifest(path)
+        new_paths = {e["path"] for e in entries}
+        kept = [e for e in manifest["artifacts"] if e.get("path") not in new_paths]
+        manifest["version"] = VERSION
+        manifest["artifacts"] = sorted(kept + list(entries), key=lambda e: e["path"])
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+            tmp.chmod(0o644)  # a shared listing, not a secret (the temporary file starts as 0600)
     return manifest
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive flock on the folder itself (POSIX): no lock file is left behind. A no-op elsewhere."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def find_manifest(artifact: Path | str) -> Path | None:

@@ -268,3 +268,48 @@ def test_cli_export_prints_a_table(tiny_run, tmp_path):
                                       str(out), "--verify-size", "50"])
     assert result.exit_code == 0, result.output
     assert "100.00%" in result.output and (out / "manifest.json").is_file()
+
+
+def test_onnx_int8_keeps_shape_arithmetic_out_of_the_graph(tmp_path):
+    """TF-"same" padding (timm Conv2dSame, as in efficientnet_lite0) computes its pads from the input shape.
+    Exported as float graph arithmetic, INT8 quantization would quantize the pads too and scramble them."""
+    import onnx
+    import torch
+    from timm.layers import Conv2dSame
+
+    from edgecifar.backends import Calibration
+    from edgecifar.models import EdgeModel, create_model
+
+    torch.manual_seed(0)
+    meta = create_model("scratch_cnn", 3, classes=CLASSES).meta
+    # kernel 5, stride 2 on 32 and 16 px: pads of (1, 2), the case efficientnet_lite0's INT8 got wrong
+    backbone = torch.nn.Sequential(Conv2dSame(3, 16, 5, stride=2), torch.nn.ReLU(), Conv2dSame(16, 16, 5, stride=2),
+                                   torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                   torch.nn.Linear(16, 3))
+    model = EdgeModel(backbone, {**meta, "source_sha256": "same-padding"}).eval()
+    rng = np.random.default_rng(0)
+    calib, test = (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8) for n in (64, 200))
+    path = tmp_path / "same.onnx"
+    BACKENDS["onnx"].export(model, path, "int8", Calibration(calib), {"classes": json.dumps(CLASSES)})
+    graph = onnx.load(str(path)).graph
+    constants, from_shapes = {i.name for i in graph.initializer}, set()
+    for node in graph.node:  # topologically sorted: one pass finds what is computed from shapes and constants
+        inputs = [i for i in node.input if i]
+        if node.op_type != "Shape" and all(i in constants for i in inputs):
+            constants.update(node.output)
+        elif node.op_type == "Shape" or all(i in from_shapes or i in constants for i in inputs):
+            from_shapes.update(node.output)
+    quantized = [n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert not from_shapes.intersection(quantized), "shape arithmetic was quantized"
+    with torch.no_grad():
+        reference = model(torch.from_numpy(test)).numpy()
+    logits = load_artifact(path).run(test)
+    assert np.abs(logits - reference).max() < 0.1 * (reference.max() - reference.min())
+
+
+def test_unwritable_output_is_one_clear_error(tiny_run, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ExportError, match="cannot write to"):
+        export_run(tiny_run, "onnx", "fp32", out_dir=blocker / "exported", verify_size=20)
+    assert blocker.read_text() == "not a folder"

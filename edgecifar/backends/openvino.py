@@ -104,18 +104,26 @@ def _read_rt_info(ov_model: Any) -> dict[str, str]:
     return found
 
 
+_CONVERTED: dict[tuple[int, str], Any] = {}  # one convert_model per model, cloned for every precision
+
+
 def _convert(model: Any) -> Any:
     import openvino as ov
     import torch
 
-    example = torch.zeros(1, 32, 32, 3, dtype=torch.uint8)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # torch.jit.trace deprecation and traced shape checks
-        try:
-            return ov.convert_model(model.eval(), example_input=example,
-                                    input=[(ov.PartialShape([-1, 32, 32, 3]), ov.Type.u8)])
-        except Exception as e:
-            raise ExportError(f"openvino.convert_model failed: {first_line(e)}") from e
+    key = (id(model), model.meta.get("source_sha256", ""))
+    if key not in _CONVERTED:
+        example = torch.zeros(1, 32, 32, 3, dtype=torch.uint8)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # torch.jit.trace deprecation and traced shape checks
+            try:
+                converted = ov.convert_model(model.eval(), example_input=example,
+                                             input=[(ov.PartialShape([-1, 32, 32, 3]), ov.Type.u8)])
+            except Exception as e:
+                raise ExportError(f"openvino.convert_model failed: {first_line(e)}") from e
+        _CONVERTED.clear()  # hold one model at most
+        _CONVERTED[key] = converted
+    return _CONVERTED[key].clone()  # callers rename, annotate and quantize their own copy
 
 
 _AUTO_NAME = re.compile(r"^[A-Za-z]+_\d+$")  # "Constant_105342": numbered by a process-wide counter
