@@ -221,6 +221,107 @@ def predict(
     console.print(table)
 
 
+ThreadsOpt = Annotated[str, typer.Option(help="comma-separated runtime thread counts; each is its own row")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="batch size of the throughput figure")]
+
+
+@app.command()
+@handle_errors
+def bench(
+    artifacts: Annotated[Optional[list[Path]], typer.Argument(
+        help="exported folders (holding manifest.json), manifests, or .onnx/.xml files (default: exported)")] = None,
+    device: Annotated[str, typer.Option(help="only cpu for now")] = "cpu",
+    threads: ThreadsOpt = "1,2",
+    batch_size: BatchOpt = 64,
+    out: Annotated[Path, typer.Option(help="folder for bench.json/.csv/.md/.png")] = Path("benchmarks/results"),
+    data: Annotated[str, typer.Option("--data", help="test set (default: the one each source run was trained on)")]
+    = "",
+    cache_dir: CacheOpt = None,
+    runs: Annotated[Path, typer.Option(help="folder of the source runs (PyTorch baseline, test set)")] = Path("runs"),
+    baseline: Annotated[bool, typer.Option(help="also bench each source run's PyTorch model")] = True,
+    bf16: Annotated[bool, typer.Option(help="add rows of the OpenVINO FP32 files executed in bf16")] = False,
+    max_images: Annotated[Optional[int], typer.Option(min=1, help="count accuracy on a seeded subset")] = None,
+    latency_seconds: Annotated[float, typer.Option(min=0.01, help="batch-1 timing per setting")] = 1.5,
+    throughput_seconds: Annotated[float, typer.Option(min=0.01, help="batch timing per extra setting")] = 1.0,
+) -> None:
+    """Accuracy, size, params, MACs, latency, throughput and load time of exported models and their PyTorch run."""
+    from .bench import bench as run_bench
+    from .report import rich_table
+
+    rows = run_bench(artifacts or [Path("exported")], device=device, threads=threads, batch_size=batch_size,
+                     out_dir=out, data=data or None, cache_dir=cache_dir, runs_dir=runs, baseline=baseline, bf16=bf16,
+                     max_images=max_images, latency_seconds=latency_seconds, throughput_seconds=throughput_seconds,
+                     show_progress=sys.stderr.isatty(), log=lambda msg: err_console.print(msg, highlight=False))
+    machine = rows.header["machine"]
+    console.print(rich_table(rows, f"bench on {machine['cpu']} ({machine['cores']} cores), "
+                                   f"{rows.header['bench_seconds']:.0f} s"))
+    console.print(f"results: {', '.join(str(p) for p in rows.files.values())}", highlight=False)
+
+
+class Percentile(str, Enum):
+    p50 = "p50"
+    p90 = "p90"
+    p99 = "p99"
+
+
+@app.command()
+@handle_errors
+def recommend(
+    result: Annotated[Path, typer.Argument(help="a bench.json or the folder holding it")] = Path("benchmarks/results"),
+    max_latency_ms: Annotated[Optional[float], typer.Option(min=0.0, help="batch-1 latency limit")] = None,
+    max_size_mb: Annotated[Optional[float], typer.Option(min=0.0, help="file size limit")] = None,
+    min_accuracy: Annotated[Optional[float], typer.Option(min=0.0, max=100.0, help="top-1 in percent, e.g. 85")]
+    = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="only rows at this thread count")] = None,
+    percentile: Annotated[Percentile, typer.Option(help="which latency the limit applies to")] = Percentile.p50,
+) -> None:
+    """The best benchmarked artifact under the constraints and why, or which constraint fails and by how much."""
+    from .recommend import recommend as pick
+
+    found = pick(result, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb, min_accuracy=min_accuracy,
+                 threads=threads, percentile=percentile.value)
+    if not found["met"]:
+        err_console.print(f"[red]no artifact meets the constraints:[/red] {found['reason']}", highlight=False)
+        raise typer.Exit(1)
+    choice = found["choice"]
+    console.print(f"[green]recommended:[/green] {choice['path']} at {choice['threads']} thread"
+                  f"{'s' if choice['threads'] > 1 else ''}", highlight=False)
+    console.print(found["reason"], highlight=False)
+
+
+@app.command()
+@handle_errors
+def pipeline(
+    models: Annotated[str, typer.Option(help="comma-separated registry names")] = "scratch_cnn,efficientnet_lite0",
+    data: DataOpt = "cifar10",
+    cache_dir: CacheOpt = None,
+    quick: Annotated[bool, typer.Option(help="a few-minute profile (1 epoch on a subset, short timings) in "
+                                             "runs/pipeline-quick/")] = False,
+    force: Annotated[bool, typer.Option(help="redo every step, even those whose outputs are valid")] = False,
+    root: Annotated[Optional[Path], typer.Option(help="put runs/, exported/, results/ here instead")] = None,
+    threads: ThreadsOpt = "1,2",
+    batch_size: BatchOpt = 64,
+    bf16: Annotated[bool, typer.Option(help="bench OpenVINO FP32 in bf16 too")] = False,
+) -> None:
+    """The main job: train the scratch and transfer models, export each to every format and precision, bench, report."""
+    from rich.table import Table
+
+    from .pipeline import pipeline as run_pipeline
+    from .report import rich_table
+
+    done = run_pipeline([m.strip() for m in models.split(",") if m.strip()], data=data, cache_dir=cache_dir,
+                        quick=quick, force=force, root=root, threads=threads, batch_size=batch_size, bf16=bf16,
+                        show_progress=sys.stderr.isatty(), log=lambda msg: err_console.print(msg, highlight=False))
+    steps = Table(title="pipeline steps")
+    for col in ("step", "target", "status", "seconds", "detail"):
+        steps.add_column(col, justify="right" if col == "seconds" else "left")
+    for s in done["steps"]:
+        steps.add_row(s["step"], s["target"], s["status"], f"{s['seconds']:.0f}", s["detail"])
+    console.print(steps)
+    console.print(rich_table(done["bench"], "bench"))
+    console.print(f"report: {done['layout'].results / 'bench.md'}", highlight=False)
+
+
 def main() -> None:
     app()
 

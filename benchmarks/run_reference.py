@@ -1,0 +1,182 @@
+"""The published comparison: scratch_cnn and efficientnet_lite0 (transfer) x {PyTorch, ONNX, OpenVINO} x
+{FP32, FP16, INT8} at 1 and 2 threads, accuracy on the full CIFAR-10 test set (the JPEG copy), into
+benchmarks/results/bench.{json,csv,md,png}, and the README's results section updated from it.
+
+    uv run python benchmarks/run_reference.py                 # bench, check the 5-minute budget, update README
+    uv run python benchmarks/run_reference.py --verify        # + each file re-evaluated with its runtime alone
+    uv run python benchmarks/run_reference.py --repeat        # + a second bench: p50 within 10 %, same accuracy
+
+Needs the trained runs and their exports (runs/scratch_cnn, runs/efficientnet_lite0, exported/manifest.json):
+`uv run edgecifar pipeline --data ../shared/data/cifar10-jpeg.tar.gz` makes them (and skips what exists).
+Run it on a quiet machine: the latency figures are only as steady as the CPU is idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+MODELS = ("scratch_cnn", "efficientnet_lite0")
+BUDGET_S = 300  # the whole reference bench must take under 5 minutes on the 2-core CPU
+P50_TOLERANCE, ACCURACY_TOLERANCE = 0.10, 0.0005  # repeat runs; independent evaluation (0.05 points)
+README_START, README_END = "<!-- reference-results:start -->", "<!-- reference-results:end -->"
+
+
+def reference_artifacts(manifest: Path) -> list[Path]:
+    """Every format x precision of each reference run, or exit saying what is missing and how to make it."""
+    from edgecifar.backends import BACKENDS, PRECISIONS
+    from edgecifar.manifest import read_manifest
+
+    entries = read_manifest(manifest)["artifacts"] if manifest.is_file() else []
+    found = {(e["source_run"], e["format"], e["precision"]): manifest.parent / e["path"] for e in entries}
+    wanted = [(m, f, p) for m in MODELS for f in BACKENDS for p in PRECISIONS]
+    missing = [" ".join(k) for k in wanted if k not in found]
+    if missing:
+        sys.exit(f"missing reference exports in {manifest}: {', '.join(missing)}\n"
+                 f"make them with: uv run edgecifar pipeline --data {os.path.relpath(DATA, ROOT)}")
+    return [found[k] for k in wanted]
+
+
+def run_bench(artifacts: list[Path], out: Path, args: argparse.Namespace):
+    from edgecifar.bench import bench
+
+    return bench(artifacts, device="cpu", threads=(1, 2), batch_size=args.batch_size, out_dir=out,
+                 data=str(args.data), runs_dir=ROOT / "runs", bf16=args.bf16, show_progress=sys.stderr.isatty(),
+                 log=print)
+
+
+def verify(rows: list[dict], data: Path) -> list[dict]:
+    """Each file evaluated again here, with its runtime alone (no bench code), against the bench's figure."""
+    import numpy as np
+
+    from edgecifar.data import load_data
+    from edgecifar.runtime import load_artifact
+
+    splits = load_data(str(data))
+    checks, seen = [], set()
+    for r in (r for r in rows if r["status"] == "ok" and (r["path"], r["exec_precision"]) not in seen):
+        seen.add((r["path"], r["exec_precision"]))
+        if r["format"] == "pytorch":
+            correct = _torch_correct(ROOT / r["path"], splits)
+        else:
+            hint = r["exec_precision"] if r["exec_precision"] not in ("f32", "model") else None
+            artifact = load_artifact(ROOT / r["path"], precision=hint)
+            preds = np.concatenate([artifact.run(splits.test_x[i:i + 500]).argmax(1)
+                                    for i in range(0, len(splits.test_y), 500)])
+            correct = int((preds == splits.test_y).sum())
+        accuracy = correct / len(splits.test_y)
+        checks.append({"model": r["model"], "variant": r["variant"], "bench_accuracy": r["accuracy"],
+                       "independent_accuracy": accuracy, "ok": abs(accuracy - r["accuracy"]) <= ACCURACY_TOLERANCE})
+        print(f"verify {r['model']} {r['variant']}: bench {r['accuracy']:.4%}, independent {accuracy:.4%}")
+    return checks
+
+
+def _torch_correct(weights: Path, splits) -> int:
+    import torch
+
+    from edgecifar.runs import load_run
+    from edgecifar.train import predict_logits
+
+    logits = predict_logits(load_run(weights.parent), torch.from_numpy(splits.test_x))
+    return int((logits.argmax(1).numpy() == splits.test_y).sum())
+
+
+def compare(first: list[dict], second: list[dict]) -> list[dict]:
+    """Two benches of the same files: p50 latency within 10 %, accuracy identical."""
+    key = lambda r: (r["model"], r["variant"], r["threads"])  # noqa: E731
+    again = {key(r): r for r in second if r["status"] == "ok"}
+    found = []
+    for r in (r for r in first if r["status"] == "ok" and key(r) in again):
+        other = again[key(r)]
+        change = other["latency_p50_ms"] / r["latency_p50_ms"] - 1
+        found.append({"model": r["model"], "variant": r["variant"], "threads": r["threads"],
+                      "p50_ms": [r["latency_p50_ms"], other["latency_p50_ms"]], "p50_change": change,
+                      "same_accuracy": r["correct"] == other["correct"],
+                      "ok": abs(change) <= P50_TOLERANCE and r["correct"] == other["correct"]})
+    return found
+
+
+def update_readme(rows: list[dict], header: dict) -> None:
+    """Replace the README's results section (between its markers) with this bench's table and plot."""
+    from edgecifar.report import markdown_table
+
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        print(f"README.md has no {README_START} ... {README_END} section: not updated")
+        return
+    machine, versions = header["machine"], header["versions"]
+    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: (r["model"] != MODELS[0], r["threads"]))
+    section = "\n".join([
+        README_START, "",
+        f"Measured {header['date'][:10]} on {machine['cpu']} ({machine['cores']} cores), "
+        f"onnxruntime {versions.get('onnxruntime')}, OpenVINO {versions.get('openvino')}, "
+        f"PyTorch {versions.get('torch')}; top-1 on the {ok[0]['images']:,} CIFAR-10 test images through each "
+        f"file's own runtime, latency at batch 1, throughput at batch {header['settings']['batch_size']} "
+        f"(`uv run python benchmarks/run_reference.py`, {header['bench_seconds']:.0f} s; details in "
+        f"[benchmarks/results/bench.md](benchmarks/results/bench.md)).", "",
+        "![accuracy against latency](benchmarks/results/bench.png)", "",
+        markdown_table(ok), "", README_END])
+    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+    readme.write_text(pattern.sub(lambda _m: section, text))
+    print("README.md results section updated")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DATA, help="CIFAR-10 test set (default: the shared JPEG copy)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--bf16", action="store_true", help="add OpenVINO FP32 executed in bf16 rows")
+    parser.add_argument("--verify", action="store_true", help="re-evaluate every file with its runtime alone")
+    parser.add_argument("--repeat", action="store_true", help="bench twice and compare")
+    parser.add_argument("--no-readme", action="store_true", help="leave README.md as it is")
+    args = parser.parse_args()
+    os.chdir(ROOT)  # runs/ and exported/ are relative to the repository
+    from edgecifar.errors import EdgecifarError
+
+    try:
+        return reference(args)
+    except EdgecifarError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def reference(args: argparse.Namespace) -> int:
+    from edgecifar.utils import write_json
+
+    artifacts = reference_artifacts(ROOT / "exported" / "manifest.json")
+    rows = run_bench(artifacts, RESULTS, args)
+    seconds = rows.header["bench_seconds"]
+    print(f"reference bench: {seconds:.0f} s ({'within' if seconds < BUDGET_S else 'OVER'} the {BUDGET_S} s budget)")
+    status = 0 if seconds < BUDGET_S else 1
+    if args.verify:
+        checks = verify(list(rows), args.data)
+        write_json(RESULTS / "verify.json", {"tolerance": ACCURACY_TOLERANCE, "checks": checks})
+        status |= 0 if all(c["ok"] for c in checks) else 1
+        print(f"independent evaluation: {sum(c['ok'] for c in checks)}/{len(checks)} within 0.05 points")
+    if args.repeat:
+        with tempfile.TemporaryDirectory() as tmp:
+            second = run_bench(artifacts, Path(tmp), args)
+        pairs = compare(list(rows), list(second))
+        write_json(RESULTS / "repeatability.json", {"p50_tolerance": P50_TOLERANCE, "pairs": pairs})
+        status |= 0 if all(p["ok"] for p in pairs) else 1
+        worst = max(pairs, key=lambda p: abs(p["p50_change"]))
+        print(f"repeat: {sum(p['ok'] for p in pairs)}/{len(pairs)} rows within 10 % p50 and identical accuracy; "
+              f"largest p50 change {worst['p50_change']:+.1%} "
+              f"({worst['model']} {worst['variant']} @{worst['threads']})")
+    if not args.no_readme:
+        update_readme(list(rows), rows.header)
+    print(json.dumps({k: str(v) for k, v in rows.files.items()}))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

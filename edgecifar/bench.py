@@ -1,0 +1,345 @@
+"""`edgecifar bench`: accuracy, size, parameters, MACs, latency, throughput and load time of every exported
+artifact (and the PyTorch baseline of its run), each measured by its own runtime in a fresh process.
+
+Plan per artifact: the first process runs at the largest thread count and counts accuracy over the whole
+test set (accuracy does not depend on threads; that pass at --batch-size is also its throughput); every other
+thread setting gets its own fresh process for throughput (a timed loop) and batch-1 latency. Results go to
+`<out>/bench.{json,csv,md,png}`, all four or none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .bench_targets import Target, check_device, parse_threads, resolve_targets
+from .errors import BenchError, DataError
+from .utils import library_versions, machine_info, read_json
+
+DEFAULT_OUT = Path("benchmarks/results")
+VERSIONED = ("edgecifar", "numpy", "onnxruntime", "openvino", "torch", "timm")
+STARTUP_S = {"pytorch": 3.0, "onnx": 0.8, "openvino": 1.2}  # rough process start + import, for the ETA only
+Log = Callable[[str], None]
+
+
+class BenchResult(list):
+    """The rows (one dict per artifact and thread setting), plus `header` and the report `files` written."""
+
+    header: dict[str, Any]
+    files: dict[str, Path]
+    reused: bool = False  # True: an earlier, still current result returned without measuring
+
+
+def bench(paths: Sequence[Path | str] | Path | str = ("exported",), device: str = "cpu",
+          threads: Sequence[int] | str = (1, 2), batch_size: int = 64, out_dir: Path | str = DEFAULT_OUT,
+          data: str | None = None, cache_dir: Path | str | None = None, runs_dir: Path | str | None = "runs",
+          baseline: bool = True, bf16: bool = False, max_images: int | None = None,
+          latency_seconds: float = 1.5, throughput_seconds: float = 1.0, reuse: bool = False,
+          show_progress: bool = False, log: Log | None = None) -> BenchResult:
+    """Measure every artifact of the manifests/files in `paths` and write the reports into `out_dir`.
+
+    reuse: when `out_dir` already holds a complete result for exactly these files and settings, return it
+    without measuring (the pipeline's skip). Raises BenchError when nothing could be measured.
+    """
+    from .report import write_reports
+
+    log = log or (lambda _msg: None)
+    check_device(device)
+    thread_list = parse_threads(threads)
+    if batch_size < 1 or (max_images is not None and max_images < 1) or latency_seconds <= 0 or throughput_seconds <= 0:
+        raise BenchError("--batch-size, --max-images and the timing budgets must be positive")
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    targets = resolve_targets(paths, runs_dir, baseline, bf16, data, cache_dir)
+    out_dir = Path(out_dir)
+    settings = {"device": device, "threads": list(thread_list), "batch_size": batch_size, "max_images": max_images,
+                "latency_seconds": latency_seconds, "throughput_seconds": throughput_seconds, "data": data}
+    key = _request_key(targets, settings)
+    if reuse and (previous := _previous_result(out_dir, key)) is not None:
+        log(f"bench: {out_dir / 'bench.json'} is current for these files and settings; not measured again")
+        return previous
+    created = _check_writable(out_dir)
+    try:
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="edgecifar-bench-") as tmp:
+            test_sets = _prepare_data(targets, max_images, Path(tmp))
+            measured = _measure_all(targets, thread_list, settings, test_sets, show_progress, log)
+        rows = _rows(targets, thread_list, measured, test_sets, settings)
+        if not any(r["status"] == "ok" for r in rows):
+            reasons = list(dict.fromkeys(f"{r['model']} {r['variant']}: {r['reason']}" for r in rows))
+            more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
+            raise BenchError(f"nothing could be measured: {'; '.join(reasons[:3])}{more}")
+        header = _header(settings, key, time.perf_counter() - started)
+        result = BenchResult(rows)
+        result.header, result.files = header, write_reports(header, rows, out_dir)
+        return result
+    except BaseException:
+        for folder in reversed(created):  # leave no empty result folders behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+
+
+def _check_writable(out_dir: Path) -> list[Path]:
+    """Fail before measuring anything if the reports could not be written; returns the folders created."""
+    created = [f for f in (out_dir, *out_dir.parents) if not f.exists()][::-1]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        for folder in reversed(created):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise BenchError(f"cannot write the bench results to {out_dir}: {e.strerror or e}") from None
+    return created
+
+
+def _request_key(targets: list[Target], settings: dict[str, Any]) -> str:
+    import hashlib
+
+    what = [[t.variant, t.model, t.source_run, t.sha256, t.status, t.data] for t in targets]
+    return hashlib.sha256(json.dumps([what, settings], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _previous_result(out_dir: Path, key: str) -> BenchResult | None:
+    from .report import REPORT_FILES
+
+    files = {kind: out_dir / name for kind, name in REPORT_FILES.items()}
+    if not all(f.is_file() for f in files.values()):
+        return None
+    try:
+        previous = read_json(files["json"])
+    except (OSError, ValueError):
+        return None
+    if not isinstance(previous, dict) or previous.get("header", {}).get("key") != key:
+        return None
+    result = BenchResult(previous["rows"])
+    result.header, result.files, result.reused = previous["header"], files, True
+    return result
+
+
+def _prepare_data(targets: list[Target], max_images: int | None, tmp: Path) -> dict[str, dict[str, Any]]:
+    """Load each test set once, check its classes, keep the (seeded) subset, save it for the workers."""
+    from .data import load_data
+
+    sets: dict[str, dict[str, Any]] = {}
+    for target in targets:
+        if target.status != "ok":
+            continue
+        key = target.data  # one load per source: runs may name different caches of the same data
+        if key not in sets:
+            splits = load_data(target.data, target.cache_dir)
+            x, y = splits.test_x, splits.test_y
+            if len(y) == 0:
+                raise DataError(f"{target.data} has no test images")
+            if max_images and max_images < len(y):  # a seeded draw: the same images on every run
+                keep = np.sort(np.random.default_rng(0).permutation(len(y))[:max_images])
+                x, y = x[keep], y[keep]
+            file = tmp / f"test-{len(sets)}.npz"
+            np.savez(file, test_x=x, test_y=y)
+            sets[key] = {"file": str(file), "classes": list(splits.classes), "images": int(len(y)),
+                         "source": splits.source, "fingerprint": splits.fingerprint}
+        if sets[key]["classes"] != target.classes:
+            target.skip(f"the test set {target.data} has classes {sets[key]['classes']}, the model {target.classes}")
+    return sets
+
+
+def _jobs(targets: list[Target], threads: tuple[int, ...], settings: dict[str, Any],
+          test_sets: dict[str, dict[str, Any]]) -> list[tuple[Target, int, dict[str, Any]]]:
+    jobs = []
+    for target in targets:
+        if target.status != "ok":
+            continue
+        test_set = test_sets[target.data]
+        # the largest thread count first: it runs the accuracy pass, the one long job of each artifact
+        for i, n in enumerate(sorted(threads, reverse=True)):
+            jobs.append((target, n, {
+                "kind": "pytorch" if target.format == "pytorch" else "artifact", "path": str(target.path),
+                "run_dir": str(target.run_dir) if target.run_dir else None, "threads": n,
+                "exec_precision": target.exec_precision, "classes": target.classes, "data": test_set["file"],
+                "accuracy": i == 0, "batch_size": settings["batch_size"],
+                "latency_seconds": settings["latency_seconds"], "throughput_seconds": settings["throughput_seconds"],
+                "warmup_seconds": 0.2, "images": test_set["images"]}))
+    return jobs
+
+
+def _estimate(job: dict[str, Any], target: Target) -> float:
+    """Expected seconds of a job: the weights of the progress bar, from which the remaining time is estimated."""
+    work = job["images"] / 1500 if job["accuracy"] else job["throughput_seconds"]
+    return STARTUP_S.get(target.format, 1.0) + 0.6 + job["latency_seconds"] + work
+
+
+def _measure_all(targets: list[Target], threads: tuple[int, ...], settings: dict[str, Any],
+                 test_sets: dict[str, dict[str, Any]], show_progress: bool,
+                 log: Log) -> dict[tuple[int, int], dict[str, Any]]:
+    jobs = _jobs(targets, threads, settings, test_sets)
+    results: dict[tuple[int, int], dict[str, Any]] = {}
+    with _progress(show_progress, sum(_estimate(j, t) for t, _, j in jobs)) as progress:
+        for target, n, job in jobs:
+            what = f"{target.model} {target.variant} @{n} thread{'s' if n > 1 else ''}"
+            progress.describe(what + (" (accuracy)" if job["accuracy"] else ""))
+            first = results.get((id(target), max(threads)))
+            if first is not None and not first.get("ok"):  # its first process failed: the others would too
+                results[(id(target), n)] = first
+            else:
+                results[(id(target), n)] = run_worker(job, n)
+            res = results[(id(target), n)]
+            line = (f"{what}: p50 {res['latency']['p50_ms']:.3f} ms, {res['throughput_ips']:.0f} img/s"
+                    if res.get("ok") else f"{what}: failed: {res.get('error')}")
+            progress.advance(_estimate(job, target), line, log)
+    return results
+
+
+def run_worker(job: dict[str, Any], threads: int) -> dict[str, Any]:
+    """One job in a fresh Python process with its thread count pinned (env for OpenMP/BLAS pools too)."""
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    package_root = str(Path(__file__).resolve().parents[1])  # the same edgecifar, wherever we run from
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    timeout = 120 + 10 * (job["latency_seconds"] + job["throughput_seconds"]) + 0.03 * job["images"]
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgecifar.bench_worker"], input=json.dumps(job),
+                              capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timed out after {timeout:.0f}s"}
+    lines = proc.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        return {"ok": False, "error": f"worker exited with code {proc.returncode}: {err[-1] if err else 'no output'}"}
+
+
+class _progress:
+    """A rich progress bar with the remaining time (on stderr), or plain log lines without one."""
+
+    def __init__(self, show: bool, total: float):
+        self.show, self.total, self.bar = show, total, None
+
+    def __enter__(self) -> "_progress":
+        if self.show:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, \
+                TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=True)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("bench", total=self.total)
+        return self
+
+    def describe(self, text: str) -> None:
+        if self.bar:
+            self.bar.update(self.task, description=text)
+
+    def advance(self, amount: float, line: str, log: Log) -> None:
+        if self.bar:
+            self.bar.console.print(line, highlight=False)
+            self.bar.advance(self.task, amount)
+        else:
+            log(line)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar:
+            self.bar.__exit__(*exc)
+
+
+def _rows(targets: list[Target], threads: tuple[int, ...], measured: dict, test_sets: dict,
+          settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per target and thread setting (skipped and failed ones too, with their reason)."""
+    machine, date = machine_info(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    versions = library_versions(*VERSIONED)
+    stats = _model_stats(targets, measured)
+    rows = []
+    for target in targets:
+        first = measured.get((id(target), max(threads)), {})
+        accuracy = first.get("accuracy") if first.get("ok") else None
+        test_set = test_sets.get(target.data, {})
+        for n in sorted(threads):
+            res = measured.get((id(target), n), {})
+            status, reason = target.status, target.reason
+            if status == "ok" and not res.get("ok"):
+                status, reason = "error", res.get("error", "not measured")
+            row = {"model": target.model, "variant": target.variant, "format": target.format,
+                   "precision": target.precision, "exec_precision": target.exec_precision or _default_exec(target),
+                   "threads": n, "status": status, "reason": reason,
+                   **_accuracy_fields(accuracy if status == "ok" else None, target.classes),
+                   "size_bytes": target.bytes, "size_mb": round(target.bytes / 1e6, 4) if target.bytes else None,
+                   **stats.get(target.source_run, {"params": None, "macs": None}),
+                   **_timing_fields(res if status == "ok" else {}), "batch_size": settings["batch_size"],
+                   "checksum": target.checksum, "sha256": target.sha256, "path": _shown(target.path),
+                   "source_run": target.source_run, "data": test_set.get("source", target.data),
+                   "device": settings["device"], "cpu": machine["cpu"], "cores": machine["cores"], "date": date,
+                   "versions": versions}
+            rows.append(row)
+    return rows
+
+
+def _default_exec(target: Target) -> str:
+    # what each runtime computes in when no variant hint is given (OpenVINO is pinned to f32 by load_artifact)
+    return {"openvino": "f32", "pytorch": "f32"}.get(target.format, "model")
+
+
+def _accuracy_fields(acc: dict[str, Any] | None, classes: list[str]) -> dict[str, Any]:
+    if not acc:
+        return {"accuracy": None, "correct": None, "images": None, "per_class": None}
+    per_class = {c: (hit / total if total else None)
+                 for c, hit, total in zip(classes, acc["per_class_correct"], acc["per_class_total"], strict=True)}
+    return {"accuracy": acc["correct"] / acc["images"], "correct": acc["correct"], "images": acc["images"],
+            "per_class": per_class}
+
+
+def _timing_fields(res: dict[str, Any]) -> dict[str, Any]:
+    lat = res.get("latency") or {}
+    return {"latency_p50_ms": lat.get("p50_ms"), "latency_p90_ms": lat.get("p90_ms"),
+            "latency_p99_ms": lat.get("p99_ms"), "latency_mean_ms": lat.get("mean_ms"),
+            "latency_iterations": lat.get("iterations"), "throughput_ips": res.get("throughput_ips"),
+            "throughput_source": res.get("throughput_source"), "load_s": res.get("load_s"),
+            "import_s": res.get("import_s"), "threads_runtime": res.get("threads_runtime")}
+
+
+def _model_stats(targets: list[Target], measured: dict) -> dict[str, dict[str, int | None]]:
+    """Parameters and MACs of each source run's architecture (the same for all its formats and precisions)."""
+    stats: dict[str, dict[str, int | None]] = {}
+    for target in targets:
+        if target.source_run in stats:
+            continue
+        meta = next((r.get("metadata") for (tid, _), r in measured.items() if r.get("ok")
+                     and tid in {id(t) for t in targets if t.source_run == target.source_run}), None)
+        if meta and meta.get("model") and meta.get("img_size"):
+            stats[target.source_run] = _count(meta["model"], len(target.classes), int(meta["img_size"]))
+    return stats
+
+
+def _count(model: str, num_classes: int, img_size: int) -> dict[str, int | None]:
+    try:
+        from .models import count_macs, count_params, create_model
+
+        net = create_model(model, num_classes, img_size=img_size)
+        return {"params": count_params(net), "macs": count_macs(net)}
+    except Exception:  # an architecture we cannot rebuild here: the row keeps its measurements
+        return {"params": None, "macs": None}
+
+
+def _shown(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _header(settings: dict[str, Any], key: str, seconds: float) -> dict[str, Any]:
+    return {"schema": 1, "tool": "edgecifar bench", "key": key,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
+            "versions": library_versions(*VERSIONED), "settings": settings, "bench_seconds": round(seconds, 1)}

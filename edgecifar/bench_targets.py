@@ -1,0 +1,239 @@
+"""What `edgecifar bench` measures: artifacts from manifests (or named files), each checked against its
+manifest's sha256, plus the PyTorch model of each source run as the baseline, plus the test set each is
+counted on. Problems that concern one artifact (missing file, checksum mismatch, runtime not installed)
+mark that target skipped, with the reason; problems with the request itself raise."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import ArtifactError, BenchError
+from .manifest import MANIFEST, find_manifest, read_manifest
+from .utils import read_json, sha256_file
+
+FORMAT_NAMES = {"pytorch": "PyTorch", "onnx": "ONNX", "openvino": "OpenVINO"}
+RUNTIME_MODULES = {"pytorch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}
+ARTIFACT_SUFFIXES = {".onnx": "onnx", ".xml": "openvino"}
+PRECISION_ORDER = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class Target:
+    """One thing to measure (at every thread setting)."""
+
+    model: str
+    source_run: str
+    format: str  # pytorch | onnx | openvino
+    precision: str  # fp32 | fp16 | int8 (of the file)
+    path: Path
+    classes: list[str]
+    exec_precision: str | None = None  # an OpenVINO inference precision hint for a variant row (bf16)
+    run_dir: Path | None = None  # the source run folder, when found
+    files: dict[str, str] = field(default_factory=dict)  # file -> sha256 the manifest expects
+    source_sha256: str | None = None  # the run weights the artifact was exported from
+    bytes: int | None = None
+    sha256: str | None = None
+    checksum: str = "n/a"  # ok | mismatch | missing | n/a
+    status: str = "ok"  # ok | skipped
+    reason: str = ""
+    data: str | None = None  # the test set: a load_data source
+    cache_dir: str | None = None
+
+    @property
+    def variant(self) -> str:
+        name = FORMAT_NAMES.get(self.format, self.format)
+        if self.format == "pytorch":
+            return name
+        return f"{name} {self.precision.upper()}" + (f" {self.exec_precision}" if self.exec_precision else "")
+
+    def skip(self, reason: str) -> None:
+        if self.status == "ok":  # the first reason is the one that matters
+            self.status, self.reason = "skipped", reason
+
+
+def resolve_targets(paths: Sequence[Path | str], runs_dir: Path | str | None, baseline: bool = True,
+                    bf16: bool = False, data: str | None = None, cache_dir: Path | str | None = None) -> list[Target]:
+    """Artifacts (manifest order) and their baselines, checked; raises when the request names nothing usable."""
+    artifacts: list[Target] = []
+    seen: set[Path] = set()
+    for p in paths:
+        for target in _from_path(Path(p)):
+            if target.path.resolve() not in seen:
+                seen.add(target.path.resolve())
+                artifacts.append(target)
+    if bf16:
+        artifacts += _bf16_variants(artifacts)
+    for target in artifacts:
+        _check_files(target)
+        _check_runtime(target)
+    runs = Path(runs_dir) if runs_dir else None
+    baselines = _baselines(artifacts, runs) if baseline else []
+    targets = _interleave(baselines, artifacts)
+    for target in targets:
+        _attach_run_and_data(target, runs, data, cache_dir)
+    return targets
+
+
+def _from_path(path: Path) -> list[Target]:
+    if path.is_dir():
+        manifest = path / MANIFEST
+        if not manifest.is_file():
+            raise ArtifactError(f"no {MANIFEST} in {path}: export a run first "
+                                f"(`edgecifar export RUN_DIR --out {path}`)")
+        return _from_manifest(manifest)
+    if not path.exists():
+        raise ArtifactError(f"not found: {path} (give an exported folder, its {MANIFEST}, or an .onnx/.xml file)")
+    if path.name.endswith(".json"):
+        return _from_manifest(path)
+    if path.suffix.lower() not in ARTIFACT_SUFFIXES:
+        raise ArtifactError(f"{path}: not a model file (.onnx, .xml) nor a manifest")
+    manifest = find_manifest(path)
+    if manifest is None:
+        raise ArtifactError(f"{path} has no {MANIFEST} beside it or above it: bench takes exported artifacts, "
+                            f"whose checksums and source run the manifest records")
+    rel = path.resolve().relative_to(manifest.parent.resolve()).as_posix()
+    found = [t for t in _from_manifest(manifest, allow_empty=True) if t.path.resolve() == path.resolve()]
+    if not found:
+        raise ArtifactError(f"{path} is not listed in {manifest} (as {rel})")
+    return found
+
+
+def _from_manifest(manifest: Path, allow_empty: bool = False) -> list[Target]:
+    entries = read_manifest(manifest)["artifacts"]  # a corrupt manifest raises ArtifactError
+    if not entries and not allow_empty:
+        raise ArtifactError(f"{manifest} lists no artifacts: export a run first")
+    targets = []
+    for e in entries:
+        try:
+            files = dict(e.get("files") or {e["path"]: e["sha256"]})
+            targets.append(Target(model=e["model"], source_run=e.get("source_run") or "?", format=e["format"],
+                                  precision=e["precision"], path=manifest.parent / e["path"],
+                                  classes=list(e["classes"]), files={str(manifest.parent / k): v for k, v in
+                                                                     files.items()},
+                                  source_sha256=e.get("source_sha256")))
+        except (KeyError, TypeError) as err:
+            raise ArtifactError(f"corrupt entry in {manifest}: missing {err}") from err
+    return targets
+
+
+def _bf16_variants(artifacts: list[Target]) -> list[Target]:
+    from dataclasses import replace
+
+    variants = [replace(t, exec_precision="bf16") for t in artifacts
+                if t.format == "openvino" and t.precision == "fp32"]
+    if variants and not cpu_has_bf16():
+        for v in variants:
+            v.skip("this CPU has no bf16 instructions (avx512_bf16 / amx_bf16)")
+    return variants
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _check_files(target: Target) -> None:
+    """Every file of the artifact present and equal to the manifest's sha256, or the target is skipped."""
+    total, statuses = 0, []
+    for name, expected in target.files.items():
+        file = Path(name)
+        if not file.is_file():
+            target.checksum = "missing"
+            target.skip(f"listed in the manifest but missing: {file}")
+            return
+        actual = sha256_file(file)
+        total += file.stat().st_size
+        if actual != expected:
+            statuses.append(f"{file.name} has sha256 {actual[:12]}..., the manifest {str(expected)[:12]}...")
+    target.bytes = total
+    target.sha256 = sha256_file(target.path) if target.path.is_file() else None
+    target.checksum = "mismatch" if statuses else "ok"
+    if statuses:
+        target.skip("checksum mismatch: " + "; ".join(statuses))
+
+
+def runtime_installed(fmt: str) -> bool:
+    module = RUNTIME_MODULES.get(fmt)
+    return module is not None and importlib.util.find_spec(module) is not None
+
+
+def _check_runtime(target: Target) -> None:
+    if not runtime_installed(target.format):
+        target.skip(f"runtime not installed: {RUNTIME_MODULES.get(target.format, target.format)} "
+                    f"(pip install {RUNTIME_MODULES.get(target.format, target.format)})")
+
+
+def _baselines(artifacts: list[Target], runs: Path | None) -> list[Target]:
+    """The PyTorch model of each source run, checked against the weights its artifacts were exported from."""
+    found = []
+    for run_name in dict.fromkeys(t.source_run for t in artifacts):
+        first = next(t for t in artifacts if t.source_run == run_name)
+        run_dir = runs / run_name if runs else None
+        weights = run_dir / "model.safetensors" if run_dir else Path(run_name) / "model.safetensors"
+        target = Target(model=first.model, source_run=run_name, format="pytorch", precision="fp32", path=weights,
+                        classes=first.classes, run_dir=run_dir)
+        if not weights.is_file():
+            target.skip(f"no run folder {run_dir or run_name} with model.safetensors for the PyTorch baseline "
+                        f"(pass --runs DIR)")
+        else:
+            target.bytes, target.sha256 = weights.stat().st_size, sha256_file(weights)
+            exported_from = {t.source_sha256 for t in artifacts if t.source_run == run_name and t.source_sha256}
+            target.checksum = "ok" if not exported_from or exported_from == {target.sha256} else "mismatch"
+            if target.checksum == "mismatch":
+                target.skip(f"checksum mismatch: {weights} is not the weights its artifacts were exported from")
+            _check_runtime(target)
+        found.append(target)
+    return found
+
+
+def _interleave(baselines: list[Target], artifacts: list[Target]) -> list[Target]:
+    """Each run's baseline first, then its artifacts by format and precision: the order reports read in."""
+    def rank(t: Target) -> tuple:
+        return (list(FORMAT_NAMES).index(t.format) if t.format in FORMAT_NAMES else 9,
+                PRECISION_ORDER.index(t.precision) if t.precision in PRECISION_ORDER else 9, t.exec_precision or "")
+
+    ordered = []
+    for base in baselines:
+        ordered.append(base)
+        ordered += sorted((t for t in artifacts if t.source_run == base.source_run), key=rank)
+    return ordered + sorted((t for t in artifacts if t not in ordered), key=lambda t: (t.source_run, rank(t)))
+
+
+def _attach_run_and_data(target: Target, runs: Path | None, data: str | None, cache_dir) -> None:
+    """Which test set counts this target: --data, else the one its source run was trained on."""
+    config: dict[str, Any] = {}
+    run_dir = runs / target.source_run if runs else None
+    if run_dir is not None and (run_dir / "config.json").is_file():
+        target.run_dir = run_dir
+        try:
+            config = read_json(run_dir / "config.json")
+        except (OSError, ValueError):
+            config = {}
+    target.data = data or (config.get("data") or {}).get("source")
+    target.cache_dir = str(cache_dir) if cache_dir else (config.get("train") or {}).get("cache_dir")
+    if not target.data:
+        target.skip(f"no test set: pass --data (no run folder {run_dir or target.source_run} with a config.json "
+                    f"to take it from)")
+
+
+def check_device(device: str) -> None:
+    if device != "cpu":
+        raise BenchError(f"unsupported device '{device}': only --device cpu can be benchmarked for now")
+
+
+def parse_threads(value: str | Sequence[int]) -> tuple[int, ...]:
+    """'1,2' -> (1, 2): positive, distinct, in the order given."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        threads = tuple(dict.fromkeys(int(str(v).strip()) for v in items if str(v).strip()))
+    except ValueError:
+        raise BenchError(f"--threads takes a comma-separated list of thread counts like 1,2, got '{value}'") from None
+    if not threads or min(threads) < 1:
+        raise BenchError(f"--threads needs thread counts of at least 1, got '{value}'")
+    return threads

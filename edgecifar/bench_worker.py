@@ -1,0 +1,206 @@
+"""The fresh-process half of `edgecifar bench`: measure one artifact at one thread setting.
+
+    python -m edgecifar.bench_worker < job.json > result.json
+
+Each measurement runs in its own process so that one runtime's thread pools, caches and allocator state
+cannot disturb another's. ONNX/OpenVINO jobs go through `edgecifar.runtime.load_artifact` (the device path)
+and never import torch; only the PyTorch baseline does.
+
+Job (JSON on stdin): kind ("artifact" | "pytorch"), path (artifact) or run_dir (pytorch), threads,
+exec_precision (OpenVINO hint or null), classes, data (an .npz with test_x/test_y, or null), accuracy (bool),
+batch_size, latency_seconds, throughput_seconds, warmup_seconds.
+Result (JSON on stdout): ok, error, import_s, load_s, latency {p50_ms, p90_ms, p99_ms, mean_ms, iterations},
+throughput_ips, accuracy {correct, images, per_class_correct, per_class_total, seconds} or null,
+threads_runtime, metadata, torch_imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+RUNTIME_MODULES = {"onnx": "onnxruntime", "openvino": "openvino"}
+MIN_LATENCY_ITERS = 20  # a percentile needs samples even when one call is slower than the budget
+MAX_LATENCY_ITERS = 50_000
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def measure(job: dict[str, Any]) -> dict[str, Any]:
+    """Load, (optionally) count accuracy over the test set, time batch-1 latency and batch throughput."""
+    threads = int(job["threads"])
+    if job["kind"] == "pytorch":
+        run, info = _load_pytorch(job["run_dir"], threads)
+    else:
+        run, info = _load_artifact(job["path"], threads, job.get("exec_precision"), job.get("classes"))
+    x, y = _load_data(job.get("data"))
+    batch = int(job["batch_size"])
+    result: dict[str, Any] = {"ok": True, **info, "accuracy": None}
+    warmup = float(job.get("warmup_seconds", 0.2))
+    if job.get("accuracy"):
+        result["accuracy"] = accuracy_pass(run, x, y, batch, len(job["classes"]))
+    acc = result["accuracy"]
+    if acc and acc["seconds"] >= float(job["throughput_seconds"]) and acc["images"] >= batch:
+        # a pass over a real test set at batch size B doubles as this setting's throughput figure
+        result["throughput_ips"] = acc["images"] / acc["seconds"]
+        result["throughput_source"] = "accuracy pass"
+    else:  # no pass, or one too short to time (a tiny test set)
+        result["throughput_ips"] = throughput(run, _batch_of(x, batch), float(job["throughput_seconds"]), warmup)
+        result["throughput_source"] = "timed loop"
+    samples = [np.ascontiguousarray(x[i:i + 1]) for i in range(min(len(x), 64))]  # real images, batch 1
+    result["latency"] = latency(run, samples, float(job["latency_seconds"]), warmup)
+    return result
+
+
+def _load_artifact(path: str, threads: int, exec_precision: str | None,
+                   classes: list[str] | None) -> tuple[Runner, dict[str, Any]]:
+    from .backends import backend_for
+    from .errors import ArtifactError
+    from .runtime import load_artifact
+
+    started = time.perf_counter()
+    backend = backend_for(path)
+    module = RUNTIME_MODULES.get(backend.name)
+    if module:
+        try:
+            importlib.import_module(module)  # timed apart from loading: the import is not the model's cost
+        except ImportError as e:
+            raise ArtifactError(f"{module} is not installed ({e.msg})") from e
+    imported = time.perf_counter()
+    artifact = load_artifact(path, threads=threads, precision=exec_precision)
+    loaded = time.perf_counter()
+    if classes is not None and artifact.classes != list(classes):
+        raise ArtifactError(f"{path}: its class names differ from the manifest's")
+    meta = {k: artifact.metadata.get(k) for k in ("model", "img_size", "num_classes", "precision", "source_run")}
+    return artifact.run, {"import_s": imported - started, "load_s": loaded - imported, "metadata": meta,
+                          "threads_runtime": _runtime_threads(artifact)}
+
+
+def _runtime_threads(artifact: Any) -> int | None:
+    """The thread count the runtime reports it will use (checks that the pin took effect)."""
+    try:
+        if artifact.format == "openvino":
+            return int(artifact.session.extra["compiled"].get_property("INFERENCE_NUM_THREADS"))
+        return int(artifact.session.handle.get_session_options().intra_op_num_threads)
+    except Exception:  # a reporting nicety only: never fail a measurement over it
+        return None
+
+
+def _load_pytorch(run_dir: str, threads: int) -> tuple[Runner, dict[str, Any]]:
+    started = time.perf_counter()
+    import torch
+
+    # both pools, before any parallel work: the interop pool can only be sized once per process
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(threads)
+    from .runs import load_run
+
+    imported = time.perf_counter()
+    model = load_run(run_dir)
+    loaded = time.perf_counter()
+
+    def run(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(images)).float().numpy()
+
+    meta = {k: model.meta.get(k) for k in ("model", "img_size", "num_classes")}
+    return run, {"import_s": imported - started, "load_s": loaded - imported, "metadata": meta,
+                 "threads_runtime": torch.get_num_threads()}
+
+
+def _load_data(path: str | None) -> tuple[np.ndarray, np.ndarray]:
+    if not path:
+        from .errors import BenchError
+
+        raise BenchError("the job names no test data")
+    with np.load(path, allow_pickle=False) as z:
+        return np.ascontiguousarray(z["test_x"]), z["test_y"].astype(np.int64)
+
+
+def _batch_of(x: np.ndarray, batch: int) -> np.ndarray:
+    """The first `batch` images (repeated when the test set is smaller), contiguous."""
+    reps = -(-batch // len(x))
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:batch] if reps > 1 else x[:batch])
+
+
+def accuracy_pass(run: Runner, x: np.ndarray, y: np.ndarray, batch: int, num_classes: int) -> dict[str, Any]:
+    """Top-1 over every image, per-class counts, and the seconds the timed pass took."""
+    run(_batch_of(x, batch))  # warm-up: first calls allocate and pick kernels
+    started = time.perf_counter()
+    preds = np.concatenate([run(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+    seconds = time.perf_counter() - started
+    hits = preds == y
+    return {"correct": int(hits.sum()), "images": int(len(y)), "seconds": seconds,
+            "per_class_correct": np.bincount(y[hits], minlength=num_classes).tolist(),
+            "per_class_total": np.bincount(y, minlength=num_classes).tolist()}
+
+
+def throughput(run: Runner, images: np.ndarray, seconds: float, warmup: float) -> float:
+    """Images per second at batch len(images), over about `seconds` after a warm-up."""
+    _spin(run, [images], warmup, 2)
+    calls, elapsed = _spin(run, [images], seconds, 3)
+    return calls * len(images) / elapsed
+
+
+def latency(run: Runner, samples: list[np.ndarray], seconds: float, warmup: float) -> dict[str, Any]:
+    """Batch-1 latency percentiles over about `seconds` of back-to-back calls, after a warm-up."""
+    _spin(run, samples, warmup, 5)
+    times: list[int] = []
+    end = time.perf_counter() + seconds
+    i = 0
+    while (time.perf_counter() < end or i < MIN_LATENCY_ITERS) and i < MAX_LATENCY_ITERS:
+        sample = samples[i % len(samples)]
+        t0 = time.perf_counter_ns()
+        run(sample)
+        times.append(time.perf_counter_ns() - t0)
+        i += 1
+    ms = np.asarray(times, dtype=np.float64) / 1e6
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(ms.mean()),
+            "min_ms": float(ms.min()), "iterations": int(len(ms))}
+
+
+def _spin(run: Runner, inputs: list[np.ndarray], seconds: float, min_calls: int) -> tuple[int, float]:
+    calls, started = 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - started < seconds:
+        run(inputs[calls % len(inputs)])
+        calls += 1
+    return calls, time.perf_counter() - started
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
+
+
+def main() -> int:
+    # runtimes and plugins may print; the result must be the only thing on stdout
+    result_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        from .errors import EdgecifarError
+
+        job = json.loads(sys.stdin.read())
+        try:
+            result = measure(job)
+        except EdgecifarError as e:
+            result = {"ok": False, "error": str(e)}
+        except Exception as e:  # any runtime failure becomes this row's error, never a crash of the bench
+            result = {"ok": False, "error": _one_line(e)}
+        result["torch_imported"] = "torch" in sys.modules
+        payload = json.dumps(result)
+    except Exception as e:  # a malformed job
+        payload = json.dumps({"ok": False, "error": f"bad job: {_one_line(e)}"})
+    with os.fdopen(result_fd, "w") as out:
+        out.write(payload + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""`edgecifar pipeline`: the main job in one command. Train each model (scratch and transfer), export each run
+to every format and precision, bench everything, write the report.
+
+Re-running skips every step whose output is already there and valid: a run folder with its weights and
+metrics trained with the same settings, exports whose files match the manifest and come from the run's
+current weights, a bench result for exactly these files and settings. `force` redoes them all. `quick` is a
+small profile (one epoch on a subset, small calibration, a subset of the test set, short timings) in its own
+folders, so that trying it never touches the real results.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import CheckpointError
+from .utils import read_json, sha256_file
+
+DEFAULT_MODELS = ("scratch_cnn", "efficientnet_lite0")
+QUICK_TRAIN = {"epochs": 1, "max_train": 2000, "max_test": 500}
+QUICK_EXPORT = {"calib_size": 64, "verify_size": 200}
+QUICK_BENCH = {"max_images": 1000, "latency_seconds": 0.3, "throughput_seconds": 0.3}
+COMPARED = ("model", "pretrained", "epochs", "max_train", "seed")  # a run made otherwise is not this step's output
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Layout:
+    runs: Path
+    exported: Path
+    results: Path
+
+
+def layout_for(quick: bool, root: Path | str | None = None) -> Layout:
+    """Full: runs/, exported/, benchmarks/results/. Quick (or any root): <root>/{runs,exported,results}."""
+    if root is None and not quick:
+        return Layout(Path("runs"), Path("exported"), Path("benchmarks/results"))
+    base = Path(root) if root is not None else Path("runs/pipeline-quick")
+    return Layout(base / "runs", base / "exported", base / "results")
+
+
+def pipeline(models: Sequence[str] = DEFAULT_MODELS, data: str = "cifar10", cache_dir: Path | str | None = None,
+             quick: bool = False, force: bool = False, root: Path | str | None = None,
+             threads: Sequence[int] | str = (1, 2), batch_size: int = 64, bf16: bool = False,
+             show_progress: bool = False, log: Log | None = None) -> dict[str, Any]:
+    """Train, export, bench and report; returns {"layout", "steps": [...], "bench": rows}."""
+    from .bench import bench
+    from .bench_targets import parse_threads
+
+    log = log or print
+    threads = parse_threads(threads)  # bad options fail before hours of training, not after
+    models = list(dict.fromkeys(models))
+    if not models:
+        raise CheckpointError("--models names no model")
+    lay = layout_for(quick, root)
+    steps: list[dict[str, Any]] = []
+    run_dirs = [_step(steps, "train", m, log, lambda m=m: train_step(m, lay, data, cache_dir, quick, force,
+                                                                      show_progress, log)) for m in models]
+    artifacts: list[Path] = []
+    for run_dir in run_dirs:
+        artifacts += _step(steps, "export", run_dir.name, log,
+                           lambda r=run_dir: export_step(r, lay, data, cache_dir, quick, force, log))
+    extra = QUICK_BENCH if quick else {}
+    rows = _step(steps, "bench", "all", log, lambda: _bench_step(bench, artifacts, lay, data, cache_dir, threads,
+                                                                 batch_size, bf16, force, show_progress, log, extra))
+    return {"layout": lay, "steps": steps, "bench": rows}
+
+
+def _step(steps: list[dict[str, Any]], kind: str, what: str, log: Log, fn: Callable[[], tuple[Any, str, str]]) -> Any:
+    started = time.perf_counter()
+    value, status, detail = fn()
+    steps.append({"step": kind, "target": what, "status": status, "detail": detail,
+                  "seconds": round(time.perf_counter() - started, 1)})
+    log(f"pipeline: {kind} {what}: {status} ({detail})")
+    return value
+
+
+# ---------------------------------------------------------------- train
+
+def train_config(model: str, lay: Layout, data: str, cache_dir, quick: bool):
+    from .models import get_spec
+    from .train import TrainConfig
+
+    # transfer models start from their ImageNet weights; scratch ones have none to start from
+    pretrained = bool(get_spec(model).pretrained_source)
+    return TrainConfig(model=model, data=data, cache_dir=str(cache_dir) if cache_dir else None, pretrained=pretrained,
+                       out=str(lay.runs / model), **(QUICK_TRAIN if quick else {}))
+
+
+def train_step(model: str, lay: Layout, data: str, cache_dir, quick: bool, force: bool, show_progress: bool,
+               log: Log) -> tuple[Path, str, str]:
+    from dataclasses import replace
+
+    from .train import train
+
+    cfg = train_config(model, lay, data, cache_dir, quick)
+    run_dir = Path(cfg.out)
+    differences = _differences(run_dir, cfg)
+    finished = (run_dir / "model.safetensors").is_file() and (run_dir / "metrics.json").is_file()
+    if not force and finished and not differences and _weights_intact(run_dir):
+        acc = read_json(run_dir / "metrics.json").get("test_acc")
+        return run_dir, "skipped", f"valid run in {run_dir}" + (f", test acc {acc:.2%}" if acc is not None else "")
+    if not force and not finished and (run_dir / "checkpoint.pt").is_file() and not differences:
+        return train(replace(cfg, resume=True), show_progress, log), "resumed", f"continued the run in {run_dir}"
+    if run_dir.exists() and any(run_dir.iterdir()) and not force:
+        why = ", ".join(differences) or "it is incomplete and cannot be resumed"
+        raise CheckpointError(f"{run_dir} holds a run made with other settings ({why}): pass --force to redo it")
+    return _retrain(cfg, run_dir, show_progress, log), "done", f"trained into {run_dir}"
+
+
+def _retrain(cfg, run_dir: Path, show_progress: bool, log: Log) -> Path:
+    """Train into run_dir; an old run there is set aside and restored if the new one fails."""
+    from .train import train
+
+    backup = run_dir.with_name(f".{run_dir.name}.replaced")
+    if run_dir.exists():
+        shutil.rmtree(backup, ignore_errors=True)
+        run_dir.rename(backup)
+    try:
+        out = train(cfg, show_progress, log)
+    except BaseException:
+        if backup.exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+            backup.rename(run_dir)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+    return out
+
+
+def _differences(run_dir: Path, cfg) -> list[str]:
+    """How the run in run_dir was trained otherwise than cfg asks (empty: same settings, or no run)."""
+    if not (run_dir / "config.json").is_file():
+        return []
+    try:
+        made = read_json(run_dir / "config.json")["train"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ["unreadable config.json"]
+    wanted = cfg.resolved()
+    found = [f"{k} {made.get(k)!r} instead of {getattr(wanted, k)!r}" for k in COMPARED
+             if made.get(k) != getattr(wanted, k)]
+    if _source(made.get("data")) != _source(wanted.data):
+        found.append(f"data {made.get('data')!r} instead of {wanted.data!r}")
+    return found
+
+
+def _source(data: str | None) -> str | None:
+    return data if data in (None, "cifar10") else str(Path(data).expanduser().resolve())
+
+
+def _weights_intact(run_dir: Path) -> bool:
+    expected = read_json(run_dir / "metrics.json").get("weights_sha256")
+    return expected is None or sha256_file(run_dir / "model.safetensors") == expected
+
+
+# ---------------------------------------------------------------- export
+
+def export_step(run_dir: Path, lay: Layout, data: str, cache_dir, quick: bool, force: bool,
+                log: Log) -> tuple[list[Path], str, str]:
+    from .export import export_run
+
+    current = current_exports(run_dir, lay.exported)
+    if current is not None and not force:
+        return current, "skipped", f"{len(current)} exports in {lay.exported} match the manifest and the run"
+    entries = export_run(run_dir, "all", "all", out_dir=lay.exported, data=data, cache_dir=cache_dir, log=log,
+                         **(QUICK_EXPORT if quick else {}))
+    return [lay.exported / e["path"] for e in entries], "done", f"{len(entries)} exports into {lay.exported}"
+
+
+def current_exports(run_dir: Path, exported: Path) -> list[Path] | None:
+    """The run's artifact paths if every format x precision is listed, intact, and made from its current
+    weights; else None."""
+    from .backends import BACKENDS, PRECISIONS
+    from .manifest import MANIFEST, read_manifest
+
+    manifest = exported / MANIFEST
+    if not manifest.is_file():
+        return None
+    weights = sha256_file(run_dir / "model.safetensors")
+    found = {}
+    for e in read_manifest(manifest)["artifacts"]:
+        if e.get("source_run") != run_dir.name or e.get("source_sha256") != weights:
+            continue
+        files = e.get("files") or {e.get("path"): e.get("sha256")}
+        if all((exported / f).is_file() and sha256_file(exported / f) == sha for f, sha in files.items()):
+            found[(e.get("format"), e.get("precision"))] = exported / e["path"]
+    wanted = [(f, p) for f in BACKENDS for p in PRECISIONS]
+    return [found[k] for k in wanted] if all(k in found for k in wanted) else None
+
+
+# ---------------------------------------------------------------- bench
+
+def _bench_step(bench, artifacts: list[Path], lay: Layout, data: str, cache_dir, threads, batch_size: int,
+                bf16: bool, force: bool, show_progress: bool, log: Log, extra: dict[str, Any]):
+    rows = bench(artifacts, device="cpu", threads=threads, batch_size=batch_size, out_dir=lay.results, data=data,
+                 cache_dir=cache_dir, runs_dir=lay.runs, bf16=bf16, reuse=not force, show_progress=show_progress,
+                 log=log, **extra)
+    status = "skipped" if rows.reused else "done"
+    return rows, status, f"{len(rows)} rows, report in {lay.results}"

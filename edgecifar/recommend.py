@@ -1,0 +1,134 @@
+"""`edgecifar recommend`: from a bench result and constraints, the best artifact that meets them and why, or
+which constraint cannot be met and by how much.
+
+"Best" is the most accurate row that meets every constraint; ties go to the faster, then the smaller one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import BenchError
+from .report import load_result
+
+PERCENTILES = ("p50", "p90", "p99")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    name: str  # the CLI option
+    limit: float
+    value: Callable[[dict[str, Any]], float]  # the row's figure, in the limit's unit
+    upper: bool  # True: value <= limit; False: value >= limit
+    unit: str
+
+    def gap(self, row: dict[str, Any]) -> float:
+        """How far the row is from meeting it (<= 0: met)."""
+        v = self.value(row)
+        return v - self.limit if self.upper else self.limit - v
+
+    def text(self) -> str:
+        unit = f" ({self.unit.split()[1].strip('()')})" if " " in self.unit else ""
+        return f"{self.name.replace('_', '-')} {self.limit:g}{unit}"
+
+
+def constraints_for(max_latency_ms: float | None, max_size_mb: float | None, min_accuracy: float | None,
+                    percentile: str = "p50") -> list[Constraint]:
+    if percentile not in PERCENTILES:
+        raise BenchError(f"unknown latency percentile '{percentile}': use one of {', '.join(PERCENTILES)}")
+    found = []
+    if max_latency_ms is not None:
+        found.append(Constraint("max_latency_ms", max_latency_ms, lambda r: r[f"latency_{percentile}_ms"], True,
+                                f"ms {percentile}"))
+    if max_size_mb is not None:
+        found.append(Constraint("max_size_mb", max_size_mb, lambda r: r["size_mb"], True, "MB"))
+    if min_accuracy is not None:
+        if not 0 <= min_accuracy <= 100:
+            raise BenchError(f"--min-accuracy is a top-1 percentage (0-100), got {min_accuracy}")
+        found.append(Constraint("min_accuracy", min_accuracy, lambda r: 100 * r["accuracy"], False, "points"))
+    return found
+
+
+def recommend(result: dict[str, Any] | Path | str, max_latency_ms: float | None = None,
+              max_size_mb: float | None = None, min_accuracy: float | None = None, threads: int | None = None,
+              percentile: str = "p50") -> dict[str, Any]:
+    """Pick the best measured row under the constraints (min_accuracy in percent, e.g. 85.5).
+
+    Returns {"met", "choice", "reason", "runner_up", "eligible", "considered", "shortfalls", "percentile"};
+    `choice` is None and `shortfalls` says by how much each constraint is missed when nothing meets them all.
+    """
+    data = result if isinstance(result, dict) else load_result(result)
+    rows = _measured(data["rows"], threads)
+    cons = constraints_for(max_latency_ms, max_size_mb, min_accuracy, percentile)
+    key = f"latency_{percentile}_ms"
+    eligible = sorted((r for r in rows if all(c.gap(r) <= 0 for c in cons)),
+                      key=lambda r: (-r["accuracy"], r[key], r["size_mb"]))
+    base = {"percentile": percentile, "considered": len(rows), "eligible": eligible,
+            "constraints": {c.name: c.limit for c in cons}, "threads": threads}
+    if not eligible:
+        shortfalls = [_shortfall(c, cons, rows, key) for c in cons]
+        missed = [s for s in shortfalls if s["gap"] > 0]
+        reason = "no measured artifact meets " + _joined(cons) + ": " + "; ".join(s["text"] for s in missed)
+        return {**base, "met": False, "choice": None, "runner_up": None, "reason": reason, "shortfalls": missed}
+    choice = eligible[0]
+    runner_up = eligible[1] if len(eligible) > 1 else None
+    return {**base, "met": True, "choice": choice, "runner_up": runner_up, "shortfalls": [],
+            "reason": _why(choice, runner_up, eligible, rows, cons, key)}
+
+
+def _measured(rows: list[dict[str, Any]], threads: int | None) -> list[dict[str, Any]]:
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("accuracy") is not None
+          and r.get("latency_p50_ms") is not None and r.get("size_mb") is not None]
+    if not ok:
+        raise BenchError("the bench result has no measured rows")
+    if threads is None:
+        return ok
+    picked = [r for r in ok if r["threads"] == threads]
+    if not picked:
+        measured = ", ".join(str(t) for t in sorted({r["threads"] for r in ok}))
+        raise BenchError(f"no rows measured at {threads} threads (the result has {measured})")
+    return picked
+
+
+def name(row: dict[str, Any]) -> str:
+    return f"{row['model']} {row['variant']} @{row['threads']} thread{'s' if row['threads'] > 1 else ''}"
+
+
+def describe(row: dict[str, Any], key: str) -> str:
+    return f"top-1 {row['accuracy']:.2%}, {key.split('_')[1]} {row[key]:.3f} ms, {row['size_mb']:.2f} MB"
+
+
+def _joined(cons: list[Constraint]) -> str:
+    return ", ".join(c.text() for c in cons) if cons else "no constraints"
+
+
+def _why(choice: dict, runner_up: dict | None, eligible: list[dict], rows: list[dict], cons: list[Constraint],
+         key: str) -> str:
+    text = (f"{name(choice)} ({describe(choice, key)}): the most accurate of the {len(eligible)} of {len(rows)} "
+            f"measured rows that meet {_joined(cons)}")
+    if runner_up is not None:
+        delta = 100 * (choice["accuracy"] - runner_up["accuracy"])
+        than = f"{delta:.2f} points less accurate" if delta > 0 else "as accurate, but slower or larger"
+        text += f"; next best {name(runner_up)} ({describe(runner_up, key)}: {than})"
+    fastest = min(eligible, key=lambda r: r[key])
+    if fastest is not choice:
+        text += f"; the fastest that qualifies is {name(fastest)} ({describe(fastest, key)})"
+    return text
+
+
+def _shortfall(c: Constraint, cons: list[Constraint], rows: list[dict], key: str) -> dict[str, Any]:
+    """The row closest to meeting `c` among those that meet every other constraint (or among all rows, when
+    none does), and how far it is."""
+    others = [r for r in rows if all(o.gap(r) <= 0 for o in cons if o is not c)]
+    pool = others or rows
+    best = min(pool, key=c.gap)
+    gap = c.gap(best)
+    where = "that meets the other constraints" if others and len(cons) > 1 else "of all measured rows"
+    if not others:
+        where = "of all measured rows (none meets the other constraints either)"
+    text = (f"{c.text()} is missed by {gap:.3g} {c.unit.split()[0]}: the closest {where} is {name(best)} "
+            f"({describe(best, key)})")
+    return {"constraint": c.name, "limit": c.limit, "value": c.value(best), "gap": gap, "unit": c.unit,
+            "closest": best, "text": text}

@@ -1,0 +1,216 @@
+"""Bench reports: bench.json (header + rows), bench.csv (one flat row per artifact and thread setting),
+bench.md (tables for people) and bench.png (accuracy against latency, with the Pareto front).
+
+All four are written together or not at all: each goes to a temporary file beside its final name, and the
+renames happen only after every one of them was written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import BenchError
+from .utils import atomic_path
+
+REPORT_FILES = {"json": "bench.json", "csv": "bench.csv", "md": "bench.md", "png": "bench.png"}
+FORMAT_MARKERS = {"pytorch": "o", "onnx": "s", "openvino": "^"}
+
+
+def write_reports(header: dict[str, Any], rows: list[dict[str, Any]], out_dir: Path | str) -> dict[str, Path]:
+    """Write the four report files into `out_dir`, all or none; returns their paths."""
+    out_dir = Path(out_dir)
+    final = {kind: out_dir / name for kind, name in REPORT_FILES.items()}
+    with contextlib.ExitStack() as stack:
+        tmp = {kind: stack.enter_context(atomic_path(path)) for kind, path in final.items()}
+        tmp["json"].write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
+        write_csv(rows, tmp["csv"])
+        tmp["md"].write_text(markdown(header, rows, image=REPORT_FILES["png"]))
+        plot_pareto(rows, tmp["png"], title=_title(header))
+        for path in tmp.values():
+            path.chmod(0o644)  # results are for sharing (the temporary files start as 0600)
+    return final
+
+
+def load_result(path: Path | str) -> dict[str, Any]:
+    """A bench.json (or a folder holding one) -> {"header", "rows"}."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / REPORT_FILES["json"]
+    if not path.is_file():
+        raise BenchError(f"no bench result at {path}: run `edgecifar bench` first")
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+            raise ValueError("no 'rows' list")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise BenchError(f"corrupt bench result {path}: {e}") from None
+    return data
+
+
+# ---------------------------------------------------------------- CSV
+
+def flat_row(row: dict[str, Any]) -> dict[str, Any]:
+    """CSV form: per-class accuracy left to the JSON, library versions as version_<name> columns."""
+    flat = {k: v for k, v in row.items() if k not in ("per_class", "versions")}
+    flat.update({f"version_{name}": v for name, v in (row.get("versions") or {}).items()})
+    return flat
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    flats = [flat_row(r) for r in rows]
+    columns = list(dict.fromkeys(k for f in flats for k in f))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(flats)
+
+
+# ---------------------------------------------------------------- Markdown
+
+def _fmt(value: Any, spec: str, scale: float | None = None) -> str:
+    if value is None:
+        return "-"
+    return format(value * scale if scale is not None else value, spec)
+
+
+def _title(header: dict[str, Any]) -> str:
+    machine = header.get("machine", {})
+    return f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, {header.get('date', '')[:10]}"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The measured rows as a Markdown table (the README embeds this one)."""
+    lines = ["| model | variant | threads | top-1 % | size MB | params | MMACs | p50 ms | p90 ms | p99 ms | "
+             "img/s | load s |", "|" + "---|" * 12]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['variant']} | {r['threads']} | {_fmt(r['accuracy'], '.2f', 100)} | "
+                     f"{_fmt(r['size_mb'], '.2f')} | {_fmt(r['params'], ',')} | {_fmt(r['macs'], '.1f', 1e-6)} | "
+                     f"{_fmt(r['latency_p50_ms'], '.3f')} | {_fmt(r['latency_p90_ms'], '.3f')} | "
+                     f"{_fmt(r['latency_p99_ms'], '.3f')} | {_fmt(r['throughput_ips'], ',.0f')} | "
+                     f"{_fmt(r['load_s'], '.2f')} |")
+    return "\n".join(lines)
+
+
+def markdown(header: dict[str, Any], rows: list[dict[str, Any]], image: str | None = None) -> str:
+    settings, machine, versions = header["settings"], header["machine"], header["versions"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    images = ok[0]["images"] if ok else None
+    parts = [f"# edgecifar bench, {header['date'][:10]}", "",
+             f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}, "
+             f"Python {machine['python']}",
+             "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+             f"- Test set: {ok[0]['data'] if ok else '-'} ({images or '-'} images), top-1 through each file's own "
+             f"runtime; device {settings['device']}",
+             f"- Latency: batch 1, percentiles over about {settings['latency_seconds']} s of calls after a warm-up; "
+             f"throughput at batch {settings['batch_size']}; each artifact and thread setting in a fresh process "
+             f"with the runtime's threads pinned",
+             f"- Took {header['bench_seconds']} s", ""]
+    for n in settings["threads"]:
+        measured = [r for r in ok if r["threads"] == n]
+        if measured:
+            front = pareto_front([(r["latency_p50_ms"], r["accuracy"]) for r in measured])
+            parts += [f"## {n} thread{'s' if n > 1 else ''}", "", markdown_table(measured), "",
+                      "Pareto front (no other row is both faster and more accurate): "
+                      + ", ".join(f"{measured[i]['model']} {measured[i]['variant']}" for i in front), ""]
+    bad = [r for r in rows if r["status"] != "ok"]
+    if bad:
+        parts += ["## Not measured", "", "| model | variant | threads | status | reason |", "|---|---|---|---|---|"]
+        parts += [f"| {r['model']} | {r['variant']} | {r['threads']} | {r['status']} | "
+                  f"{r['reason'].replace('|', '/')} |" for r in bad]
+        parts.append("")
+    if image:
+        parts += [f"![accuracy against latency]({image})", ""]
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- Pareto plot
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the (latency, accuracy) points no other point beats on both, fastest first."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Accuracy against p50 latency, one panel per thread setting: colour per model, marker per format, marker
+    area by file size, the Pareto front as a step line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
+
+    ok = [r for r in rows if r["status"] == "ok" and r["latency_p50_ms"] and r["accuracy"] is not None]
+    threads = sorted({r["threads"] for r in ok}) or [1]
+    models = list(dict.fromkeys(r["model"] for r in ok))
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+    biggest = max((r["size_mb"] or 0 for r in ok), default=1) or 1
+    fig, axes = plt.subplots(1, len(threads), figsize=(6.5 * len(threads), 5), sharey=True, squeeze=False)
+    for ax, n in zip(axes[0], threads, strict=True):
+        measured = [r for r in ok if r["threads"] == n]
+        for r in measured:
+            ax.scatter(r["latency_p50_ms"], 100 * r["accuracy"], s=30 + 470 * (r["size_mb"] or 0) / biggest,
+                       color=colours[r["model"]], marker=FORMAT_MARKERS.get(r["format"], "o"), alpha=0.75,
+                       edgecolors="black", linewidths=0.5)
+            ax.annotate(r["variant"], (r["latency_p50_ms"], 100 * r["accuracy"]), fontsize=6,
+                        xytext=(4, 3), textcoords="offset points")
+        front = [measured[i] for i in pareto_front([(r["latency_p50_ms"], r["accuracy"]) for r in measured])]
+        if front:
+            ax.plot([r["latency_p50_ms"] for r in front], [100 * r["accuracy"] for r in front], color="grey",
+                    linestyle="--", drawstyle="steps-post", linewidth=1, label="Pareto front")
+        ax.set_xscale("log")
+        # plain numbers (0.2, 0.5, 2, 5 ...) rather than 2x10^-1: latencies span a decade or two
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if _leading_digit(v) in (2, 5) else ""))
+        ax.set(xlabel="p50 latency, batch 1 (ms, log scale)", title=f"{n} thread{'s' if n > 1 else ''}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("top-1 accuracy (%)")
+    handles = [Line2D([], [], color=colours[m], marker="o", linestyle="", label=m) for m in models]
+    handles += [Line2D([], [], color="grey", marker=FORMAT_MARKERS[f], linestyle="", label=f)
+                for f in dict.fromkeys(r["format"] for r in ok) if f in FORMAT_MARKERS]
+    handles.append(Line2D([], [], color="grey", linestyle="--", label="Pareto front"))
+    axes[0][-1].legend(handles=handles, fontsize=7, loc="lower right", title="marker area: file size",
+                       title_fontsize=7)
+    fig.suptitle(f"accuracy against latency ({title})" if title else "accuracy against latency", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+
+
+def _leading_digit(value: float) -> int:
+    return int(f"{value:e}"[0]) if value > 0 else 0
+
+
+# ---------------------------------------------------------------- terminal
+
+def rich_table(rows: Sequence[dict[str, Any]], title: str = ""):
+    """The rows as a rich Table, a section per model: measured ones with their figures, the others in yellow
+    with the reason (in full in the caption)."""
+    from rich.table import Table
+
+    reasons = dict.fromkeys(f"{r['model']} {r['variant']}: {r['reason']}" for r in rows if r["status"] != "ok")
+    table = Table(title=f"{title} (latency: batch 1, ms; load: s)" if title else None,
+                  caption="\n".join(reasons) or None, caption_justify="left", box=None, padding=(0, 1),
+                  pad_edge=False, header_style="bold underline")
+    for col in ("variant", "thr", "status", "top-1%", "MB", "p50", "p90", "p99", "img/s", "load"):
+        # never wrapped or cut: the reasons of skipped rows are in the caption, where they can wrap
+        table.add_column(col, justify="left" if col in ("variant", "status") else "right", no_wrap=True)
+    for model in dict.fromkeys(r["model"] for r in rows):
+        table.add_row(f"[bold]{model}[/bold]")
+        for r in (r for r in rows if r["model"] == model):
+            ok = r["status"] == "ok"
+            latency = (_fmt(r[f"latency_{p}_ms"], ".3g") for p in ("p50", "p90", "p99"))
+            table.add_row(r["variant"], str(r["threads"]), r["status"], _fmt(r["accuracy"], ".2f", 100),
+                          _fmt(r["size_mb"], ".2f"), *latency, _fmt(r["throughput_ips"], ".0f"),
+                          _fmt(r["load_s"], ".2f"), style=None if ok else "yellow")
+    return table

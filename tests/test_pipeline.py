@@ -1,0 +1,72 @@
+"""`edgecifar pipeline --quick` end to end on tiny synthetic data: train, export to every format and precision,
+bench, report; a re-run skips every valid step; a damaged export is redone; a run made with other settings
+is not silently replaced."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from edgecifar.cli import app
+from edgecifar.errors import CheckpointError
+
+VARIANTS = {"PyTorch"} | {f"{f} {p}" for f in ("ONNX", "OpenVINO") for p in ("FP32", "FP16", "INT8")}
+
+
+def run_pipeline(*args):
+    return CliRunner().invoke(app, ["pipeline", *map(str, args)])
+
+
+def test_pipeline_quick_end_to_end(image_tree, cache_dir, tmp_path):
+    root = tmp_path / "work"
+    common = ["--quick", "--models", "scratch_cnn", "--data", image_tree, "--cache-dir", cache_dir, "--root", root,
+              "--threads", "1"]
+    result = run_pipeline(*common)
+    assert result.exit_code == 0, result.output
+    assert "train scratch_cnn: done" in result.output and "export scratch_cnn: done" in result.output
+    run = root / "runs" / "scratch_cnn"
+    assert (run / "model.safetensors").is_file() and (run / "metrics.json").is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["epochs"] == 1  # the quick profile
+    manifest = json.loads((root / "exported" / "manifest.json").read_text())
+    assert len(manifest["artifacts"]) == 6 and {e["source_run"] for e in manifest["artifacts"]} == {"scratch_cnn"}
+    results = root / "results"
+    assert sorted(p.name for p in results.iterdir()) == ["bench.csv", "bench.json", "bench.md", "bench.png"]
+    rows = json.loads((results / "bench.json").read_text())["rows"]
+    assert {r["variant"] for r in rows} == VARIANTS and all(r["status"] == "ok" for r in rows)
+    assert all(r["images"] == 30 and r["threads"] == 1 for r in rows)
+
+    # a re-run finds every output valid and redoes nothing
+    stamp = (results / "bench.json").stat().st_mtime_ns
+    result = run_pipeline(*common)
+    assert result.exit_code == 0, result.output
+    for step in ("train scratch_cnn", "export scratch_cnn", "bench all"):
+        assert f"{step}: skipped" in result.output, result.output
+    assert (results / "bench.json").stat().st_mtime_ns == stamp
+
+    # a damaged artifact fails its checksum: the export is redone and the run stays; the bench is redone
+    # unless the new files are byte for byte the ones benched (exports are reproducible)
+    weights = (run / "model.safetensors").stat().st_mtime_ns
+    artifact = root / "exported" / manifest["artifacts"][0]["path"]
+    artifact.write_bytes(artifact.read_bytes() + b"\0")
+    result = run_pipeline(*common)
+    assert result.exit_code == 0, result.output
+    assert "train scratch_cnn: skipped" in result.output and "export scratch_cnn: done" in result.output
+    assert (run / "model.safetensors").stat().st_mtime_ns == weights
+    manifest = json.loads((root / "exported" / "manifest.json").read_text())
+    rows = json.loads((results / "bench.json").read_text())["rows"]
+    assert {e["sha256"] for e in manifest["artifacts"]} == {r["sha256"] for r in rows if r["format"] != "pytorch"}
+
+    # the full profile into the same folders meets a quick run: it says so instead of replacing it
+    result = run_pipeline(*[a for a in common if a != "--quick"])
+    assert result.exit_code == CheckpointError.exit_code
+    assert "other settings" in result.output and "--force" in result.output and "Traceback" not in result.output
+
+
+def test_bad_options_fail_before_any_work(tmp_path):
+    result = run_pipeline("--models", "no_such_model", "--data", tmp_path / "none", "--root", tmp_path / "w")
+    assert result.exit_code != 0 and result.output.startswith("error:")
+    result = run_pipeline("--threads", "0", "--root", tmp_path / "w")
+    assert result.exit_code != 0 and "--threads" in result.output
+    assert not (tmp_path / "w").exists()
