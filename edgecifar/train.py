@@ -272,10 +272,14 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: EdgeModel) -> None:
-        ema_params = list(self.model.parameters())
-        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - self.decay)
-        for ema_buf, buf in zip(self.model.buffers(), model.buffers()):
-            ema_buf.copy_(buf)
+        # average BN running statistics too (as timm's ModelEmaV2 does): copying the live ones onto
+        # averaged weights mismatches them while the learning rate is high
+        pairs = [(e, m) for e, m in zip(self.model.state_dict().values(), model.state_dict().values())]
+        floats = [(e, m) for e, m in pairs if e.is_floating_point()]
+        torch._foreach_lerp_([e for e, _ in floats], [m.detach() for _, m in floats], 1 - self.decay)
+        for e, m in pairs:
+            if not e.is_floating_point():
+                e.copy_(m)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
