@@ -1,0 +1,20 @@
+"""The issue-5 architectures train briefly and export to every format and precision, verification included."""
+
+import pytest
+
+from edgecifar.export import export_run
+from edgecifar.train import TrainConfig, train
+
+
+@pytest.mark.parametrize("name", ["edge_tiny", "edge_small"])
+def test_edge_net_exports_pass_verification(name, image_tree, tmp_path):
+    run = train(TrainConfig(model=name, data=str(image_tree), cache_dir=str(tmp_path / "cache"), epochs=2,
+                            batch_size=16, out=str(tmp_path / "run")), log=lambda *a: None)
+    entries = export_run(run, "all", "all", out_dir=tmp_path / "exported", calib_size=32, verify_size=30)
+    assert {(e["format"], e["precision"]) for e in entries} == {
+        (f, p) for f in ("onnx", "openvino") for p in ("fp32", "fp16", "int8")}
+    for entry in entries:
+        assert (tmp_path / "exported" / entry["path"]).is_file()
+        assert entry["model"] == name
+    fp32 = [e for e in entries if e["precision"] == "fp32"]
+    assert all(e["verification"]["agreement"] >= 0.999 for e in fp32), fp32
