@@ -144,24 +144,27 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, show
     write_config(out, config)
     log(f"training {cfg.model} ({config['params']:,} params) on {len(train_y):,} images, {device}, -> {out}")
 
+    acc_key = "test_acc" if data.val_y is None else "val_acc"
+    final = ema.model if ema else model  # what is evaluated each epoch and saved at the end
     started = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         stats = _train_epoch(model, teacher, ema, optimizer, scheduler, train_x, train_y, cfg, epoch, show_progress)
-        eval_model = ema.model if ema else model
-        stats["test_acc" if data.val_y is None else "val_acc"] = evaluate(eval_model, eval_x, eval_y)
+        stats[acc_key] = evaluate(final, eval_x, eval_y)
         history.append(stats)
         save_checkpoint(out, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                               "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else {},
                               "history": history})
-        acc_key = "test_acc" if data.val_y is None else "val_acc"
         log(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.4f}  train {stats['train_acc']:.2%}  "
             f"{acc_key.replace('_acc', '')} {stats[acc_key]:.2%}  {stats['images_per_s']:.0f} img/s  "
             f"{stats['seconds']:.0f}s  eta {_eta(history, cfg.epochs)}")
 
-    final = ema.model if ema else model
-    sha = save_weights(final, out, {k: v for k, v in final.state_dict().items()})
-    test_x, test_y = (torch.from_numpy(a).to(device) for a in _subset(data.test_x, data.test_y, cfg.max_test, cfg.seed))
-    test_acc = evaluate(final, test_x, test_y)
+    sha = save_weights(final, out)
+    if data.val_y is None:  # the last epoch already evaluated these weights on the test images
+        test_acc = history[-1]["test_acc"]
+    else:
+        test_x, test_y = (torch.from_numpy(a).to(device)
+                          for a in _subset(data.test_x, data.test_y, cfg.max_test, cfg.seed))
+        test_acc = evaluate(final, test_x, test_y)
     train_seconds = sum(h["seconds"] for h in history)
     write_metrics(out, {"test_acc": test_acc, "epochs": history, "train_seconds": train_seconds,
                         "wall_seconds_this_session": time.perf_counter() - started,
@@ -274,7 +277,7 @@ class EMA:
     def update(self, model: EdgeModel) -> None:
         # average BN running statistics too (as timm's ModelEmaV2 does): copying the live ones onto
         # averaged weights mismatches them while the learning rate is high
-        pairs = [(e, m) for e, m in zip(self.model.state_dict().values(), model.state_dict().values())]
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
         floats = [(e, m) for e, m in pairs if e.is_floating_point()]
         torch._foreach_lerp_([e for e, _ in floats], [m.detach() for _, m in floats], 1 - self.decay)
         for e, m in pairs:
