@@ -11,18 +11,28 @@ import torch.nn.functional as F
 
 def random_crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
     """Random `pad`-pixel translation (reflect padding) and horizontal flip of a uint8 NHWC batch."""
+    return random_flip(random_crop(images, pad, generator), generator)[0]
+
+
+def random_crop(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random `pad`-pixel translation of a uint8 NHWC batch (reflect padding, then a crop per image)."""
+    if not pad:
+        return images
     n, h, w, _ = images.shape
     dev = images.device
-    if pad:
-        padded = F.pad(images.permute(0, 3, 1, 2).float(), (pad,) * 4, mode="reflect").to(images.dtype)
-        padded = padded.permute(0, 2, 3, 1)  # back to NHWC, [n, h+2p, w+2p, c]
-        dy = torch.randint(0, 2 * pad + 1, (n, 1), device=dev, generator=generator)
-        dx = torch.randint(0, 2 * pad + 1, (n, 1), device=dev, generator=generator)
-        rows = (torch.arange(h, device=dev) + dy)[:, :, None]  # [n, h, 1]
-        cols = (torch.arange(w, device=dev) + dx)[:, None, :]  # [n, 1, w]
-        images = padded[torch.arange(n, device=dev)[:, None, None], rows, cols]
-    flip = torch.rand(n, device=dev, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], images.flip(2), images)
+    padded = F.pad(images.permute(0, 3, 1, 2).float(), (pad,) * 4, mode="reflect").to(images.dtype)
+    padded = padded.permute(0, 2, 3, 1)  # back to NHWC, [n, h+2p, w+2p, c]
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), device=dev, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), device=dev, generator=generator)
+    rows = (torch.arange(h, device=dev) + dy)[:, :, None]  # [n, h, 1]
+    cols = (torch.arange(w, device=dev) + dx)[:, None, :]  # [n, 1, w]
+    return padded[torch.arange(n, device=dev)[:, None, None], rows, cols]
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mirror a random half of a uint8 NHWC batch; returns the batch and which images were flipped."""
+    flip = torch.rand(len(images), device=images.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(2), images), flip
 
 
 def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:

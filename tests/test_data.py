@@ -125,6 +125,16 @@ def test_crop_flip_is_a_translation_or_mirror():
     assert all(m or torch.equal(f, i) for m, f, i in zip(mirrored, flips, images))
 
 
+def test_random_flip_reports_which_images_it_mirrored():
+    from edgecifar.augment import random_flip
+
+    images = torch.randint(0, 255, (32, 32, 32, 3), dtype=torch.uint8)
+    out, flipped = random_flip(images, torch.Generator().manual_seed(2))
+    assert flipped.dtype == torch.bool and 0 < int(flipped.sum()) < 32
+    for o, i, f in zip(out, images, flipped):
+        assert torch.equal(o, i.flip(1) if f else i)
+
+
 def test_augmentation_is_seeded():
     images = torch.randint(0, 255, (16, 32, 32, 3), dtype=torch.uint8)
     a = random_crop_flip(images, 4, torch.Generator().manual_seed(3))

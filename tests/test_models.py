@@ -36,7 +36,7 @@ def test_normalization_lives_in_the_model():
     model.backbone.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
     with torch.no_grad():
         model.eval()(torch.full((1, 32, 32, 3), 128, dtype=torch.uint8))
-    assert seen["x"].shape == (1, 3, 64, 64)  # resized to the recipe's 64 px inside the model
+    assert seen["x"].shape == (1, 3, 40, 40)  # resized to the recipe's 40 px inside the model
     assert torch.allclose(seen["x"], torch.full_like(seen["x"], (128 / 255 - 0.5) / 0.5), atol=1e-5)
 
 
@@ -54,7 +54,7 @@ def test_unknown_model():
 def test_registry_lists_and_counts():
     assert {"scratch_cnn", "efficientnet_lite0", "resnet18"} <= set(list_models())
     assert 11_000_000 < count_macs(create_model("scratch_cnn")) < 12_000_000
-    assert get_spec("efficientnet_lite0").recipe.img_size == 64
+    assert get_spec("efficientnet_lite0").recipe.img_size == 40
 
 
 def test_hub_failure_is_a_clear_error(monkeypatch):
@@ -102,6 +102,19 @@ def test_bundled_lite0_mapping_is_strict_and_keeps_imagenet_predictions():
         assert probs.argmax().item() == want and probs.max() > 0.5
 
 
+def test_efficientnet_keeps_stage1_resolution():
+    """Stage 1 runs at stride 1: at 40 px every later feature map is as large as the stock net's at 80 px."""
+    import timm
+
+    model = create_model("efficientnet_lite0").eval()
+    assert model.backbone.blocks[1][0].conv_dw.stride == (1, 1)
+    stock = timm.create_model("tf_efficientnet_lite0").eval()
+    with torch.no_grad():
+        ours = model.backbone.forward_features(torch.zeros(1, 3, 40, 40))
+        theirs = stock.forward_features(torch.zeros(1, 3, 80, 80))
+    assert ours.shape == theirs.shape == (1, 1280, 3, 3)
+
+
 def test_pretrained_efficientnet_keeps_backbone_weights():
     pretrained = create_model("efficientnet_lite0", pretrained=True)
     random = create_model("efficientnet_lite0")
@@ -126,3 +139,24 @@ def test_edge_nets_are_small_and_registered(name, max_params, max_macs):
 
 def test_edge_tiny_is_resnet8():
     assert count_params(create_model("edge_tiny")) == 78_042  # MLPerf Tiny's ResNet-8 layout, 10 classes
+
+
+def test_freeze_stages_freezes_the_leading_timm_layer_groups():
+    from edgecifar.models import freeze_stages
+
+    model = create_model("efficientnet_lite0")
+    total = count_params(model)
+    assert freeze_stages(model, 0) == total
+    trainable = freeze_stages(model, 4)  # stem, blocks.0, blocks.1, blocks.2
+    bb = model.backbone
+    frozen = [bb.conv_stem, bb.bn1, *bb.blocks[:3]]
+    assert all(not p.requires_grad for m in frozen for p in m.parameters())
+    assert all(p.requires_grad for m in (*bb.blocks[3:], bb.conv_head, bb.classifier) for p in m.parameters())
+    assert trainable == total - sum(p.numel() for m in frozen for p in m.parameters())
+
+
+def test_freeze_needs_layer_groups():
+    from edgecifar.models import freeze_stages
+
+    with pytest.raises(ModelError, match="layer groups"):
+        freeze_stages(create_model("scratch_cnn"), 1)

@@ -132,9 +132,46 @@ def test_distillation_gradient_reaches_the_student_only():
 
 
 @pytest.mark.slow
+def test_distillation_from_a_teacher_run(image_tree, tmp_path):
+    """The teacher's logits (as is and mirrored) are computed once and steer the student."""
+    from edgecifar.train import teacher_logits
+
+    cache = str(tmp_path / "c")
+    teacher = train(tiny(image_tree, tmp_path / "teacher", cache_dir=cache), log=lambda *a: None)
+    images = torch.randint(0, 255, (6, 32, 32, 3), dtype=torch.uint8)
+    logits = teacher_logits(str(teacher), images, ["cat", "dog", "ship"])
+    model = load_run(teacher)
+    with torch.no_grad():
+        assert torch.allclose(logits[:, 0], model(images), atol=1e-5)
+        assert torch.allclose(logits[:, 1], model(images.flip(2)), atol=1e-5)
+    with pytest.raises(EdgecifarError, match="other classes"):
+        teacher_logits(str(teacher), images, ["a", "b", "c"])
+
+    plain = train(tiny(image_tree, tmp_path / "plain", cache_dir=cache), log=lambda *a: None)
+    taught = train(tiny(image_tree, tmp_path / "taught", cache_dir=cache, teacher=str(teacher), distill_alpha=0.9),
+                   log=lambda *a: None)
+    assert json.loads((taught / "config.json").read_text())["train"]["teacher"] == str(teacher)
+    assert json.loads((taught / "metrics.json").read_text())["teacher_seconds"] > 0
+    assert not torch.equal(weights(plain)["backbone.0.weight"], weights(taught)["backbone.0.weight"])
+
+
 def test_real_data_smoke(real_data, tmp_path):
     """scratch_cnn, briefly, on a subset of the real CIFAR-10 JPEG copy must beat 35 %."""
     run = train(TrainConfig(model="scratch_cnn", data=str(real_data), epochs=3, max_train=8000, max_test=2000,
                             out=str(tmp_path / "run"), seed=0), log=lambda *a: None)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test_acc"] > 0.35
+
+
+def test_frozen_stages_keep_their_pretrained_weights(image_tree, tmp_path):
+    from edgecifar.models import create_model
+
+    run = train(tiny(image_tree, tmp_path / "run", cache_dir=str(tmp_path / "c"), model="efficientnet_lite0",
+                     pretrained=True, freeze=2, epochs=1, img_size=32), log=lambda *a: None)
+    start = create_model("efficientnet_lite0", 3, pretrained=True).backbone.state_dict()
+    trained = weights(run)
+    assert torch.equal(trained["backbone.conv_stem.weight"], start["conv_stem.weight"])
+    assert torch.equal(trained["backbone.blocks.0.0.conv_dw.weight"], start["blocks.0.0.conv_dw.weight"])
+    assert not torch.equal(trained["backbone.blocks.1.0.conv_pw.weight"], start["blocks.1.0.conv_pw.weight"])
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["freeze"] == 2 and config["trainable_params"] < config["params"]
