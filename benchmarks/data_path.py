@@ -41,7 +41,7 @@ def measure(model_name: str, x: torch.Tensor, y: torch.Tensor, rounds: int) -> d
         started = time.perf_counter()
         model.train()
         for images, labels in premade:
-            train_step(model, None, None, optimizer, scheduler, images, labels, cfg)
+            train_step(model, None, optimizer, scheduler, images, labels, cfg)
         steps_only.append(time.perf_counter() - started)
     ratio = statistics.median(full) / statistics.median(steps_only)
     return {"model": model_name, "images": len(y), "batch_size": cfg.batch_size, "cutout": cfg.cutout,

@@ -96,8 +96,9 @@ def train(
                       weights=str(weights) if weights else None, epochs=epochs, batch_size=batch_size, lr=lr,
                       optimizer=optimizer.value if optimizer else None, weight_decay=weight_decay,
                       label_smoothing=label_smoothing, img_size=img_size, cutout=cutout, ema=ema, bf16=bf16,
-                      freeze=freeze, teacher=str(teacher) if teacher else None, val_split=val_split, max_train=max_train,
-                      max_test=max_test, seed=seed, device=device.value, out=str(out) if out else None, resume=resume)
+                      freeze=freeze, teacher=str(teacher) if teacher else None, val_split=val_split,
+                      max_train=max_train, max_test=max_test, seed=seed, device=device.value,
+                      out=str(out) if out else None, resume=resume)
     train_model(cfg, show_progress=sys.stderr.isatty(), log=console.print)
 
 

@@ -171,7 +171,7 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, show
         test_acc = evaluate(final, test_x, test_y)
     train_seconds = sum(h["seconds"] for h in history)
     write_metrics(out, {"test_acc": test_acc, "epochs": history, "train_seconds": train_seconds,
-                        "teacher_seconds": teacher_seconds if taught is not None else 0.0,
+                        "teacher_seconds": teacher_seconds,
                         "wall_seconds_this_session": time.perf_counter() - started,
                         "images_per_s": sum(h["images_per_s"] for h in history) / max(len(history), 1),
                         "weights_sha256": sha, "device": str(device), "cpu": platform.processor() or platform.machine(),
@@ -256,14 +256,14 @@ def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, 
 
 
 def train_step(model, ema, optimizer, scheduler, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
-               teacher_logits: torch.Tensor | None = None) -> tuple[float, int]:
-    """One optimizer step on an augmented batch (distilled when teacher logits are given);
-    returns (loss, correct predictions)."""
+               soft_targets: torch.Tensor | None = None) -> tuple[float, int]:
+    """One optimizer step on an augmented batch, distilled towards `soft_targets` (teacher logits) when
+    given; returns (loss, correct predictions)."""
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16)):
         logits = model(images).float()
         loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
-        if teacher_logits is not None:
-            loss = distillation_loss(logits, teacher_logits, loss, cfg.distill_alpha, cfg.distill_temperature)
+        if soft_targets is not None:
+            loss = distillation_loss(logits, soft_targets, loss, cfg.distill_alpha, cfg.distill_temperature)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
