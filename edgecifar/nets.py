@@ -60,12 +60,15 @@ class EdgeResNet(nn.Module):
 
 
 class PoolBlock(nn.Module):
-    """airbench-style block: conv, 2x2 max-pool, BN, ReLU, then a residual conv-BN-ReLU at the pooled size."""
+    """airbench-style block: conv-BN-ReLU, 2x2 max-pool, then a residual conv-BN-ReLU at the pooled size.
+
+    BN before the pool (airbench pools first): there it folds into the conv at export; after the pool it
+    stayed a float BatchNormalization node between quantized ops (about 15 us per image in onnxruntime).
+    """
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.down = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2),
-                                  nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        self.down = nn.Sequential(conv_bn(cin, cout), nn.ReLU(inplace=True), nn.MaxPool2d(2))
         self.body = nn.Sequential(conv_bn(cout, cout), nn.ReLU(inplace=True))
 
     def forward(self, x):
@@ -74,11 +77,12 @@ class PoolBlock(nn.Module):
 
 
 class EdgePoolNet(nn.Module):
-    """Stem conv, then pool blocks that halve the resolution early (cheap on CPUs), global max-pool, linear."""
+    """Stem conv and 2x2 max-pool, then pool blocks: every conv after the stem runs at 16x16 or less (cheap on
+    CPUs at batch 1), global max-pool, linear."""
 
     def __init__(self, stem: int, widths: tuple[int, ...], num_classes: int):
         super().__init__()
-        layers: list[nn.Module] = [conv_bn(3, stem), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [conv_bn(3, stem), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
         cin = stem
         for width in widths:
             layers.append(PoolBlock(cin, width))
@@ -90,18 +94,20 @@ class EdgePoolNet(nn.Module):
         return self.head(self.features(x))
 
 
-EDGE_RECIPE = Recipe(epochs=40, batch_size=128, lr=0.1, optimizer="sgd", weight_decay=5e-4, label_smoothing=0.1,
-                     img_size=32, cutout=8, ema=0.999)
+# bf16 autocast: 2x the training throughput of fp32 on this CPU (AVX-512 bf16) for these nets
+EDGE_RECIPE = Recipe(epochs=40, batch_size=256, lr=0.2, optimizer="sgd", weight_decay=5e-4, label_smoothing=0.1,
+                     img_size=32, cutout=8, ema=0.999, bf16=True)
 
 
 # a 78 K-parameter net underfits under cutout (train accuracy stayed below test): crop/flip only
-@register_model("edge_tiny", recipe=replace(EDGE_RECIPE, cutout=0))
+@register_model("edge_tiny", recipe=replace(EDGE_RECIPE, cutout=0, epochs=60))
 def edge_tiny(num_classes: int = 10, pretrained: bool = False, weights: str | None = None) -> nn.Module:
     """ResNet-8 layout (MLPerf Tiny's CIFAR-10 model): widths 16-32-64, one block each; 78 K params."""
     return EdgeResNet((16, 32, 64), (1, 1, 1), num_classes)
 
 
-@register_model("edge_small", recipe=replace(EDGE_RECIPE, epochs=30))
+@register_model("edge_small", recipe=replace(EDGE_RECIPE, epochs=80))
 def edge_small(num_classes: int = 10, pretrained: bool = False, weights: str | None = None) -> nn.Module:
-    """airbench-style pool blocks, widths 32-96-128 after a 24-channel stem; 0.39 M params."""
-    return EdgePoolNet(24, (32, 96, 128), num_classes)
+    """Pooled 16-channel stem, pool blocks of widths 40-80-160; 0.46 M params, 8.4 M MACs (fewer than
+    scratch_cnn's 11.4 M, so it can beat that net's INT8 latency)."""
+    return EdgePoolNet(16, (40, 80, 160), num_classes)

@@ -269,7 +269,7 @@ def train_step(model, ema, optimizer, scheduler, images: torch.Tensor, labels: t
     optimizer.step()
     scheduler.step()
     if ema:
-        ema.update(model)
+        ema.update(model, step=scheduler.last_epoch)  # the scheduler counts steps, and resumes with the run
     return loss.item(), (logits.argmax(1) == labels).sum().item()
 
 
@@ -282,7 +282,9 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, hard_loss: t
 
 
 class EMA:
-    """Exponential moving average of the weights (and a copy of the buffers), evaluated and saved instead."""
+    """Exponential moving average of the weights (and a copy of the buffers), evaluated and saved instead.
+    Its decay warms up as min(decay, (1 + step) / (10 + step)), so the average tracks the first epochs
+    instead of holding on to the random initial weights (whose test accuracy would be ~10 %)."""
 
     def __init__(self, model: EdgeModel, decay: float):
         import copy
@@ -293,12 +295,13 @@ class EMA:
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: EdgeModel) -> None:
+    def update(self, model: EdgeModel, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
         # average BN running statistics too (as timm's ModelEmaV2 does): copying the live ones onto
         # averaged weights mismatches them while the learning rate is high
         pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
         floats = [(e, m) for e, m in pairs if e.is_floating_point()]
-        torch._foreach_lerp_([e for e, _ in floats], [m.detach() for _, m in floats], 1 - self.decay)
+        torch._foreach_lerp_([e for e, _ in floats], [m.detach() for _, m in floats], 1 - decay)
         for e, m in pairs:
             if not e.is_floating_point():
                 e.copy_(m)

@@ -83,6 +83,11 @@ def test_onnx_graph_is_current_and_checked(exported):
         assert [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]] == [32, 32, 3]
     int8 = onnx.load(str(out / entry(entries, "onnx", "int8")["path"]))
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in int8.graph.node}  # QDQ format
+    # the normalization (x * scale + shift) stays float: quantized it is a slow broadcast in onnxruntime
+    producers = {o: n.op_type for n in int8.graph.node for o in n.output}
+    preprocessing = [n for n in int8.graph.node if n.op_type in ("Mul", "Add")][:2]
+    assert [n.op_type for n in preprocessing] == ["Mul", "Add"]
+    assert all(producers.get(i) != "DequantizeLinear" for n in preprocessing for i in n.input)
 
 
 def test_metadata_round_trip(exported, tiny_run):

@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 import edgecifar.train as train_module
 from edgecifar.errors import CheckpointError, EdgecifarError, ModelError
 from edgecifar.runs import load_run
-from edgecifar.train import TrainConfig, distillation_loss, train
+from edgecifar.models import create_model
+from edgecifar.train import EMA, TrainConfig, distillation_loss, train
 
 
 def tiny(data, out, **kw) -> TrainConfig:
@@ -117,6 +118,18 @@ def test_out_under_a_file_is_unwritable(image_tree, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(EdgecifarError, match="cannot write"):
         train(tiny(image_tree, tmp_path / "file" / "run", cache_dir=str(tmp_path / "c")), log=lambda *a: None)
+
+
+def test_ema_decay_warms_up():
+    model = create_model("edge_tiny", num_classes=3)
+    ema = EMA(model, 0.999)
+    start = ema.model.backbone.head[2].weight.clone()
+    with torch.no_grad():
+        model.backbone.head[2].weight.add_(1.0)
+    ema.update(model, step=0)  # decay 0.1: the average moves 90 % of the way to the live weights
+    torch.testing.assert_close(ema.model.backbone.head[2].weight, start + 0.9)
+    ema.update(model, step=100_000)  # the configured 0.999 from then on
+    torch.testing.assert_close(ema.model.backbone.head[2].weight, start + 0.9 + 0.1 * 0.001)
 
 
 def test_distillation_gradient_reaches_the_student_only():
