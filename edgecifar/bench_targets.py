@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from .errors import ArtifactError, BenchError
 from .manifest import MANIFEST, find_manifest, read_manifest
-from .utils import read_json, sha256_file
+from .utils import cpu_has_bf16, read_json, sha256_file
 
 FORMAT_NAMES = {"pytorch": "PyTorch", "onnx": "ONNX", "openvino": "OpenVINO"}
 RUNTIME_MODULES = {"pytorch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}
@@ -128,14 +128,6 @@ def _bf16_variants(artifacts: list[Target]) -> list[Target]:
         for v in variants:
             v.skip("this CPU has no bf16 instructions (avx512_bf16 / amx_bf16)")
     return variants
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _check_files(target: Target) -> None:

@@ -70,6 +70,15 @@ def default_cache_dir() -> Path:
     return Path(base) / "edgecifar"
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX-512 bf16 or AMX); elsewhere bf16 is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, core count and platform, for every published figure."""
     import platform

@@ -188,3 +188,16 @@ def test_frozen_stages_keep_their_pretrained_weights(image_tree, tmp_path):
     assert not torch.equal(trained["backbone.blocks.1.0.conv_pw.weight"], start["blocks.1.0.conv_pw.weight"])
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["freeze"] == 2 and config["trainable_params"] < config["params"]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_recipe_bf16_only_where_the_cpu_has_it(native, monkeypatch):
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: native)
+    said = []
+    recipe = train_module._bf16_where_native(TrainConfig(model="edge_tiny"), torch.device("cpu"), said.append)
+    assert recipe.bf16 is native and recipe.epochs == 60  # the rest of the recipe is resolved either way
+    assert bool(said) is not native and (native or "--bf16" in said[0])
+    forced = train_module._bf16_where_native(TrainConfig(model="edge_tiny", bf16=True), torch.device("cpu"), said.append)
+    assert forced.bf16 is True  # an explicit --bf16 is obeyed
+    fp32 = train_module._bf16_where_native(TrainConfig(model="scratch_cnn"), torch.device("cpu"), said.append)
+    assert fp32.bf16 is False
