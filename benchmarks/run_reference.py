@@ -1,13 +1,14 @@
-"""The published comparison: scratch_cnn and efficientnet_lite0 (transfer) x {PyTorch, ONNX, OpenVINO} x
-{FP32, FP16, INT8} at 1 and 2 threads, accuracy on the full CIFAR-10 test set (the JPEG copy), into
+"""The published comparison: scratch_cnn, efficientnet_lite0 (transfer), edge_tiny and edge_small x {PyTorch,
+ONNX, OpenVINO} x {FP32, FP16, INT8} at 1 and 2 threads, accuracy on the full CIFAR-10 test set (the JPEG copy), into
 benchmarks/results/bench.{json,csv,md,png}, and the README's results section updated from it.
 
     uv run python benchmarks/run_reference.py                 # bench, check the 5-minute budget, update README
     uv run python benchmarks/run_reference.py --verify        # + each file re-evaluated with its runtime alone
     uv run python benchmarks/run_reference.py --repeat        # + a second bench: p50 within 10 %, same accuracy
 
-Needs the trained runs and their exports (runs/scratch_cnn, runs/efficientnet_lite0, exported/manifest.json):
-`uv run edgecifar pipeline --data ../shared/data/cifar10-jpeg.tar.gz` makes them (and skips what exists).
+Needs the exports in exported/manifest.json (committed) and, for the PyTorch rows, the runs in runs/:
+`uv run edgecifar pipeline --data ../shared/data/cifar10-jpeg.tar.gz` makes scratch_cnn's and
+efficientnet_lite0's (and skips what exists); the README's "Reference runs" gives the edge nets' commands.
 Run it on a quiet machine: the latency figures are only as steady as the CPU is idle.
 """
 
@@ -42,7 +43,10 @@ def reference_artifacts(manifest: Path, models: tuple[str, ...] = MODELS) -> lis
     if missing:
         sys.exit(f"missing reference exports in {manifest}: {', '.join(missing)}\n"
                  f"make them with: uv run edgecifar pipeline --data {os.path.relpath(DATA, ROOT)}")
-    return [found[k] for k in wanted]
+    absent = [found[k] for k in wanted if not found[k].is_file()]  # in the manifest, not committed (size budget)
+    for path in absent:
+        print(f"not benched: {path.relative_to(ROOT)} is not here (`edgecifar export` of its run makes it)")
+    return [found[k] for k in wanted if found[k].is_file()]
 
 
 def run_bench(artifacts: list[Path], out: Path, args: argparse.Namespace):
@@ -114,10 +118,12 @@ def update_readme(rows: list[dict], header: dict) -> None:
         print(f"README.md has no {README_START} ... {README_END} section: not updated")
         return
     machine, versions = header["machine"], header["versions"]
-    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: (r["model"] != MODELS[0], r["threads"]))
+    order = {m: i for i, m in enumerate(MODELS)}  # one thread setting at a time, models in reference order
+    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: (r["threads"], order.get(r["model"], len(order))))
     section = "\n".join([
         README_START, "",
-        f"Measured {header['date'][:10]} on {machine['cpu']} ({machine['cores']} cores), "
+        f"Measured {header['date'][:10]} on {machine['cpu']} ({machine['cores']} cores, "
+        f"{', '.join(machine.get('isa', [])) or 'ISA not recorded'}), "
         f"onnxruntime {versions.get('onnxruntime')}, OpenVINO {versions.get('openvino')}, "
         f"PyTorch {versions.get('torch')}; top-1 on the {ok[0]['images']:,} CIFAR-10 test images through each "
         f"file's own runtime, latency at batch 1, throughput at batch {header['settings']['batch_size']} "

@@ -99,8 +99,9 @@ def markdown(header: dict[str, Any], rows: list[dict[str, Any]], image: str | No
     settings, machine, versions = header["settings"], header["machine"], header["versions"]
     ok = [r for r in rows if r["status"] == "ok"]
     images = ok[0]["images"] if ok else None
+    isa = ", ".join(machine.get("isa", [])) or "ISA not recorded"
     parts = [f"# edgecifar bench, {header['date'][:10]}", "",
-             f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}, "
+             f"- Machine: {machine['cpu']}, {machine['cores']} cores ({isa}), {machine['platform']}, "
              f"Python {machine['python']}",
              "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
              f"- Test set: {ok[0]['data'] if ok else '-'} ({images or '-'} images), top-1 through each file's own "
