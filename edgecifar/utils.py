@@ -70,30 +70,36 @@ def default_cache_dir() -> Path:
     return Path(base) / "edgecifar"
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes in bfloat16 natively (AVX-512 bf16 or AMX); elsewhere bf16 is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, core count and platform, for every published figure."""
+    """CPU model, core count, vector extensions and platform, for every published figure."""
     import platform
 
-    cpu, flags = platform.processor() or platform.machine(), set()
+    cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in (platform.processor(), platform.machine()):
+            if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
-    # the vector extensions that decide INT8 and bf16 speed (and ORT's INT8 kernels), in the order they came
+    # the vector extensions that decide INT8 and bf16 speed (and which INT8 kernels ORT runs)
+    flags = cpu_flags()
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8") if f in flags]
     return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa, "platform": platform.platform(),
             "python": platform.python_version()}
