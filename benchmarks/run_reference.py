@@ -43,10 +43,13 @@ def reference_artifacts(manifest: Path, models: tuple[str, ...] = MODELS) -> lis
     if missing:
         sys.exit(f"missing reference exports in {manifest}: {', '.join(missing)}\n"
                  f"make them with: uv run edgecifar pipeline --data {os.path.relpath(DATA, ROOT)}")
-    absent = [found[k] for k in wanted if not found[k].is_file()]  # in the manifest, not committed (size budget)
-    for path in absent:
-        print(f"not benched: {path.relative_to(ROOT)} is not here (`edgecifar export` of its run makes it)")
-    return [found[k] for k in wanted if found[k].is_file()]
+    present = []
+    for path in (found[k] for k in wanted):
+        if path.is_file():
+            present.append(path)
+        else:  # in the manifest, not committed (size budget)
+            print(f"not benched: {path.relative_to(ROOT)} is not here (`edgecifar export` of its run makes it)")
+    return present
 
 
 def run_bench(artifacts: list[Path], out: Path, args: argparse.Namespace):

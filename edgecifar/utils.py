@@ -70,15 +70,20 @@ def default_cache_dir() -> Path:
     return Path(base) / "edgecifar"
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+def _cpuinfo(field: str) -> str | None:
+    """The first `field` line of Linux's /proc/cpuinfo (None elsewhere, or when absent)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo is not)."""
+    return set((_cpuinfo("flags") or "").split())
 
 
 def cpu_has_bf16() -> bool:
@@ -90,14 +95,7 @@ def machine_info() -> dict[str, Any]:
     """CPU model, core count, vector extensions and platform, for every published figure."""
     import platform
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = _cpuinfo("model name") or platform.processor() or platform.machine()
     # the vector extensions that decide INT8 and bf16 speed (and which INT8 kernels ORT runs)
     flags = cpu_flags()
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8") if f in flags]
