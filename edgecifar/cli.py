@@ -42,6 +42,7 @@ def handle_errors(fn: Callable) -> Callable:
 class Optimizer(str, Enum):
     sgd = "sgd"
     adamw = "adamw"
+    muon = "muon"
 
 
 class Device(str, Enum):

@@ -36,6 +36,10 @@ class Recipe:
     ema: float = 0.0  # EMA decay per step; 0 disables
     bf16: bool = False  # autocast matmuls/convs to bfloat16 (CPUs with bf16, and GPUs)
     freeze: int = 0  # leading layer groups of a pretrained backbone left frozen (stem, then each stage)
+    schedule: str = "onecycle"  # onecycle (warm-up then anneal) | linear (decay to zero from the start: airbench)
+    translate: int = 4  # random translation in pixels (reflect-padded crop)
+    flip: str = "random"  # random (each image, each epoch) | alternating (airbench: a fixed random half, then
+    #                       every image mirrored on odd epochs, so each image is seen both ways in two epochs)
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,12 @@ class EdgeModel(nn.Module):
         self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)
         self.register_buffer("shift", -mean / std, persistent=False)
 
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC [N, H, W, 3] -> normalized float NCHW [N, 3, H, W], the backbone's input before resize."""
+        return images.permute(0, 3, 1, 2).float() * self.scale + self.shift
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float() * self.scale + self.shift  # NHWC uint8 -> NCHW float
+        x = self.normalize(images)
         size = self.meta["img_size"]
         if size != x.shape[-1]:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)

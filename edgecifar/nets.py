@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
 from torch import nn
 
 from .models import Recipe, register_model
@@ -112,3 +113,114 @@ def edge_small(num_classes: int = 10, pretrained: bool = False, weights: str | N
     """Pooled 16-channel stem, pool blocks of widths 40-80-160; 0.46 M params, 8.4 M MACs (fewer than
     scratch_cnn's 11.4 M, so it can beat that net's INT8 latency)."""
     return EdgePoolNet(16, (40, 80, 160), num_classes)
+
+
+# ---------------------------------------------------------------- airbench family (Jordan, arXiv 2404.00498)
+# A port of KellerJordan/cifar10-airbench's CifarNet (airbench94_muon.py): a frozen 2x2 patch-whitening
+# conv initialised from the training data, three conv groups (conv, 2x2 max-pool, BN, GELU, conv, BN, GELU)
+# with identity-initialised convs, BN with low statistics momentum and frozen scale, a global max-pool and
+# a bias-free linear head scaled by 1/width. Trained with Muon (edgecifar.optim).
+
+class FrozenScaleBN(nn.BatchNorm2d):
+    """airbench's BatchNorm: running statistics with momentum 0.4 (PyTorch's convention; airbench writes
+    0.6), eps 1e-12, and a scale frozen at 1 so only the bias trains. A scale of 1 keeps the per-channel
+    affine map increasing, which lets the eval graph apply it before the max-pool (see ConvGroup)."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, eps=1e-12, momentum=0.4)
+        self.weight.requires_grad_(False)
+
+
+class IdentityConv(nn.Conv2d):
+    """3x3 'same' conv without bias whose first in_channels filters start as the identity (dirac)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(cin, cout, 3, padding=1, bias=False)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        nn.init.dirac_(self.weight.data[:self.in_channels])
+
+
+class ConvGroup(nn.Module):
+    """conv, 2x2 max-pool, BN, act, conv, BN, act.
+
+    Training pools before the first BN, as airbench does (BN statistics of the pooled map). In eval mode BN is
+    a fixed increasing per-channel map, which commutes with max-pooling, so the eval (and exported) graph
+    applies it first: it then folds into the conv, and the INT8 graph runs conv+pool without a float BN
+    node between them. Both orders give the same outputs in eval mode (tested).
+    """
+
+    def __init__(self, cin: int, cout: int, act: type[nn.Module]):
+        super().__init__()
+        self.conv1, self.norm1 = IdentityConv(cin, cout), FrozenScaleBN(cout)
+        self.conv2, self.norm2 = IdentityConv(cout, cout), FrozenScaleBN(cout)
+        self.pool = nn.MaxPool2d(2)
+        self.act = act()
+
+    def forward(self, x):
+        x = self.conv1(x)
+        x = self.norm1(self.pool(x)) if self.training else self.pool(self.norm1(x))
+        return self.act(self.norm2(self.conv2(self.act(x))))
+
+
+class AirbenchNet(nn.Module):
+    """Patch-whitening stem (2x2, 24 channels, frozen; `init_from_data`), three ConvGroups of `widths`,
+    global max-pool, bias-free linear head scaled by 1/width. Input: normalized NCHW float, any size >= 16."""
+
+    def __init__(self, widths: tuple[int, int, int], num_classes: int, act: type[nn.Module] = nn.GELU):
+        super().__init__()
+        whiten_width = 2 * 3 * 2 * 2  # each eigenvector of the 12-dim 2x2x3 patch space, with both signs
+        self.whiten = nn.Conv2d(3, whiten_width, 2, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        groups, cin = [], whiten_width
+        for width in widths:
+            groups.append(ConvGroup(cin, width, act))
+            cin = width
+        self.layers = nn.Sequential(act(), *groups, nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.head = nn.Linear(cin, num_classes, bias=False)
+        self.head_scale = 1.0 / cin
+        with torch.no_grad():
+            self.head.weight /= self.head.weight.std()  # unit-variance head, then the 1/width output scale
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the whitening filters from normalized training images [N, 3, H, W] (airbench uses 5,000): the
+        eigenvectors of the 2x2 patches' covariance, scaled by 1/sqrt(eigenvalue + eps), with both signs."""
+        c, (h, w) = images.shape[1], self.whiten.weight.shape[2:]
+        patches = images.float().unfold(2, h, 1).unfold(3, w, 1).transpose(1, 3).reshape(-1, c * h * w)
+        covariance = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance.double())
+        scaled = (eigenvectors.T / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None]).float().reshape(-1, c, h, w)
+        self.whiten.weight.copy_(torch.cat((scaled, -scaled)))
+
+    def forward(self, x):
+        return self.head(self.layers(self.whiten(x))) * self.head_scale
+
+
+# airbench94_muon's recipe, translated to edgecifar's units (edgecifar.optim.muon_param_groups): Muon at
+# lr 0.24 for conv filters, Nesterov SGD for biases and the head, linear decay to zero, batch 2000,
+# label smoothing 0.2, 2-px translation, alternating flips. No weight EMA (the Muon record has none).
+AIRBENCH_RECIPE = Recipe(epochs=8, batch_size=2000, lr=0.24, optimizer="muon", weight_decay=2e-6,
+                         label_smoothing=0.2, img_size=32, bf16=True, schedule="linear", translate=2,
+                         flip="alternating")
+
+
+@register_model("airnet_l", recipe=AIRBENCH_RECIPE)
+def airnet_l(num_classes: int = 10, pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    """airbench94's CifarNet as published, widths 64-256-256: 1.97 M params, 118 M MACs (the accuracy ceiling of
+    the scratch family)."""
+    return AirbenchNet((64, 256, 256), num_classes)
+
+
+@register_model("airnet_m", recipe=replace(AIRBENCH_RECIPE, epochs=10))
+def airnet_m(num_classes: int = 10, pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    """airbench's CifarNet at widths 48-192-192: 1.11 M params, 69 M MACs. Its INT8 files run in 0.54 ms at
+    batch 1 on one Zen 4 core, against EfficientNet-Lite0's 0.66 ms (benchmarks/results/edge_designs.md)."""
+    return AirbenchNet((48, 192, 192), num_classes)
+
+
+@register_model("airnet_s", recipe=replace(AIRBENCH_RECIPE, epochs=16))
+def airnet_s(num_classes: int = 10, pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    """airbench's CifarNet at widths 32-128-128: 0.50 M params, 33 M MACs."""
+    return AirbenchNet((32, 128, 128), num_classes)

@@ -42,6 +42,9 @@ class TrainConfig:
     ema: float | None = None
     bf16: bool | None = None
     freeze: int | None = None  # applies to pretrained starts only
+    schedule: str | None = None  # onecycle | linear
+    translate: int | None = None  # random translation, pixels
+    flip: str | None = None  # random | alternating
     teacher: str | None = None  # run folder of a trained model to distill from
     distill_alpha: float = 0.5
     distill_temperature: float = 4.0
@@ -143,14 +146,14 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, show
                          img_size=cfg.img_size, classes=data.classes)
     trainable = freeze_stages(model, cfg.freeze) if cfg.pretrained or cfg.weights else count_params(model)
     model = model.to(device, memory_format=torch.channels_last)
+    init_from_data(model, train_x, cfg.seed)
     teacher_started = time.perf_counter()
     taught = teacher_logits(cfg.teacher, train_x, model.meta["classes"]) if cfg.teacher else None
     teacher_seconds = time.perf_counter() - teacher_started
 
     steps_per_epoch = math.ceil(len(train_y) / cfg.batch_size)
     optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
-                                                    pct_start=0.2, div_factor=20, final_div_factor=200)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     ema = EMA(model, cfg.ema) if cfg.ema else None
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -215,7 +218,34 @@ def _eta(history: list[dict[str, Any]], epochs: int) -> str:
     return f"{seconds / 60:.1f} min"
 
 
+def init_from_data(model: EdgeModel, images: torch.Tensor, seed: int, n: int = 5000) -> None:
+    """Let a backbone that computes its initialisation from data (airbench's patch whitening) see `n`
+    seeded training images, normalized as the model's input. A resumed run then restores its weights."""
+    init = getattr(model.backbone, "init_from_data", None)
+    if init is None:
+        return
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].to(images.device)
+    init(model.normalize(images[pick]))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """The recipe's learning-rate schedule, stepped once per optimizer step."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "linear":
+        from .optim import linear_decay
+
+        return linear_decay(optimizer, total, steps_per_epoch)
+    if cfg.schedule != "onecycle":
+        raise EdgecifarError(f"unknown schedule '{cfg.schedule}': use onecycle or linear")
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                               total_steps=total, pct_start=0.2, div_factor=20, final_div_factor=200)
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "muon":
+        from .optim import Muon, muon_param_groups
+
+        return Muon(muon_param_groups(model, cfg.lr, cfg.batch_size, cfg.weight_decay), lr=cfg.lr)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]  # no weight decay on biases and norms
     no_decay = [p for p in params if p.ndim <= 1]
@@ -224,7 +254,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
-    raise EdgecifarError(f"unknown optimizer '{cfg.optimizer}': use sgd or adamw")
+    raise EdgecifarError(f"unknown optimizer '{cfg.optimizer}': use sgd, adamw or muon")
 
 
 def _restore(out: Path, model, optimizer, scheduler, ema) -> tuple[int, list]:
@@ -249,6 +279,9 @@ def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, 
     gen = torch.Generator(device=x.device).manual_seed(cfg.seed * 100_003 + epoch)
     torch.manual_seed(cfg.seed * 100_003 + epoch)
     order = torch.randperm(len(y), device=x.device, generator=gen)
+    if cfg.flip == "alternating":  # airbench: a fixed seeded half mirrored, and every image flipped on odd epochs
+        base = torch.rand(len(y), device=x.device, generator=torch.Generator(device=x.device).manual_seed(cfg.seed))
+        mirrored = (base < 0.5) ^ bool(epoch % 2)
     total_loss, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
     columns = [TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -257,7 +290,12 @@ def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, 
         task = progress.add_task("train", total=len(order) // cfg.batch_size + bool(len(order) % cfg.batch_size),
                                  loss=0.0, ips=0.0)
         for idx in order.split(cfg.batch_size):
-            images, flipped = random_flip(random_crop(x[idx], 4, gen), gen)
+            images = random_crop(x[idx], cfg.translate, gen)
+            if cfg.flip == "alternating":
+                flipped = mirrored[idx]
+                images = torch.where(flipped[:, None, None, None], images.flip(2), images)
+            else:
+                images, flipped = random_flip(images, gen)
             if cfg.cutout:
                 images = cutout(images, cfg.cutout, gen)
             soft_targets = taught[idx, flipped.long()] if taught is not None else None
