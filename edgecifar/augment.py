@@ -45,3 +45,16 @@ def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch
     xs = torch.arange(w, device=dev)[None, None, :]
     mask = ((ys - cy).abs() <= size // 2) & ((xs - cx).abs() <= size // 2)
     return images.masked_fill(mask[..., None], 128)
+
+
+def alternating_flips(n: int, epoch: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """airbench's derandomized flips: which of `n` images to mirror in `epoch` [n] bool. A fixed seeded half
+    on even epochs and the other half on odd ones, so each image is seen both ways in every two epochs (random
+    flips leave about a quarter of the images unmirrored, or always mirrored, over two epochs)."""
+    base = torch.rand(n, device=device, generator=torch.Generator(device=device).manual_seed(seed)) < 0.5
+    return base ^ bool(epoch % 2)
+
+
+def mirror(images: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """Mirror the uint8 NHWC images where `which` [N] is True."""
+    return torch.where(which[:, None, None, None], images.flip(2), images)

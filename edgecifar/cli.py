@@ -45,6 +45,16 @@ class Optimizer(str, Enum):
     muon = "muon"
 
 
+class Schedule(str, Enum):
+    onecycle = "onecycle"
+    linear = "linear"
+
+
+class Flip(str, Enum):
+    random = "random"
+    alternating = "alternating"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -69,7 +79,7 @@ def train(
     weights: Annotated[Optional[Path], typer.Option(help="pretrained weights file (.pth/.safetensors)")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="peak learning rate (OneCycle)")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="peak learning rate (Muon: the filters' rate; the SGD groups scale with it)")] = None,
     optimizer: Annotated[Optional[Optimizer], typer.Option()] = None,
     weight_decay: Annotated[Optional[float], typer.Option()] = None,
     label_smoothing: Annotated[Optional[float], typer.Option(min=0.0, max=1.0)] = None,
@@ -79,6 +89,9 @@ def train(
     bf16: Annotated[Optional[bool], typer.Option(help="bfloat16 autocast")] = None,
     freeze: Annotated[Optional[int], typer.Option(min=0, help="leading layer groups of a pretrained timm backbone "
                                                            "kept frozen (stem, then each stage)")] = None,
+    schedule: Annotated[Optional[Schedule], typer.Option(help="learning-rate schedule")] = None,
+    translate: Annotated[Optional[int], typer.Option(min=0, help="random translation in pixels")] = None,
+    flip: Annotated[Optional[Flip], typer.Option(help="random flips, or airbench's alternating flips")] = None,
     teacher: Annotated[Optional[Path], typer.Option(help="run folder of a model to distill from")] = None,
     val_split: Annotated[float, typer.Option(min=0.0, max=0.9, help="fraction of train held out")] = 0.0,
     max_train: Annotated[Optional[int], typer.Option(help="use at most N training images")] = None,
@@ -97,7 +110,8 @@ def train(
                       weights=str(weights) if weights else None, epochs=epochs, batch_size=batch_size, lr=lr,
                       optimizer=optimizer.value if optimizer else None, weight_decay=weight_decay,
                       label_smoothing=label_smoothing, img_size=img_size, cutout=cutout, ema=ema, bf16=bf16,
-                      freeze=freeze, teacher=str(teacher) if teacher else None, val_split=val_split,
+                      freeze=freeze, schedule=schedule.value if schedule else None, translate=translate,
+                      flip=flip.value if flip else None, teacher=str(teacher) if teacher else None, val_split=val_split,
                       max_train=max_train, max_test=max_test, seed=seed, device=device.value,
                       out=str(out) if out else None, resume=resume)
     train_model(cfg, show_progress=sys.stderr.isatty(), log=console.print)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .augment import cutout, random_crop, random_flip
+from .augment import alternating_flips, cutout, mirror, random_crop, random_flip
 from .data import Splits, load_data
 from .errors import CheckpointError, EdgecifarError
 from .models import EdgeModel, count_params, create_model, freeze_stages, get_spec
@@ -111,6 +111,8 @@ def train(cfg: TrainConfig, show_progress: bool = False, log=print) -> Path:
     """Train a model; returns its run folder. Any failure before the first epoch ends leaves no folder."""
     device = pick_device(cfg.device)
     cfg = _bf16_where_native(cfg, device, log)
+    if cfg.flip not in ("random", "alternating"):
+        raise EdgecifarError(f"unknown flip '{cfg.flip}': use random or alternating")
     data = load_data(cfg.data, cfg.cache_dir, cfg.val_split, cfg.seed)
     out = run_dir_for(cfg)
     created = not out.exists()
@@ -279,9 +281,7 @@ def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, 
     gen = torch.Generator(device=x.device).manual_seed(cfg.seed * 100_003 + epoch)
     torch.manual_seed(cfg.seed * 100_003 + epoch)
     order = torch.randperm(len(y), device=x.device, generator=gen)
-    if cfg.flip == "alternating":  # airbench: a fixed seeded half mirrored, and every image flipped on odd epochs
-        base = torch.rand(len(y), device=x.device, generator=torch.Generator(device=x.device).manual_seed(cfg.seed))
-        mirrored = (base < 0.5) ^ bool(epoch % 2)
+    mirrored = alternating_flips(len(y), epoch, cfg.seed, x.device) if cfg.flip == "alternating" else None
     total_loss, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
     columns = [TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -291,9 +291,9 @@ def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, 
                                  loss=0.0, ips=0.0)
         for idx in order.split(cfg.batch_size):
             images = random_crop(x[idx], cfg.translate, gen)
-            if cfg.flip == "alternating":
+            if mirrored is not None:
                 flipped = mirrored[idx]
-                images = torch.where(flipped[:, None, None, None], images.flip(2), images)
+                images = mirror(images, flipped)
             else:
                 images, flipped = random_flip(images, gen)
             if cfg.cutout:
