@@ -213,7 +213,8 @@ def airnet_l(num_classes: int = 10, pretrained: bool = False, weights: str | Non
     return AirbenchNet((64, 256, 256), num_classes)
 
 
-@register_model("airnet_m", recipe=replace(AIRBENCH_RECIPE, epochs=10))
+# 18 epochs: 89.69 % in 33.8 min on a 2-core Zen 4 (bf16), against 89.24 % in 25.8 min for 10 (README)
+@register_model("airnet_m", recipe=replace(AIRBENCH_RECIPE, epochs=18))
 def airnet_m(num_classes: int = 10, pretrained: bool = False, weights: str | None = None) -> nn.Module:
     """airbench's CifarNet at widths 48-192-192: 1.11 M params, 69 M MACs. Its INT8 files run in 0.54 ms at
     batch 1 on one Zen 4 core, against EfficientNet-Lite0's 0.66 ms (benchmarks/results/edge_designs.md)."""
