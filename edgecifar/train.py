@@ -106,9 +106,12 @@ def run_dir_for(cfg: TrainConfig) -> Path:
 
 def train(cfg: TrainConfig, show_progress: bool = False, log=print) -> Path:
     """Train a model; returns its run folder. Any failure before the first epoch ends leaves no folder."""
+    log = _survives_closed_output(log)
     device = pick_device(cfg.device)
     cfg = _bf16_where_native(cfg, device, log)
     data = load_data(cfg.data, cfg.cache_dir, cfg.val_split, cfg.seed)
+    for line in data.summary():  # classes, images per split and class, skipped files, warnings
+        log(line)
     out = run_dir_for(cfg)
     created = not out.exists()
     try:
@@ -124,6 +127,16 @@ def train(cfg: TrainConfig, show_progress: bool = False, log=print) -> Path:
         if created and not (out / "checkpoint.pt").exists():
             remove_tree(out)  # nothing worth resuming: leave no half-written run folder
         raise
+
+
+def _survives_closed_output(log):
+    """`log`, but a reader that went away (`train ... | head`) stops the printing, not the run."""
+    def safe_log(message: str) -> None:
+        try:
+            log(message)
+        except (BrokenPipeError, SystemExit):  # rich's console: SystemExit(1) once stdout is /dev/null instead
+            pass
+    return safe_log
 
 
 def _subset(x, y, limit: int | None, seed: int):

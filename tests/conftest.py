@@ -23,6 +23,33 @@ def synthetic_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def write_images(folder: Path, n: int, label: int, ext: str = "png", seed: int = 0) -> list[Path]:
+    """n synthetic 32x32 images of class `label` saved as folder/<label>-<i>.<ext> (Pillow picks the format)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images, _ = synthetic_images(n * len(CLASSES), seed)
+    paths = []
+    for i, image in enumerate(images[label::len(CLASSES)][:n]):
+        paths.append(folder / f"{label}-{i:03d}.{ext}")
+        Image.fromarray(image).save(paths[-1])
+    return paths
+
+
+def small_tree(root: Path, counts: dict[str, tuple[int, int]] | None = None) -> Path:
+    """root/train/<class>/ and root/test/<class>/ with (train, test) PNGs per class (default 4 and 2 each)."""
+    counts = counts or {c: (4, 2) for c in CLASSES}
+    for label, (name, (n_train, n_test)) in enumerate(counts.items()):
+        for split, n in (("train", n_train), ("test", n_test)):
+            write_images(root / split / name, n, label % len(CLASSES), seed=len(split))
+    return root
+
+
+def tar_of(folder: Path, archive: Path) -> Path:
+    """folder's contents as a .tar.gz, links stored as links (like `tar czf ARCHIVE -C folder .`)."""
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=".")
+    return archive
+
+
 @pytest.fixture(scope="session")
 def image_tree(tmp_path_factory) -> Path:
     """An ImageFolder root: train/<class>/*.png (60) and test/<class>/*.jpg (30), some not 32x32."""
