@@ -7,6 +7,8 @@ The rules (also in the README, "Data"):
   mapped to 0-255 linearly from their own minimum to their maximum, never clipped; NaN becomes 0.
 - Transparency (RGBA, LA, PA, a palette or a colour with tRNS) is composited on white, BACKGROUND.
 - Images of more than Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, 89.5 M pixels) are refused.
+- Only raster formats that Pillow decodes itself are opened (FORMATS): never EPS/PostScript, which
+  Pillow would hand to Ghostscript, whatever the file's name says.
 - Every failure is a DataError that names the file.
 - `resize` (bilinear, antialiased when shrinking; the aspect ratio is not kept) brings the image to 32x32.
 """
@@ -26,6 +28,7 @@ INPUT_SIZE = 32  # the input contract: uint8 [N, 32, 32, 3]
 BACKGROUND = (255, 255, 255)  # what transparent pixels become
 DECODER_VERSION = 2  # part of the decoded-data cache key: bump it whenever these rules change
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "PPM", "AVIF", "ICO", "TGA", "QOI", "JPEG2000")
 
 
 def read_image(path: Path | str, size: int = INPUT_SIZE) -> np.ndarray:
@@ -51,7 +54,7 @@ def decode_image(data: bytes, name: str, size: int = INPUT_SIZE) -> np.ndarray:
         # needs such an image, and decoding one takes gigabytes)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(io.BytesIO(data), formats=FORMATS) as img:
                 _check_pixels(img.size)
                 img = ImageOps.exif_transpose(img)
                 return np.asarray(resize(to_rgb(img), size), dtype=np.uint8).copy()
@@ -60,7 +63,7 @@ def decode_image(data: bytes, name: str, size: int = INPUT_SIZE) -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(f"{name}: {_first_line(e)}") from None
     except UnidentifiedImageError:
-        raise DataError(f"{name} is not an image Pillow can read") from None
+        raise DataError(f"{name} is not an image in a format edgecifar reads ({', '.join(FORMATS)})") from None
     except Exception as e:  # noqa: BLE001 - any decoder failure on untrusted bytes is a data problem
         raise DataError(f"corrupt or unreadable image {name}: {_first_line(e)}") from None
 

@@ -16,7 +16,7 @@ import pytest
 from edgecifar.data import load_data
 from edgecifar.errors import DataError
 
-from conftest import CLASSES, small_tree, tar_of, write_images
+from conftest import CLASSES, huge_png, small_tree, tar_of, write_images
 
 APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + b"\x00" * 100
 
@@ -225,3 +225,19 @@ def test_train_prints_and_records_the_summary(tmp_path):
     assert data["per_class"]["cat"] == {"train": 4, "test": 2}
     assert printed[0].startswith("data: ") and "warning: 1 files/folders skipped: hidden file or folder: 1 " \
                                                 "(train/.thumbnails)" in printed
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tree: small_tree(tree, {"cat": (6, 2)}), "only one class"),
+    (lambda tree: huge_png(small_tree(tree) / "train" / "cat" / "panorama.png"), "panorama.png"),
+])
+def test_train_refuses_bad_data_with_one_line(tmp_path, make, message):
+    from typer.testing import CliRunner
+
+    from edgecifar.cli import app
+
+    make(tmp_path / "tree")
+    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "tree"), "--epochs", "1",
+                                      "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and result.output.startswith("error: ") and message in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

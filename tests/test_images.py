@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,7 +11,7 @@ from edgecifar.data import load_data
 from edgecifar.errors import DataError
 from edgecifar.images import BACKGROUND, decode_image, read_image
 
-from conftest import small_tree
+from conftest import huge_png, small_tree
 
 GRADIENT = np.linspace(0, 1, 64)[None, :].repeat(64, 0)  # 64x64, black to white, left to right
 
@@ -96,17 +93,6 @@ def test_transparency_is_composited_on_the_documented_background(tmp_path):
         assert (read_image(tmp_path / name) == np.array(BACKGROUND, np.uint8)).all(), name
 
 
-def huge_png(path, side: int = 20000) -> None:
-    """A tiny file whose header declares side x side pixels (a decompression bomb)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(b"\x00" * (side // 8 + 1) * 16)) + chunk(b"IEND", b""))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png)
-
-
 def test_decompression_bomb_is_a_data_error_naming_the_file(tmp_path, monkeypatch):
     tree = small_tree(tmp_path / "tree")
     huge_png(tree / "train" / "cat" / "panorama.png")
@@ -125,6 +111,7 @@ def test_decompression_bomb_is_a_data_error_naming_the_file(tmp_path, monkeypatc
 @pytest.mark.parametrize("content, message", [
     (b"", "empty"),
     (b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + b"\x00" * 200, "not an image"),
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n", "not an image in a format"),  # never Ghostscript
     (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "x.png"),
     (b"GIF89a\xff\xff\xff\xff", "x.png"),
 ])
