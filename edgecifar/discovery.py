@@ -249,7 +249,7 @@ def skip_note(tree: Tree) -> str:
     """What was skipped, for a message that refuses the dataset (empty when nothing was)."""
     if not tree.skipped:
         return ""
-    note = "; skipped: " + ", ".join(f"{len(paths):,} {reason} (e.g. {paths[0]})" for reason, paths in
+    note = "; skipped: " + ", ".join(f"{reason}: {len(paths):,} (e.g. {paths[0]})" for reason, paths in
                                      tree.skipped.items())
     if OUTSIDE in tree.skipped:
         note += "; archive the files themselves (tar --dereference) or the folders they point to"
