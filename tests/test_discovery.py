@@ -241,3 +241,15 @@ def test_train_refuses_bad_data_with_one_line(tmp_path, make, message):
                                       "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and result.output.startswith("error: ") and message in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_archive_links_that_multiply_are_refused(tmp_path):
+    """Folder links that double at every level (2**30 paths from 60 members) stop early, with one line."""
+    archive = tmp_path / "laughs.tar"
+    with tarfile.open(archive, "w") as tar:
+        add_member(tar, "data/train/cat/d0/x.png", data=b"x")
+        for level in range(1, 31):
+            for copy in "ab":
+                add_member(tar, f"data/train/cat/d{level}/{copy}", tarfile.SYMTYPE, link=f"../d{level - 1}")
+    with pytest.raises(DataError, match="links expand to more than"):
+        load_data(str(archive), tmp_path / "cache")

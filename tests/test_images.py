@@ -146,3 +146,16 @@ def test_training_and_predict_decode_every_kind_of_file_alike(tmp_path):
     assert len(cat_rows) == len(names)
     for row, name in zip(cat_rows, names):
         assert np.array_equal(splits.test_x[row], runtime.read_image(odd / name)), name
+
+
+def test_the_decoder_is_light():
+    """The device side uses it: numpy and Pillow only, never torch."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys; import edgecifar.images, edgecifar.discovery, edgecifar.cifar_batches; "
+            "print(json.dumps([m for m in ('torch', 'torchvision', 'timm') if m in sys.modules]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
