@@ -110,8 +110,6 @@ def train(cfg: TrainConfig, show_progress: bool = False, log=print) -> Path:
     device = pick_device(cfg.device)
     cfg = _bf16_where_native(cfg, device, log)
     data = load_data(cfg.data, cfg.cache_dir, cfg.val_split, cfg.seed)
-    for line in data.summary():  # classes, images per split and class, skipped files, warnings
-        log(line)
     out = run_dir_for(cfg)
     created = not out.exists()
     try:
@@ -174,6 +172,8 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, show
               "versions": {"edgecifar": __version__, "python": platform.python_version(),
                            **library_versions("torch", "torchvision", "timm")}}
     write_config(out, config)
+    for line in data.summary():  # classes, images per split and class, skipped files, warnings
+        log(line)
     log(f"training {cfg.model} ({config['params']:,} params, {trainable:,} trainable) on {len(train_y):,} images, "
         f"{device}, -> {out}")
 

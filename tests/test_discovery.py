@@ -253,3 +253,19 @@ def test_archive_links_that_multiply_are_refused(tmp_path):
                 add_member(tar, f"data/train/cat/d{level}/{copy}", tarfile.SYMTYPE, link=f"../d{level - 1}")
     with pytest.raises(DataError, match="links expand to more than"):
         load_data(str(archive), tmp_path / "cache")
+
+
+def test_a_closed_output_does_not_stop_the_run(tmp_path):
+    """`edgecifar train ... | head -2`: the summary lines come first, and the run goes on when head exits."""
+    from edgecifar.train import TrainConfig, train
+
+    printed: list[str] = []
+
+    def head_2(line: str) -> None:
+        if len(printed) == 2:
+            raise BrokenPipeError(32, "Broken pipe")
+        printed.append(line)
+
+    run = train(TrainConfig(model="scratch_cnn", data=str(small_tree(tmp_path / "tree")), epochs=1, batch_size=8,
+                            cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "run")), log=head_2)
+    assert printed[0].startswith("data: ") and (run / "config.json").is_file() and (run / "metrics.json").is_file()
