@@ -1,41 +1,46 @@
-"""CIFAR-10 and ImageFolder data as uint8 tensors in memory, with batch augmentation on the device.
+"""CIFAR-10 and ImageFolder data as uint8 arrays in memory (augmentation runs later, on the device).
 
 Sources (`--data`):
-- "cifar10": torchvision's CIFAR-10, downloaded into the cache folder.
-- a folder holding torchvision's extracted `cifar-10-batches-py` (or that folder itself).
-- an ImageFolder root with train/ and test/ (one sub-folder per class, any image format and size),
-  or a .tar.gz/.tgz/.tar of such a tree, read straight from the archive.
-Whatever the source, the images are decoded once to [N, 32, 32, 3] uint8 RGB and cached, keyed by
-the source's path, size and modification time, so a second run starts in seconds.
+- "cifar10": torchvision's CIFAR-10 download (cifar-10-python.tar.gz), into the cache folder.
+- a folder or a .tar/.tar.gz/.tgz holding CIFAR-10's python batches (`cifar-10-batches-py`), such as the
+  official cifar-10-python.tar.gz, read straight from the archive without running code (cifar_batches).
+- an ImageFolder root with train/<class>/ and test/<class>/ (any image format and size), or an archive of
+  one. Which files count is edgecifar.discovery's rule; every image goes through edgecifar.images.
+Whatever the source, the images are decoded once to [N, 32, 32, 3] uint8 RGB and cached, keyed by the
+source's path, size and modification time (every file's, for a folder) and the decoder's version.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
+import json
 import os
-import pickle
-import tarfile
-import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
+from .cifar_batches import TEST_BATCH, TRAIN_BATCHES, read_cifar
+from .discovery import SPLITS, Reader, Tree, find_root, image_folder, read_tree
 from .errors import DataError
+from .images import DECODER_VERSION, decode_image
 from .utils import atomic_path, default_cache_dir
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-OFFLINE_HINT = ("pass --data PATH: a cifar-10-batches-py folder, an ImageFolder root with train/ and test/, "
-                "or a .tar.gz of one")
+CACHE_VERSION = f"d{DECODER_VERSION}r2"  # decoder and discovery rule: a change to either makes a new cache
+OFFLINE_HINT = ("pass --data PATH: a cifar-10-batches-py folder or cifar-10-python.tar.gz, an ImageFolder root "
+                "with train/ and test/, or a .tar.gz of one")
+SMALL_CLASS = 0.01  # a class with fewer images than this fraction of the largest one is worth a warning
+SHOWN = 20  # classes listed one per line in the summary (more are summarized)
 
 
 @dataclass
 class Splits:
-    """Decoded images (uint8 NHWC numpy) and labels, plus where they came from."""
+    """Decoded images (uint8 NHWC numpy, labels int64) and where they came from.
+
+    skipped: reason -> {"count", "examples"} for the files that discovery left out.
+    """
 
     train_x: np.ndarray
     train_y: np.ndarray
@@ -46,176 +51,192 @@ class Splits:
     fingerprint: str
     val_x: np.ndarray | None = None
     val_y: np.ndarray | None = None
+    layout: str = ""
+    skipped: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def describe(self) -> dict:
-        return {"source": self.source, "fingerprint": self.fingerprint, "classes": self.classes,
-                "train": int(len(self.train_y)), "val": int(len(self.val_y)) if self.val_y is not None else 0,
-                "test": int(len(self.test_y))}
+    def counts(self) -> dict[str, list[int]]:
+        """Images per class, per split (val only when held out)."""
+        splits = {"train": self.train_y, "val": self.val_y, "test": self.test_y}
+        return {name: np.bincount(y, minlength=len(self.classes)).tolist()
+                for name, y in splits.items() if y is not None}
+
+    def describe(self) -> dict[str, Any]:
+        """What train records in config.json: source, classes, images per split and class, skips, warnings."""
+        counts = self.counts()
+        return {"source": self.source, "fingerprint": self.fingerprint, "layout": self.layout,
+                "classes": self.classes, "train": int(len(self.train_y)),
+                "val": int(len(self.val_y)) if self.val_y is not None else 0, "test": int(len(self.test_y)),
+                "per_class": {c: {split: n[i] for split, n in counts.items()} for i, c in enumerate(self.classes)},
+                "skipped": {reason: info["count"] for reason, info in self.skipped.items()},
+                "warnings": self.warnings()}
+
+    def warnings(self) -> list[str]:
+        """What a user would not expect: files skipped, a class without test images, a tiny class."""
+        found = []
+        if self.skipped:
+            total = sum(info["count"] for info in self.skipped.values())
+            found.append(f"{total:,} files/folders skipped: " + "; ".join(
+                f"{reason}: {info['count']:,} ({', '.join(info['examples'])}{', ...' * (info['count'] > 3)})"
+                for reason, info in self.skipped.items()))
+        counts = self.counts()
+        pool = np.array(counts["train"]) + np.array(counts.get("val", 0))
+        no_test = [c for c, n in zip(self.classes, counts["test"]) if n == 0]
+        if no_test:
+            found.append(f"no test images for class(es) {_names(no_test)}: their test accuracy is n/a")
+        small = [f"{c} ({n:,})" for c, n in zip(self.classes, pool) if n < SMALL_CLASS * pool.max()]
+        if small:
+            found.append(f"class(es) with under 1 % of the {int(pool.max()):,} training images of the largest: "
+                         f"{_names(small)}")
+        return found
+
+    def summary(self) -> list[str]:
+        """The lines a run prints: the source, images per split and class, then each warning."""
+        counts = self.counts()
+        totals = ", ".join(f"{split} {sum(n):,}" for split, n in counts.items())
+        lines = [f"data: {self.source} ({self.layout}), {len(self.classes)} classes; images: {totals}"]
+        for i, c in enumerate(self.classes[:SHOWN]):
+            lines.append(f"  {c}: " + ", ".join(f"{split} {n[i]:,}" for split, n in counts.items()))
+        if len(self.classes) > SHOWN:
+            lines.append(f"  ... {len(self.classes) - SHOWN} more classes: " + ", ".join(
+                f"{split} {min(n):,}-{max(n):,} per class" for split, n in counts.items()))
+        return lines + [f"warning: {w}" for w in self.warnings()]
+
+
+def _names(names: list[str], shown: int = 10) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def load_data(source: str = "cifar10", cache_dir: Path | str | None = None, val_split: float = 0.0,
               seed: int = 0) -> Splits:
-    """Load a data source as uint8 arrays (decoding and caching it on first use)."""
+    """Load a data source as uint8 arrays (decoding and caching it on first use); DataError for anything wrong.
+
+    val_split: the fraction of each class's training images held out as validation (seeded, stratified).
+    """
+    if not 0.0 <= val_split < 1.0:
+        raise DataError(f"--val-split must be in [0, 1), got {val_split}")
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if source == "cifar10":
-        splits = _torchvision_cifar10(cache)
+        splits = _cached(_torchvision_cifar10(cache), cache)
+        splits.source, splits.fingerprint = "cifar10", "torchvision-cifar10"
     else:
         path = Path(source).expanduser()
         if not path.exists():
             raise DataError(f"data path not found: {path}")
         splits = _cached(path, cache)
-    if not 0.0 <= val_split < 1.0:
-        raise DataError(f"--val-split must be in [0, 1), got {val_split}")
+    trained = len(np.unique(splits.train_y))
+    if len(splits.classes) < 2 or trained < 2:
+        raise DataError(f"{splits.source}: only one class with training images ({_names(splits.classes)}); a "
+                        f"classifier needs at least two classes")
     if val_split:
         _carve_validation(splits, val_split, seed)
     return splits
 
 
 def _carve_validation(splits: Splits, fraction: float, seed: int) -> None:
-    order = np.random.default_rng(seed).permutation(len(splits.train_y))
-    n_val = int(round(len(order) * fraction))
-    val, train = order[:n_val], order[n_val:]
+    """Hold out round(fraction * n) of each class's n training images; refuse a split that leaves a class
+    without validation or without training images."""
+    rng = np.random.default_rng(seed)
+    held = []
+    for label, name in enumerate(splits.classes):
+        members = np.flatnonzero(splits.train_y == label)
+        n_val = int(np.floor(len(members) * fraction + 0.5))
+        if len(members) and not 0 < n_val < len(members):
+            need = "no validation image" if n_val == 0 else "no training image"
+            raise DataError(f"--val-split {fraction:g} leaves class {name} ({len(members)} training images) with "
+                            f"{need}: use a {'larger' if n_val == 0 else 'smaller'} --val-split, or none")
+        held.append(rng.permutation(members)[:n_val])
+    val = np.sort(np.concatenate(held))
+    train = np.setdiff1d(np.arange(len(splits.train_y)), val)
     splits.val_x, splits.val_y = splits.train_x[val], splits.train_y[val]
     splits.train_x, splits.train_y = splits.train_x[train], splits.train_y[train]
 
 
+def _torchvision_cifar10(cache: Path) -> Path:
+    """torchvision's CIFAR-10 archive in the cache (downloaded and checksummed once), or the folder that
+    earlier versions extracted there. Read by our own reader: torchvision's would unpickle it."""
+    try:
+        from torchvision.datasets import CIFAR10
+        from torchvision.datasets.utils import download_url
+
+        root = cache / "torchvision"
+        extracted = root / CIFAR10.base_folder
+        if all((extracted / name).is_file() for name in TRAIN_BATCHES + (TEST_BATCH,)):
+            return extracted
+        download_url(CIFAR10.url, str(root), CIFAR10.filename, CIFAR10.tgz_md5)
+        return root / CIFAR10.filename
+    except Exception as e:  # noqa: BLE001 - URLError, socket timeouts, HTTP errors, bad checksums ...
+        raise DataError(f"could not download CIFAR-10 ({type(e).__name__}); {OFFLINE_HINT}") from e
+
+
 # ---------------------------------------------------------------- caching
 
-def _fingerprint(path: Path) -> str:
-    """Path + size + mtime of the source (every file of it, for a folder)."""
-    digest = hashlib.sha256(str(path.resolve()).encode())
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        st = f.stat()
-        digest.update(f"{f.relative_to(path) if f != path else f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
-
-
 def _cached(path: Path, cache: Path) -> Splits:
-    key = _fingerprint(path)
-    npz = cache / "decoded" / f"{path.name.split('.')[0]}-{key}.npz"
+    tree = None if path.is_file() else read_tree(path)  # a folder's walk gives its fingerprint
+    key = _fingerprint(path, tree)
+    npz = cache / "decoded" / f"{path.name.split('.')[0]}-{key}-{CACHE_VERSION}.npz"
     if npz.exists():
         with np.load(npz, allow_pickle=False) as z:
+            info = json.loads(str(z["info"]))
             return Splits(z["train_x"], z["train_y"], z["test_x"], z["test_y"], [str(c) for c in z["classes"]],
-                          str(path), key)
-    splits = _decode(path)
+                          str(path), key, layout=info["layout"], skipped=info["skipped"])
+    splits = _decode(tree or read_tree(path))
     splits.fingerprint = key
+    info = json.dumps({"layout": splits.layout, "skipped": splits.skipped})
     with atomic_path(npz) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, train_x=splits.train_x, train_y=splits.train_y, test_x=splits.test_x,
-                     test_y=splits.test_y, classes=np.array(splits.classes))
+                     test_y=splits.test_y, classes=np.array(splits.classes), info=np.array(info))
     return splits
 
 
-def _decode(path: Path) -> Splits:
-    if path.is_file():
-        if not path.name.endswith(ARCHIVE_SUFFIXES):
-            raise DataError(f"{path} is a file but not a .tar.gz/.tgz/.tar archive")
-        return _image_tree(_archive_members(path), str(path))
-    batches = path / "cifar-10-batches-py"
-    if (batches / "data_batch_1").exists():
-        return _cifar_batches(batches)
-    if (path / "data_batch_1").exists():
-        return _cifar_batches(path)
-    return _image_tree(_folder_members(path), str(path))
+def _fingerprint(path: Path, tree: Tree | None) -> str:
+    """The source's resolved path, then path:size:mtime of the archive, or of every file of the folder."""
+    digest = hashlib.sha256(str(path.resolve()).encode())
+    if tree is None:
+        st = path.stat()
+        digest.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for stamp in tree.stamps if tree else ():
+        digest.update(stamp.encode())
+    return digest.hexdigest()[:16]
 
 
-# ---------------------------------------------------------------- CIFAR python batches
+def _decode(tree: Tree) -> Splits:
+    layout, root = find_root(tree)
+    prefix = f"{root}/" if root else ""
+    if layout == "cifar":
+        def read(name: str) -> bytes | None:
+            reader = tree.files.get(prefix + name)
+            return _read(tree, prefix + name, reader) if reader else None
 
-def _read_batch(file: Path) -> dict:
-    try:
-        with open(file, "rb") as f:
-            return pickle.load(f, encoding="latin1")  # the format torchvision and CIFAR's authors use
-    except FileNotFoundError as e:
-        raise DataError(f"missing CIFAR batch file {file}") from e
-    except Exception as e:
-        raise DataError(f"corrupt CIFAR batch file {file}: {e}") from e
-
-
-def _cifar_batches(folder: Path) -> Splits:
-    def split(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        batches = [_read_batch(folder / n) for n in names]
-        x = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
-        y = np.concatenate([np.asarray(b.get("labels", b.get("fine_labels")), dtype=np.int64) for b in batches])
-        return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), y
-
-    train_x, train_y = split([f"data_batch_{i}" for i in range(1, 6)])
-    test_x, test_y = split(["test_batch"])
-    meta = folder / "batches.meta"
-    classes = list(_read_batch(meta)["label_names"]) if meta.exists() else [str(i) for i in range(10)]
-    return Splits(train_x, train_y, test_x, test_y, classes, str(folder), "")
+        *arrays, classes = read_cifar(read, lambda name: tree.name_of(prefix + name))
+        splits = Splits(*arrays, classes, tree.where, "", layout="CIFAR-10 python batches")
+    else:
+        splits = _image_splits(tree, root)
+    splits.skipped = {reason: {"count": len(paths), "examples": paths[:3]} for reason, paths in tree.skipped.items()}
+    return splits
 
 
-def _torchvision_cifar10(cache: Path) -> Splits:
-    from torchvision.datasets import CIFAR10
-
-    root = cache / "torchvision"
-    try:
-        train = CIFAR10(str(root), train=True, download=True)
-        test = CIFAR10(str(root), train=False, download=True)
-    except Exception as e:  # URLError, socket timeouts, HTTP errors, bad checksums ...
-        raise DataError(f"could not download CIFAR-10 ({type(e).__name__}); {OFFLINE_HINT}") from e
-    return Splits(train.data, np.asarray(train.targets, dtype=np.int64), test.data,
-                  np.asarray(test.targets, dtype=np.int64), list(train.classes), "cifar10",
-                  "torchvision-cifar10")
-
-
-# ---------------------------------------------------------------- ImageFolder trees (folder or archive)
-
-Member = tuple[str, Callable[[], bytes]]  # (path inside the tree, read its bytes)
-
-
-def _folder_members(root: Path) -> Iterator[Member]:
-    for file in sorted(root.rglob("*")):
-        if file.is_file():
-            yield file.relative_to(root).as_posix(), file.read_bytes
-
-
-def _archive_members(archive: Path) -> Iterator[Member]:
-    try:
-        with tarfile.open(archive) as tar:
-            for member in tar:  # one streaming pass over the archive
-                if member.isfile():
-                    data = tar.extractfile(member).read()
-                    yield member.name, lambda data=data: data
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise DataError(f"corrupt or unreadable archive {archive}: {e}") from e
-
-
-def _decode_image(name: str, data: bytes) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB")
-            if img.size != (32, 32):
-                img = img.resize((32, 32), Image.BILINEAR, reducing_gap=None)
-            return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"corrupt or unreadable image {name}: {e}") from e
-
-
-def _image_tree(members: Iterator[Member], where: str) -> Splits:
-    """Decode every `.../<train|test>/<class>/<image>` of a tree; other files are ignored."""
-    items: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
-    for name, read in members:
-        parts = name.split("/")
-        if len(parts) >= 3 and parts[-3] in items and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-            items[parts[-3]].append((parts[-2], name, read()))
-    for split in ("train", "test"):
-        if not items[split]:
-            raise DataError(f"{where}: no images under {split}/<class>/ (expected an ImageFolder tree with "
-                            f"train/ and test/)")
-        items[split].sort(key=lambda item: item[1])
+def _image_splits(tree: Tree, root: str) -> Splits:
+    items = image_folder(tree, root)
     classes = sorted({cls for cls, _, _ in items["train"]})
     unknown = sorted({cls for cls, _, _ in items["test"]} - set(classes))
     if unknown:
-        raise DataError(f"{where}: test/ has classes missing from train/: {', '.join(unknown)}")
+        raise DataError(f"{tree.where}: test/ has classes missing from train/: {_names(unknown)}")
     index = {c: i for i, c in enumerate(classes)}
+
+    def decode(item: tuple[str, str, Reader]) -> np.ndarray:
+        return decode_image(_read(tree, item[1], item[2]), tree.name_of(item[1]))
+
     arrays = []
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
-        for split in ("train", "test"):
-            x = np.stack(list(pool.map(lambda it: _decode_image(it[1], it[2]), items[split])))
-            y = np.array([index[cls] for cls, _, _ in items[split]], dtype=np.int64)
-            arrays += [x, y]
-    return Splits(*arrays, classes, where, "")
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
+        for split in SPLITS:
+            arrays += [np.stack(list(pool.map(decode, items[split]))),
+                       np.array([index[cls] for cls, _, _ in items[split]], dtype=np.int64)]
+    return Splits(*arrays, classes, tree.where, "", layout="ImageFolder")
+
+
+def _read(tree: Tree, path: str, reader: Reader) -> bytes:
+    try:
+        return reader()
+    except OSError as e:
+        raise DataError(f"cannot read {tree.name_of(path)}: {e.strerror or e}") from None

@@ -20,9 +20,9 @@ import numpy as np
 
 from .backends import Backend, Session, backend_for
 from .errors import ArtifactError, DataError, EdgecifarError
+from .images import INPUT_SIZE as INPUT_HW
+from .images import read_image  # the one decoder, shared with training: the same file gives the same pixels
 from .manifest import check_artifact
-
-INPUT_HW = 32
 
 
 @dataclass
@@ -89,31 +89,6 @@ def _parse_metadata(path: Path, session: Session) -> dict[str, Any]:
             except ValueError:
                 pass  # free text is fine: these are for people
     return meta
-
-
-def read_image(path: Path | str) -> np.ndarray:
-    """Any image Pillow reads -> uint8 [32, 32, 3] RGB, resized the way the training data was decoded."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path} is a directory, not an image")
-    if not path.is_file():
-        raise DataError(f"image not found: {path}")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path} is an empty file, not an image")
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
-            img = img.convert("RGB")
-            if img.size != (INPUT_HW, INPUT_HW):
-                # the same resize as edgecifar.data decoding (bilinear, antialiased on downscale)
-                img = img.resize((INPUT_HW, INPUT_HW), Image.BILINEAR, reducing_gap=None)
-            return np.asarray(img, dtype=np.uint8).copy()
-    except UnidentifiedImageError:
-        raise DataError(f"{path} is not an image Pillow can read") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"corrupt or unreadable image {path}: {e}") from None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -109,6 +109,7 @@ def run_dir_for(cfg: TrainConfig) -> Path:
 
 def train(cfg: TrainConfig, show_progress: bool = False, log=print) -> Path:
     """Train a model; returns its run folder. Any failure before the first epoch ends leaves no folder."""
+    log = _survives_closed_output(log)
     device = pick_device(cfg.device)
     cfg = _bf16_where_native(cfg, device, log)
     if cfg.flip not in ("random", "alternating"):
@@ -129,6 +130,16 @@ def train(cfg: TrainConfig, show_progress: bool = False, log=print) -> Path:
         if created and not (out / "checkpoint.pt").exists():
             remove_tree(out)  # nothing worth resuming: leave no half-written run folder
         raise
+
+
+def _survives_closed_output(log):
+    """`log`, but a reader that went away (`train ... | head`) stops the printing, not the run."""
+    def safe_log(message: str) -> None:
+        try:
+            log(message)
+        except (BrokenPipeError, SystemExit):  # rich's console: SystemExit(1) once stdout is /dev/null instead
+            pass
+    return safe_log
 
 
 def _subset(x, y, limit: int | None, seed: int):
@@ -166,6 +177,8 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, show
               "versions": {"edgecifar": __version__, "python": platform.python_version(),
                            **library_versions("torch", "torchvision", "timm")}}
     write_config(out, config)
+    for line in data.summary():  # classes, images per split and class, skipped files, warnings
+        log(line)
     log(f"training {cfg.model} ({config['params']:,} params, {trainable:,} trainable) on {len(train_y):,} images, "
         f"{device}, -> {out}")
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pickle
+import struct
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,44 @@ def synthetic_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     images = rng.integers(0, 90, size=(n, 32, 32, 3), dtype=np.uint8)
     images[np.arange(n), :, :, labels] += 150
     return images, labels
+
+
+def write_images(folder: Path, n: int, label: int, ext: str = "png", seed: int = 0) -> list[Path]:
+    """n synthetic 32x32 images of class `label` saved as folder/<label>-<i>.<ext> (Pillow picks the format)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images, _ = synthetic_images(n * len(CLASSES), seed)
+    paths = []
+    for i, image in enumerate(images[label::len(CLASSES)][:n]):
+        paths.append(folder / f"{label}-{i:03d}.{ext}")
+        Image.fromarray(image).save(paths[-1])
+    return paths
+
+
+def small_tree(root: Path, counts: dict[str, tuple[int, int]] | None = None) -> Path:
+    """root/train/<class>/ and root/test/<class>/ with (train, test) PNGs per class (default 4 and 2 each)."""
+    counts = counts or {c: (4, 2) for c in CLASSES}
+    for label, (name, (n_train, n_test)) in enumerate(counts.items()):
+        for split, n in (("train", n_train), ("test", n_test)):
+            write_images(root / split / name, n, label % len(CLASSES), seed=len(split))
+    return root
+
+
+def tar_of(folder: Path, archive: Path) -> Path:
+    """folder's contents as a .tar.gz, links stored as links (like `tar czf ARCHIVE -C folder .`)."""
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=".")
+    return archive
+
+
+def huge_png(path, side: int = 20000) -> None:
+    """A tiny file whose header declares side x side pixels (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\x00" * (side // 8 + 1) * 16)) + chunk(b"IEND", b""))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png)
 
 
 @pytest.fixture(scope="session")

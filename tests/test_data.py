@@ -69,17 +69,6 @@ def test_validation_split(image_tree, cache_dir):
     assert np.array_equal(splits.val_x, again.val_x)
 
 
-def test_offline_download_names_data_option(cache_dir, monkeypatch):
-    import torchvision.datasets
-
-    def offline(*args, **kwargs):
-        raise OSError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
-    with pytest.raises(DataError, match="--data"):
-        load_data("cifar10", cache_dir)
-
-
 def _write(path, data):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -147,3 +136,18 @@ def test_cutout_masks_one_square():
     out = cutout(images, 8, torch.Generator().manual_seed(0))
     masked = (out == 128).all(-1).sum(dim=(1, 2))
     assert ((masked > 0) & (masked <= 81)).all()
+
+
+def test_cache_key_follows_the_decoder_version(image_archive, cache_dir, monkeypatch):
+    """Decoded caches made under other decoding or discovery rules are never reused."""
+    import edgecifar.data as data_module
+
+    load_data(str(image_archive), cache_dir)
+    decoded = []
+    real_decode = data_module._decode
+    monkeypatch.setattr(data_module, "_decode", lambda tree: decoded.append(tree) or real_decode(tree))
+    load_data(str(image_archive), cache_dir)
+    assert decoded == []
+    monkeypatch.setattr(data_module, "CACHE_VERSION", "next")
+    load_data(str(image_archive), cache_dir)
+    assert len(decoded) == 1 and len(list((cache_dir / "decoded").glob("*.npz"))) == 2

@@ -55,7 +55,8 @@ def images(tmp_path_factory) -> dict[str, tuple[Path, int | None]]:
 # ---------------------------------------------------------------- predictions
 
 def test_read_image_matches_training_decoding(tiny_run, images):
-    from edgecifar.data import _decode_image, load_data
+    from edgecifar.data import load_data
+    from edgecifar.images import decode_image
 
     data = tiny_run.parents[1] / "data"
     splits = load_data(str(data), tiny_run.parents[1] / "cache")
@@ -63,7 +64,7 @@ def test_read_image_matches_training_decoding(tiny_run, images):
     for path, _ in images.values():  # any size: the same resize as the training data's decoding
         image = runtime.read_image(path)
         assert image.dtype == np.uint8 and image.shape == (32, 32, 3)
-        assert np.array_equal(image, _decode_image(path.name, path.read_bytes()))
+        assert np.array_equal(image, decode_image(path.read_bytes(), path.name))
 
 
 @pytest.mark.parametrize("fmt, precision", [("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp16"),
