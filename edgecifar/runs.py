@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError, DataError, EdgecifarError
+from .errors import CheckpointError, EdgecifarError
 from .models import EdgeModel, create_model
 from .utils import atomic_path, read_json, sha256_file, write_json
 
@@ -102,20 +102,6 @@ def kept_message(out: Path) -> str:
     except Exception:  # the message is still right without the number
         epoch = ""
     return f"the run in {out} keeps its checkpoint{epoch}: continue it with `edgecifar train --resume --out {out}`"
-
-
-def data_source(config: dict[str, Any], data: str | None = None) -> str:
-    """The data a trained run is exported, evaluated or benched with: `data` if given, else the source its
-    training recorded. DataError, naming --data, if none is recorded or the recorded one is gone."""
-    if data:
-        return data
-    source = (config.get("data") or {}).get("source") or (config.get("train") or {}).get("data")
-    if not source:
-        raise DataError("the run's config.json records no data source: pass --data")
-    if source != "cifar10" and not Path(source).expanduser().exists():
-        raise DataError(f"the data this run was trained on, {source}, is no longer there (moved or deleted): "
-                        f"pass --data with where it is now")
-    return source
 
 
 def read_config(run_dir: Path | str) -> dict[str, Any]:

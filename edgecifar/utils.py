@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import DiskFullError
+from .errors import DataError, DiskFullError
 
 # errno -> what it means for the user: a write that failed for lack of room
 NO_ROOM = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
@@ -152,6 +152,20 @@ def _remove_if_free(folder: Path) -> None:
     with contextlib.suppress(OSError), _flock(folder, blocking=False) as free:
         if free:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def data_source(config: dict[str, Any], data: str | None = None) -> str:
+    """The data a trained run is exported, evaluated or benched with: `data` if given, else the source its
+    training recorded. DataError, naming --data, if none is recorded or the recorded one is gone."""
+    if data:
+        return data
+    source = (config.get("data") or {}).get("source") or (config.get("train") or {}).get("data")
+    if not source:
+        raise DataError("the run's config.json records no data source: pass --data")
+    if source != "cifar10" and not Path(source).expanduser().exists():
+        raise DataError(f"the data this run was trained on, {source}, is no longer there (moved or deleted): "
+                        f"pass --data with where it is now")
+    return source
 
 
 def read_json(path: Path | str) -> Any:
