@@ -163,8 +163,8 @@ def _export_all(model, jobs: list[tuple[Backend, str]], out_dir: Path, run_name:
             return entries
     except Exception as e:  # a full disk may reach us wrapped by a converter's own exception
         if (reason := no_room(e)) is not None:
-            raise DiskFullError(f"{reason}: the export could not be written; {out_dir} was left as it "
-                                f"was") from e
+            file = Path(e.filename).name if isinstance(e, OSError) and e.filename else "the export"
+            raise DiskFullError(f"{reason}: could not write {file}; {out_dir} was left as it was") from e
         if isinstance(e, OSError):
             raise ExportError(f"cannot write to {out_dir}: {e.strerror or e}") from e
         raise

@@ -96,7 +96,7 @@ def claim_run_dir(out: Path) -> bool:
 def kept_message(out: Path) -> str:
     """What a run stopped early kept, and how to continue it."""
     if not is_run(out):
-        return "nothing was kept (no epoch had finished)"
+        return "nothing was kept (no epoch was saved)"
     try:  # mmap: the epoch number without reading the tensors
         epoch = f" of epoch {torch.load(out / CHECKPOINT, mmap=True, weights_only=True)['epoch']}"
     except Exception:  # the message is still right without the number
