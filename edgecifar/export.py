@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -179,15 +180,28 @@ def _remove_empty(folders: list[Path]) -> None:
 
 
 def _commit(staged: list[Path], target: Path, manifest: Path, entries: list[dict[str, Any]]) -> None:
-    """Every artifact passed: move them in, then list them. If that fails, take back the files that are new."""
-    new = [target / f.name for f in staged if not (target / f.name).exists()]
+    """Every artifact passed: move them in, then list them. If that fails (a full disk, SIGTERM), take back the
+    new files and put back the ones they replaced (kept as hard links in the staging folder meanwhile)."""
+    previous = staged[0].parent / ".replaced"
+    previous.mkdir()
+    moved = []
     try:
         for file in staged:
-            os.replace(file, target / file.name)
+            final = target / file.name
+            if final.exists():
+                try:
+                    os.link(final, previous / file.name)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(final, previous / file.name)
+            moved.append(final)
+            os.replace(file, final)
         update_manifest(manifest, entries)
     except BaseException:
-        for file in new:
-            file.unlink(missing_ok=True)
+        for final in moved:
+            if (previous / final.name).exists():
+                os.replace(previous / final.name, final)
+            else:
+                final.unlink(missing_ok=True)
         raise
 
 

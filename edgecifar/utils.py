@@ -50,7 +50,7 @@ def atomic_path(final: Path | str, suffix: str = "") -> Iterator[Path]:
     except OSError as e:
         if (reason := no_room(e)) is None:
             raise
-        raise DiskFullError(f"{reason}: could not write {final}; it was left as it was") from e
+        raise DiskFullError(f"{reason}: could not write {final}; no file was replaced") from e
     finally:
         if tmp_path is not None:
             tmp_path.unlink(missing_ok=True)
@@ -163,8 +163,9 @@ def data_source(config: dict[str, Any], data: str | None = None) -> str:
     if not source:
         raise DataError("the run's config.json records no data source: pass --data")
     if source != "cifar10" and not Path(source).expanduser().exists():
-        raise DataError(f"the data this run was trained on, {source}, is no longer there (moved or deleted): "
-                        f"pass --data with where it is now")
+        relative = "" if Path(source).expanduser().is_absolute() else " (relative to where it was trained)"
+        raise DataError(f"the data this run was trained on, {source}{relative}, is not there: pass --data with "
+                        f"where it is now")
     return source
 
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from edgecifar.backends import BACKENDS
 from edgecifar.cli import app
-from edgecifar.errors import ArtifactError, CheckpointError, ExportError
+from edgecifar.errors import ArtifactError, CheckpointError, DiskFullError, ExportError
 from edgecifar.export import export_run
 from edgecifar.runtime import load_artifact
 from edgecifar.utils import sha256_file
@@ -439,5 +439,24 @@ def test_a_moved_data_source_names_data(tiny_run, tmp_path):
     config = read_json(run / "config.json")
     config["data"]["source"] = str(tmp_path / "data-that-moved")
     write_json(run / "config.json", config)
-    with pytest.raises(DataError, match="no longer there .*pass --data"):
+    with pytest.raises(DataError, match="data-that-moved, is not there: pass --data"):
         export_run(run, "onnx", "fp32", out_dir=tmp_path / "exp", verify_size=20)
+
+
+def test_a_failed_commit_puts_replaced_files_back(monkeypatch, tiny_run, tmp_path):
+    import errno
+
+    import edgecifar.export as export_module
+
+    out = tmp_path / "exp"
+    export_run(tiny_run, "onnx", "fp32", out_dir=out, verify_size=20)
+    (out / "tiny" / "tiny-fp32.onnx").write_bytes(b"the file of an earlier export")  # differs from any new one
+    before = tree_snapshot(out)
+
+    def full(manifest, entries):
+        raise OSError(errno.ENOSPC, "No space left on device", str(manifest))
+
+    monkeypatch.setattr(export_module, "update_manifest", full)
+    with pytest.raises(DiskFullError, match="could not write manifest.json"):
+        export_run(tiny_run, "onnx", "fp32", out_dir=out, verify_size=20)
+    assert tree_snapshot(out) == before
