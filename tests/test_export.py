@@ -460,3 +460,20 @@ def test_a_failed_commit_puts_replaced_files_back(monkeypatch, tiny_run, tmp_pat
     with pytest.raises(DiskFullError, match="could not write manifest.json"):
         export_run(tiny_run, "onnx", "fp32", out_dir=out, verify_size=20)
     assert tree_snapshot(out) == before
+
+
+def test_predict_never_prints_nan(monkeypatch, exported, tmp_path):
+    """A file that outputs NaN (made by an older edgecifar, or by hand) is refused, never shown as 'nan%'."""
+    from PIL import Image
+
+    out, entries = exported
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(image)
+    backend = BACKENDS["onnx"]
+    real_run = backend.run
+    monkeypatch.setattr(backend, "run", lambda session, images: real_run(session, images) * np.float32("nan"))
+    for extra in ([], ["--json"]):
+        result = CliRunner().invoke(app, ["predict", str(image), "--model", str(out / entry(entries, "onnx", "fp32")
+                                                                                ["path"]), *extra])
+        assert result.exit_code == ArtifactError.exit_code and "NaN or infinite outputs" in result.output
+        assert "nan%" not in result.output and "NaN," not in result.output
