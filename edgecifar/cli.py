@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from .errors import DiskFullError, EdgecifarError
-from .utils import no_room
+from .utils import NO_ROOM, no_room
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, export and benchmark small CIFAR-10 classifiers for edge CPUs.")
@@ -37,10 +37,10 @@ def handle_errors(fn: Callable) -> Callable:
             err_console.print("[yellow]interrupted[/yellow]")
             raise typer.Exit(128 + getattr(e, "signum", 2))
         except OSError as e:  # a full disk where no library call said so itself
-            if no_room(e) is None:
+            if (full := no_room(e)) is None:
                 raise
-            where = f": could not write {e.filename}" if e.filename else ""
-            err_console.print(f"error: {no_room(e)}{where}", highlight=False, markup=False)
+            where = f": could not write {full.filename}" if full.filename else ""
+            err_console.print(f"error: {NO_ROOM[full.errno]}{where}", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(DiskFullError.exit_code)
 
     return wrapper

@@ -26,7 +26,8 @@ from .data import Splits, load_data
 from .errors import DiskFullError, ExportError
 from .manifest import MANIFEST, read_manifest, update_manifest
 from .runtime import load_artifact
-from .utils import data_source, library_versions, no_room, sha256_file, staging_folder, terminate_as_interrupt
+from .utils import (NO_ROOM, data_source, library_versions, no_room, sha256_file, staging_folder,
+                    terminate_as_interrupt)
 
 FP32_MIN_AGREEMENT = 0.999  # an FP32 export must reproduce PyTorch's top-1 on 99.9 % of images, or it fails
 WARN_AGREEMENT = 0.99  # FP16 / INT8 below this get a warning (kept: reduced precision is a trade-off)
@@ -163,9 +164,10 @@ def _export_all(model, jobs: list[tuple[Backend, str]], out_dir: Path, run_name:
             _commit(staged, target, out_dir / MANIFEST, entries)
             return entries
     except Exception as e:  # a full disk may reach us wrapped by a converter's own exception
-        if (reason := no_room(e)) is not None:
-            file = Path(e.filename).name if isinstance(e, OSError) and e.filename else "the export"
-            raise DiskFullError(f"{reason}: could not write {file}; {out_dir} was left as it was") from e
+        if (full := no_room(e)) is not None:
+            file = Path(full.filename).name if full.filename else "the export"
+            raise DiskFullError(f"{NO_ROOM[full.errno]}: could not write {file}; {out_dir} was left as it "
+                                f"was") from e
         if isinstance(e, OSError):
             raise ExportError(f"cannot write to {out_dir}: {e.strerror or e}") from e
         raise

@@ -183,12 +183,7 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
         stats = _train_epoch(model, taught, ema, optimizer, scheduler, train_x, train_y, cfg, epoch, show_progress)
         stats[acc_key] = evaluate(final, eval_x, eval_y)
         history.append(stats)
-        _check_finite(model, epoch)
-        save_checkpoint(out, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else {},
-                              "history": history, "config": config})
-        if epoch == start_epoch:  # the run's config changes only once a checkpoint made with it is safe
-            write_config(out, config)
+        _save_epoch(out, epoch, model, optimizer, scheduler, ema, history, config, first=epoch == start_epoch)
         log(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.4f}  train {stats['train_acc']:.2%}  "
             f"{acc_key.replace('_acc', '')} {stats[acc_key]:.2%}  {stats['images_per_s']:.0f} img/s  "
             f"{stats['seconds']:.0f}s  eta {_eta(history, cfg.epochs)}")
@@ -238,12 +233,19 @@ def _resumes(checkpoint: dict[str, Any] | None, epoch: int, changes: dict[str, l
     return [*earlier, {"at_epoch": epoch, "changed": changes}]
 
 
-def _check_finite(model: torch.nn.Module, epoch: int) -> None:
-    """Weights that hold NaN or infinity after an epoch (the last step diverged) are never checkpointed."""
+def _save_epoch(out: Path, epoch: int, model, optimizer, scheduler, ema, history: list[dict[str, Any]],
+                config: dict[str, Any], first: bool) -> None:
+    """Checkpoint a finished epoch. Weights that hold NaN or infinity (the epoch's last step diverged) are never
+    saved; the run's config.json changes only once a checkpoint made with it is safe (the first of a session)."""
     bad = nonfinite_tensors(model.state_dict())
     if bad:
         raise TrainingError(f"training diverged: after epoch {epoch + 1} the weights hold NaN or infinite values "
                             f"({', '.join(bad[:3])}); train with a lower --lr")
+    save_checkpoint(out, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else {},
+                          "history": history, "config": config})
+    if first:
+        write_config(out, config)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int,

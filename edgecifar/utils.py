@@ -22,11 +22,12 @@ NO_ROOM = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is ex
            errno.EFBIG: "the file-size limit is reached (ulimit -f, or the file system's largest file)"}
 
 
-def no_room(error: BaseException | None) -> str | None:
-    """What ran out if `error` (or one of its causes) is a write that failed for lack of room; else None."""
+def no_room(error: BaseException | None) -> OSError | None:
+    """The write that failed for lack of room (ENOSPC, EDQUOT, EFBIG) if `error` is one or was caused by one
+    (NO_ROOM[its errno] says what ran out); else None."""
     while error is not None:
         if isinstance(error, OSError) and error.errno in NO_ROOM:
-            return NO_ROOM[error.errno]
+            return error
         error = error.__cause__ or error.__context__
     return None
 
@@ -48,9 +49,9 @@ def atomic_path(final: Path | str, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         os.replace(tmp_path, final)
     except OSError as e:
-        if (reason := no_room(e)) is None:
+        if (full := no_room(e)) is None:
             raise
-        raise DiskFullError(f"{reason}: could not write {final}; no file was replaced") from e
+        raise DiskFullError(f"{NO_ROOM[full.errno]}: could not write {final}; no file was replaced") from e
     finally:
         if tmp_path is not None:
             tmp_path.unlink(missing_ok=True)

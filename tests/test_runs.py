@@ -301,3 +301,16 @@ def test_relative_data_is_recorded_absolute(image_tree, tmp_path, monkeypatch):
     with pytest.raises(DataError, match="moved-away, is not there: pass --data"):
         data_source(gone)
     assert data_source(gone, "elsewhere") == "elsewhere"
+
+
+def test_any_command_says_the_disk_is_full(monkeypatch, tmp_path):
+    """A full disk that no library call reported itself still ends in one line and exit 8."""
+    import edgecifar.evaluate
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "confusion.png"))
+
+    monkeypatch.setattr(edgecifar.evaluate, "evaluate_run", full)
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path)])
+    assert result.exit_code == DiskFullError.exit_code
+    assert result.output.strip() == f"error: the disk is full: could not write {tmp_path / 'confusion.png'}"
