@@ -122,8 +122,9 @@ def _verification_set(model: Any, splits: Splits, size: int, seed: int) -> dict[
         logits = np.concatenate([model(torch.from_numpy(images[i:i + VERIFY_BATCH])).float().numpy()
                                  for i in range(0, len(images), VERIFY_BATCH)])
     if not np.isfinite(logits).all():
-        raise ExportError(f"the PyTorch model gives NaN or infinite logits on {int((~np.isfinite(logits)).any(1).sum())}"
-                          f" of {len(images)} test images: nothing to export")
+        bad = int((~np.isfinite(logits)).any(1).sum())
+        raise ExportError(f"the PyTorch model gives NaN or infinite logits on {bad} of {len(images)} test images: "
+                          f"nothing to export")
     return {"images": images, "labels": labels, "logits": logits,
             "accuracy": float((logits.argmax(1) == labels).mean())}
 
@@ -260,8 +261,9 @@ def verify_artifact(path: Path, check: dict[str, Any], classes: list[str]) -> di
         raise ExportError(f"{path.name} returns logits of shape {list(logits.shape)}, PyTorch "
                           f"{list(reference.shape)}")
     if not np.isfinite(logits).all():  # an argmax of NaNs "agrees" with PyTorch's: never let it verify
-        raise ExportError(f"{path.name} gives NaN or infinite logits on {int((~np.isfinite(logits)).any(1).sum())} "
-                          f"of {len(images)} test images; nothing was written")
+        bad = int((~np.isfinite(logits)).any(1).sum())
+        raise ExportError(f"{path.name} gives NaN or infinite logits on {bad} of {len(images)} test images; nothing "
+                          f"was written")
     return {"images": int(len(images)), "agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
             "max_abs_logit_diff": float(np.abs(logits - reference).max()),
             "accuracy": float((logits.argmax(1) == check["labels"]).mean()), "torch_accuracy": check["accuracy"],

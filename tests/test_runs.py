@@ -111,7 +111,7 @@ def test_resume_extends_the_schedule_and_applies_a_new_lr(image_tree, tmp_path):
     assert epochs[2]["lr"] == pytest.approx(one_cycle_lr(0.05, 16, 12))
     assert epochs[3]["lr"] == pytest.approx(one_cycle_lr(0.05, 16, 16))
     config = json.loads((run / "config.json").read_text())
-    assert config["train"]["epochs"] == 4 and config["train"]["lr"] == 0.05 and config["train"]["model"] == "scratch_cnn"
+    assert (config["train"]["epochs"], config["train"]["lr"], config["train"]["model"]) == (4, 0.05, "scratch_cnn")
     assert config["resumed"] == [{"at_epoch": 2, "changed": {"epochs": [2, 4], "lr": [0.01, 0.05]}}]
     assert any("from epoch 3" in line and "epochs 2 -> 4" in line for line in said)
 
@@ -264,8 +264,8 @@ def test_divergence_stops_and_keeps_the_last_good_epoch(image_tree, tmp_path):
 
 
 def test_divergence_in_the_first_epoch_keeps_nothing(image_tree, tmp_path):
-    result = CliRunner().invoke(app, ["train", "--data", str(image_tree), "--lr", "1e6", "--epochs", "2", "--batch-size", "8",
-                                      "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "run")])
+    args = ["--lr", "1e6", "--epochs", "2", "--batch-size", "8", "--cache-dir", str(tmp_path / "c")]
+    result = CliRunner().invoke(app, ["train", "--data", str(image_tree), *args, "--out", str(tmp_path / "run")])
     assert result.exit_code == TrainingError.exit_code
     assert "training diverged" in result.output and "nothing was kept" in result.output
     assert not (tmp_path / "run").exists()
