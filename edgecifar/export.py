@@ -148,10 +148,12 @@ def _export_all(model, jobs: list[tuple[Backend, str]], out_dir: Path, run_name:
                 log: Log) -> list[dict[str, Any]]:
     target = out_dir / run_name
     created = _missing_dirs(target)
+    doing = "the export"  # what a full disk stopped, should the error not name its file
     try:
         with staging_folder(out_dir) as staging:  # same file system as the target: renames are atomic
             entries, staged = [], []
             for backend, precision in jobs:
+                doing = f"the {backend.name} {precision} file"
                 main = staging / f"{run_name}-{precision}{backend.suffixes[0]}"
                 entry = _export_one(model, backend, precision, main, calibration, check, floor, log)
                 entry["path"] = f"{run_name}/{main.name}"  # paths in the manifest are relative to it
@@ -166,7 +168,7 @@ def _export_all(model, jobs: list[tuple[Backend, str]], out_dir: Path, run_name:
             return entries
     except Exception as e:  # a full disk may reach us wrapped by a converter's own exception
         if (full := no_room(e)) is not None:
-            file = Path(full.filename).name if full.filename else "the export"
+            file = Path(full.filename).name if full.filename else doing
             raise DiskFullError(f"{NO_ROOM[full.errno]}: could not write {file}; {out_dir} was left as it "
                                 f"was") from e
         if isinstance(e, OSError):
