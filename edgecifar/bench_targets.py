@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import ArtifactError, BenchError
+from .errors import ArtifactError, BenchError, DataError
 from .manifest import MANIFEST, find_manifest, read_manifest
-from .utils import cpu_has_bf16, read_json, sha256_file
+from .utils import cpu_has_bf16, data_source, read_json, sha256_file
 
 FORMAT_NAMES = {"pytorch": "PyTorch", "onnx": "ONNX", "openvino": "OpenVINO"}
 RUNTIME_MODULES = {"pytorch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}
@@ -209,6 +209,11 @@ def _attach_run_and_data(target: Target, runs: Path | None, data: str | None, ca
             config = {}
     target.data = data or (config.get("data") or {}).get("source")
     target.cache_dir = str(cache_dir) if cache_dir else (config.get("train") or {}).get("cache_dir")
+    if target.data and not data:
+        try:
+            data_source(config)
+        except DataError as e:  # the run's data was moved or deleted
+            target.skip(str(e))
     if not target.data:
         target.skip(f"no test set: pass --data (no run folder {run_dir or target.source_run} with a config.json "
                     f"to take it from)")

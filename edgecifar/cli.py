@@ -14,7 +14,8 @@ from typing import Annotated, Callable, Optional
 import typer
 from rich.console import Console
 
-from .errors import EdgecifarError
+from .errors import DiskFullError, EdgecifarError
+from .utils import NO_ROOM, no_room
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, export and benchmark small CIFAR-10 classifiers for edge CPUs.")
@@ -32,9 +33,15 @@ def handle_errors(fn: Callable) -> Callable:
         except EdgecifarError as e:
             err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP (utils.Terminated): 128 + the signal
             err_console.print("[yellow]interrupted[/yellow]")
-            raise typer.Exit(130)
+            raise typer.Exit(128 + getattr(e, "signum", 2))
+        except OSError as e:  # a full disk where no library call said so itself
+            if (full := no_room(e)) is None:
+                raise
+            where = f": could not write {full.filename}" if full.filename else ""
+            err_console.print(f"error: {NO_ROOM[full.errno]}{where}", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(DiskFullError.exit_code)
 
     return wrapper
 
@@ -189,6 +196,8 @@ def export(
     data: DataOpt = "",
     cache_dir: CacheOpt = None,
     seed: int = 0,
+    keep_low_agreement: Annotated[bool, typer.Option(help="keep FP16/INT8 files whose top-1 agrees with PyTorch "
+                                                          "on under 90 % of the test images")] = False,
 ) -> None:
     """Export a run to ONNX / OpenVINO in FP32 / FP16 / INT8, each verified against PyTorch on test images."""
     from rich.table import Table
@@ -197,7 +206,8 @@ def export(
 
     entries = export_run(run_dir, fmt.value, precision.value, out_dir=out, calib_size=calib_size,
                          calib_method=calib_method.value, data=data or None, cache_dir=cache_dir, seed=seed,
-                         verify_size=verify_size, log=lambda msg: err_console.print(msg, highlight=False))
+                         verify_size=verify_size, keep_low_agreement=keep_low_agreement,
+                         log=lambda msg: err_console.print(msg, highlight=False))
     table = Table(title=f"exported {run_dir} -> {out} (manifest.json updated)")
     for col in ("format", "precision", "MB", "agree", "max |dlogit|", "acc", "torch acc", "file"):
         table.add_column(col, justify="left" if col in ("format", "precision", "file") else "right")

@@ -41,3 +41,15 @@ class BenchError(EdgecifarError):
     """Nothing could be measured, or a bench option is unsupported."""
 
     exit_code = 7
+
+
+class DiskFullError(EdgecifarError):
+    """A write failed for lack of room: the disk is full, a quota or the file-size limit (ulimit -f) is reached."""
+
+    exit_code = 8
+
+
+class TrainingError(EdgecifarError):
+    """Training cannot go on: the loss or the weights became NaN or infinite (diverged)."""
+
+    exit_code = 9

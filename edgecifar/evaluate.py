@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
-from .utils import atomic_path, write_json
+from .utils import atomic_path, data_source, write_json
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -27,7 +27,7 @@ def evaluate_run(run_dir: Path | str, data: str | None = None, cache_dir: Path |
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     model = load_run(run_dir)
-    source = data or config["data"]["source"]
+    source = data_source(config, data)
     splits = load_data(source, cache_dir)
     classes = model.meta["classes"]
     if splits.classes != classes:

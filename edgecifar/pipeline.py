@@ -2,7 +2,7 @@
 to every format and precision, bench everything, write the report.
 
 Re-running skips every step whose output is already there and valid: a run folder with its weights and
-metrics trained with the same settings, exports whose files match the manifest and come from the run's
+metrics trained with the same settings on the same data (its fingerprint: a changed dataset retrains), exports whose files match the manifest and come from the run's
 current weights, a bench result for exactly these files and settings. `force` redoes them all. `quick` is a
 small profile (one epoch on a subset, small calibration, a subset of the test set, short timings) in its own
 folders, so that trying it never touches the real results.
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import CheckpointError
-from .utils import read_json, sha256_file
+from .utils import read_json, sha256_file, terminate_as_interrupt
 
 DEFAULT_MODELS = ("scratch_cnn", "efficientnet_lite0")
 QUICK_TRAIN = {"epochs": 1, "max_train": 2000, "max_test": 500}
@@ -46,15 +46,25 @@ def pipeline(models: Sequence[str] = DEFAULT_MODELS, data: str = "cifar10", cach
              quick: bool = False, force: bool = False, root: Path | str | None = None,
              threads: Sequence[int] | str = (1, 2), batch_size: int = 64, bf16: bool = False,
              show_progress: bool = False, log: Log | None = None) -> dict[str, Any]:
-    """Train, export, bench and report; returns {"layout", "steps": [...], "bench": rows}."""
+    """Train, export, bench and report; returns {"layout", "steps": [...], "bench": rows}. SIGTERM and SIGHUP
+    stop it as Ctrl-C does, each step cleaning up after itself."""
+    with terminate_as_interrupt():
+        return _pipeline(models, data, cache_dir, quick, force, root, threads, batch_size, bf16, show_progress,
+                         log or print)
+
+
+def _pipeline(models: Sequence[str], data: str, cache_dir, quick: bool, force: bool, root, threads, batch_size: int,
+              bf16: bool, show_progress: bool, log: Log) -> dict[str, Any]:
     from .bench import bench
     from .bench_targets import parse_threads
+    from .models import get_spec
 
-    log = log or print
     threads = parse_threads(threads)  # bad options fail before hours of training, not after
     models = list(dict.fromkeys(models))
     if not models:
         raise CheckpointError("--models names no model")
+    for name in models:  # a typo in the last name must not wait for the first model's training
+        get_spec(name)
     lay = layout_for(quick, root)
     steps: list[dict[str, Any]] = []
     run_dirs = [_step(steps, "train", m, log, lambda m=m: train_step(m, lay, data, cache_dir, quick, force,
@@ -99,6 +109,9 @@ def train_step(model: str, lay: Layout, data: str, cache_dir, quick: bool, force
     cfg = train_config(model, lay, data, cache_dir, quick)
     run_dir = Path(cfg.out)
     differences = _differences(run_dir, cfg)
+    data_changed = None if differences else _data_changed(run_dir, cfg)
+    if data_changed and not force:  # the run's inputs changed: its output is stale, like a make target's
+        return _retrain(cfg, run_dir, show_progress, log), "done", f"retrained into {run_dir}: {data_changed}"
     finished = (run_dir / "model.safetensors").is_file() and (run_dir / "metrics.json").is_file()
     if not force and finished and not differences and _weights_intact(run_dir):
         acc = read_json(run_dir / "metrics.json").get("test_acc")
@@ -144,6 +157,21 @@ def _differences(run_dir: Path, cfg) -> list[str]:
     if _source(made.get("data")) != _source(wanted.data):
         found.append(f"data {made.get('data')!r} instead of {wanted.data!r}")
     return found
+
+
+def _data_changed(run_dir: Path, cfg) -> str | None:
+    """How the data differs from what the run in run_dir was trained on (None: the same data, or no run)."""
+    from .data import load_data
+
+    try:
+        made = read_json(run_dir / "config.json")["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no run, or _differences already calls its config unreadable
+    now = load_data(cfg.data, cfg.cache_dir)  # decoded once, then from the cache
+    if made.get("fingerprint") in (None, now.fingerprint):
+        return None
+    return (f"the data changed since it was trained ({made.get('train')} -> {len(now.train_y)} training images, "
+            f"fingerprint {made.get('fingerprint')} -> {now.fingerprint})")
 
 
 def _source(data: str | None) -> str | None:

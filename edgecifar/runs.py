@@ -1,8 +1,12 @@
 """Run folders: `model.safetensors` + `config.json` (enough to rebuild the model), `metrics.json`, and a
-resumable `checkpoint.pt` (tensors and plain containers only: loaded with weights_only=True)."""
+resumable `checkpoint.pt` (tensors and plain containers only: loaded with weights_only=True).
+
+A folder is a run once it holds a checkpoint or weights; until then it is not (a run stopped before its first
+epoch ended leaves nothing worth keeping)."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -17,16 +21,87 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
+_OURS = (WEIGHTS, CONFIG, METRICS, CHECKPOINT)
 
 
 def save_weights(model: EdgeModel, run_dir: Path, state: dict[str, torch.Tensor] | None = None) -> str:
     """Write the weights atomically; returns their sha256."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = state if state is not None else model.state_dict()
+    # serialized in memory, written by Python: a full disk is then an OSError with its errno (atomic_path
+    # reports it), not a serializer's message without one
+    data = save({k: v.detach().contiguous().cpu() for k, v in state.items()})
     with atomic_path(run_dir / WEIGHTS) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+        tmp.write_bytes(data)
     return sha256_file(run_dir / WEIGHTS)
+
+
+def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or infinity (what a diverged training leaves)."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def is_run(folder: Path) -> bool:
+    """Whether `folder` holds a run: a checkpoint to resume or trained weights."""
+    return (folder / CHECKPOINT).is_file() or (folder / WEIGHTS).is_file()
+
+
+def leftovers(folder: Path) -> list[Path] | None:
+    """What a run stopped before its first checkpoint left in `folder` (its config, temporary files), or None
+    if the folder holds anything else: a run, or files that are not ours."""
+    if not folder.is_dir():
+        return []
+    if is_run(folder):
+        return None
+    found = list(folder.iterdir())
+    ours = [f for f in found if f.is_file() and (f.name in _OURS or f.name == ".write-test"
+                                                 or any(f.name.startswith(f".{n}.") for n in _OURS))]
+    return ours if len(ours) == len(found) else None
+
+
+def choose_run_dir(out: str | None, model: str) -> Path:
+    """`out`, or runs/<model>, runs/<model>-2, ... (the first that holds no run and nothing else)."""
+    if out:
+        if is_run(Path(out)):
+            raise EdgecifarError(f"{out} already holds a run: pass --resume to continue it, or another --out")
+        if leftovers(Path(out)) is None:
+            raise EdgecifarError(f"{out} holds files that are not a run of edgecifar: choose another --out")
+        return Path(out)
+    base = Path("runs") / model
+    found, n = base, 1
+    while leftovers(found) is None:
+        n += 1
+        found = base.with_name(f"{model}-{n}")
+    return found
+
+
+def claim_run_dir(out: Path) -> bool:
+    """Make `out` ready to train in, removing what a run stopped before its first epoch left there; returns
+    whether the folder is this run's to remove again should it stop before its first epoch ends too."""
+    stale = leftovers(out)
+    try:
+        created = not out.exists() or bool(stale)
+        for f in stale or []:
+            f.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+        return created
+    except OSError as e:
+        raise EdgecifarError(f"cannot write to {out}: {e.strerror or e}") from e
+
+
+def kept_message(out: Path) -> str:
+    """What a run stopped early kept, and how to continue it."""
+    if not is_run(out):
+        return "nothing was kept (no epoch was saved)"
+    try:  # mmap: the epoch number without reading the tensors
+        epoch = f" of epoch {torch.load(out / CHECKPOINT, mmap=True, weights_only=True)['epoch']}"
+    except Exception:  # the message is still right without the number
+        epoch = ""
+    return f"the run in {out} keeps its checkpoint{epoch}: continue it with `edgecifar train --resume --out {out}`"
 
 
 def read_config(run_dir: Path | str) -> dict[str, Any]:
@@ -58,6 +133,10 @@ def load_run(run_dir: Path | str) -> EdgeModel:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"corrupt weights file {weights}: {e}") from e
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise CheckpointError(f"{weights} holds NaN or infinite values in {len(bad)} of {len(state)} tensors "
+                              f"({', '.join(bad[:3])}): its training diverged; train it again with a lower --lr")
     load_state(model, state, str(weights))
     model.meta["source_run"] = run_dir.name
     model.meta["source_sha256"] = sha256_file(weights)
@@ -81,8 +160,10 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: st
 
 
 def save_checkpoint(run_dir: Path, payload: dict[str, Any]) -> None:
+    buffer = io.BytesIO()  # in memory first, as in save_weights: a full disk is then reported as one
+    torch.save(payload, buffer)
     with atomic_path(run_dir / CHECKPOINT) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:

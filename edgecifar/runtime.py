@@ -111,7 +111,10 @@ def predict(paths: Sequence[Path | str], model_path: Path | str, topk: int = 3, 
     check = check_artifact(model_path)
     if check["status"] == "mismatch":
         (on_warning or _stderr)(f"warning: {model_path} does not match its manifest ({check['detail']})")
-    probs = softmax(artifact.run(images))
+    logits = artifact.run(images)
+    if not np.isfinite(logits).all():  # never a "nan%" probability, nor NaN in --json
+        raise ArtifactError(f"{model_path} gives NaN or infinite outputs: it is broken (a diverged training?)")
+    probs = softmax(logits)
     k = min(topk, probs.shape[1])
     results = []
     for path, row in zip(paths, probs):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,12 @@ import torch.nn.functional as F
 from . import __version__
 from .augment import alternating_flips, cutout, mirror, random_crop, random_flip
 from .data import Splits, load_data
-from .errors import CheckpointError, EdgecifarError
+from .errors import DiskFullError, EdgecifarError, TrainingError
 from .models import EdgeModel, count_params, create_model, freeze_stages, get_spec
-from .runs import (load_checkpoint, load_run, load_state, save_checkpoint, save_weights, write_config,
-                   write_metrics)
-from .utils import cpu_has_bf16, library_versions, remove_tree
+from .resume import check_same_data, find_checkpoint, restore_state, resume_config, saved_config
+from .runs import (choose_run_dir, claim_run_dir, is_run, kept_message, load_run, nonfinite_tensors, save_checkpoint,
+                   save_weights, write_config, write_metrics)
+from .utils import cpu_has_bf16, library_versions, remove_tree, terminate_as_interrupt
 
 
 @dataclass
@@ -92,44 +95,52 @@ def _bf16_where_native(cfg: TrainConfig, device: torch.device, log) -> TrainConf
     return replace(resolved, bf16=False)
 
 
-def run_dir_for(cfg: TrainConfig) -> Path:
-    """`--out`, or runs/<model>, runs/<model>-2, ... (the first that is free)."""
-    if cfg.out:
-        out = Path(cfg.out)
-        if not cfg.resume and out.exists() and any(out.iterdir()):
-            raise EdgecifarError(f"{out} already holds a run: pass --resume to continue it, or another --out")
-        return out
-    base = Path("runs") / cfg.model
-    out, n = base, 1
-    while out.exists() and any(out.iterdir()):
-        n += 1
-        out = base.with_name(f"{cfg.model}-{n}")
-    return out
+def absolute_data(source: str) -> str:
+    """A data path made absolute, so that the run can be exported and evaluated from any folder."""
+    return source if source == "cifar10" else os.path.abspath(os.path.expanduser(source))
 
 
 def train(cfg: TrainConfig, show_progress: bool = False, log=print) -> Path:
-    """Train a model; returns its run folder. Any failure before the first epoch ends leaves no folder."""
+    """Train a model; returns its run folder.
+
+    Whatever stops a run early (an error, Ctrl-C, SIGTERM or SIGHUP, a full disk, a diverged loss) leaves it
+    resumable from its last finished epoch (`--resume`), or, before the first epoch ended, no run folder. A
+    resume applies the options `edgecifar.resume` allows and refuses the others before anything changes.
+    """
     log = _survives_closed_output(log)
-    device = pick_device(cfg.device)
-    cfg = _bf16_where_native(cfg, device, log)
-    if cfg.flip not in ("random", "alternating"):
-        raise EdgecifarError(f"unknown flip '{cfg.flip}': use random or alternating")
-    data = load_data(cfg.data, cfg.cache_dir, cfg.val_split, cfg.seed)
-    out = run_dir_for(cfg)
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise EdgecifarError(f"cannot write to {out}: {e.strerror or e}") from e
-    try:
-        return _train(cfg, data, device, out, show_progress, log)
-    except BaseException:
-        if created and not (out / "checkpoint.pt").exists():
-            remove_tree(out)  # nothing worth resuming: leave no half-written run folder
-        raise
+    with terminate_as_interrupt():
+        cfg, checkpoint, changes = _options(cfg, log)
+        device = pick_device(cfg.device)
+        cfg = _bf16_where_native(cfg, device, log)
+        if cfg.flip not in ("random", "alternating"):
+            raise EdgecifarError(f"unknown flip '{cfg.flip}': use random or alternating")
+        data = load_data(cfg.data, cfg.cache_dir, cfg.val_split, cfg.seed)
+        if checkpoint is not None:
+            check_same_data(saved_config(checkpoint, Path(cfg.out)), data, log)
+        out = Path(cfg.out) if checkpoint is not None else choose_run_dir(cfg.out, cfg.model)
+        created = claim_run_dir(out)
+        try:
+            return _train(cfg, data, device, out, checkpoint, changes, show_progress, log)
+        except BaseException as e:
+            if created and not is_run(out):
+                remove_tree(out)  # nothing worth resuming: leave no half-written run folder
+            if not isinstance(e, (KeyboardInterrupt, DiskFullError, TrainingError)):
+                raise
+            if isinstance(e, KeyboardInterrupt):
+                log(f"interrupted: {kept_message(out)}")
+                raise
+            raise type(e)(f"{e}; {kept_message(out)}") from e
+
+
+def _options(cfg: TrainConfig, log) -> tuple[TrainConfig, dict[str, Any] | None, dict[str, list]]:
+    """The options to train with, the checkpoint to resume and the options that resume changes: a resumed run
+    keeps its own options but for the changes `edgecifar.resume` allows."""
+    cfg = replace(cfg, data=absolute_data(cfg.data))
+    checkpoint = find_checkpoint(Path(cfg.out), log) if cfg.resume else None
+    if checkpoint is None:
+        return replace(cfg, resume=False), None, {}
+    cfg, changes = resume_config(cfg, saved_config(checkpoint, Path(cfg.out)), int(checkpoint.get("epoch", 0)))
+    return cfg, checkpoint, changes
 
 
 def _survives_closed_output(log):
@@ -149,7 +160,8 @@ def _subset(x, y, limit: int | None, seed: int):
     return x[keep], y[keep]
 
 
-def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, show_progress: bool, log) -> Path:
+def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, checkpoint: dict[str, Any] | None,
+           changes: dict[str, list], show_progress: bool, log) -> Path:
     torch.manual_seed(cfg.seed)
     train_x, train_y = (torch.from_numpy(a).to(device) for a in _subset(data.train_x, data.train_y, cfg.max_train,
                                                                        cfg.seed))
@@ -166,21 +178,23 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, show
 
     steps_per_epoch = math.ceil(len(train_y) / cfg.batch_size)
     optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
+    peaks = [g["lr"] for g in optimizer.param_groups]  # each group's peak, before a resume restores its state
     ema = EMA(model, cfg.ema) if cfg.ema else None
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    if cfg.resume:
-        start_epoch, history = _restore(out, model, optimizer, scheduler, ema)
+    if checkpoint is not None:
+        start_epoch, history = restore_state(checkpoint, out, model, optimizer, ema)
+    scheduler = make_scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch, start_epoch * steps_per_epoch, peaks)
     config = {"model": model.meta, "train": asdict(cfg), "data": data.describe(), "device": str(device),
               "params": count_params(model), "trainable_params": trainable,
               "versions": {"edgecifar": __version__, "python": platform.python_version(),
-                           **library_versions("torch", "torchvision", "timm")}}
-    write_config(out, config)
+                           **library_versions("torch", "torchvision", "timm")},
+              "resumed": _resumes(checkpoint, start_epoch, changes)}
     for line in data.summary():  # classes, images per split and class, skipped files, warnings
         log(line)
     log(f"training {cfg.model} ({config['params']:,} params, {trainable:,} trainable) on {len(train_y):,} images, "
-        f"{device}, -> {out}")
+        f"{device}, -> {out}" + (f", from epoch {start_epoch + 1}" if start_epoch else "")
+        + "".join(f", {k} {was} -> {now}" for k, (was, now) in changes.items()))
 
     acc_key = "test_acc" if data.val_y is None else "val_acc"
     final = ema.model if ema else model  # what is evaluated each epoch and saved at the end
@@ -189,9 +203,7 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, show
         stats = _train_epoch(model, taught, ema, optimizer, scheduler, train_x, train_y, cfg, epoch, show_progress)
         stats[acc_key] = evaluate(final, eval_x, eval_y)
         history.append(stats)
-        save_checkpoint(out, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else {},
-                              "history": history})
+        _save_epoch(out, epoch, model, optimizer, scheduler, ema, history, config, first=epoch == start_epoch)
         log(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.4f}  train {stats['train_acc']:.2%}  "
             f"{acc_key.replace('_acc', '')} {stats[acc_key]:.2%}  {stats['images_per_s']:.0f} img/s  "
             f"{stats['seconds']:.0f}s  eta {_eta(history, cfg.epochs)}")
@@ -243,17 +255,57 @@ def init_from_data(model: EdgeModel, images: torch.Tensor, seed: int, n: int = 5
     init(model.normalize(images[pick]))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """The recipe's learning-rate schedule, stepped once per optimizer step."""
-    total = cfg.epochs * steps_per_epoch
+def _resumes(checkpoint: dict[str, Any] | None, epoch: int, changes: dict[str, list]) -> list[dict[str, Any]]:
+    """The run's resumes so far (from its checkpoint), this one added: the epoch and the options changed."""
+    if checkpoint is None:
+        return []
+    earlier = (checkpoint.get("config") or {}).get("resumed") or []
+    return [*earlier, {"at_epoch": epoch, "changed": changes}]
+
+
+def _save_epoch(out: Path, epoch: int, model, optimizer, scheduler, ema, history: list[dict[str, Any]],
+                config: dict[str, Any], first: bool) -> None:
+    """Checkpoint a finished epoch. Weights that hold NaN or infinity (the epoch's last step diverged) are never
+    saved; the run's config.json changes only once a checkpoint made with it is safe (the first of a session)."""
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:
+        raise TrainingError(f"training diverged: after epoch {epoch + 1} the weights hold NaN or infinite values "
+                            f"({', '.join(bad[:3])}); train with a lower --lr")
+    save_checkpoint(out, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else {},
+                          "history": history, "config": config})
+    if first:
+        write_config(out, config)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int, done_steps: int = 0,
+                   peaks: list[float] | None = None) -> torch.optim.lr_scheduler.LRScheduler:
+    """The recipe's schedule over `total_steps`, at step `done_steps`: OneCycle (peak: each group's `peaks`
+    entry, default `cfg.lr`) or airbench's linear decay. A resumed run rebuilds it from the options (a new
+    --epochs or --lr applies) and continues where it stopped."""
+    for group, peak in zip(optimizer.param_groups, peaks or [cfg.lr] * len(optimizer.param_groups)):
+        group["lr"] = peak  # a restored optimizer holds the rates of the step it stopped at
+        group.pop("initial_lr", None)
     if cfg.schedule == "linear":
         from .optim import linear_decay
 
-        return linear_decay(optimizer, total, steps_per_epoch)
-    if cfg.schedule != "onecycle":
+        scheduler = linear_decay(optimizer, total_steps, max(1, total_steps // max(cfg.epochs or 1, 1)))
+    elif cfg.schedule in (None, "onecycle"):
+        # torch divides by the warm-up length, pct_start * total - 1 steps: zero at exactly 5 steps with 0.2
+        # (a 5-step run ended in ZeroDivisionError); a quarter of them warms up there instead
+        pct_start = 0.2 if abs(0.2 * total_steps - 1) > 1e-9 else 0.25
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                                        total_steps=total_steps, pct_start=pct_start, div_factor=20,
+                                                        final_div_factor=200)
+    else:
         raise EdgecifarError(f"unknown schedule '{cfg.schedule}': use onecycle or linear")
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                                               total_steps=total, pct_start=0.2, div_factor=20, final_div_factor=200)
+    if done_steps:
+        # both schedules are closed-form in the step count: the learning rate and momentum of step `done_steps`
+        scheduler.last_epoch = done_steps - 1
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected call of")
+            scheduler.step()
+    return scheduler
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -272,19 +324,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     raise EdgecifarError(f"unknown optimizer '{cfg.optimizer}': use sgd, adamw or muon")
 
 
-def _restore(out: Path, model, optimizer, scheduler, ema) -> tuple[int, list]:
-    ckpt = load_checkpoint(out)
-    try:
-        load_state(model, ckpt["model"], str(out / "checkpoint.pt"))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ema:
-            ema.load_state_dict(ckpt["ema"])
-        return int(ckpt["epoch"]), list(ckpt["history"])
-    except (KeyError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"checkpoint in {out} does not match this run's settings: {e}") from e
-
-
 def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, x, y, cfg: TrainConfig,
                  epoch: int, show_progress: bool) -> dict[str, Any]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -300,9 +339,9 @@ def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, 
     columns = [TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.3f}  {task.fields[ips]:.0f} img/s"), TimeRemainingColumn()]
     with Progress(*columns, disable=not show_progress, transient=True) as progress:
-        task = progress.add_task("train", total=len(order) // cfg.batch_size + bool(len(order) % cfg.batch_size),
-                                 loss=0.0, ips=0.0)
-        for idx in order.split(cfg.batch_size):
+        steps = len(order) // cfg.batch_size + bool(len(order) % cfg.batch_size)
+        task = progress.add_task("train", total=steps, loss=0.0, ips=0.0)
+        for step, idx in enumerate(order.split(cfg.batch_size), 1):
             images = random_crop(x[idx], cfg.translate, gen)
             if mirrored is not None:
                 flipped = mirrored[idx]
@@ -313,6 +352,9 @@ def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, 
                 images = cutout(images, cfg.cutout, gen)
             soft_targets = taught[idx, flipped.long()] if taught is not None else None
             loss, hits = train_step(model, ema, optimizer, scheduler, images, y[idx], cfg, soft_targets)
+            if not math.isfinite(loss):  # stop at once: every later step would only spread the NaN
+                raise TrainingError(f"training diverged: the loss became {loss} in epoch {epoch + 1}, step {step} "
+                                    f"of {steps} (peak learning rate {cfg.lr:g}); train with a lower --lr")
             total_loss += loss * len(idx)
             correct += hits
             seen += len(idx)

@@ -1,38 +1,173 @@
-"""Small shared helpers: atomic writes, hashing, versions."""
+"""Small shared helpers: atomic writes, a full disk, termination signals, staging folders, hashing, versions."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
+
+from .errors import DataError, DiskFullError
+
+# errno -> what it means for the user: a write that failed for lack of room
+NO_ROOM = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+           errno.EFBIG: "the file-size limit is reached (ulimit -f, or the file system's largest file)"}
+
+
+def no_room(error: BaseException | None) -> OSError | None:
+    """The write that failed for lack of room (ENOSPC, EDQUOT, EFBIG) if `error` is one or was caused by one
+    (NO_ROOM[its errno] says what ran out); else None."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in NO_ROOM:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 @contextlib.contextmanager
 def atomic_path(final: Path | str, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it over `final` only if the block succeeds.
 
-    Nobody ever sees a half-written file: a crash or an exception leaves `final` untouched.
+    Nobody ever sees a half-written file: a crash or an exception leaves `final` untouched. A write that fails
+    for lack of room (ENOSPC, EDQUOT, EFBIG) raises DiskFullError, which says so and names `final`.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or final.suffix, dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or final.suffix, dir=final.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         os.replace(tmp_path, final)
+    except OSError as e:
+        if (full := no_room(e)) is None:
+            raise
+        raise DiskFullError(f"{NO_ROOM[full.errno]}: could not write {final}; no file was replaced") from e
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
+
+
+def json_safe(data: Any) -> Any:
+    """`data` with every NaN and infinity replaced by None (JSON null): strict JSON has no such numbers."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
 
 
 def write_json(path: Path | str, data: Any) -> None:
+    """Write strict JSON atomically (NaN and infinities become null)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so that every `finally` and cleanup runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP (`kill`, `timeout`, `docker stop`, a closed terminal) raise
+    Terminated, a KeyboardInterrupt: temporary files and half-made folders are cleaned up as on Ctrl-C instead
+    of being left behind by a process killed outright. Only the first signal raises, so a second one cannot
+    cut the cleanup short. A no-op off the main thread (Python runs signal handlers there only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = []
+
+    def handler(signum: int, _frame) -> None:
+        if not raised:
+            raised.append(signum)
+            raise Terminated(signum)
+
+    signals = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+@contextlib.contextmanager
+def _flock(path: Path, blocking: bool = True) -> Iterator[bool]:
+    """An exclusive flock on a file or folder (POSIX); yields whether it was taken (always True if blocking).
+    Elsewhere yields True without locking."""
+    try:
+        import fcntl
+    except ImportError:
+        yield True
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            taken = True
+        except BlockingIOError:
+            taken = False
+        yield taken
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+@contextlib.contextmanager
+def staging_folder(parent: Path, prefix: str = ".staging-") -> Iterator[Path]:
+    """A new folder `parent/<prefix>XXXXXXXX`, held (flock) while the block runs and removed after it.
+
+    Folders of that prefix that no process holds are what a killed process (SIGKILL, a power cut) left
+    behind: they are removed first. Creating and sweeping happen under a lock on `parent`, so a concurrent
+    process never sees another's folder before it is held.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        with _flock(parent):
+            for old in parent.glob(f"{prefix}*"):
+                _remove_if_free(old)
+            folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+            stack.callback(shutil.rmtree, folder, ignore_errors=True)
+            stack.enter_context(_flock(folder))
+        yield folder
+
+
+def _remove_if_free(folder: Path) -> None:
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    with contextlib.suppress(OSError), _flock(folder, blocking=False) as free:
+        if free:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def data_source(config: dict[str, Any], data: str | None = None) -> str:
+    """The data a trained run is exported, evaluated or benched with: `data` if given, else the source its
+    training recorded. DataError, naming --data, if none is recorded or the recorded one is gone."""
+    if data:
+        return data
+    source = (config.get("data") or {}).get("source") or (config.get("train") or {}).get("data")
+    if not source:
+        raise DataError("the run's config.json records no data source: pass --data")
+    if source != "cifar10" and not Path(source).expanduser().exists():
+        relative = "" if Path(source).expanduser().is_absolute() else " (relative to where it was trained)"
+        raise DataError(f"the data this run was trained on, {source}{relative}, is not there: pass --data with "
+                        f"where it is now")
+    return source
 
 
 def read_json(path: Path | str) -> Any:

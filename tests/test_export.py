@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from edgecifar.backends import BACKENDS
 from edgecifar.cli import app
-from edgecifar.errors import ArtifactError, CheckpointError, ExportError
+from edgecifar.errors import ArtifactError, CheckpointError, DiskFullError, ExportError
 from edgecifar.export import export_run
 from edgecifar.runtime import load_artifact
 from edgecifar.utils import sha256_file
@@ -322,3 +322,158 @@ def test_unwritable_output_is_one_clear_error(tiny_run, tmp_path):
     with pytest.raises(ExportError, match="cannot write to"):
         export_run(tiny_run, "onnx", "fp32", out_dir=blocker / "exported", verify_size=20)
     assert blocker.read_text() == "not a folder"
+
+
+# ---------------------------------------------------------------- issue 18: collapse, calibration, NaN, SIGTERM, disk
+
+def test_collapsed_agreement_is_refused_unless_kept(monkeypatch, tiny_run, tmp_path):
+    corrupt_run(monkeypatch, "onnx", None)  # every top-1 changed: 0 % agreement
+    with pytest.raises(ExportError, match=r"onnx int8 failed verification: .*0\.00% .*needs >= 90\.0% "
+                                          r"\(--keep-low-agreement"):
+        export_run(tiny_run, "onnx", "int8", out_dir=tmp_path / "exp", calib_size=CALIB_SIZE, verify_size=50)
+    assert not (tmp_path / "exp").exists()
+    (e,) = export_run(tiny_run, "onnx", "int8", out_dir=tmp_path / "kept", calib_size=CALIB_SIZE, verify_size=50,
+                      keep_low_agreement=True)
+    assert e["verification"]["agreement"] == 0.0 and "warning" in e["verification"]
+    assert (tmp_path / "kept" / e["path"]).is_file()
+
+
+def test_fewer_calibration_images_than_asked_are_reported(tiny_run, tmp_path):
+    logs = []
+    (e,) = export_run(tiny_run, "onnx", "int8", out_dir=tmp_path / "exp", calib_size=1000, verify_size=50,
+                      log=logs.append)
+    assert e["calibration"]["images"] == 60 and e["calibration"]["requested"] == 1000
+    assert "60" in e["calibration"]["note"] and "1000" in e["calibration"]["note"]
+    assert any("all 60 training images, fewer than --calib-size 1000" in line for line in logs)
+
+
+def test_non_finite_outputs_never_verify(monkeypatch, tiny_run, tmp_path):
+    backend = BACKENDS["onnx"]
+    real_run = backend.run
+    monkeypatch.setattr(backend, "run", lambda session, images: real_run(session, images) * np.float32("nan"))
+    with pytest.raises(ExportError, match="NaN or infinite logits on 50 of 50"):
+        export_run(tiny_run, "onnx", "fp32", out_dir=tmp_path / "exp", verify_size=50)
+    assert not (tmp_path / "exp").exists()
+
+
+def test_nan_weights_are_not_exported(tiny_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "diverged"
+    shutil.copytree(tiny_run, run)
+    state = load_file(str(run / "model.safetensors"))
+    state = {k: v * float("nan") for k, v in state.items()}
+    save_file(state, str(run / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="NaN or infinite values"):
+        export_run(run, "onnx", "fp32", out_dir=tmp_path / "exp", verify_size=20)
+    assert not (tmp_path / "exp").exists()
+
+
+def test_sigterm_cleans_up_like_ctrl_c(monkeypatch, tiny_run, tmp_path):
+    import signal
+    import tempfile
+
+    out = tmp_path / "exp"
+    export_run(tiny_run, "onnx", "fp32", out_dir=out, verify_size=20)
+    before = tree_snapshot(out)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the converters' temporary files go
+    (tmp_path / "tmp").mkdir()
+    import edgecifar.backends.onnx as onnx_backend
+
+    real_quantize = onnx_backend._quantize
+
+    def killed(*args, **kwargs):  # the third artifact (FP32 and FP16 are staged), inside the converter's work
+        real_quantize(*args, **kwargs)
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(onnx_backend, "_quantize", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(tiny_run, "all", "all", out_dir=out, calib_size=CALIB_SIZE, verify_size=20)
+    assert tree_snapshot(out) == before and sorted(p.name for p in out.iterdir()) == ["manifest.json", "tiny"]
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_stale_staging_is_removed_and_a_live_one_kept(tiny_run, tmp_path):
+    import fcntl
+    import os
+
+    out = tmp_path / "exp"
+    stale, live = out / ".staging-killed", out / ".staging-running"
+    for folder in (stale, live):
+        folder.mkdir(parents=True)
+        (folder / "tiny-fp32.onnx").write_bytes(b"half an export")
+    fd = os.open(live, os.O_RDONLY)  # a concurrent export holds its staging folder
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        export_run(tiny_run, "onnx", "fp32", out_dir=out, verify_size=20)
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in out.iterdir()) == [".staging-running", "manifest.json", "tiny"]
+
+
+def test_a_full_disk_is_one_line_and_changes_nothing(monkeypatch, tiny_run, tmp_path):
+    import errno
+
+    out = tmp_path / "exp"
+    export_run(tiny_run, "onnx", "fp32", out_dir=out, verify_size=20)
+    before = tree_snapshot(out)
+
+    def full(model, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(BACKENDS["openvino"], "export", full)
+    result = CliRunner().invoke(app, ["export", str(tiny_run), "--format", "openvino", "--precision", "fp32",
+                                      "--out", str(out), "--verify-size", "20"])
+    assert result.exit_code == 8 and "Traceback" not in result.output
+    assert result.output.strip() == (f"error: the disk is full: could not write tiny-fp32.xml; {out} was left as "
+                                     f"it was")
+    assert tree_snapshot(out) == before and not list(out.glob(".staging-*"))
+
+
+def test_a_moved_data_source_names_data(tiny_run, tmp_path):
+    from edgecifar.errors import DataError
+    from edgecifar.utils import read_json, write_json
+
+    run = tmp_path / "moved"
+    shutil.copytree(tiny_run, run)
+    config = read_json(run / "config.json")
+    config["data"]["source"] = str(tmp_path / "data-that-moved")
+    write_json(run / "config.json", config)
+    with pytest.raises(DataError, match="data-that-moved, is not there: pass --data"):
+        export_run(run, "onnx", "fp32", out_dir=tmp_path / "exp", verify_size=20)
+
+
+def test_a_failed_commit_puts_replaced_files_back(monkeypatch, tiny_run, tmp_path):
+    import errno
+
+    import edgecifar.export as export_module
+
+    out = tmp_path / "exp"
+    export_run(tiny_run, "onnx", "fp32", out_dir=out, verify_size=20)
+    (out / "tiny" / "tiny-fp32.onnx").write_bytes(b"the file of an earlier export")  # differs from any new one
+    before = tree_snapshot(out)
+
+    def full(manifest, entries):
+        raise OSError(errno.ENOSPC, "No space left on device", str(manifest))
+
+    monkeypatch.setattr(export_module, "update_manifest", full)
+    with pytest.raises(DiskFullError, match="could not write manifest.json"):
+        export_run(tiny_run, "onnx", "fp32", out_dir=out, verify_size=20)
+    assert tree_snapshot(out) == before
+
+
+def test_predict_never_prints_nan(monkeypatch, exported, tmp_path):
+    """A file that outputs NaN (made by an older edgecifar, or by hand) is refused, never shown as 'nan%'."""
+    from PIL import Image
+
+    out, entries = exported
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(image)
+    backend = BACKENDS["onnx"]
+    real_run = backend.run
+    monkeypatch.setattr(backend, "run", lambda session, images: real_run(session, images) * np.float32("nan"))
+    for extra in ([], ["--json"]):
+        result = CliRunner().invoke(app, ["predict", str(image), "--model", str(out / entry(entries, "onnx", "fp32")
+                                                                                ["path"]), *extra])
+        assert result.exit_code == ArtifactError.exit_code and "NaN or infinite outputs" in result.output
+        assert "nan%" not in result.output and "NaN," not in result.output

@@ -70,3 +70,32 @@ def test_bad_options_fail_before_any_work(tmp_path):
     result = run_pipeline("--threads", "0", "--root", tmp_path / "w")
     assert result.exit_code != 0 and "--threads" in result.output
     assert not (tmp_path / "w").exists()
+
+
+def test_a_typo_in_models_stops_before_any_work(image_tree, cache_dir, tmp_path):
+    from edgecifar.errors import ModelError
+
+    result = run_pipeline("--quick", "--models", "scratch_cnn,scrach_cnn", "--data", image_tree, "--cache-dir",
+                          cache_dir, "--root", tmp_path / "w", "--threads", "1")
+    assert result.exit_code == ModelError.exit_code and "unknown model 'scrach_cnn'" in result.output
+    assert not (tmp_path / "w").exists()  # scratch_cnn was not trained first
+
+
+def test_a_changed_dataset_retrains(image_tree, cache_dir, tmp_path):
+    """The data fingerprint is part of what makes a run valid: new images, new run (and so new exports)."""
+    import shutil
+
+    from PIL import Image
+
+    from edgecifar.pipeline import layout_for, train_step
+
+    data = tmp_path / "data"
+    shutil.copytree(image_tree, data)
+    step = ("scratch_cnn", layout_for(True, tmp_path / "w"), str(data), cache_dir, True, False, False, lambda _: None)
+    assert train_step(*step)[1] == "done"
+    assert train_step(*step)[1] == "skipped"
+    Image.new("RGB", (32, 32), (250, 10, 10)).save(data / "train" / "cat" / "new.png")
+    run, status, detail = train_step(*step)
+    assert status == "done" and "data changed" in detail and "60 -> 61 training images" in detail
+    assert json.loads((run / "config.json").read_text())["data"]["train"] == 61
+    assert train_step(*step)[1] == "skipped"

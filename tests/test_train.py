@@ -99,8 +99,14 @@ def test_corrupt_and_mismatched_checkpoints(image_tree, tmp_path):
         train(tiny(image_tree, run, cache_dir=cache, resume=True), log=lambda *a: None)
     other = train(tiny(image_tree, tmp_path / "other", cache_dir=cache, epochs=1, model="resnet18",
                        img_size=32), log=lambda *a: None)
+    with pytest.raises(CheckpointError, match="cannot change --model edge_tiny"):
+        train(tiny(image_tree, other, cache_dir=cache, model="edge_tiny", resume=True), log=lambda *a: None)
+    # a checkpoint of an older edgecifar (no config inside) beside another model's config.json
+    foreign = torch.load(other / "checkpoint.pt", weights_only=True)
+    del foreign["config"]
+    torch.save(foreign, run / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="does not match"):
-        train(tiny(image_tree, other, cache_dir=cache, resume=True), log=lambda *a: None)
+        train(tiny(image_tree, run, cache_dir=cache, resume=True), log=lambda *a: None)
     (run / "model.safetensors").write_bytes(b"\x00" * 40)
     with pytest.raises(CheckpointError, match="corrupt weights"):
         load_run(run)
