@@ -181,7 +181,8 @@ def predict(paths: Sequence[Path | str], model_path: Path | str, topk: int = 3, 
     answers = {}
     for (path, _), row in zip(good, probs, strict=True):
         order = np.argsort(-row, kind="stable")[:k]
-        answers[path] = [{"class": artifact.classes[i], "index": int(i), "probability": float(row[i])} for i in order]
+        answers[path] = [{"class": artifact.classes[i], "index": int(i), "probability": float(row[i])}
+                         for i in order]
     return [{"image": str(path), "model": str(model_path), "checksum": checksum, "predictions": answers[path]}
             if error is None else {"image": str(path), "model": str(model_path), "error": error}
             for path, _, error in images]
@@ -190,7 +191,7 @@ def predict(paths: Sequence[Path | str], model_path: Path | str, topk: int = 3, 
 def image_paths(paths: Sequence[Path | str]) -> list[Path]:
     """The paths as given, each folder replaced by the image files in it (sorted; hidden files, macOS
     "._" companions and subfolders left out). An image file is one whose extension Pillow opens; a folder
-    with none stays in the list, to be reported as not an image."""
+    with none stays in the list, to be reported as such."""
     from PIL import Image
 
     opens = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}

@@ -432,7 +432,8 @@ def test_runtime_error_text_keeps_the_cause():
                        "core/graph/model.cc:180 onnxruntime::Model::Model(onnx::ModelProto&&, const PathString&, "
                        "const IOnnxRuntimeOpSchemaRegistryList*, const logging::Logger&, const ModelOptions&) "
                        "Unsupported model IR version: 10, max supported IR version: 9\n")
-    assert error_text(ort) == "Load model from m.onnx failed: Unsupported model IR version: 10, max supported IR version: 9"
+    cause = "Unsupported model IR version: 10, max supported IR version: 9"
+    assert error_text(ort) == f"Load model from m.onnx failed: {cause}"
     ov = RuntimeError("Exception from src/inference/src/cpp/core.cpp:92:\nCheck 'false' failed at src/frontends/"
                       "common/src/frontend.cpp:54:\nFrontEnd API failed with GeneralFailure:\n" + "x" * 3000 +
                       "\nthe cause at the end\n")
