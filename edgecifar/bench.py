@@ -65,6 +65,9 @@ def bench(paths: Sequence[Path | str] | Path | str = ("exported",), device: str 
     notes += [w for n in thread_list if (w := threads_warning(n))]
     for note in notes:
         log(note if note.startswith("warning:") else f"warning: {note}")
+    if not targets:  # every entry was broken or left out: the notes say why
+        raise BenchError(f"nothing to measure: {notes[0] if notes else 'no artifacts'}"
+                         + (f" (and {len(notes) - 1} more)" if len(notes) > 1 else ""))
     out_dir = Path(out_dir)
     settings = {"device": device, "threads": list(thread_list), "batch_size": batch_size, "max_images": max_images,
                 "latency_seconds": latency_seconds, "throughput_seconds": throughput_seconds, "data": data}

@@ -107,8 +107,7 @@ def _from_path(path: Path, notes: list[str]) -> list[Target]:
     found = [t for t in _from_manifest(manifest, mine, allow_empty=True) if t.path.resolve() == path.resolve()]
     if not found:
         why = next((n for n in mine if f"({rel})" in n), None)  # listed, but its entry is invalid
-        raise ArtifactError(f"{path} is not listed in {manifest} (as {rel})" if why is None
-                            else f"{manifest}: {why}")
+        raise ArtifactError(why or f"{path} is not listed in {manifest} (as {rel})")
     return found
 
 

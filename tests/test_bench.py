@@ -18,7 +18,7 @@ from edgecifar.cli import app
 from edgecifar.errors import ArtifactError, BenchError, UsageError
 
 pytest.register_assert_rewrite("export_fixtures")
-from export_fixtures import CLASSES  # noqa: E402
+from export_fixtures import CLASSES, edit_manifest, listed_path  # noqa: E402
 
 pytest_plugins = ["export_fixtures"]  # tiny_run, exported: the session-wide export shared with test_export.py
 
@@ -235,12 +235,6 @@ def test_reuse_returns_a_current_result_without_measuring(benched, exported, tin
 
 # ---------------------------------------------------------------- manifests edited by hand, files it does not list
 
-def edit_manifest(folder: Path, edit) -> None:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    edit(manifest["artifacts"])
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
-
-
 def test_hand_edited_manifest_costs_only_its_broken_entries(exported_copy, tmp_path):
     """Each problem is one line; every valid entry is still measured; a label that the file's own metadata
     contradicts fails that row instead of naming it wrongly."""
@@ -284,13 +278,9 @@ def test_export_and_bench_refuse_what_they_cannot_read(exported_copy, tiny_run, 
     result = invoke("bench", exported_copy / "tiny" / "tiny-int8.onnx", *fast, "--out", tmp_path / "res")
     assert result.exit_code == 0, result.output  # a named file with a valid entry: the others do not matter
     edit_manifest(exported_copy, lambda entries: entries[0].update(files=["x"]))
-    result = invoke("bench", exported_copy / entries_path(exported_copy, 0), *fast, "--out", tmp_path / "r")
+    result = invoke("bench", exported_copy / listed_path(exported_copy, 0), *fast, "--out", tmp_path / "r")
     assert_one_line_error(result, ArtifactError.exit_code)
     assert "'files' must be an object" in result.output
-
-
-def entries_path(folder: Path, i: int) -> str:
-    return json.loads((folder / "manifest.json").read_text())["artifacts"][i]["path"]
 
 
 def test_unlisted_files_and_uncommitted_artifacts_are_said(exported_copy, tmp_path):

@@ -20,7 +20,7 @@ from edgecifar.cli import app
 from edgecifar.errors import ArtifactError, DataError, UsageError
 
 pytest.register_assert_rewrite("export_fixtures")
-from export_fixtures import CLASSES, tinted_image  # noqa: E402
+from export_fixtures import CLASSES, edit_manifest, listed_path, tinted_image  # noqa: E402
 
 pytest_plugins = ["export_fixtures"]  # tiny_run, exported: one session-wide export shared with test_export.py
 
@@ -139,12 +139,6 @@ def exported_copy(exported, tmp_path) -> Path:
     return out
 
 
-def edit_manifest(folder: Path, edit) -> None:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    edit(manifest["artifacts"])
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-
-
 def test_checksum_mismatch_stops_unless_allowed(exported_copy, images, capsys):
     image = str(images["small.png"][0])
     model = exported_copy / "tiny" / "tiny-fp32.onnx"
@@ -180,17 +174,13 @@ def test_hand_edited_manifest_is_reported_not_a_traceback(exported_copy, images)
     image = str(images["small.png"][0])
     edit_manifest(exported_copy, lambda entries: (
         entries[0].update(files=list(entries[0]["files"])), entries.append(None), entries.append("stray line")))
-    model = exported_copy / entries_path(exported_copy, 0)
+    model = exported_copy / listed_path(exported_copy, 0)
     warnings = []
     (r,) = runtime.predict([image], model, on_warning=warnings.append)
     assert r["checksum"] == "invalid-manifest" and r["predictions"][0]["class"] == "beta"
     assert len(warnings) == 1 and "'files' must be an object" in warnings[0]
-    other = exported_copy / entries_path(exported_copy, 1)
+    other = exported_copy / listed_path(exported_copy, 1)
     assert runtime.predict([image], other)[0]["checksum"] == "ok"
-
-
-def entries_path(folder: Path, i: int) -> str:
-    return json.loads((folder / "manifest.json").read_text())["artifacts"][i]["path"]
 
 
 def test_checksum_without_manifest_or_entry(exported_copy, images, tmp_path):
