@@ -22,8 +22,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .bench_targets import Target, check_device, parse_threads, resolve_targets
-from .errors import BenchError, DataError
-from .utils import library_versions, machine_info, read_json
+from .errors import BenchError, DataError, UsageError
+from .utils import library_versions, machine_info, read_json, threads_warning
 
 DEFAULT_OUT = Path("benchmarks/results")
 VERSIONED = ("edgecifar", "numpy", "onnxruntime", "openvino", "torch", "timm")
@@ -48,7 +48,10 @@ def bench(paths: Sequence[Path | str] | Path | str = ("exported",), device: str 
     """Measure every artifact of the manifests/files in `paths` and write the reports into `out_dir`.
 
     reuse: when `out_dir` already holds a complete result for exactly these files and settings, return it
-    without measuring (the pipeline's skip). Raises BenchError when nothing could be measured.
+    without measuring (the pipeline's skip). What is left out (invalid manifest entries, files no manifest
+    lists, artifacts not in this checkout) and thread counts above the cores available are logged as
+    warnings and kept in the header's `notes`. Raises UsageError for bad options, BenchError when nothing
+    could be measured.
     """
     from .report import write_reports
 
@@ -56,9 +59,15 @@ def bench(paths: Sequence[Path | str] | Path | str = ("exported",), device: str 
     check_device(device)
     thread_list = parse_threads(threads)
     if batch_size < 1 or (max_images is not None and max_images < 1) or latency_seconds <= 0 or throughput_seconds <= 0:
-        raise BenchError("--batch-size, --max-images and the timing budgets must be positive")
+        raise UsageError("--batch-size, --max-images and the timing budgets must be positive")
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    targets = resolve_targets(paths, runs_dir, baseline, bf16, data, cache_dir)
+    targets, notes = resolve_targets(paths, runs_dir, baseline, bf16, data, cache_dir)
+    notes += [w for n in thread_list if (w := threads_warning(n))]
+    for note in notes:
+        log(note if note.startswith("warning:") else f"warning: {note}")
+    if not targets:  # every entry was broken or left out: the notes say why
+        raise BenchError(f"nothing to measure: {notes[0] if notes else 'no artifacts'}"
+                         + (f" (and {len(notes) - 1} more)" if len(notes) > 1 else ""))
     out_dir = Path(out_dir)
     settings = {"device": device, "threads": list(thread_list), "batch_size": batch_size, "max_images": max_images,
                 "latency_seconds": latency_seconds, "throughput_seconds": throughput_seconds, "data": data}
@@ -71,13 +80,18 @@ def bench(paths: Sequence[Path | str] | Path | str = ("exported",), device: str 
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="edgecifar-bench-") as tmp:
             test_sets = _prepare_data(targets, max_images, Path(tmp))
+            for test_set in test_sets.values():
+                if test_set["empty_classes"]:
+                    notes.append(f"the test set {test_set['source']} has no images of "
+                                 f"{', '.join(map(repr, test_set['empty_classes']))}: per-class accuracy n/a")
+                    log(f"warning: {notes[-1]}")
             measured = _measure_all(targets, thread_list, settings, test_sets, show_progress, log)
         rows = _rows(targets, thread_list, measured, test_sets, settings)
         if not any(r["status"] == "ok" for r in rows):
             reasons = list(dict.fromkeys(f"{r['model']} {r['variant']}: {r['reason']}" for r in rows))
             more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
             raise BenchError(f"nothing could be measured: {'; '.join(reasons[:3])}{more}")
-        header = _header(settings, key, time.perf_counter() - started)
+        header = _header(settings, key, time.perf_counter() - started, notes)
         result = BenchResult(rows)
         result.header, result.files = header, write_reports(header, rows, out_dir)
         return result
@@ -146,8 +160,10 @@ def _prepare_data(targets: list[Target], max_images: int | None, tmp: Path) -> d
                 x, y = x[keep], y[keep]
             file = tmp / f"test-{len(sets)}.npz"
             np.savez(file, test_x=x, test_y=y)
+            counts = np.bincount(y, minlength=len(splits.classes))
             sets[key] = {"file": str(file), "classes": list(splits.classes), "images": int(len(y)),
-                         "source": splits.source, "fingerprint": splits.fingerprint}
+                         "source": splits.source, "fingerprint": splits.fingerprint,
+                         "empty_classes": [c for c, n in zip(splits.classes, counts) if n == 0]}
         if sets[key]["classes"] != target.classes:
             target.skip(f"the test set {target.data} has classes {sets[key]['classes']}, the model {target.classes}")
     return sets
@@ -166,6 +182,8 @@ def _jobs(targets: list[Target], threads: tuple[int, ...], settings: dict[str, A
                 "kind": "pytorch" if target.format == "pytorch" else "artifact", "path": str(target.path),
                 "run_dir": str(target.run_dir) if target.run_dir else None, "threads": n,
                 "exec_precision": target.exec_precision, "classes": target.classes, "data": test_set["file"],
+                # the manifest's labels, checked against the file's own metadata by the worker
+                "expect": {"model": target.model, "format": target.format, "precision": target.precision},
                 "accuracy": i == 0, "batch_size": settings["batch_size"],
                 "latency_seconds": settings["latency_seconds"], "throughput_seconds": settings["throughput_seconds"],
                 "warmup_seconds": 0.2, "images": test_set["images"]}))
@@ -339,7 +357,8 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _header(settings: dict[str, Any], key: str, seconds: float) -> dict[str, Any]:
+def _header(settings: dict[str, Any], key: str, seconds: float, notes: list[str]) -> dict[str, Any]:
     return {"schema": 1, "tool": "edgecifar bench", "key": key,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
-            "versions": library_versions(*VERSIONED), "settings": settings, "bench_seconds": round(seconds, 1)}
+            "versions": library_versions(*VERSIONED), "settings": settings, "bench_seconds": round(seconds, 1),
+            "notes": [n.removeprefix("warning: ") for n in notes]}

@@ -1,7 +1,9 @@
 """What `edgecifar bench` measures: artifacts from manifests (or named files), each checked against its
 manifest's sha256, plus the PyTorch model of each source run as the baseline, plus the test set each is
 counted on. Problems that concern one artifact (missing file, checksum mismatch, runtime not installed)
-mark that target skipped, with the reason; problems with the request itself raise."""
+mark that target skipped, with the reason; what cannot become a row (a manifest entry that breaks the schema,
+a file the manifest does not list, an artifact not in this checkout) is a note; problems with the request
+itself raise."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import ArtifactError, BenchError, DataError
-from .manifest import MANIFEST, find_manifest, read_manifest
+from .backends import check_threads, git_lfs_pointer
+from .errors import ArtifactError, DataError, UsageError
+from .manifest import MANIFEST, entry_files, find_manifest, listed_paths, read_entries
 from .utils import cpu_has_bf16, data_source, read_json, sha256_file
 
 FORMAT_NAMES = {"pytorch": "PyTorch", "onnx": "ONNX", "openvino": "OpenVINO"}
@@ -55,12 +58,15 @@ class Target:
 
 
 def resolve_targets(paths: Sequence[Path | str], runs_dir: Path | str | None, baseline: bool = True,
-                    bf16: bool = False, data: str | None = None, cache_dir: Path | str | None = None) -> list[Target]:
-    """Artifacts (manifest order) and their baselines, checked; raises when the request names nothing usable."""
+                    bf16: bool = False, data: str | None = None,
+                    cache_dir: Path | str | None = None) -> tuple[list[Target], list[str]]:
+    """Artifacts (manifest order) and their baselines, checked, and notes on what was left out (one line
+    each); raises when the request names nothing usable."""
     artifacts: list[Target] = []
+    notes: list[str] = []
     seen: set[Path] = set()
     for p in paths:
-        for target in _from_path(Path(p)):
+        for target in _from_path(Path(p), notes):
             if target.path.resolve() not in seen:
                 seen.add(target.path.resolve())
                 artifacts.append(target)
@@ -74,16 +80,18 @@ def resolve_targets(paths: Sequence[Path | str], runs_dir: Path | str | None, ba
     targets = _interleave(baselines, artifacts)
     for target in targets:
         _attach_run_and_data(target, runs, data, cache_dir)
-    return targets
+    return targets, list(dict.fromkeys(notes))
 
 
-def _from_path(path: Path) -> list[Target]:
+def _from_path(path: Path, notes: list[str]) -> list[Target]:
     if path.is_dir():
         manifest = path / MANIFEST
         if not manifest.is_file():
             raise ArtifactError(f"no {MANIFEST} in {path}: export a run first "
                                 f"(`edgecifar export RUN_DIR --out {path}`)")
-        return _from_manifest(manifest)
+        targets = _from_manifest(manifest, notes)
+        notes += [f"not benched: {f} is not listed in {manifest}" for f in _unlisted(manifest)]
+        return targets
     if not path.exists():
         raise ArtifactError(f"not found: {path} (give an exported folder, its {MANIFEST}, or an .onnx/.xml file)")
     if path.name.endswith(".json"):
@@ -95,28 +103,41 @@ def _from_path(path: Path) -> list[Target]:
         raise ArtifactError(f"{path} has no {MANIFEST} beside it or above it: bench takes exported artifacts, "
                             f"whose checksums and source run the manifest records")
     rel = path.resolve().relative_to(manifest.parent.resolve()).as_posix()
-    found = [t for t in _from_manifest(manifest, allow_empty=True) if t.path.resolve() == path.resolve()]
+    mine: list[str] = []
+    found = [t for t in _from_manifest(manifest, mine, allow_empty=True) if t.path.resolve() == path.resolve()]
     if not found:
-        raise ArtifactError(f"{path} is not listed in {manifest} (as {rel})")
+        why = next((n for n in mine if f"({rel})" in n), None)  # listed, but its entry is invalid
+        raise ArtifactError(why or f"{path} is not listed in {manifest} (as {rel})")
     return found
 
 
-def _from_manifest(manifest: Path, allow_empty: bool = False) -> list[Target]:
-    entries = read_manifest(manifest)["artifacts"]  # a corrupt manifest raises ArtifactError
-    if not entries and not allow_empty:
+def _from_manifest(manifest: Path, notes: list[str], allow_empty: bool = False) -> list[Target]:
+    """A target per valid entry whose files are here; each invalid entry, and each artifact left out of this
+    checkout (an entry with a `regenerate` command), is a note."""
+    entries, problems = read_entries(manifest)  # an unreadable manifest raises ArtifactError
+    notes += [f"{manifest}: {p}" for p in problems]
+    if not entries and not problems and not allow_empty:
         raise ArtifactError(f"{manifest} lists no artifacts: export a run first")
     targets = []
     for e in entries:
-        try:
-            files = dict(e.get("files") or {e["path"]: e["sha256"]})
-            targets.append(Target(model=e["model"], source_run=e.get("source_run") or "?", format=e["format"],
-                                  precision=e["precision"], path=manifest.parent / e["path"],
-                                  classes=list(e["classes"]), files={str(manifest.parent / k): v for k, v in
-                                                                     files.items()},
-                                  source_sha256=e.get("source_sha256")))
-        except (KeyError, TypeError) as err:
-            raise ArtifactError(f"corrupt entry in {manifest}: missing {err}") from err
+        files = {str(manifest.parent / k): v for k, v in entry_files(e).items()}
+        if "regenerate" in e and not all(Path(f).is_file() for f in files):
+            notes.append(f"not benched: {e['path']} is not in this checkout (size budget); `{e['regenerate']}` "
+                         f"makes it")
+            continue
+        targets.append(Target(model=e["model"], source_run=str(e.get("source_run") or "?"), format=e["format"],
+                              precision=e["precision"], path=manifest.parent / e["path"], classes=list(e["classes"]),
+                              files=files, source_sha256=e.get("source_sha256")))
     return targets
+
+
+def _unlisted(manifest: Path) -> list[str]:
+    """Model files under the manifest's folder that no entry lists (hidden folders, such as an interrupted
+    export's staging, left out)."""
+    listed, root = listed_paths(manifest), manifest.parent
+    found = (f.relative_to(root).as_posix() for f in root.rglob("*")
+             if f.suffix.lower() in ARTIFACT_SUFFIXES and f.is_file())
+    return sorted(rel for rel in found if rel not in listed and not any(p.startswith(".") for p in rel.split("/")))
 
 
 def _bf16_variants(artifacts: list[Target]) -> list[Target]:
@@ -138,6 +159,10 @@ def _check_files(target: Target) -> None:
         if not file.is_file():
             target.checksum = "missing"
             target.skip(f"listed in the manifest but missing: {file}")
+            return
+        if git_lfs_pointer(file):
+            target.checksum = "mismatch"
+            target.skip(f"{file} is a Git LFS pointer, not the file: fetch it with `git lfs pull`")
             return
         actual = sha256_file(file)
         total += file.stat().st_size
@@ -221,16 +246,18 @@ def _attach_run_and_data(target: Target, runs: Path | None, data: str | None, ca
 
 def check_device(device: str) -> None:
     if device != "cpu":
-        raise BenchError(f"unsupported device '{device}': only --device cpu can be benchmarked for now")
+        raise UsageError(f"unsupported device '{device}': only --device cpu can be benchmarked for now")
 
 
 def parse_threads(value: str | Sequence[int]) -> tuple[int, ...]:
-    """'1,2' -> (1, 2): positive, distinct, in the order given."""
+    """'1,2' -> (1, 2): distinct, in the order given, each checked as every runtime checks --threads."""
     items = value.split(",") if isinstance(value, str) else list(value)
     try:
         threads = tuple(dict.fromkeys(int(str(v).strip()) for v in items if str(v).strip()))
     except ValueError:
-        raise BenchError(f"--threads takes a comma-separated list of thread counts like 1,2, got '{value}'") from None
-    if not threads or min(threads) < 1:
-        raise BenchError(f"--threads needs thread counts of at least 1, got '{value}'")
+        raise UsageError(f"--threads takes a comma-separated list of thread counts like 1,2, got '{value}'") from None
+    if not threads:
+        raise UsageError(f"--threads needs at least one thread count, got '{value}'")
+    for n in threads:
+        check_threads(n)
     return threads

@@ -7,8 +7,9 @@ cannot disturb another's. ONNX/OpenVINO jobs go through `edgecifar.runtime.load_
 and never import torch; only the PyTorch baseline does.
 
 Job (JSON on stdin): kind ("artifact" | "pytorch"), path (artifact) or run_dir (pytorch), threads,
-exec_precision (OpenVINO hint or null), classes, data (an .npz with test_x/test_y, or null), accuracy (bool),
-batch_size, latency_seconds, throughput_seconds, warmup_seconds.
+exec_precision (OpenVINO hint or null), classes, expect (the manifest's model, format and precision, checked
+against the file's metadata), data (an .npz with test_x/test_y, or null), accuracy (bool), batch_size,
+latency_seconds, throughput_seconds, warmup_seconds.
 Result (JSON on stdout): ok, error, import_s, load_s, latency {p50_ms, p90_ms, p99_ms, mean_ms, iterations},
 throughput_ips, accuracy {correct, images, per_class_correct, per_class_total, seconds} or null,
 threads_runtime, metadata, torch_imported.
@@ -37,7 +38,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     if job["kind"] == "pytorch":
         run, info = _load_pytorch(job["run_dir"], threads)
     else:
-        run, info = _load_artifact(job["path"], threads, job.get("exec_precision"), job.get("classes"))
+        run, info = _load_artifact(job["path"], threads, job.get("exec_precision"), job.get("classes"),
+                                   job.get("expect") or {})
     x, y = _load_data(job.get("data"))
     batch = int(job["batch_size"])
     result: dict[str, Any] = {"ok": True, **info, "accuracy": None}
@@ -57,8 +59,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _load_artifact(path: str, threads: int, exec_precision: str | None,
-                   classes: list[str] | None) -> tuple[Runner, dict[str, Any]]:
+def _load_artifact(path: str, threads: int, exec_precision: str | None, classes: list[str] | None,
+                   expect: dict[str, str]) -> tuple[Runner, dict[str, Any]]:
     from .backends import backend_for
     from .errors import ArtifactError
     from .runtime import load_artifact
@@ -76,6 +78,10 @@ def _load_artifact(path: str, threads: int, exec_precision: str | None,
     loaded = time.perf_counter()
     if classes is not None and artifact.classes != list(classes):
         raise ArtifactError(f"{path}: its class names differ from the manifest's")
+    for key, label in expect.items():  # a label edited in the manifest must not rename the row
+        if artifact.metadata.get(key) not in (None, label):
+            raise ArtifactError(f"the manifest says {key} '{label}', the file's own metadata "
+                                f"'{artifact.metadata[key]}'")
     meta = {k: artifact.metadata.get(k) for k in ("model", "img_size", "num_classes", "precision", "source_run")}
     return artifact.run, {"import_s": imported - started, "load_s": loaded - imported, "metadata": meta,
                           "threads_runtime": _runtime_threads(artifact)}
@@ -174,8 +180,9 @@ def _spin(run: Runner, inputs: list[np.ndarray], seconds: float, min_calls: int)
 
 
 def _one_line(error: BaseException) -> str:
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
+    from .backends import error_text
+
+    return f"{type(error).__name__}: {error_text(error)}"
 
 
 def main() -> int:

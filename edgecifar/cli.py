@@ -1,6 +1,8 @@
 """The `edgecifar` command: each command parses options, calls one library function, prints.
 
-Errors: any EdgecifarError becomes one red line and its exit code, here and only here.
+Errors: any EdgecifarError becomes one red line and its exit code, here and only here. Everything a user
+supplies (paths, class and model names, messages that quote them) is printed literally: escaped where it
+goes into rich markup, or printed with markup off. "cat [red].jpg" stays "cat [red].jpg".
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
-from .errors import DiskFullError, EdgecifarError
+from .errors import DataError, DiskFullError, EdgecifarError, UsageError
 from .utils import NO_ROOM, no_room
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -31,7 +35,7 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except EdgecifarError as e:
-            err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            error_line(str(e))
             raise typer.Exit(e.exit_code)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP (utils.Terminated): 128 + the signal
             err_console.print("[yellow]interrupted[/yellow]")
@@ -44,6 +48,22 @@ def handle_errors(fn: Callable) -> Callable:
             raise typer.Exit(DiskFullError.exit_code)
 
     return wrapper
+
+
+def error_line(message: str) -> None:
+    """"error: MESSAGE" on stderr, the message taken literally (no markup, whatever it quotes)."""
+    err_console.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
+
+
+def note(message: str) -> None:
+    """A progress or warning line from the library, on stderr, taken literally."""
+    style = "yellow" if message.startswith("warning:") else None
+    err_console.print(message, style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+def say(message: str) -> None:
+    """A result line on stdout, taken literally."""
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 class Optimizer(str, Enum):
@@ -74,6 +94,7 @@ DataOpt = Annotated[str, typer.Option("--data", help="cifar10 (download), a cifa
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="where downloads and decoded data are "
                                                                      "cached [default: ~/.cache/edgecifar]")]
 RunDir = Annotated[Path, typer.Argument(help="a run folder made by `edgecifar train`")]
+EVALUATE_ROWS = 30  # per-class rows `evaluate` prints; with more classes, the least accurate ones
 
 
 @app.command()
@@ -112,7 +133,7 @@ def train(
     from .train import TrainConfig, train as train_model
 
     if resume and out is None:
-        raise EdgecifarError("--resume needs --out RUN_DIR (the run to continue)")
+        raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
     cfg = TrainConfig(model=model, data=data, cache_dir=str(cache_dir) if cache_dir else None, pretrained=pretrained,
                       weights=str(weights) if weights else None, epochs=epochs, batch_size=batch_size, lr=lr,
                       optimizer=optimizer.value if optimizer else None, weight_decay=weight_decay,
@@ -121,7 +142,7 @@ def train(
                       flip=flip.value if flip else None, teacher=str(teacher) if teacher else None, val_split=val_split,
                       max_train=max_train, max_test=max_test, seed=seed, device=device.value,
                       out=str(out) if out else None, resume=resume)
-    train_model(cfg, show_progress=sys.stderr.isatty(), log=console.print)
+    train_model(cfg, show_progress=sys.stderr.isatty(), log=say)
 
 
 @app.command()
@@ -133,13 +154,22 @@ def evaluate(run_dir: RunDir, data: DataOpt = "", cache_dir: CacheOpt = None) ->
     report = evaluate_run(run_dir, data or None, cache_dir)
     from rich.table import Table
 
-    table = Table(title=f"{report['model']} on {report['data']}: {report['test_acc']:.2%} top-1")
+    per_class = report["per_class"]
+    shown = list(per_class)
+    if len(shown) > EVALUATE_ROWS:  # many classes: the least accurate ones, the rest in confusion.json
+        shown = sorted(shown, key=lambda c: (per_class[c] is not None, per_class[c] or 0))[:EVALUATE_ROWS]
+    table = Table(title=escape(f"{report['model']} on {report['data']}: {report['test_acc']:.2%} top-1"),
+                  caption=None if len(shown) == len(per_class) else
+                  f"the {len(shown)} least accurate of {len(per_class)} classes; all of them in confusion.json")
     table.add_column("class")
     table.add_column("accuracy", justify="right")
-    for name, acc in report["per_class"].items():
-        table.add_row(name, f"{acc:.2%}")
+    table.add_column("test images", justify="right")
+    for name in shown:
+        acc = per_class[name]
+        table.add_row(escape(name), "n/a (no test images)" if acc is None else f"{acc:.2%}",
+                      str(report["per_class_images"][name]), style="yellow" if acc is None else None)
     console.print(table)
-    console.print(f"confusion matrix: {report['files']['png']} and {report['files']['json']}")
+    say(f"confusion matrix: {report['files']['png']} and {report['files']['json']}")
 
 
 @app.command()
@@ -155,8 +185,8 @@ def models() -> None:
         table.add_column(col)
     for name in list_models():
         s = model_summary(name)
-        table.add_row(name, f"{s['params']:,}", f"{s['macs'] / 1e6:.1f}", str(s["recipe"]["img_size"]),
-                      str(s["recipe"]["epochs"]), s["description"])
+        table.add_row(escape(name), f"{s['params']:,}", f"{s['macs'] / 1e6:.1f}", str(s["recipe"]["img_size"]),
+                      str(s["recipe"]["epochs"]), escape(s["description"]))
     console.print(table)
 
 
@@ -207,46 +237,60 @@ def export(
     entries = export_run(run_dir, fmt.value, precision.value, out_dir=out, calib_size=calib_size,
                          calib_method=calib_method.value, data=data or None, cache_dir=cache_dir, seed=seed,
                          verify_size=verify_size, keep_low_agreement=keep_low_agreement,
-                         log=lambda msg: err_console.print(msg, highlight=False))
-    table = Table(title=f"exported {run_dir} -> {out} (manifest.json updated)")
+                         log=note)
+    table = Table(title=escape(f"exported {run_dir} -> {out} (manifest.json updated)"))
     for col in ("format", "precision", "MB", "agree", "max |dlogit|", "acc", "torch acc", "file"):
         table.add_column(col, justify="left" if col in ("format", "precision", "file") else "right")
     for e in entries:
         v = e["verification"]
         table.add_row(e["format"], e["precision"], f"{e['bytes'] / 1e6:.2f}", f"{v['agreement']:.2%}",
                       f"{v['max_abs_logit_diff']:.2g}", f"{v['accuracy']:.2%}", f"{v['torch_accuracy']:.2%}",
-                      Path(e["path"]).name, style="yellow" if "warning" in v else None)
+                      escape(Path(e["path"]).name), style="yellow" if "warning" in v else None)
     console.print(table)
 
 
 @app.command()
 @handle_errors
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="image files (any size, any common format)")],
+    images: Annotated[list[Path], typer.Argument(help="image files, or folders of them (any size, any common "
+                                                      "format)")],
     model: Annotated[Path, typer.Option("--model", help="an exported .onnx or OpenVINO .xml file")],
-    topk: Annotated[int, typer.Option(min=1, help="classes to show per image")] = 3,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="runtime threads")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    topk: Annotated[int, typer.Option(help="classes to show per image")] = 3,
+    threads: Annotated[Optional[int], typer.Option(help="runtime threads [default: the runtime's]")] = None,
+    allow_checksum_mismatch: Annotated[bool, typer.Option(
+        "--allow-checksum-mismatch", help="use a model whose sha256 differs from its manifest (default: refuse)")]
+    = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON (failed images with their error)")] = False,
 ) -> None:
-    """Classify images with an exported model (the same code path as `python -m edgecifar.runtime`)."""
+    """Classify images with an exported model (the same code path as `python -m edgecifar.runtime`).
+
+    Every readable image gets its answer; each one that cannot be read gets an error line, and the exit code
+    is then non-zero."""
     from .runtime import predict as run_predict
 
-    results = run_predict(images, model, topk, threads,
-                          on_warning=lambda msg: err_console.print(f"[yellow]{msg}[/yellow]", highlight=False))
+    results = run_predict(images, model, topk, threads, on_warning=note,
+                          allow_checksum_mismatch=allow_checksum_mismatch)
+    for r in results:
+        if "error" in r:
+            error_line(r["error"])
+    answered = [r for r in results if "predictions" in r]
     if json_out:
         import json
 
         print(json.dumps(results, indent=2))
-        return
-    from rich.table import Table
+    elif answered:
+        from rich.table import Table
 
-    table = Table(title=f"{model} (checksum: {results[0]['checksum']})")
-    table.add_column("image")
-    for i in range(min(topk, len(results[0]["predictions"]))):
-        table.add_column(f"#{i + 1}")
-    for r in results:
-        table.add_row(r["image"], *(f"{p['class']} {p['probability']:.1%}" for p in r["predictions"]))
-    console.print(table)
+        table = Table(title=escape(f"{model} (checksum: {answered[0]['checksum']})"))
+        table.add_column("image")
+        for i in range(len(answered[0]["predictions"])):
+            table.add_column(f"#{i + 1}")
+        for r in answered:
+            table.add_row(escape(r["image"]), *(escape(f"{p['class']} {p['probability']:.1%}")
+                                                for p in r["predictions"]))
+        console.print(table)
+    if len(answered) < len(results):
+        raise typer.Exit(DataError.exit_code)
 
 
 ThreadsOpt = Annotated[str, typer.Option(help="comma-separated runtime thread counts; each is its own row")]
@@ -279,11 +323,11 @@ def bench(
     rows = run_bench(artifacts or [Path("exported")], device=device, threads=threads, batch_size=batch_size,
                      out_dir=out, data=data or None, cache_dir=cache_dir, runs_dir=runs, baseline=baseline, bf16=bf16,
                      max_images=max_images, latency_seconds=latency_seconds, throughput_seconds=throughput_seconds,
-                     show_progress=sys.stderr.isatty(), log=lambda msg: err_console.print(msg, highlight=False))
+                     show_progress=sys.stderr.isatty(), log=note)
     machine = rows.header["machine"]
-    console.print(rich_table(rows, f"bench on {machine['cpu']} ({machine['cores']} cores), "
-                                   f"{rows.header['bench_seconds']:.0f} s"))
-    console.print(f"results: {', '.join(str(p) for p in rows.files.values())}", highlight=False)
+    console.print(rich_table(rows, escape(f"bench on {machine['cpu']} ({machine['cores']} cores), "
+                                          f"{rows.header['bench_seconds']:.0f} s")))
+    say(f"results: {', '.join(str(p) for p in rows.files.values())}")
 
 
 class Percentile(str, Enum):
@@ -298,8 +342,7 @@ def recommend(
     result: Annotated[Path, typer.Argument(help="a bench.json or the folder holding it")] = Path("benchmarks/results"),
     max_latency_ms: Annotated[Optional[float], typer.Option(min=0.0, help="batch-1 latency limit")] = None,
     max_size_mb: Annotated[Optional[float], typer.Option(min=0.0, help="file size limit")] = None,
-    min_accuracy: Annotated[Optional[float], typer.Option(min=0.0, max=100.0, help="top-1 in percent, e.g. 85")]
-    = None,
+    min_accuracy: Annotated[Optional[float], typer.Option(help="top-1 in percent, e.g. 85 (not 0.85)")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="only rows at this thread count")] = None,
     percentile: Annotated[Percentile, typer.Option(help="which latency the limit applies to")] = Percentile.p50,
 ) -> None:
@@ -308,13 +351,16 @@ def recommend(
 
     found = pick(result, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb, min_accuracy=min_accuracy,
                  threads=threads, percentile=percentile.value)
+    for line in found["ignored"]:
+        note(f"warning: {line}")
     if not found["met"]:
-        err_console.print(f"[red]no artifact meets the constraints:[/red] {found['reason']}", highlight=False)
+        err_console.print(Text.assemble(("no artifact meets the constraints:", "red"), " ", found["reason"]),
+                          highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     choice = found["choice"]
-    console.print(f"[green]recommended:[/green] {choice['path']} at {choice['threads']} thread"
-                  f"{'s' if choice['threads'] > 1 else ''}", highlight=False)
-    console.print(found["reason"], highlight=False)
+    console.print(Text.assemble(("recommended:", "green"), f" {choice.get('path', choice['model'])} at "
+                                f"{choice['threads']} thread{'s' if choice['threads'] > 1 else ''}"), highlight=False)
+    say(found["reason"])
 
 
 @app.command()
@@ -339,15 +385,15 @@ def pipeline(
 
     done = run_pipeline([m.strip() for m in models.split(",") if m.strip()], data=data, cache_dir=cache_dir,
                         quick=quick, force=force, root=root, threads=threads, batch_size=batch_size, bf16=bf16,
-                        show_progress=sys.stderr.isatty(), log=lambda msg: err_console.print(msg, highlight=False))
+                        show_progress=sys.stderr.isatty(), log=note)
     steps = Table(title="pipeline steps")
     for col in ("step", "target", "status", "seconds", "detail"):
         steps.add_column(col, justify="right" if col == "seconds" else "left")
     for s in done["steps"]:
-        steps.add_row(s["step"], s["target"], s["status"], f"{s['seconds']:.0f}", s["detail"])
+        steps.add_row(s["step"], escape(s["target"]), s["status"], f"{s['seconds']:.0f}", escape(s["detail"]))
     console.print(steps)
     console.print(rich_table(done["bench"], "bench"))
-    console.print(f"report: {done['layout'].results / 'bench.md'}", highlight=False)
+    say(f"report: {done['layout'].results / 'bench.md'}")
 
 
 def main() -> None:

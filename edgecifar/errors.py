@@ -7,6 +7,12 @@ class EdgecifarError(Exception):
     exit_code = 1
 
 
+class UsageError(EdgecifarError):
+    """A bad option value or name on the command line (or the same passed to a library function)."""
+
+    exit_code = 2  # what click/Typer use for their own usage errors
+
+
 class DataError(EdgecifarError):
     """A data source is missing, empty, corrupt or unreachable."""
 

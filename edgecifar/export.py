@@ -23,7 +23,7 @@ import numpy as np
 from . import __version__
 from .backends import BACKENDS, CALIB_METHODS, CONTRACT, PRECISIONS, Backend, Calibration, artifact_files
 from .data import Splits, load_data
-from .errors import DiskFullError, ExportError
+from .errors import DataError, DiskFullError, ExportError, UsageError
 from .manifest import MANIFEST, read_manifest, update_manifest
 from .runtime import load_artifact
 from .utils import (NO_ROOM, data_source, library_versions, no_room, sha256_file, staging_folder,
@@ -65,9 +65,9 @@ def _export_run(run_dir, formats, precisions, out_dir, calib_size: int, calib_me
     formats = _choose(formats, tuple(BACKENDS), "format")
     precisions = _choose(precisions, PRECISIONS, "precision")
     if calib_method not in CALIB_METHODS:
-        raise ExportError(f"unknown calibration method '{calib_method}': use one of {', '.join(CALIB_METHODS)}")
+        raise UsageError(f"unknown calibration method '{calib_method}': use one of {', '.join(CALIB_METHODS)}")
     if calib_size < 1 or verify_size < 1:
-        raise ExportError("--calib-size and --verify-size must be at least 1")
+        raise UsageError("--calib-size and --verify-size must be at least 1")
     out_dir = Path(out_dir)
     read_manifest(out_dir / MANIFEST)  # a corrupt manifest stops us before any work, and is never overwritten
     model = load_run(run_dir)
@@ -92,7 +92,7 @@ def _choose(values: Iterable[str] | str, known: tuple[str, ...], what: str) -> l
         return list(known)
     unknown = [v for v in values if v not in known]
     if unknown or not values:
-        raise ExportError(f"unknown {what} '{(unknown or [''])[0]}': use one of {', '.join(known)} or all")
+        raise UsageError(f"unknown {what} '{(unknown or [''])[0]}': use one of {', '.join(known)} or all")
     return list(dict.fromkeys(values))
 
 

@@ -1,44 +1,151 @@
 """`exported/manifest.json`: one entry per artifact (keyed by its path, relative to the manifest), written
-atomically. Light on purpose (stdlib only): the device-side runtime reads it to check checksums."""
+atomically and validated against a schema when read (people edit it by hand and merge it). Light on purpose
+(no runtime, no torch): the device-side runtime reads it to check checksums.
+
+An entry: model, format (onnx | openvino), precision (fp32 | fp16 | int8), path, sha256 (of the main file),
+files ({relative path: sha256} for every file of the artifact), classes, bytes, and what export adds
+(source run, versions, verification). `regenerate` (a command) marks an artifact that is not committed.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
+from .backends import BACKENDS, PRECISIONS
 from .errors import ArtifactError
 from .utils import atomic_path, sha256_file
 
 MANIFEST = "manifest.json"
 VERSION = 1
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def read_manifest(path: Path | str) -> dict[str, Any]:
-    """The manifest at `path`; an empty one if there is none. A corrupt one is an error, never overwritten."""
+    """The manifest at `path`; an empty one if there is none. One that is not valid JSON or breaks the schema
+    is an ArtifactError with one line per problem, and is never overwritten."""
     path = Path(path)
     if not path.exists():
         return {"version": VERSION, "artifacts": []}
+    data, problems = _load(path)
+    if problems:
+        raise ArtifactError(f"invalid manifest {path} (fix or remove it):\n  " + "\n  ".join(problems))
+    return data
+
+
+def read_entries(path: Path | str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The valid entries of a manifest, and one line per problem with the others (which are left out): a
+    hand-edited entry costs its own artifact, not the whole manifest. Raises ArtifactError only when the file
+    is unreadable, not JSON, or has no "artifacts" list."""
+    data, problems = _load(Path(path))
+    valid = [e for e in data["artifacts"] if not entry_problems(e)]
+    return valid, problems
+
+
+def listed_paths(path: Path | str) -> set[str]:
+    """Every path a manifest names, in valid entries or not (its files too)."""
+    data, _ = _load(Path(path))
+    found = set()
+    for e in (e for e in data["artifacts"] if isinstance(e, dict)):
+        found |= {e["path"]} if isinstance(e.get("path"), str) else set()
+        found |= set(e["files"]) if isinstance(e.get("files"), (dict, list)) else set()
+    return {f for f in found if isinstance(f, str)}
+
+
+def _load(path: Path) -> tuple[dict[str, Any], list[str]]:
     try:
         data = json.loads(path.read_text())
-        if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
-            raise ValueError("no 'artifacts' list")
-        return data
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ArtifactError(f"corrupt manifest {path}: {e}; fix or remove it") from e
+    if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
+        raise ArtifactError(f"corrupt manifest {path}: no 'artifacts' list; fix or remove it")
+    problems = []
+    for i, entry in enumerate(data["artifacts"]):
+        where = f"artifacts[{i}]" + (f" ({entry['path']})" if isinstance(entry, dict)
+                                     and isinstance(entry.get("path"), str) else "")
+        problems += [f"{where}: {p}" for p in entry_problems(entry)]
+    paths = [e["path"] for e in data["artifacts"] if isinstance(e, dict) and isinstance(e.get("path"), str)]
+    problems += [f"{p} is listed {paths.count(p)} times" for p in sorted(set(paths)) if paths.count(p) > 1]
+    return data, problems
+
+
+def entry_problems(entry: Any) -> list[str]:
+    """What is wrong with one manifest entry, one line each (empty: valid)."""
+    if not isinstance(entry, dict):
+        return [f"an entry must be an object, found {_kind(entry)}"]
+    problems = []
+    for key, wanted in (("model", str), ("format", str), ("precision", str), ("path", str), ("classes", list)):
+        if key not in entry:
+            problems.append(f"'{key}' is missing")
+        elif not isinstance(entry[key], wanted):
+            problems.append(f"'{key}' must be {'a string' if wanted is str else 'a list'}, found {_kind(entry[key])}")
+    if problems:
+        return problems
+    if entry["format"] not in BACKENDS:
+        problems.append(f"format '{entry['format']}' is not one of {', '.join(BACKENDS)}")
+    elif not entry["path"].lower().endswith(BACKENDS[entry["format"]].suffixes[0]):
+        problems.append(f"a {entry['format']} path must end in {BACKENDS[entry['format']].suffixes[0]}")
+    if entry["precision"] not in PRECISIONS:
+        problems.append(f"precision '{entry['precision']}' is not one of {', '.join(PRECISIONS)}")
+    if not entry["classes"] or not all(isinstance(c, str) for c in entry["classes"]):
+        problems.append("'classes' must be a non-empty list of class names")
+    if not _relative(entry["path"]):
+        problems.append("'path' must be relative to the manifest's folder, inside it")
+    files = entry.get("files")
+    if files is None and "sha256" not in entry:
+        problems.append("needs 'files' ({path: sha256}) or 'sha256'")
+    if files is not None and (not isinstance(files, dict) or not files):
+        problems.append(f"'files' must be an object mapping each file to its sha256, found {_kind(files)}")
+    elif files is not None:
+        problems += [f"'files' entry {name!r}: not a relative path inside the manifest's folder"
+                     for name in files if not _relative(name)]
+        problems += [f"'files' entry {name!r}: {sha!r} is not a sha256 (64 hex digits)"
+                     for name, sha in files.items() if not (isinstance(sha, str) and _SHA256.match(sha))]
+        if entry["path"] not in files:
+            problems.append("'files' does not list the artifact's own path")
+    if "sha256" in entry and not (isinstance(entry["sha256"], str) and _SHA256.match(entry["sha256"])):
+        problems.append(f"'sha256' {entry['sha256']!r} is not a sha256 (64 hex digits)")
+    elif isinstance(files, dict) and "sha256" in entry and files.get(entry["path"], entry["sha256"]) != entry["sha256"]:
+        problems.append("'sha256' and the artifact's sha256 in 'files' differ")
+    if "regenerate" in entry and not isinstance(entry["regenerate"], str):
+        problems.append(f"'regenerate' must be a command (a string), found {_kind(entry['regenerate'])}")
+    return problems
+
+
+def entry_files(entry: dict[str, Any]) -> dict[str, str]:
+    """{relative path: sha256} of every file of a valid entry (old entries list only the main file)."""
+    return dict(entry.get("files") or {entry["path"]: entry["sha256"]})
+
+
+def _relative(name: Any) -> bool:
+    if not isinstance(name, str) or not name or "\\" in name:
+        return False
+    path = PurePosixPath(name)
+    return not path.is_absolute() and ".." not in path.parts
+
+
+def _kind(value: Any) -> str:
+    names = {type(None): "null", str: "a string", list: "a list", dict: "an object", bool: "true/false",
+             int: "a number", float: "a number"}
+    return names.get(type(value), type(value).__name__)
 
 
 def update_manifest(path: Path | str, entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Add `entries`, replacing any with the same path (a re-export), and write the manifest atomically."""
+    """Add `entries`, replacing any with the same path (a re-export), and write the manifest atomically.
+    A replaced entry's `regenerate` command is kept (the file is still not committed)."""
     path = Path(path)
     with _locked(path.parent):  # two exports at once must not drop each other's entries
         manifest = read_manifest(path)
-        new_paths = {e["path"] for e in entries}
-        kept = [e for e in manifest["artifacts"] if e.get("path") not in new_paths]
+        old = {e["path"]: e for e in manifest["artifacts"]}
+        new = [{**e, **({"regenerate": old[e["path"]]["regenerate"]} if "regenerate" in old.get(e["path"], {})
+                        else {})} for e in entries]
+        kept = [e for p, e in old.items() if p not in {e["path"] for e in new}]
         manifest["version"] = VERSION
-        manifest["artifacts"] = sorted(kept + list(entries), key=lambda e: e["path"])
+        manifest["artifacts"] = sorted(kept + new, key=lambda e: e["path"])
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(manifest, indent=2) + "\n")
             tmp.chmod(0o644)  # a shared listing, not a secret (the temporary file starts as 0600)
@@ -70,29 +177,48 @@ def find_manifest(artifact: Path | str) -> Path | None:
     return None
 
 
+def manifest_entry(artifact: Path | str) -> dict[str, Any] | None:
+    """The artifact's valid entry in the nearest manifest, or None (no manifest, not listed, or invalid)."""
+    found = _lookup(Path(artifact))
+    return found[1] if found and not found[2] else None
+
+
+def _lookup(artifact: Path) -> tuple[Path, dict[str, Any] | None, list[str]] | None:
+    """(manifest, the artifact's entry or None, that entry's problems); None without a manifest. A manifest
+    that cannot be read at all counts as problems of the entry."""
+    manifest_path = find_manifest(artifact)
+    if manifest_path is None:
+        return None
+    try:
+        data, _ = _load(manifest_path)
+    except ArtifactError as e:
+        return manifest_path, None, [str(e)]
+    rel = artifact.resolve().relative_to(manifest_path.parent.resolve()).as_posix()
+    entry = next((e for e in data["artifacts"] if isinstance(e, dict) and e.get("path") == rel), None)
+    return manifest_path, entry, entry_problems(entry) if entry is not None else []
+
+
 def check_artifact(artifact: Path | str) -> dict[str, Any]:
     """Compare an artifact's files with its manifest entry.
 
-    status: "ok", "mismatch" (a file's sha256 differs: changed or corrupted since export),
-    "unlisted" (a manifest exists but does not list this file), or "no-manifest".
+    status: "ok", "mismatch" (a file's sha256 differs: changed or corrupted since export), "unlisted" (a
+    manifest exists but does not list this file), "invalid-manifest" (its entry, or the whole manifest, breaks
+    the schema: nothing to compare with), or "no-manifest".
     """
     artifact = Path(artifact).resolve()
-    manifest_path = find_manifest(artifact)
-    if manifest_path is None:
+    found = _lookup(artifact)
+    if found is None:
         return {"status": "no-manifest", "manifest": None, "detail": "no manifest.json beside it or above it"}
-    try:
-        manifest = read_manifest(manifest_path)
-    except ArtifactError as e:
-        return {"status": "unlisted", "manifest": str(manifest_path), "detail": str(e)}
-    rel = artifact.relative_to(manifest_path.parent.resolve()).as_posix()
-    entry = next((e for e in manifest["artifacts"] if e.get("path") == rel), None)
+    manifest_path, entry, problems = found
+    if problems:
+        return {"status": "invalid-manifest", "manifest": str(manifest_path), "detail": "; ".join(problems)}
     if entry is None:
+        rel = artifact.relative_to(manifest_path.parent.resolve()).as_posix()
         return {"status": "unlisted", "manifest": str(manifest_path), "detail": f"{rel} is not in the manifest"}
-    expected = entry.get("files") or {rel: entry.get("sha256")}
-    for name, sha in expected.items():
+    for name, sha in entry_files(entry).items():
         file = manifest_path.parent / name
         actual = sha256_file(file) if file.is_file() else None
         if actual != sha:
-            what = "is missing" if actual is None else f"has sha256 {actual[:12]}..., the manifest {str(sha)[:12]}..."
+            what = "is missing" if actual is None else f"has sha256 {actual[:12]}..., the manifest {sha[:12]}..."
             return {"status": "mismatch", "manifest": str(manifest_path), "detail": f"{name} {what}"}
     return {"status": "ok", "manifest": str(manifest_path), "detail": f"sha256 matches {manifest_path}"}

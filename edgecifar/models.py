@@ -99,8 +99,6 @@ def list_models() -> list[str]:
 
 def get_spec(name: str) -> ModelSpec:
     """The registered spec, or a generic one for any other timm model name."""
-    from . import nets  # noqa: F401  (registers the scratch architectures)
-
     if name in _REGISTRY:
         return _REGISTRY[name]
     import timm
@@ -279,3 +277,8 @@ def load_bundled_lite0(model: nn.Module) -> None:
         mapped[dst_key] = tensor
     mapped.update({k: v for k, v in target.items() if k.endswith("num_batches_tracked")})
     model.load_state_dict(mapped, strict=True)
+
+
+# at the end, timm-style: the architectures in nets.py register themselves on import, and they need the names
+# above. Importing them here makes the registry complete as soon as edgecifar.models is imported.
+from . import nets  # noqa: E402,F401

@@ -2,16 +2,19 @@
 which constraint cannot be met and by how much.
 
 "Best" is the most accurate row that meets every constraint; ties go to the faster, then the smaller one.
+Rows measured at more threads than the bench machine's cores are left out unless `threads` asks for them
+(oversubscribed pools win a median and lose the tail badly); malformed rows are left out and listed.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import BenchError
-from .report import load_result
+from .errors import BenchError, UsageError
+from .report import load_result, threads_shown
 
 PERCENTILES = ("p50", "p90", "p99")
 
@@ -37,7 +40,7 @@ class Constraint:
 def constraints_for(max_latency_ms: float | None, max_size_mb: float | None, min_accuracy: float | None,
                     percentile: str = "p50") -> list[Constraint]:
     if percentile not in PERCENTILES:
-        raise BenchError(f"unknown latency percentile '{percentile}': use one of {', '.join(PERCENTILES)}")
+        raise UsageError(f"unknown latency percentile '{percentile}': use one of {', '.join(PERCENTILES)}")
     found = []
     if max_latency_ms is not None:
         found.append(Constraint("max_latency_ms", max_latency_ms, lambda r: r[f"latency_{percentile}_ms"], True,
@@ -46,7 +49,10 @@ def constraints_for(max_latency_ms: float | None, max_size_mb: float | None, min
         found.append(Constraint("max_size_mb", max_size_mb, lambda r: r["size_mb"], True, "MB"))
     if min_accuracy is not None:
         if not 0 <= min_accuracy <= 100:
-            raise BenchError(f"--min-accuracy is a top-1 percentage (0-100), got {min_accuracy}")
+            raise UsageError(f"--min-accuracy is a top-1 percentage (0-100), got {min_accuracy}")
+        if 0 < min_accuracy <= 1:  # 0.9 is far likelier to mean 90 % than 0.9 %: refuse to guess
+            raise UsageError(f"--min-accuracy is top-1 in percent, so {min_accuracy:g} would mean {min_accuracy:g} %: "
+                             f"for {min_accuracy:.0%} pass --min-accuracy {100 * min_accuracy:g}")
         found.append(Constraint("min_accuracy", min_accuracy, lambda r: 100 * r["accuracy"], False, "points"))
     return found
 
@@ -56,17 +62,19 @@ def recommend(result: dict[str, Any] | Path | str, max_latency_ms: float | None 
               percentile: str = "p50") -> dict[str, Any]:
     """Pick the best measured row under the constraints (min_accuracy in percent, e.g. 85.5).
 
-    Returns {"met", "choice", "reason", "runner_up", "eligible", "considered", "shortfalls", "percentile"};
-    `choice` is None and `shortfalls` says by how much each constraint is missed when nothing meets them all.
+    Returns {"met", "choice", "reason", "runner_up", "eligible", "considered", "shortfalls", "percentile",
+    "ignored"}; `choice` is None and `shortfalls` says by how much each constraint is missed when nothing meets
+    them all; `ignored` has a line per row left out (malformed, or more threads than cores). Raises UsageError
+    for bad constraints, BenchError when no usable row is left.
     """
-    data = result if isinstance(result, dict) else load_result(result)
-    rows = _measured(data["rows"], threads)
     cons = constraints_for(max_latency_ms, max_size_mb, min_accuracy, percentile)
     key = f"latency_{percentile}_ms"
+    data = result if isinstance(result, dict) else load_result(result)
+    rows, ignored = _measured(data, threads, key)
     eligible = sorted((r for r in rows if all(c.gap(r) <= 0 for c in cons)),
                       key=lambda r: (-r["accuracy"], r[key], r["size_mb"]))
     base = {"percentile": percentile, "considered": len(rows), "eligible": eligible,
-            "constraints": {c.name: c.limit for c in cons}, "threads": threads}
+            "constraints": {c.name: c.limit for c in cons}, "threads": threads, "ignored": ignored}
     if not eligible:
         shortfalls = [_shortfall(c, cons, rows, key) for c in cons]
         missed = [s for s in shortfalls if s["gap"] > 0]
@@ -78,22 +86,55 @@ def recommend(result: dict[str, Any] | Path | str, max_latency_ms: float | None 
             "reason": _why(choice, runner_up, eligible, rows, cons, key)}
 
 
-def _measured(rows: list[dict[str, Any]], threads: int | None) -> list[dict[str, Any]]:
-    ok = [r for r in rows if r.get("status") == "ok" and r.get("accuracy") is not None
-          and r.get("latency_p50_ms") is not None and r.get("size_mb") is not None]
+def _measured(data: dict[str, Any], threads: int | None, key: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The usable measured rows (at `threads`, when given), and a line for each one left out."""
+    ok, ignored = [], []
+    for i, row in enumerate(data["rows"]):
+        if isinstance(row, dict) and row.get("status") not in (None, "ok"):
+            continue  # skipped or failed at bench time: the bench said why
+        problem = _malformed(row, key)
+        if problem:
+            ignored.append(f"bench row {i + 1} ignored: {problem}")
+        else:
+            ok.append(row)
     if not ok:
-        raise BenchError("the bench result has no measured rows")
-    if threads is None:
-        return ok
-    picked = [r for r in ok if r["threads"] == threads]
-    if not picked:
-        measured = ", ".join(str(t) for t in sorted({r["threads"] for r in ok}))
-        raise BenchError(f"no rows measured at {threads} threads (the result has {measured})")
-    return picked
+        more = f" ({ignored[0]}{' ...' if len(ignored) > 1 else ''})" if ignored else ""
+        raise BenchError(f"the bench result has no measured rows{more}")
+    if threads is not None:
+        picked = [r for r in ok if r["threads"] == threads]
+        if not picked:
+            measured = ", ".join(str(t) for t in sorted({r["threads"] for r in ok}))
+            raise BenchError(f"no rows measured at {threads} threads (the result has {measured})")
+        return picked, ignored
+    machine = (data.get("header") or {}).get("machine") or {}
+    cores = machine.get("cores_available") or machine.get("cores")
+    if isinstance(cores, int) and (over := [r for r in ok if r["threads"] > cores]) and len(over) < len(ok):
+        ignored.append(f"{len(over)} rows measured at more threads than the bench machine's {cores} cores left out "
+                       f"(pass --threads N to consider them)")
+        ok = [r for r in ok if r["threads"] <= cores]
+    return ok, ignored
+
+
+def _malformed(row: Any, key: str) -> str | None:
+    """Why a bench row cannot be compared (None: it can)."""
+    if not isinstance(row, dict):
+        return f"not an object ({type(row).__name__})"
+    checks = {"model": lambda v: isinstance(v, str), "variant": lambda v: isinstance(v, str),
+              "threads": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+              "accuracy": lambda v: _number(v) and 0 <= v <= 1, key: lambda v: _number(v) and v > 0,
+              "size_mb": lambda v: _number(v) and v >= 0}
+    bad = [name for name, valid in checks.items() if not valid(row.get(name))]
+    if bad:
+        return ", ".join(f"{name} {row.get(name)!r}" for name in bad) + " (the bench writes measured figures there)"
+    return None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def name(row: dict[str, Any]) -> str:
-    return f"{row['model']} {row['variant']} @{row['threads']} thread{'s' if row['threads'] > 1 else ''}"
+    return f"{row['model']} {row['variant']} @{threads_shown(row)} thread{'s' if row['threads'] > 1 else ''}"
 
 
 def describe(row: dict[str, Any], key: str) -> str:

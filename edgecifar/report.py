@@ -82,12 +82,19 @@ def _title(header: dict[str, Any]) -> str:
     return f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, {header.get('date', '')[:10]}"
 
 
+def threads_shown(row: dict[str, Any]) -> str:
+    """"2", or "16 (ran 2)" where the runtime used fewer threads than asked (OpenVINO caps its pool at the
+    cores it sees)."""
+    used = row.get("threads_runtime")
+    return f"{row['threads']}" if used in (None, row["threads"]) else f"{row['threads']} (ran {used})"
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The measured rows as a Markdown table (the README embeds this one)."""
     lines = ["| model | variant | threads | top-1 % | size MB | params | MMACs | p50 ms | p90 ms | p99 ms | "
              "img/s | load s |", "|" + "---|" * 12]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['variant']} | {r['threads']} | {_fmt(r['accuracy'], '.2f', 100)} | "
+        lines.append(f"| {r['model']} | {r['variant']} | {threads_shown(r)} | {_fmt(r['accuracy'], '.2f', 100)} | "
                      f"{_fmt(r['size_mb'], '.2f')} | {_fmt(r['params'], ',')} | {_fmt(r['macs'], '.1f', 1e-6)} | "
                      f"{_fmt(r['latency_p50_ms'], '.3f')} | {_fmt(r['latency_p90_ms'], '.3f')} | "
                      f"{_fmt(r['latency_p99_ms'], '.3f')} | {_fmt(r['throughput_ips'], ',.0f')} | "
@@ -123,6 +130,8 @@ def markdown(header: dict[str, Any], rows: list[dict[str, Any]], image: str | No
         parts += [f"| {r['model']} | {r['variant']} | {r['threads']} | {r['status']} | "
                   f"{r['reason'].replace('|', '/')} |" for r in bad]
         parts.append("")
+    if header.get("notes"):
+        parts += ["## Notes", ""] + [f"- {note}" for note in header["notes"]] + [""]
     if image:
         parts += [f"![accuracy against latency]({image})", ""]
     return "\n".join(parts)
@@ -196,10 +205,11 @@ def _leading_digit(value: float) -> int:
 
 def rich_table(rows: Sequence[dict[str, Any]], title: str = ""):
     """The rows as a rich Table, a section per model: measured ones with their figures, the others in yellow
-    with the reason (in full in the caption)."""
+    with the reason (in full in the caption). Names and reasons are shown literally, never as rich markup."""
+    from rich.markup import escape
     from rich.table import Table
 
-    reasons = dict.fromkeys(f"{r['model']} {r['variant']}: {r['reason']}" for r in rows if r["status"] != "ok")
+    reasons = dict.fromkeys(escape(f"{r['model']} {r['variant']}: {r['reason']}") for r in rows if r["status"] != "ok")
     table = Table(title=f"{title} (latency: batch 1, ms; load: s)" if title else None,
                   caption="\n".join(reasons) or None, caption_justify="left", box=None, padding=(0, 1),
                   pad_edge=False, header_style="bold underline")
@@ -207,11 +217,11 @@ def rich_table(rows: Sequence[dict[str, Any]], title: str = ""):
         # never wrapped or cut: the reasons of skipped rows are in the caption, where they can wrap
         table.add_column(col, justify="left" if col in ("variant", "status") else "right", no_wrap=True)
     for model in dict.fromkeys(r["model"] for r in rows):
-        table.add_row(f"[bold]{model}[/bold]")
+        table.add_row(f"[bold]{escape(model)}[/bold]")
         for r in (r for r in rows if r["model"] == model):
             ok = r["status"] == "ok"
             latency = (_fmt(r[f"latency_{p}_ms"], ".3g") for p in ("p50", "p90", "p99"))
-            table.add_row(r["variant"], str(r["threads"]), r["status"], _fmt(r["accuracy"], ".2f", 100),
+            table.add_row(escape(r["variant"]), threads_shown(r), r["status"], _fmt(r["accuracy"], ".2f", 100),
                           _fmt(r["size_mb"], ".2f"), *latency, _fmt(r["throughput_ips"], ".0f"),
                           _fmt(r["load_s"], ".2f"), style=None if ok else "yellow")
     return table

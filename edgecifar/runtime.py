@@ -1,7 +1,7 @@
 """The device side: load an exported .onnx or .xml and classify images, with only a runtime (onnxruntime or
 openvino), numpy and Pillow installed. Never imports torch, timm or torchvision.
 
-    python -m edgecifar.runtime cat.jpg dog.png --model exported/scratch_cnn/scratch_cnn-int8.onnx [--json]
+    python -m edgecifar.runtime cat.jpg photos/ --model exported/scratch_cnn/scratch_cnn-int8.onnx [--json]
 
 API: `load_artifact(path).run(images)` (uint8 [N, 32, 32, 3] -> float32 logits [N, C]) is also what the
 benchmarks time, so it does nothing per call beyond checking the input and running the graph.
@@ -18,11 +18,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .backends import Backend, Session, backend_for
-from .errors import ArtifactError, DataError, EdgecifarError
+from .backends import Backend, Session, artifact_files, backend_for, check_threads, git_lfs_pointer
+from .errors import ArtifactError, DataError, EdgecifarError, UsageError
 from .images import INPUT_SIZE as INPUT_HW
 from .images import read_image  # the one decoder, shared with training: the same file gives the same pixels
-from .manifest import check_artifact
+from .manifest import check_artifact, manifest_entry
+from .utils import threads_warning
 
 
 @dataclass
@@ -51,10 +52,13 @@ class Artifact:
 def load_artifact(path: Path | str, threads: int | None = None, precision: str | None = None) -> Artifact:
     """Load an exported model and check it against the input contract and its own metadata.
 
-    threads: the runtime's intra-op threads (None: its default). precision: OpenVINO's inference precision
-    hint (None pins f32, so FP32/FP16 files compute in FP32; "bf16" or "auto" for variants).
+    threads: the runtime's intra-op threads (None: its default; otherwise >= 1, or UsageError). precision:
+    OpenVINO's inference precision hint (None pins f32, so FP32/FP16 files compute in FP32; "bf16" or "auto"
+    for variants). Raises ArtifactError for a missing, empty, unreadable or foreign file (with the runtime's
+    own reason, its version and what the file needs) and for a Git LFS pointer.
     """
     path = Path(path)
+    threads = check_threads(threads)
     if path.is_dir():
         raise ArtifactError(f"{path} is a directory, not a model file")
     if not path.is_file():
@@ -62,9 +66,26 @@ def load_artifact(path: Path | str, threads: int | None = None, precision: str |
     backend = backend_for(path)
     if path.stat().st_size == 0:
         raise ArtifactError(f"{path} is empty")
-    session = backend.load(path, threads=threads, precision=precision)
+    for file in artifact_files(path, backend):
+        if git_lfs_pointer(file):
+            raise ArtifactError(f"{file} is a Git LFS pointer, not the model itself: fetch the file with "
+                                f"`git lfs pull` (or download it) and try again")
+    try:
+        session = backend.load(path, threads=threads, precision=precision)
+    except ArtifactError as e:
+        raise ArtifactError(f"{e}{_exported_with(path, backend.name)}") from e.__cause__
     metadata = _parse_metadata(path, session)
     return Artifact(path, backend.name, metadata, backend, session)
+
+
+def _exported_with(path: Path, fmt: str) -> str:
+    """"; its manifest says it was exported and verified with onnxruntime 1.32.0": the runtime version known
+    to read the file, when a manifest beside it records one."""
+    versions = (manifest_entry(path) or {}).get("versions")
+    library = {"onnx": "onnxruntime", "openvino": "openvino"}.get(fmt, fmt)
+    if not isinstance(versions, dict) or library not in versions:
+        return ""
+    return f"; its manifest says it was exported and verified with {library} {versions[library]}"
 
 
 def _parse_metadata(path: Path, session: Session) -> dict[str, Any]:
@@ -98,31 +119,82 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def predict(paths: Sequence[Path | str], model_path: Path | str, topk: int = 3, threads: int | None = None,
-            on_warning: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Top-k classes of each image. Checks the model against a manifest beside it (or above it) first, and
-    reports a checksum mismatch through `on_warning` (default: a line on stderr)."""
+            on_warning: Callable[[str], None] | None = None,
+            allow_checksum_mismatch: bool = False) -> list[dict[str, Any]]:
+    """Top-k classes of each image, in the order given; a folder stands for the images in it (sorted).
+
+    Each result is {"image", "model", "checksum", "predictions": [{"class", "index", "probability"}]}, or
+    {"image", "model", "error"} for an image that cannot be read: the other images are still classified.
+    The model is checked against a manifest beside it (or above it) first: a checksum mismatch raises
+    ArtifactError unless `allow_checksum_mismatch`, when it is a warning. Warnings (that one, an unchecked
+    manifest, more threads than cores) go to `on_warning` (default: stderr). Raises UsageError for bad
+    options and ArtifactError for a model that cannot be used.
+    """
+    warn = on_warning or _stderr
     if not paths:
-        raise DataError("no images given")
-    if topk < 1:
-        raise DataError(f"--topk must be at least 1, got {topk}")
+        raise UsageError("no images given")
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise UsageError(f"--topk must be at least 1, got {topk!r}")
+    if (note := threads_warning(check_threads(threads))) is not None:
+        warn(note)
     model_path = Path(model_path)
-    images = np.stack([read_image(p) for p in paths])  # every image is checked before the model loads
+    images: list[tuple[Path, np.ndarray | None, str | None]] = []
+    for path in image_paths(paths):
+        try:
+            if path.is_dir():
+                raise DataError(f"{path} is a folder with no image files in it")
+            images.append((path, read_image(path), None))
+        except EdgecifarError as e:
+            images.append((path, None, str(e)))
+    good = [(path, image) for path, image, _ in images if image is not None]
+    if not good:  # nothing to classify: the model is not even loaded
+        return [{"image": str(path), "model": str(model_path), "error": error} for path, _, error in images]
     artifact = load_artifact(model_path, threads=threads)
-    check = check_artifact(model_path)
-    if check["status"] == "mismatch":
-        (on_warning or _stderr)(f"warning: {model_path} does not match its manifest ({check['detail']})")
-    logits = artifact.run(images)
+    checksum = _checked(model_path, allow_checksum_mismatch, warn)
+    logits = artifact.run(np.stack([image for _, image in good]))
     if not np.isfinite(logits).all():  # never a "nan%" probability, nor NaN in --json
         raise ArtifactError(f"{model_path} gives NaN or infinite outputs: it is broken (a diverged training?)")
     probs = softmax(logits)
     k = min(topk, probs.shape[1])
-    results = []
-    for path, row in zip(paths, probs):
+    answers = {}
+    for (path, _), row in zip(good, probs, strict=True):
         order = np.argsort(-row, kind="stable")[:k]
-        results.append({"image": str(path), "model": str(model_path), "checksum": check["status"],
-                         "predictions": [{"class": artifact.classes[i], "index": int(i),
-                                          "probability": float(row[i])} for i in order]})
-    return results
+        answers[path] = [{"class": artifact.classes[i], "index": int(i), "probability": float(row[i])}
+                         for i in order]
+    return [{"image": str(path), "model": str(model_path), "checksum": checksum, "predictions": answers[path]}
+            if error is None else {"image": str(path), "model": str(model_path), "error": error}
+            for path, _, error in images]
+
+
+def image_paths(paths: Sequence[Path | str]) -> list[Path]:
+    """The paths as given, each folder replaced by the image files in it (sorted; hidden files, macOS
+    "._" companions and subfolders left out). An image file is one whose extension Pillow opens; a folder
+    with none stays in the list, to be reported as such."""
+    from PIL import Image
+
+    opens = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    found: list[Path] = []
+    for path in map(Path, paths):
+        try:
+            members = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith(".")
+                             and f.suffix.lower() in opens) if path.is_dir() else []
+        except OSError:  # an unreadable folder: reported as such when it is read
+            members = []
+        found += members or [path]
+    return found
+
+
+def _checked(model_path: Path, allow_mismatch: bool, warn: Callable[[str], None]) -> str:
+    """The checksum status against the manifest; a mismatch stops, unless allowed."""
+    check = check_artifact(model_path)
+    if check["status"] == "mismatch":
+        what = f"{model_path} does not match its manifest ({check['detail']}): changed or corrupted since export"
+        if not allow_mismatch:
+            raise ArtifactError(f"{what}; re-export it, or pass --allow-checksum-mismatch to use it anyway")
+        warn(f"warning: {what}")
+    elif check["status"] == "invalid-manifest":
+        warn(f"warning: {model_path} not checked against {check['manifest']}: {check['detail']}")
+    return check["status"]
 
 
 def _stderr(message: str) -> None:
@@ -130,29 +202,41 @@ def _stderr(message: str) -> None:
 
 
 def format_results(results: list[dict[str, Any]]) -> str:
+    """One line per classified image ("cat.jpg: cat 91.2%, dog 5.0%"); failed ones are left to the caller."""
     lines = []
     for r in results:
-        top = ", ".join(f"{p['class']} {p['probability']:.1%}" for p in r["predictions"])
-        lines.append(f"{r['image']}: {top}")
+        if "predictions" in r:
+            top = ", ".join(f"{p['class']} {p['probability']:.1%}" for p in r["predictions"])
+            lines.append(f"{r['image']}: {top}")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgecifar.runtime",
                                      description="Classify images with an exported edgecifar model (.onnx or .xml).")
-    parser.add_argument("images", nargs="+", type=Path, help="image files (any size, any common format)")
+    parser.add_argument("images", nargs="+", type=Path, help="image files or folders of them (any size, any "
+                                                              "common format)")
     parser.add_argument("--model", required=True, type=Path, help="an exported .onnx or OpenVINO .xml file")
     parser.add_argument("--topk", type=int, default=3, help="classes to show per image (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: the runtime's)")
+    parser.add_argument("--allow-checksum-mismatch", action="store_true",
+                        help="use a model whose sha256 differs from its manifest (default: refuse it)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
     try:
-        results = predict(args.images, args.model, args.topk, args.threads)
+        results = predict(args.images, args.model, args.topk, args.threads,
+                          allow_checksum_mismatch=args.allow_checksum_mismatch)
     except EdgecifarError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    print(json.dumps(results, indent=2) if args.json else format_results(results))
-    return 0
+    for r in results:
+        if "error" in r:
+            print(f"error: {r['error']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    elif any("predictions" in r for r in results):
+        print(format_results(results))
+    return DataError.exit_code if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":

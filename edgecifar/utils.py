@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic writes, a full disk, termination signals, staging folders, hashing, versions."""
+"""Small shared helpers: atomic writes, a full disk, termination signals, staging folders, hashing, versions,
+the cores a process may use. Stdlib only: the device-side runtime imports it."""
 
 from __future__ import annotations
 
@@ -226,6 +227,71 @@ def cpu_has_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def available_cores() -> int:
+    """The cores this process may run on: its CPU affinity (taskset, cpusets), capped by a cgroup CPU quota
+    (docker --cpus, Kubernetes limits), which os.cpu_count() ignores."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+
+
+def cgroup_cpu_quota(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = CGROUP_ROOT) -> float | None:
+    """The CPU quota (in cores) of this process's cgroup or of any cgroup above it, the smallest one; None when
+    there is none or no cgroup file system (v2: cpu.max "QUOTA PERIOD"; v1: cpu.cfs_quota_us / cfs_period_us)."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        if line.count(":") < 2:
+            continue
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2, the unified hierarchy
+            folders, files = [root], ("cpu.max",)
+        elif "cpu" in controllers.split(","):  # v1: mounted as cpu/, or cpu,cpuacct/ (and a cpu symlink)
+            folders, files = [root / "cpu", root / controllers], ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+        else:
+            continue
+        for base in folders:
+            here = base / path.lstrip("/")
+            for folder in (here, *here.parents):  # a limit set on a parent applies to its children
+                if folder == base.parent:
+                    break
+                limits.append(_quota(folder, files))
+    found = [q for q in limits if q is not None]
+    return min(found) if found else None
+
+
+def _quota(folder: Path, files: tuple[str, ...]) -> float | None:
+    try:
+        if len(files) == 1:
+            quota, period = (folder / files[0]).read_text().split()[:2]
+        else:
+            quota, period = ((folder / f).read_text().strip() for f in files)
+        if quota in ("max", "-1"):
+            return None
+        return int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def threads_warning(threads: int | None) -> str | None:
+    """A warning when `threads` is more than the cores this process may use (oversubscribed runtime pools
+    spin and wait on each other: on 2 cores, 16 onnxruntime threads made p99 latency 50-100x worse)."""
+    cores = available_cores()
+    if threads is None or threads <= cores:
+        return None
+    return (f"warning: {threads} threads is more than the {cores} core{'s' if cores > 1 else ''} available to "
+            f"this process (CPU affinity and cgroup quota): the runtime's threads will compete for them")
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, core count, vector extensions and platform, for every published figure."""
     import platform
@@ -234,5 +300,5 @@ def machine_info() -> dict[str, Any]:
     # the vector extensions that decide INT8 and bf16 speed (and which INT8 kernels ORT runs)
     flags = cpu_flags()
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8") if f in flags]
-    return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa, "platform": platform.platform(),
-            "python": platform.python_version()}
+    return {"cpu": cpu, "cores": os.cpu_count(), "cores_available": available_cores(), "isa": isa,
+            "platform": platform.platform(), "python": platform.python_version()}

@@ -5,7 +5,9 @@ precision (a few seconds each)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -57,6 +59,18 @@ def make_run(run_dir: Path, data_dir: Path, cache_dir: Path, steps: int = 15) ->
     write_config(run_dir, {"model": model.meta, "train": {"model": "scratch_cnn", "cache_dir": str(cache_dir)},
                            "data": splits.describe()})
     return run_dir
+
+
+def edit_manifest(folder: Path, edit: Callable[[list[Any]], Any]) -> None:
+    """Edit folder/manifest.json's artifact list in place, as a person (or a bad merge) would."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    edit(manifest["artifacts"])
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def listed_path(folder: Path, i: int) -> str:
+    """The path of folder/manifest.json's i-th artifact."""
+    return json.loads((folder / "manifest.json").read_text())["artifacts"][i]["path"]
 
 
 @pytest.fixture(scope="session")

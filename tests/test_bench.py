@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from edgecifar.bench import bench, run_worker
 from edgecifar.cli import app
-from edgecifar.errors import ArtifactError, BenchError
+from edgecifar.errors import ArtifactError, BenchError, UsageError
 
 pytest.register_assert_rewrite("export_fixtures")
-from export_fixtures import CLASSES  # noqa: E402
+from export_fixtures import CLASSES, edit_manifest, listed_path  # noqa: E402
 
 pytest_plugins = ["export_fixtures"]  # tiny_run, exported: the session-wide export shared with test_export.py
 
@@ -74,8 +74,7 @@ def test_fields_present_and_sane(benched):
         assert 0 < r["latency_p50_ms"] <= r["latency_p90_ms"] <= r["latency_p99_ms"]
         assert r["latency_iterations"] >= 20 and r["throughput_ips"] > 0 and r["load_s"] >= 0
         assert r["threads_runtime"] == r["threads"]  # the runtime reports the pinned count
-        assert r["images"] == 3 * 70 and r["correct"] == round(r["accuracy"] * r["images"])
-        assert list(r["per_class"]) == CLASSES and all(0 <= v <= 1 for v in r["per_class"].values())
+        assert r["images"] == 3 * 70 and list(r["per_class"]) == CLASSES
         assert r["cpu"] and r["cores"] >= 1 and r["date"] and r["device"] == "cpu"
         assert {"onnxruntime", "openvino", "numpy"} <= set(r["versions"])
     for variant in VARIANTS:  # accuracy is counted once per artifact and shared by its thread settings
@@ -97,8 +96,13 @@ def test_accuracy_equals_an_independent_count(benched, exported, tiny_run):
     config = read_config(tiny_run)
     splits = load_data(config["data"]["source"], config["train"]["cache_dir"])
     for e in entries:
-        hits = int((load_artifact(out_dir / e["path"]).run(splits.test_x).argmax(1) == splits.test_y).sum())
-        assert {r["correct"] for r in rows if r["format"] == e["format"] and r["precision"] == e["precision"]} == {hits}
+        preds = load_artifact(out_dir / e["path"]).run(splits.test_x).argmax(1)
+        hits = int((preds == splits.test_y).sum())
+        # per class: the share of that class's test images predicted as that class
+        per_class = {c: float(np.mean(preds[splits.test_y == i] == i)) for i, c in enumerate(CLASSES)}
+        for r in (r for r in rows if r["format"] == e["format"] and r["precision"] == e["precision"]):
+            assert r["correct"] == hits and r["accuracy"] == hits / len(splits.test_y)
+            assert r["per_class"] == pytest.approx(per_class)
     logits = predict_logits(load_run(tiny_run), torch.from_numpy(splits.test_x))
     hits = int((logits.argmax(1).numpy() == splits.test_y).sum())
     assert {r["correct"] for r in rows if r["format"] == "pytorch"} == {hits}
@@ -189,7 +193,7 @@ def test_nothing_measurable_fails_and_writes_nothing(exported_copy, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing manifest", "empty manifest", "corrupt manifest", "no such path",
-                                  "unsupported device", "unwritable out", "bad threads"])
+                                  "unsupported device", "unwritable out", "bad threads", "negative threads"])
 def test_bad_input_is_one_clear_line(case, exported_copy, tmp_path):
     args = [exported_copy, "--runs", tmp_path / "runs", "--out", tmp_path / "res", "--threads", "1"]
     code = ArtifactError.exit_code
@@ -203,14 +207,17 @@ def test_bad_input_is_one_clear_line(case, exported_copy, tmp_path):
         args[0] = tmp_path / "nowhere"
     elif case == "unsupported device":
         args += ["--device", "cuda"]
-        code = BenchError.exit_code
+        code = UsageError.exit_code
     elif case == "unwritable out":
         (tmp_path / "file").write_text("")
         args[4] = tmp_path / "file" / "res"  # a folder under a file cannot be made, even by root
         code = BenchError.exit_code
     elif case == "bad threads":
         args[-1] = "0,x"
-        code = BenchError.exit_code
+        code = UsageError.exit_code
+    elif case == "negative threads":
+        args[-1] = "1,-1"
+        code = UsageError.exit_code
     result = invoke("bench", *args)
     assert_one_line_error(result, code)
     assert not (tmp_path / "res").exists()  # no partial report files
@@ -224,3 +231,125 @@ def test_reuse_returns_a_current_result_without_measuring(benched, exported, tin
     again = bench([out_dir], threads=(1, 2), batch_size=32, out_dir=results, runs_dir=tiny_run.parent, reuse=True,
                   **FAST)
     assert again.reused and list(again) == json.loads(json.dumps(list(rows)))
+
+
+# ---------------------------------------------------------------- manifests edited by hand, files it does not list
+
+def test_hand_edited_manifest_costs_only_its_broken_entries(exported_copy, tmp_path):
+    """Each problem is one line; every valid entry is still measured; a label that the file's own metadata
+    contradicts fails that row instead of naming it wrongly."""
+    def edit(entries):
+        by = {(e["format"], e["precision"]): e for e in entries}
+        by["onnx", "fp32"]["files"] = list(by["onnx", "fp32"]["files"])  # a bad merge
+        del by["openvino", "fp32"]["classes"]
+        by["onnx", "fp16"]["precision"] = "int4"
+        by["openvino", "fp16"]["precision"] = "int8"  # valid, but not what the file says
+        entries += [None, "tiny/tiny-fp32.onnx"]
+    edit_manifest(exported_copy, edit)
+    logs = []
+    rows = bench([exported_copy], threads=(1,), out_dir=tmp_path / "res", runs_dir=tmp_path / "runs", baseline=False,
+                 log=logs.append, **FAST)
+    notes = rows.header["notes"]
+    assert len([n for n in notes if "manifest.json: artifacts[" in n]) == 5
+    expected = ["'files' must be an object", "'classes' is missing", "precision 'int4' is not one of",
+                "an entry must be an object, found null", "an entry must be an object, found a string"]
+    assert all(any(e in n for n in notes) for e in expected), notes
+    assert all(any(n in line for line in logs) for n in notes)
+    assert sorted((r["variant"], r["status"]) for r in rows) == [
+        ("ONNX INT8", "ok"), ("OpenVINO INT8", "error"), ("OpenVINO INT8", "ok")]
+    wrong = next(r for r in rows if r["status"] == "error")
+    assert "the manifest says precision 'int8', the file's own metadata 'fp16'" in wrong["reason"]
+    assert not any("INT4" in r["variant"] for r in rows)
+    md = (tmp_path / "res" / "bench.md").read_text()
+    assert "## Notes" in md and "precision 'int4'" in md
+    result = invoke("bench", exported_copy, "--runs", tmp_path / "runs", "--no-baseline", "--threads", "1",
+                    "--out", tmp_path / "res2", "--latency-seconds", 0.05, "--throughput-seconds", 0.05)
+    assert result.exit_code == 0 and "Traceback" not in result.output
+
+
+def test_export_and_bench_refuse_what_they_cannot_read(exported_copy, tiny_run, tmp_path):
+    from edgecifar.export import export_run
+
+    edit_manifest(exported_copy, lambda entries: entries.append(None))
+    with pytest.raises(ArtifactError, match=r"(?s)invalid manifest.*\n  artifacts\[6\]: an entry must be an object"):
+        export_run(tiny_run, "onnx", "fp32", out_dir=exported_copy, verify_size=20)
+    fast = ["--no-baseline", "--runs", tmp_path / "runs", "--threads", "1", "--latency-seconds", 0.05,
+            "--throughput-seconds", 0.05]
+    result = invoke("bench", exported_copy / "tiny" / "tiny-int8.onnx", *fast, "--out", tmp_path / "res")
+    assert result.exit_code == 0, result.output  # a named file with a valid entry: the others do not matter
+    edit_manifest(exported_copy, lambda entries: entries[0].update(files=["x"]))
+    result = invoke("bench", exported_copy / listed_path(exported_copy, 0), *fast, "--out", tmp_path / "r")
+    assert_one_line_error(result, ArtifactError.exit_code)
+    assert "'files' must be an object" in result.output
+
+
+def test_unlisted_files_and_uncommitted_artifacts_are_said(exported_copy, tmp_path):
+    shutil.copy(exported_copy / "tiny" / "tiny-int8.onnx", exported_copy / "tiny" / "extra.onnx")
+    (exported_copy / ".staging-x").mkdir()  # an interrupted export's leftovers are not artifacts
+    shutil.copy(exported_copy / "tiny" / "tiny-int8.onnx", exported_copy / ".staging-x" / "tiny-int8.onnx")
+    regenerate = "uv run edgecifar export runs/tiny --format openvino --precision fp32"
+    edit_manifest(exported_copy, lambda entries: next(e for e in entries if e["path"] == "tiny/tiny-fp32.xml")
+                  .update(regenerate=regenerate))
+    for name in ("tiny-fp32.xml", "tiny-fp32.bin"):  # as a clone has it: not committed (size budget)
+        (exported_copy / "tiny" / name).unlink()
+    rows = bench([exported_copy], threads=(1,), out_dir=tmp_path / "res", runs_dir=tmp_path / "runs", **FAST)
+    assert all(r["status"] == "ok" for r in rows) and "OpenVINO FP32" not in {r["variant"] for r in rows}
+    assert len(rows) == len(VARIANTS) - 1
+    notes = rows.header["notes"]
+    assert any("tiny/extra.onnx is not listed in" in n for n in notes)
+    assert any("tiny/tiny-fp32.xml is not in this checkout" in n and regenerate in n for n in notes)
+    assert not any("staging" in n for n in notes)
+
+
+def test_threads_above_the_cores_warn_and_record_what_ran(exported_copy, tmp_path):
+    from edgecifar.utils import available_cores
+
+    over = available_cores() + 2
+    logs = []
+    rows = bench([exported_copy / "tiny" / "tiny-int8.onnx", exported_copy / "tiny" / "tiny-int8.xml"],
+                 threads=(1, over), out_dir=tmp_path / "res", runs_dir=tmp_path / "runs", baseline=False,
+                 log=logs.append, **FAST)
+    assert sum(f"warning: {over} threads is more than the {available_cores()} core" in line for line in logs) == 1
+    for r in rows:  # what the runtime reports it used, beside what was asked
+        assert isinstance(r["threads_runtime"], int) and 1 <= r["threads_runtime"] <= r["threads"]
+    md = (tmp_path / "res" / "bench.md").read_text()
+    assert all(f"| {r['threads']} (ran {r['threads_runtime']}) |" in md for r in rows
+               if r["threads_runtime"] != r["threads"])
+    assert rows.header["machine"]["cores_available"] == available_cores()
+
+
+def test_class_without_test_images_is_null_in_the_bench(exported, tmp_path):
+    from export_fixtures import make_image_tree
+
+    data = make_image_tree(tmp_path / "data", n_train=2, n_test=4)
+    shutil.rmtree(data / "test" / "gamma")
+    out_dir, _ = exported
+    logs = []
+    rows = bench([out_dir / "tiny" / "tiny-fp32.onnx"], threads=(1,), out_dir=tmp_path / "res", data=str(data),
+                 cache_dir=tmp_path / "cache", runs_dir=None, baseline=False, log=logs.append, **FAST)
+    (row,) = rows
+    assert row["per_class"]["gamma"] is None and row["images"] == 8
+    assert all(isinstance(row["per_class"][c], float) for c in ("alpha", "beta"))
+    assert any("no images of 'gamma'" in line for line in logs)
+    assert json.loads((tmp_path / "res" / "bench.json").read_text())["rows"][0]["per_class"]["gamma"] is None
+
+
+def test_committed_manifest_lists_committed_files_or_how_to_regenerate_them():
+    """A fresh clone has only what git tracks: every other artifact in exported/manifest.json carries the
+    command that makes it, and the bench of exported/ finds no listed file missing."""
+    import subprocess
+
+    from edgecifar.bench_targets import resolve_targets
+    from edgecifar.manifest import entry_files, read_manifest
+
+    root = Path(__file__).resolve().parents[1]
+    listed = subprocess.run(["git", "ls-files", "exported"], cwd=root, capture_output=True, text=True)
+    if listed.returncode != 0 or not listed.stdout:
+        pytest.skip("not a git checkout")
+    tracked = set(listed.stdout.split())
+    for entry in read_manifest(root / "exported" / "manifest.json")["artifacts"]:
+        untracked = [f for f in entry_files(entry) if f"exported/{f}" not in tracked]
+        assert not untracked or entry.get("regenerate", "").startswith("uv run edgecifar export "), untracked
+    targets, notes = resolve_targets([root / "exported"], runs_dir=None, baseline=False, data="unused")
+    assert [t.checksum for t in targets] == ["ok"] * len(targets)
+    assert all("not in this checkout" in n for n in notes), notes

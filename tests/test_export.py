@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from edgecifar.backends import BACKENDS
 from edgecifar.cli import app
-from edgecifar.errors import ArtifactError, CheckpointError, DiskFullError, ExportError
+from edgecifar.errors import ArtifactError, CheckpointError, DiskFullError, ExportError, UsageError
 from edgecifar.export import export_run
 from edgecifar.runtime import load_artifact
 from edgecifar.utils import sha256_file
@@ -228,7 +228,7 @@ def test_unknown_format_precision_and_method(tiny_run, tmp_path):
     for kwargs, match in (({"formats": "tflite"}, "unknown format 'tflite'"),
                           ({"precisions": "int4"}, "unknown precision 'int4'"),
                           ({"calib_method": "magic"}, "unknown calibration method")):
-        with pytest.raises(ExportError, match=match):
+        with pytest.raises(UsageError, match=match):
             export_run(tiny_run, out_dir=tmp_path / "exp", **kwargs)
     assert not (tmp_path / "exp").exists()
 

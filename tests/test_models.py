@@ -40,10 +40,16 @@ def test_normalization_lives_in_the_model():
     assert torch.allclose(seen["x"], torch.full_like(seen["x"], (128 / 255 - 0.5) / 0.5), atol=1e-5)
 
 
-def test_img_size_override():
-    model = create_model("scratch_cnn", img_size=32)
-    assert model.meta["img_size"] == 32
-    assert create_model("efficientnet_lite0", img_size=96).meta["img_size"] == 96
+@pytest.mark.parametrize("name, size", [("efficientnet_lite0", 96), ("resnet18", 48)])
+def test_img_size_override(name, size):
+    """A size other than the recipe's reaches the backbone: the resize inside the model uses it."""
+    model = create_model(name, img_size=size).eval()
+    assert model.meta["img_size"] == size != get_spec(name).recipe.img_size
+    seen = {}
+    model.backbone.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    with torch.no_grad():
+        model(torch.zeros(1, 32, 32, 3, dtype=torch.uint8))
+    assert seen["x"].shape == (1, 3, size, size)
 
 
 def test_unknown_model():
@@ -52,7 +58,7 @@ def test_unknown_model():
 
 
 def test_registry_lists_and_counts():
-    assert {"scratch_cnn", "efficientnet_lite0", "resnet18"} <= set(list_models())
+    assert list_models() == ["edge_small", "edge_tiny", "efficientnet_lite0", "resnet18", "scratch_cnn"]
     assert 11_000_000 < count_macs(create_model("scratch_cnn")) < 12_000_000
     assert get_spec("efficientnet_lite0").recipe.img_size == 40
 

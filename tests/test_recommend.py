@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgecifar.cli import app
-from edgecifar.errors import BenchError
+from edgecifar.errors import BenchError, UsageError
 from edgecifar.recommend import recommend
 
 
@@ -89,8 +89,10 @@ def test_constraints_that_conflict_report_each_gap():
 def test_bad_requests():
     with pytest.raises(BenchError, match="no rows measured at 4 threads"):
         pick(threads=4)
-    with pytest.raises(BenchError, match="percentage"):
+    with pytest.raises(UsageError, match="percentage"):
         pick(min_accuracy=150)
+    with pytest.raises(UsageError, match="unknown latency percentile"):
+        pick(percentile="p95")
     with pytest.raises(BenchError, match="no measured rows"):
         recommend({"rows": [ROWS[-2]]})
 
@@ -109,3 +111,47 @@ def test_cli(tmp_path):
     (tmp_path / "bad" / "bench.json").write_text("[1, 2]")
     result = runner.invoke(app, ["recommend", str(tmp_path / "bad")])
     assert result.exit_code == BenchError.exit_code and "corrupt bench result" in result.output
+
+
+@pytest.mark.parametrize("fraction", [0.9, 0.855, 1])
+def test_min_accuracy_as_a_fraction_is_refused_with_the_percent_to_pass(fraction):
+    with pytest.raises(UsageError, match=f"pass --min-accuracy {100 * fraction:g}"):
+        pick(min_accuracy=fraction)
+    result = CliRunner().invoke(app, ["recommend", "--min-accuracy", str(fraction)])
+    assert result.exit_code == UsageError.exit_code and result.output.startswith("error: --min-accuracy")
+    assert pick(min_accuracy=0)["met"]  # 0: no constraint, not ambiguous
+
+
+MALFORMED = [None, "a string", ["a", "list"], {"status": "ok"},  # not rows, or rows with nothing in them
+             {**ROWS[0], "accuracy": "high"}, {**ROWS[0], "latency_p50_ms": float("nan")},
+             {**ROWS[0], "size_mb": None}, {**ROWS[0], "threads": "1"}, {**ROWS[0], "accuracy": 85.0}]
+
+
+def test_malformed_rows_are_left_out_and_listed(tmp_path):
+    found = recommend({"header": {}, "rows": ROWS + MALFORMED})
+    assert found["choice"] is pick()["choice"] and found["considered"] == 5
+    assert len(found["ignored"]) == len(MALFORMED)
+    assert "accuracy 'high'" in found["ignored"][4] and "latency_p50_ms nan" in found["ignored"][5]
+    (tmp_path / "bench.json").write_text(json.dumps({"header": {}, "rows": ROWS + MALFORMED}))
+    result = CliRunner().invoke(app, ["recommend", str(tmp_path)])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert result.output.count("warning: bench row") == len(MALFORMED)
+    (tmp_path / "bench.json").write_text(json.dumps({"header": {}, "rows": MALFORMED}))
+    result = CliRunner().invoke(app, ["recommend", str(tmp_path)])
+    assert result.exit_code == BenchError.exit_code and "error: the bench result has no measured rows" in result.output
+    (tmp_path / "bench.json").write_text(json.dumps({"rows": "not a list"}))
+    result = CliRunner().invoke(app, ["recommend", str(tmp_path)])
+    assert result.exit_code == BenchError.exit_code and "corrupt bench result" in result.output
+
+
+def test_rows_at_more_threads_than_cores_are_left_out_unless_asked_for():
+    over = {**row("lite0", "ONNX FP32", 16, 0.920, 2.0, 13.4, p99=30.0), "threads_runtime": 16}
+    capped = {**row("lite0", "OpenVINO INT8", 16, 0.915, 0.5, 3.6), "threads_runtime": 2}
+    result = {"header": {"machine": {"cores": 2, "cores_available": 2}}, "rows": ROWS + [over, capped]}
+    found = recommend(result, max_latency_ms=2.5)
+    assert (found["choice"]["variant"], found["choice"]["threads"]) == ("OpenVINO INT8", 2)
+    assert any("2 rows measured at more threads than the bench machine's 2 cores" in n for n in found["ignored"])
+    found = recommend(result, max_latency_ms=2.5, threads=16)  # asked for: considered, labelled as run
+    assert found["choice"]["threads"] == 16 and found["choice"]["variant"] == "ONNX FP32"
+    assert "@16 threads" in found["reason"]
+    assert "lite0 OpenVINO INT8 @16 (ran 2) threads" in recommend(result, max_size_mb=4, threads=16)["reason"]

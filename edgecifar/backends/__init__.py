@@ -17,7 +17,7 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, UsageError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # minmax is the default everywhere: on scratch_cnn nncf's own default (mean of per-image min/max) clipped
@@ -88,15 +88,64 @@ def artifact_files(path: Path, backend: Backend) -> list[Path]:
 
 
 # OpenVINO's messages start with C++ source locations ("Exception from src/...cpp:84:", "Check '...' failed
-# at ...:900:"); the words for people come after them
+# at ...:900:"); onnxruntime's put one mid-line, followed by the C++ signature of the function that failed
+# ("failed:/onnxruntime_src/.../model.cc:256 onnxruntime::Model::Model(...) Unsupported model IR version: ...").
+# The words for people come after them.
 _LOCATION = re.compile(r"^(Exception from \S+:\d+:?|Check '.*' failed at \S+:\d+:?)$")
+_SOURCE = re.compile(r"[\w./\\-]+\.(?:cc|cpp|cxx|c|h|hpp):\d+:?\s*")
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 
 
-def first_line(error: BaseException, limit: int = 300) -> str:
-    """The first informative line of a runtime's (often multi-line, C++-flavoured) error message."""
+def error_text(error: BaseException, limit: int = 1000) -> str:
+    """A runtime's (often multi-line, C++-flavoured) error message as one line for people: source locations
+    and C++ signatures dropped, every other line kept. Past `limit` characters the middle is cut, never the
+    end, where runtimes put the cause ("Unsupported model IR version: 10, max supported IR version: 9")."""
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not _LOCATION.match(ln)] or lines
-    return (useful[0] if useful else type(error).__name__)[:limit]
+    useful = [_drop_cpp(_ORT_PREFIX.sub("", ln)) for ln in lines if not _LOCATION.match(ln)]
+    text = " ".join(ln for ln in useful if ln) or type(error).__name__
+    if len(text) > limit:
+        text = f"{text[:limit // 3]} ... {text[-(limit - limit // 3 - 5):]}"
+    return text
+
+
+def _drop_cpp(line: str) -> str:
+    """Remove each `file.cc:123 Namespace::Function(args...)` (balanced parentheses) from a line."""
+    while (found := _SOURCE.search(line)) is not None:
+        end = found.end()
+        open_at = line.find("(", end)
+        name = line[end:open_at] if open_at != -1 else ""
+        if "::" not in name:  # a location without a C++ signature after it
+            line = f"{line[:found.start()].rstrip()} {line[end:]}".strip()
+            continue
+        depth, i = 0, open_at
+        for i in range(open_at, len(line)):
+            depth += {"(": 1, ")": -1}.get(line[i], 0)
+            if depth == 0:
+                break
+        line = f"{line[:found.start()].rstrip()} {line[i + 1:].lstrip()}".strip()
+    return line
+
+
+def check_threads(threads: Any) -> int | None:
+    """None (the runtime's own default) or a whole number >= 1, the same rule for every runtime (onnxruntime
+    took -1 as its default and OpenVINO blamed the model for it). Raises UsageError otherwise."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise UsageError(f"--threads must be a whole number of at least 1, got {threads!r}")
+    return int(threads)
+
+
+LFS_HEADER = b"version https://git-lfs.github.com/spec/"
+
+
+def git_lfs_pointer(path: Path) -> bool:
+    """Whether the file is a Git LFS pointer (a clone without `git lfs pull`) rather than the file itself."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(LFS_HEADER)) == LFS_HEADER
+    except OSError:
+        return False
 
 
 def _registry() -> dict[str, Backend]:

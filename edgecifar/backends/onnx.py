@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, ExportError
-from . import INPUT_NAME, OUTPUT_NAME, Calibration, Session, first_line
+from . import INPUT_NAME, OUTPUT_NAME, Calibration, Session, error_text
 
 OPSET = 18  # >= 17, and the opset torch's exporter (onnxscript's torchlib) writes natively: no conversion step
 
@@ -48,7 +48,7 @@ class OnnxBackend:
         try:
             onnx.checker.check_model(proto, full_check=True)
         except onnx.checker.ValidationError as e:
-            raise ExportError(f"onnx.checker rejected the {precision} model: {first_line(e)}") from e
+            raise ExportError(f"onnx.checker rejected the {precision} model: {error_text(e)}") from e
         onnx.save(proto, str(path))
         return [path]
 
@@ -60,17 +60,18 @@ class OnnxBackend:
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise ArtifactError("onnxruntime is not installed: pip install 'edgecifar[runtime]'") from e
+            raise ArtifactError("onnxruntime is not installed: pip install onnxruntime") from e
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: its warnings are not the user's problem
-        if threads:
+        if threads is not None:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1  # one sequential graph: no use for a second pool
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
-            raise ArtifactError(f"cannot load {path} with onnxruntime: {first_line(e)}") from e
+            raise ArtifactError(f"cannot load {path} with onnxruntime {ort.__version__}: {error_text(e)}"
+                                f"{_file_versions(path)}") from e
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise ArtifactError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
@@ -86,6 +87,67 @@ class OnnxBackend:
 
 
 _ORT_TYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16"}
+
+
+def _file_versions(path: Path) -> str:
+    """" (the file is ONNX IR version 10, opset 18)": what a runtime must read, for its error message."""
+    ir_version, opsets = onnx_versions(path)
+    if ir_version is None:
+        return ""
+    opset = f", opset {opsets['']}" if "" in opsets else ""
+    return f" (the file is ONNX IR version {ir_version}{opset})"
+
+
+def onnx_versions(path: Path) -> tuple[int | None, dict[str, int]]:
+    """The IR version and the opset of each domain ("" for ai.onnx) of an ONNX file, read from the top level of
+    its protobuf (ModelProto fields 1 and 8) without onnx, which the device side lacks, and without parsing
+    the graph. (None, {}) when the file is not one."""
+    ir_version, opsets = None, {}
+    try:
+        with open(path, "rb") as f:
+            while (key := _varint(f)) is not None:
+                field, wire = key >> 3, key & 7
+                if wire == 0:
+                    value = _varint(f)
+                    ir_version = value if field == 1 else ir_version
+                elif wire == 2:
+                    size = _varint(f) or 0
+                    if field == 8 and size < 4096:  # an OperatorSetIdProto: domain (1), version (2)
+                        domain, version = _opset(f.read(size))
+                        opsets[domain] = version
+                    else:
+                        f.seek(size, 1)  # the graph and everything else: skipped, never read
+                elif wire in (1, 5):
+                    f.seek(8 if wire == 1 else 4, 1)
+                else:
+                    break  # not protobuf: stop with what was found
+    except (OSError, ValueError, UnicodeDecodeError):
+        pass
+    return ir_version, opsets
+
+
+def _varint(f: Any) -> int | None:
+    value = shift = 0
+    while byte := f.read(1):
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+    return None
+
+
+def _opset(data: bytes) -> tuple[str, int]:
+    f, domain, version = io.BytesIO(data), "", 0
+    while (key := _varint(f)) is not None:
+        if key == (1 << 3 | 2):
+            domain = f.read(_varint(f) or 0).decode()
+        elif key == (2 << 3 | 0):
+            version = _varint(f) or 0
+        else:
+            break
+    return domain, version
 
 
 _FP32_CACHE: dict[tuple[int, str], bytes] = {}  # one torch.onnx export per model, reused by every precision
@@ -110,7 +172,7 @@ def _torch_export(model: Any, path: Path) -> None:
                                             output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("N")},),
                                             opset_version=OPSET, dynamo=True, optimize=True, verbose=False)
             except Exception as e:
-                raise ExportError(f"torch.onnx.export failed: {first_line(e)}") from e
+                raise ExportError(f"torch.onnx.export failed: {error_text(e)}") from e
         _FP32_CACHE.clear()  # hold one model's bytes at most
         _FP32_CACHE[key] = program.model_proto.SerializeToString()
     path.write_bytes(_FP32_CACHE[key])
@@ -179,7 +241,7 @@ def _quantize(fp32: Path, tmp: Path, calibration: Calibration) -> Any:
                             # it drops the batches it flushes)
                             extra_options={"CalibStridedMinMax": _stride(calibration.num_batches)})
     except Exception as e:  # onnxruntime raises plain ValueError/RuntimeError from deep inside
-        raise ExportError(f"onnxruntime quantization failed: {first_line(e)}") from e
+        raise ExportError(f"onnxruntime quantization failed: {error_text(e)}") from e
     return onnx.load(str(quantized))
 
 

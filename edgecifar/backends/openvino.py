@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, ExportError
-from . import INPUT_NAME, OUTPUT_NAME, Calibration, Session, first_line
+from . import INPUT_NAME, OUTPUT_NAME, Calibration, Session, error_text
 
 RT_SECTION = "edgecifar"  # our metadata lives under rt_info/edgecifar/<key>
 METADATA_KEYS = ("edgecifar_version", "format", "precision", "model", "classes", "num_classes", "img_size",
@@ -48,7 +48,7 @@ class OpenVinoBackend:
             # save_model compresses to FP16 by default: only the fp16 precision asks for it
             ov.save_model(ov_model, str(path), compress_to_fp16=precision == "fp16")
         except Exception as e:
-            raise ExportError(f"openvino.save_model failed: {first_line(e)}") from e
+            raise ExportError(f"openvino.save_model failed: {error_text(e)}") from e
         return [path, path.with_suffix(".bin")]
 
     # ------------------------------------------------------------ device side (openvino + numpy)
@@ -66,14 +66,15 @@ class OpenVinoBackend:
         if not path.with_suffix(".bin").is_file():
             raise ArtifactError(f"{path}: its weights file {path.with_suffix('.bin').name} is missing")
         config: dict[str, Any] = {} if hint == "auto" else {"INFERENCE_PRECISION_HINT": hint}
-        if threads:
+        if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         core = ov.Core()
         try:
             ov_model = core.read_model(str(path))
             compiled = core.compile_model(ov_model, "CPU", config)
         except Exception as e:  # OpenVINO raises RuntimeError with a multi-line C++ trace
-            raise ArtifactError(f"cannot load {path} with OpenVINO: {first_line(e)}") from e
+            raise ArtifactError(f"cannot load {path} with OpenVINO {ov.get_version()}: {error_text(e)}"
+                                f"{_file_versions(path)}") from e
         if len(compiled.inputs) != 1 or len(compiled.outputs) < 1:
             raise ArtifactError(f"{path}: expected one input and one output")
         inp, out = compiled.input(0), compiled.output(0)
@@ -90,6 +91,24 @@ class OpenVinoBackend:
 
 
 _OV_TYPES = {"u8": "uint8", "f32": "float32", "f16": "float16"}
+
+
+def _file_versions(path: Path) -> str:
+    """" (the file is IR v11, saved by OpenVINO 2026.4.1)": what a runtime must read, for its error message.
+    Both are near the ends of the .xml: the version on its <net> tag, the saver in <rt_info>."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+            f.seek(max(0, path.stat().st_size - 65536))
+            tail = f.read()
+    except OSError:
+        return ""
+    ir = re.search(rb"<net\b[^>]*\bversion=\"(\d+)\"", head)
+    saved = re.search(rb"<Runtime_version\s+value=\"([^\"]+)\"", tail)
+    if ir is None:
+        return ""
+    by = f", saved by OpenVINO {saved.group(1).decode(errors='replace')}" if saved else ""
+    return f" (the file is IR v{ir.group(1).decode()}{by})"
 
 
 def _dims(shape: Any) -> list[int | None]:
@@ -120,7 +139,7 @@ def _convert(model: Any) -> Any:
                 converted = ov.convert_model(model.eval(), example_input=example,
                                              input=[(ov.PartialShape([-1, 32, 32, 3]), ov.Type.u8)])
             except Exception as e:
-                raise ExportError(f"openvino.convert_model failed: {first_line(e)}") from e
+                raise ExportError(f"openvino.convert_model failed: {error_text(e)}") from e
         _CONVERTED.clear()  # hold one model at most
         _CONVERTED[key] = converted
     return _CONVERTED[key].clone()  # callers rename, annotate and quantize their own copy
@@ -167,4 +186,4 @@ def _quantize(ov_model: Any, calibration: Calibration) -> Any:
             return nncf.quantize(ov_model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
                                  subset_size=len(batches), fast_bias_correction=True, advanced_parameters=advanced)
     except Exception as e:
-        raise ExportError(f"nncf.quantize failed: {first_line(e)}") from e
+        raise ExportError(f"nncf.quantize failed: {error_text(e)}") from e
