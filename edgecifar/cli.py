@@ -366,7 +366,7 @@ def recommend(
 @app.command()
 @handle_errors
 def pipeline(
-    models: Annotated[str, typer.Option(help="comma-separated registry names")] = "scratch_cnn,efficientnet_lite0",
+    models: Annotated[str, typer.Option(help="comma-separated registry names")] = "scratch_cnn,airnet_m,efficientnet_lite0",
     data: DataOpt = "cifar10",
     cache_dir: CacheOpt = None,
     quick: Annotated[bool, typer.Option(help="a few-minute profile (1 epoch on a subset, short timings) in "
@@ -394,6 +394,8 @@ def pipeline(
     console.print(steps)
     console.print(rich_table(done["bench"], "bench"))
     say(f"report: {done['layout'].results / 'bench.md'}")
+    for line in (done["verdict"] or {}).get("lines", []):
+        say(line)
 
 
 def main() -> None:

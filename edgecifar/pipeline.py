@@ -19,7 +19,8 @@ from typing import Any, Callable, Sequence
 from .errors import CheckpointError
 from .utils import read_json, sha256_file, terminate_as_interrupt
 
-DEFAULT_MODELS = ("scratch_cnn", "efficientnet_lite0")
+# the report's CNN, the from-scratch net that answers it (airbench's recipe) and the transfer model
+DEFAULT_MODELS = ("scratch_cnn", "airnet_m", "efficientnet_lite0")
 QUICK_TRAIN = {"epochs": 1, "max_train": 2000, "max_test": 500}
 QUICK_EXPORT = {"calib_size": 64, "verify_size": 200}
 QUICK_BENCH = {"max_images": 1000, "latency_seconds": 0.3, "throughput_seconds": 0.3}
@@ -76,7 +77,21 @@ def _pipeline(models: Sequence[str], data: str, cache_dir, quick: bool, force: b
     extra = QUICK_BENCH if quick else {}
     rows = _step(steps, "bench", "all", log, lambda: _bench_step(bench, artifacts, lay, data, cache_dir, threads,
                                                                  batch_size, bf16, force, show_progress, log, extra))
-    return {"layout": lay, "steps": steps, "bench": rows}
+    return {"layout": lay, "steps": steps, "bench": rows, "verdict": _verdict(rows, threads)}
+
+
+def _verdict(rows, threads) -> dict[str, Any] | None:
+    """The file to ship under the default constraints and the Pareto front (recommend.shipping_verdict), at
+    one thread when that was benched; None when nothing was measured there."""
+    from .errors import BenchError
+    from .recommend import DEFAULT_SHIPPING, shipping_verdict
+
+    if DEFAULT_SHIPPING["threads"] not in threads:
+        return None
+    try:
+        return shipping_verdict({"header": rows.header, "rows": list(rows)})
+    except BenchError:
+        return None
 
 
 def _step(steps: list[dict[str, Any]], kind: str, what: str, log: Log, fn: Callable[[], tuple[Any, str, str]]) -> Any:

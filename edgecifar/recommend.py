@@ -173,3 +173,36 @@ def _shortfall(c: Constraint, cons: list[Constraint], rows: list[dict], key: str
             f"({describe(best, key)})")
     return {"constraint": c.name, "limit": c.limit, "value": c.value(best), "gap": gap, "unit": c.unit,
             "closest": best, "text": text}
+
+
+# The pipeline's answer for one edge core: batch-1 p50 within 1 ms and a file of at most 5 MB, the budget of a
+# small always-on classifier beside other work on a device CPU.
+DEFAULT_SHIPPING = {"max_latency_ms": 1.0, "max_size_mb": 5.0, "threads": 1}
+
+
+def shipping_verdict(result: dict[str, Any] | Path | str, **constraints: Any) -> dict[str, Any]:
+    """Which file to ship under `constraints` (default DEFAULT_SHIPPING), and the Pareto front of accuracy
+    against batch-1 p50 latency at that thread count, each front file with the reason it is there.
+
+    Returns {"recommendation": recommend()'s answer, "front": [{"row", "reason"}], "lines": [str]}.
+    """
+    from .report import pareto_front
+
+    wanted = {**DEFAULT_SHIPPING, **constraints}
+    data = result if isinstance(result, dict) else load_result(result)
+    found = recommend(data, **wanted)
+    rows, _ = _measured(data, wanted["threads"], "latency_p50_ms")
+    front_rows = [rows[i] for i in pareto_front([(r["latency_p50_ms"], r["accuracy"]) for r in rows])]
+    front = []
+    for i, row in enumerate(front_rows):  # fastest first: each is more accurate than every faster file
+        faster = front_rows[i - 1] if i else None
+        reason = ("the fastest file measured" if faster is None else
+                  f"{100 * (row['accuracy'] - faster['accuracy']):.2f} points more accurate than the faster "
+                  f"{name(faster)}")
+        front.append({"row": row, "reason": reason + "; no file is both faster and more accurate"})
+    limits = ", ".join(c.text() for c in constraints_for(wanted["max_latency_ms"], wanted["max_size_mb"], None))
+    lines = [f"ship ({limits}, {wanted['threads']} thread): " + (
+        f"{found['choice'].get('path', name(found['choice']))}: {found['reason']}" if found["met"] else found["reason"])]
+    lines += [f"Pareto front (accuracy against p50 latency, {wanted['threads']} thread):"]
+    lines += [f"  {name(f['row'])} ({describe(f['row'], 'latency_p50_ms')}): {f['reason']}" for f in front]
+    return {"recommendation": found, "front": front, "lines": lines}

@@ -155,3 +155,19 @@ def test_rows_at_more_threads_than_cores_are_left_out_unless_asked_for():
     assert found["choice"]["threads"] == 16 and found["choice"]["variant"] == "ONNX FP32"
     assert "@16 threads" in found["reason"]
     assert "lite0 OpenVINO INT8 @16 (ran 2) threads" in recommend(result, max_size_mb=4, threads=16)["reason"]
+
+
+def test_shipping_verdict_names_the_file_and_the_pareto_front_with_reasons():
+    from edgecifar.recommend import shipping_verdict
+
+    rows = ROWS + [row("airnet_m", "ONNX INT8", 1, 0.897, 0.55, 1.2), row("airnet_m", "ONNX FP32", 1, 0.897, 0.9, 4.5)]
+    verdict = shipping_verdict({"header": {}, "rows": rows})  # 1 thread, p50 <= 1 ms, <= 5 MB
+    assert verdict["recommendation"]["choice"]["model"] == "airnet_m"
+    assert verdict["recommendation"]["choice"]["variant"] == "ONNX INT8"  # as accurate as FP32, and faster
+    # at one thread: scratch INT8 (0.15 ms) < airnet INT8 (0.55 ms, +10.7 points) < lite0 OpenVINO INT8 (1.2 ms,
+    # 91.5 %) < lite0 FP32 (3.0 ms, 92 %); the others are beaten on both
+    front = [(f["row"]["model"], f["row"]["variant"]) for f in verdict["front"]]
+    assert front == [("scratch_cnn", "ONNX INT8"), ("airnet_m", "ONNX INT8"), ("lite0", "OpenVINO INT8"),
+                     ("lite0", "ONNX FP32")]
+    assert "10.70 points more accurate" in verdict["front"][1]["reason"]
+    assert verdict["lines"][0].startswith("ship (max-latency-ms 1 (p50), max-size-mb 5, 1 thread): exported/airnet_m/")
