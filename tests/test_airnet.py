@@ -34,16 +34,25 @@ def test_airnet_shapes_params_and_macs(name, widths):
     assert get_spec(name).recipe.optimizer == "muon"
 
 
-def test_eval_graph_applies_bn_before_the_pool_with_the_same_outputs():
+def test_openvino_fp32_computes_the_conv_group_exactly():
+    """OpenVINO 2026.4's CPU plugin fuses a GELU after Convolution -> MaxPool into the convolution in f32 (max
+    |error| 0.07 on random data): the airnet keeps its BN between the pool and the GELU, which it computes
+    exactly. Run pinned to f32, as verification and bench run FP32 IRs."""
+    import numpy as np
+    import openvino as ov
+
     torch.manual_seed(0)
     group = ConvGroup(8, 16, nn.GELU)
-    x = torch.randn(4, 8, 12, 12)
+    x = torch.randn(8, 8, 16, 16)
     group.train()
-    for _ in range(3):  # running statistics away from their initial values
-        group(x * 3 + 1)
+    with torch.no_grad():
+        group(x)  # running statistics away from their initial values
     group.eval()
-    pool_first = group.act(group.norm2(group.conv2(group.act(group.norm1(group.pool(group.conv1(x)))))))
-    assert torch.allclose(group(x), pool_first, atol=1e-6)
+    with torch.no_grad():
+        expected = group(x).numpy()
+    converted = ov.convert_model(group, example_input=x[:1])
+    got = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x.numpy())[0]
+    assert np.abs(got - expected).max() < 1e-4
 
 
 def test_whitening_is_computed_from_data_and_deterministic_under_a_seed():
