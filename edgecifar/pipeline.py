@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import CheckpointError
+from .errors import CheckpointError, UsageError
 from .utils import read_json, sha256_file, terminate_as_interrupt
 
 # the report's CNN, the from-scratch net that answers it (airbench's recipe) and the transfer model
@@ -63,7 +63,7 @@ def _pipeline(models: Sequence[str], data: str, cache_dir, quick: bool, force: b
     threads = parse_threads(threads)  # bad options fail before hours of training, not after
     models = list(dict.fromkeys(models))
     if not models:
-        raise CheckpointError("--models names no model")
+        raise UsageError("--models names no model")
     for name in models:  # a typo in the last name must not wait for the first model's training
         get_spec(name)
     lay = layout_for(quick, root)
