@@ -19,7 +19,8 @@ from typing import Any, Iterator
 from .errors import DataError, DiskFullError
 
 # errno -> what it means for the user: a write that failed for lack of room
-NO_ROOM = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+NO_ROOM = {getattr(errno, "EDQUOT", errno.ENOSPC): "the disk quota is exceeded",  # (Windows has no EDQUOT)
+           errno.ENOSPC: "the disk is full",
            errno.EFBIG: "the file-size limit is reached (ulimit -f, or the file system's largest file)"}
 
 
