@@ -26,8 +26,8 @@ from .data import Splits, load_data
 from .errors import DataError, DiskFullError, ExportError, UsageError
 from .manifest import MANIFEST, read_manifest, update_manifest
 from .runtime import load_artifact
-from .utils import (NO_ROOM, data_source, library_versions, no_room, sha256_file, staging_folder,
-                    terminate_as_interrupt)
+from .utils import (NO_ROOM, data_source, library_versions, no_room, restore_signal_stack, sha256_file,
+                    staging_folder, terminate_as_interrupt)
 
 FP32_MIN_AGREEMENT = 0.999  # an FP32 export must reproduce PyTorch's top-1 on 99.9 % of images, or it fails
 WARN_AGREEMENT = 0.99  # FP16 / INT8 below this get a warning (kept: reduced precision is a trade-off)
@@ -226,6 +226,7 @@ def _export_one(model, backend: Backend, precision: str, main: Path, calibration
                            metadata_for(model.meta, backend, precision))
     exported = time.perf_counter() - started
     verification = verify_artifact(main, check, model.meta["classes"])
+    restore_signal_stack()  # OpenVINO may have left the signal stack on freed memory: SIGTERM must still clean up
     agreement = verification["agreement"]
     what = f"{backend.name} {precision}"
     needed = FP32_MIN_AGREEMENT if precision == "fp32" else floor

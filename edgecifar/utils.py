@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -19,7 +20,8 @@ from typing import Any, Iterator
 from .errors import DataError, DiskFullError
 
 # errno -> what it means for the user: a write that failed for lack of room
-NO_ROOM = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+NO_ROOM = {getattr(errno, "EDQUOT", errno.ENOSPC): "the disk quota is exceeded",  # (Windows has no EDQUOT)
+           errno.ENOSPC: "the disk is full",
            errno.EFBIG: "the file-size limit is reached (ulimit -f, or the file system's largest file)"}
 
 
@@ -75,6 +77,31 @@ def write_json(path: Path | str, data: Any) -> None:
         tmp.write_text(json.dumps(json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
+_SIGNAL_STACK: list[Any] = []  # the alternate signal stack we own, kept alive for the life of the process
+
+
+def restore_signal_stack() -> None:
+    """Point the main thread's alternate signal stack, where Python's signal handlers run (SA_ONSTACK), at memory
+    we own. OpenVINO's CPU plugin (2026.4) swaps in a stack of its own for each compiled model and swaps back when
+    the model is destroyed; models destroyed out of order leave the thread on freed memory, and the next signal
+    (Ctrl-C, SIGTERM) then kills the process with SIGSEGV before any cleanup. Linux (glibc) only; a no-op
+    elsewhere and off the main thread."""
+    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+        return
+    import ctypes
+
+    class StackT(ctypes.Structure):  # stack_t
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    try:
+        if not _SIGNAL_STACK:
+            _SIGNAL_STACK.append(ctypes.create_string_buffer(1 << 16))  # 64 KiB: many times MINSIGSTKSZ
+        stack = _SIGNAL_STACK[0]
+        ctypes.CDLL(None).sigaltstack(ctypes.byref(StackT(ctypes.addressof(stack), 0, len(stack))), None)
+    except (OSError, AttributeError):  # no sigaltstack in this C library: nothing to restore
+        pass
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP, raised like Ctrl-C so that every `finally` and cleanup runs."""
 
@@ -92,6 +119,7 @@ def terminate_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    restore_signal_stack()
     raised = []
 
     def handler(signum: int, _frame) -> None:

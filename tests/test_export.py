@@ -493,3 +493,32 @@ def test_predict_never_prints_nan(monkeypatch, exported, tmp_path):
                                                                                 ["path"]), *extra])
         assert result.exit_code == ArtifactError.exit_code and "NaN or infinite outputs" in result.output
         assert "nan%" not in result.output and "NaN," not in result.output
+
+
+def test_signals_survive_openvino_models_freed_out_of_order(exported):
+    """OpenVINO's CPU plugin leaves the signal stack on freed memory when models are destroyed out of order: the
+    next SIGTERM (or Ctrl-C) then ended the process with SIGSEGV, before any cleanup. In a child process, so a
+    crash cannot take the test session with it."""
+    import subprocess
+    import sys
+
+    out, entries = exported
+    files = [str(out / entry(entries, "openvino", p)["path"]) for p in PRECISIONS]
+    script = f"""
+import signal
+import numpy as np
+from edgecifar.runtime import load_artifact
+from edgecifar.utils import terminate_as_interrupt
+artifact = None
+for path in {files!r}:
+    artifact = load_artifact(path)  # loaded before the previous one is freed: freed out of order
+    artifact.run(np.zeros((1, 32, 32, 3), np.uint8))
+artifact = None
+try:
+    with terminate_as_interrupt():
+        signal.raise_signal(signal.SIGTERM)
+except KeyboardInterrupt:
+    print("cleaned up")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "cleaned up", (done.returncode, done.stderr[-500:])
