@@ -32,7 +32,7 @@ def random_crop(images: torch.Tensor, pad: int, generator: torch.Generator) -> t
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Mirror a random half of a uint8 NHWC batch; returns the batch and which images were flipped."""
     flip = torch.rand(len(images), device=images.device, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], images.flip(2), images), flip
+    return mirror(images, flip), flip
 
 
 def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
