@@ -121,6 +121,7 @@ def train(
     translate: Annotated[Optional[int], typer.Option(min=0, help="random translation in pixels")] = None,
     flip: Annotated[Optional[Flip], typer.Option(help="random flips, or airbench's alternating flips")] = None,
     teacher: Annotated[Optional[Path], typer.Option(help="run folder of a model to distill from")] = None,
+    teacher_tta: Annotated[bool, typer.Option(help="distill the teacher's logits averaged over both flips")] = False,
     val_split: Annotated[float, typer.Option(min=0.0, max=0.9, help="fraction of train held out")] = 0.0,
     max_train: Annotated[Optional[int], typer.Option(help="use at most N training images")] = None,
     max_test: Annotated[Optional[int], typer.Option(help="evaluate on at most N test images")] = None,
@@ -139,7 +140,8 @@ def train(
                       optimizer=optimizer.value if optimizer else None, weight_decay=weight_decay,
                       label_smoothing=label_smoothing, img_size=img_size, cutout=cutout, ema=ema, bf16=bf16,
                       freeze=freeze, schedule=schedule.value if schedule else None, translate=translate,
-                      flip=flip.value if flip else None, teacher=str(teacher) if teacher else None, val_split=val_split,
+                      flip=flip.value if flip else None, teacher=str(teacher) if teacher else None,
+                      teacher_tta=teacher_tta, val_split=val_split,
                       max_train=max_train, max_test=max_test, seed=seed, device=device.value,
                       out=str(out) if out else None, resume=resume)
     train_model(cfg, show_progress=sys.stderr.isatty(), log=say)

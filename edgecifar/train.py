@@ -49,6 +49,7 @@ class TrainConfig:
     translate: int | None = None  # random translation, pixels
     flip: str | None = None  # random | alternating
     teacher: str | None = None  # run folder of a trained model to distill from
+    teacher_tta: bool = False  # soft targets: the teacher's logits averaged over both flips, not the student's view
     distill_alpha: float = 0.5
     distill_temperature: float = 4.0
     val_split: float = 0.0
@@ -173,7 +174,7 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
     model = model.to(device, memory_format=torch.channels_last)
     init_from_data(model, train_x, cfg.seed)
     teacher_started = time.perf_counter()
-    taught = teacher_logits(cfg.teacher, train_x, model.meta["classes"]) if cfg.teacher else None
+    taught = teacher_logits(cfg.teacher, train_x, model.meta["classes"], cfg.teacher_tta) if cfg.teacher else None
     teacher_seconds = time.perf_counter() - teacher_started
 
     steps_per_epoch = math.ceil(len(train_y) / cfg.batch_size)
@@ -226,17 +227,20 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
     return out
 
 
-def teacher_logits(run_dir: str, images: torch.Tensor, classes: list[str]) -> torch.Tensor:
+def teacher_logits(run_dir: str, images: torch.Tensor, classes: list[str], tta: bool = False) -> torch.Tensor:
     """A trained model's logits for every training image as is and mirrored: [N, 2, classes].
 
     Computed once, so distilling from a large teacher costs one pass over the data instead of a
     teacher forward per step (4x the student's step for EfficientNet -> edge_tiny here). The student's
-    crop is up to 4 px off the view the teacher saw; its flip is matched exactly.
+    crop is up to 4 px off the view the teacher saw; its flip is matched exactly. With `tta` both views
+    hold the mean of the two: the teacher distils its flip test-time augmentation (+1.08 points for
+    `airnet_m-10ep`, benchmarks/results/tta_gap.md) into a student that is still run on one view.
     """
     teacher = load_run(run_dir).to(images.device)
     if teacher.meta["classes"] != classes:
         raise EdgecifarError(f"teacher {run_dir} was trained on other classes")
-    return torch.stack([predict_logits(teacher, images), predict_logits(teacher, images.flip(2))], dim=1)
+    logits = torch.stack([predict_logits(teacher, images), predict_logits(teacher, images.flip(2))], dim=1)
+    return logits.mean(1, keepdim=True).expand_as(logits) if tta else logits
 
 
 def _eta(history: list[dict[str, Any]], epochs: int) -> str:

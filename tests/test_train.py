@@ -163,6 +163,8 @@ def test_distillation_from_a_teacher_run(image_tree, tmp_path):
     with torch.no_grad():
         assert torch.allclose(logits[:, 0], model(images), atol=1e-5)
         assert torch.allclose(logits[:, 1], model(images.flip(2)), atol=1e-5)
+    averaged = teacher_logits(str(teacher), images, ["cat", "dog", "ship"], tta=True)
+    assert torch.allclose(averaged[:, 0], logits.mean(1)) and torch.equal(averaged[:, 0], averaged[:, 1])
     with pytest.raises(EdgecifarError, match="other classes"):
         teacher_logits(str(teacher), images, ["a", "b", "c"])
 
