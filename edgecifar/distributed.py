@@ -130,6 +130,10 @@ def lost_peers(ranks: Ranks) -> Iterator[None]:
                             f"({_first_line(e)}): another process stopped") from e
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
 def local_device(device: torch.device, ranks: Ranks) -> torch.device:
     """The device of this process: on CUDA, the GPU of its local rank (one GPU per process)."""
     if device.type != "cuda" or not ranks.distributed:
@@ -224,7 +228,7 @@ def check_in_sync(model: torch.nn.Module, epoch: int, ranks: Ranks) -> None:
 def follower_errors(ranks: Ranks) -> Iterator[None]:
     """Rank 0 speaks for the run. On the other processes, an interruption (torchrun stops them all when one
     fails) and a training error (divergence, a lost peer: rank 0 reports it too) end the process with its
-    exit code and no message (SystemExit); their other errors name the process."""
+    exit code and no message (SystemExit); their other errors are one line that names the process."""
     from .errors import EdgecifarError
 
     try:
@@ -241,6 +245,11 @@ def follower_errors(ranks: Ranks) -> Iterator[None]:
         if ranks.main:
             raise
         raise type(e)(f"process {ranks.rank} of {ranks.world_size}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - rank 0, running the same code, shows the traceback of a bug
+        if ranks.main:
+            raise
+        raise EdgecifarError(f"process {ranks.rank} of {ranks.world_size}: {type(e).__name__}: "
+                             f"{_first_line(e)}") from e
 
 
 def launch(nproc: int, argv: list[str]) -> None:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from edgecifar import distributed
 from edgecifar.cli import app
 from edgecifar.distributed import Ranks, follower_errors
-from edgecifar.errors import DataError, TrainingError
+from edgecifar.errors import DataError, EdgecifarError, TrainingError
 from edgecifar.train import TrainConfig, train
 
 # 49 images in global batches of 16: the last one holds 1 image, so process 1's part of it is empty
@@ -86,7 +86,7 @@ def test_a_killed_process_stops_the_run_in_one_line_and_it_resumes(image_tree, o
     assert done.returncode == 128 + 9, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: training process {killed} of 2 was killed by SIGKILL"), done.stderr
-    assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr
+    assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr, done.stderr
     assert (out / "checkpoint.pt").exists() and not (out / "model.safetensors").exists()
 
     resumed = launch(["--nproc=2", "--resume", f"--out={out}"])
@@ -138,5 +138,10 @@ def test_rank_0_speaks_for_the_run():
     assert stopped.value.code == TrainingError.exit_code
     with pytest.raises(DataError, match="^process 1 of 2: data path not found"), follower_errors(follower):
         raise DataError("data path not found")
+    with pytest.raises(EdgecifarError, match="^process 1 of 2: RuntimeError: connection closed$"), \
+            follower_errors(follower):
+        raise RuntimeError("connection closed\n(a page more)")
     with pytest.raises(KeyboardInterrupt), follower_errors(Ranks(0, 2)):
         raise KeyboardInterrupt
+    with pytest.raises(RuntimeError), follower_errors(Ranks(0, 2)):  # rank 0 shows a bug's traceback
+        raise RuntimeError("a bug")
