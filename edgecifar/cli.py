@@ -100,6 +100,7 @@ EVALUATE_ROWS = 30  # per-class rows `evaluate` prints; with more classes, the l
 @app.command()
 @handle_errors
 def train(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option(help="registry name (see `edgecifar models`) or any timm model")] = "scratch_cnn",
     data: DataOpt = "cifar10",
     cache_dir: CacheOpt = None,
@@ -129,12 +130,24 @@ def train(
     device: Annotated[Device, typer.Option()] = Device.auto,
     out: Annotated[Optional[Path], typer.Option(help="run folder [default: runs/<model>]")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last finished epoch")] = False,
+    nproc: Annotated[Optional[int], typer.Option(min=1, help="train on N processes of this machine (torchrun + "
+                                                           "DDP; one per GPU); --batch-size stays the global "
+                                                           "batch")] = None,
 ) -> None:
-    """Train a model on CIFAR-10 (or any ImageFolder data) into a run folder."""
+    """Train a model on CIFAR-10 (or any ImageFolder data) into a run folder.
+
+    Under torchrun (`torchrun --nproc_per_node N -m edgecifar train ...`) each process runs this command."""
+    from .distributed import follower_errors, from_environment, launch
     from .train import TrainConfig, train as train_model
 
     if resume and out is None:
         raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
+    ranks = from_environment()
+    if nproc and nproc > 1:
+        if ranks.distributed:
+            raise UsageError("--nproc starts torchrun itself: under torchrun, leave it out")
+        launch(nproc, given_options(ctx, leave_out={"nproc"}))
+        return
     cfg = TrainConfig(model=model, data=data, cache_dir=str(cache_dir) if cache_dir else None, pretrained=pretrained,
                       weights=str(weights) if weights else None, epochs=epochs, batch_size=batch_size, lr=lr,
                       optimizer=optimizer.value if optimizer else None, weight_decay=weight_decay,
@@ -144,7 +157,24 @@ def train(
                       teacher_tta=teacher_tta, val_split=val_split,
                       max_train=max_train, max_test=max_test, seed=seed, device=device.value,
                       out=str(out) if out else None, resume=resume)
-    train_model(cfg, show_progress=sys.stderr.isatty(), log=say)
+    with follower_errors(ranks):  # rank 0 speaks for the run
+        train_model(cfg, show_progress=sys.stderr.isatty() and ranks.main, log=say)
+
+
+def given_options(ctx: typer.Context, leave_out: set[str]) -> list[str]:
+    """The options given to this command on its command line (not those left at their defaults), as a
+    command line again: what `train --nproc` passes on to each process."""
+    argv: list[str] = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)  # by name: Typer carries its own copy of click
+        if param.name in leave_out or getattr(source, "name", None) != "COMMANDLINE":
+            continue
+        value = ctx.params[param.name]
+        if getattr(param, "is_flag", False):  # --pretrained/--no-pretrained, --bf16/--no-bf16, ...
+            argv += [param.opts[0]] if value else param.secondary_opts[:1]
+        else:
+            argv += [param.opts[0], str(getattr(value, "value", value))]  # an Enum by its value
+    return argv
 
 
 @app.command()

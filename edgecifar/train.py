@@ -14,9 +14,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import __version__
+from . import __version__, distributed
 from .augment import alternating_flips, cutout, mirror, random_crop, random_flip
 from .data import Splits, load_data
+from .distributed import Ranks
 from .errors import DiskFullError, EdgecifarError, TrainingError
 from .models import EdgeModel, count_params, create_model, freeze_stages, get_spec
 from .resume import check_same_data, find_checkpoint, restore_state, resume_config, saved_config
@@ -107,11 +108,16 @@ def train(cfg: TrainConfig, show_progress: bool = False, log=print) -> Path:
     Whatever stops a run early (an error, Ctrl-C, SIGTERM or SIGHUP, a full disk, a diverged loss) leaves it
     resumable from its last finished epoch (`--resume`), or, before the first epoch ended, no run folder. A
     resume applies the options `edgecifar.resume` allows and refuses the others before anything changes.
+
+    Started by torchrun on several processes (edgecifar.distributed), every process calls this: rank 0 decides
+    the options, writes the run folder and logs; the others train alongside it silently.
     """
     log = _survives_closed_output(log)
-    with terminate_as_interrupt():
-        cfg, checkpoint, changes = _options(cfg, log)
-        device = pick_device(cfg.device)
+    with terminate_as_interrupt(), distributed.process_group() as ranks:
+        if not ranks.main:
+            return _follow_rank0(ranks)
+        cfg, checkpoint, changes = _options(cfg, log, ranks)
+        device = distributed.local_device(pick_device(cfg.device), ranks)
         cfg = _bf16_where_native(cfg, device, log)
         if cfg.flip not in ("random", "alternating"):
             raise EdgecifarError(f"unknown flip '{cfg.flip}': use random or alternating")
@@ -121,7 +127,10 @@ def train(cfg: TrainConfig, show_progress: bool = False, log=print) -> Path:
         out = Path(cfg.out) if checkpoint is not None else choose_run_dir(cfg.out, cfg.model)
         created = claim_run_dir(out)
         try:
-            return _train(cfg, data, device, out, checkpoint, changes, show_progress, log)
+            with distributed.lost_peers(ranks):
+                distributed.broadcast([asdict(cfg), checkpoint, changes, str(out)], ranks)
+                distributed.node_first(lambda: data, ranks)
+                return _train(cfg, data, device, out, checkpoint, changes, show_progress, log, ranks)
         except BaseException as e:
             if created and not is_run(out):
                 remove_tree(out)  # nothing worth resuming: leave no half-written run folder
@@ -133,15 +142,31 @@ def train(cfg: TrainConfig, show_progress: bool = False, log=print) -> Path:
             raise type(e)(f"{e}; {kept_message(out)}") from e
 
 
-def _options(cfg: TrainConfig, log) -> tuple[TrainConfig, dict[str, Any] | None, dict[str, list]]:
+def _options(cfg: TrainConfig, log, ranks: Ranks) -> tuple[TrainConfig, dict[str, Any] | None, dict[str, list]]:
     """The options to train with, the checkpoint to resume and the options that resume changes: a resumed run
-    keeps its own options but for the changes `edgecifar.resume` allows."""
+    keeps its own options but for the changes `edgecifar.resume` allows (and the number of processes, which
+    leaves the training the same)."""
     cfg = replace(cfg, data=absolute_data(cfg.data))
     checkpoint = find_checkpoint(Path(cfg.out), log) if cfg.resume else None
     if checkpoint is None:
         return replace(cfg, resume=False), None, {}
-    cfg, changes = resume_config(cfg, saved_config(checkpoint, Path(cfg.out)), int(checkpoint.get("epoch", 0)))
+    saved = saved_config(checkpoint, Path(cfg.out))
+    cfg, changes = resume_config(cfg, saved, int(checkpoint.get("epoch", 0)))
+    processes = (saved.get("distributed") or {}).get("world_size", 1)
+    if processes != ranks.world_size:
+        changes["processes"] = [processes, ranks.world_size]
     return cfg, checkpoint, changes
+
+
+def _follow_rank0(ranks: Ranks) -> Path:
+    """A process other than rank 0: rank 0's options and checkpoint, its own copy of the data, the same
+    training, silently; returns the run folder rank 0 writes."""
+    with distributed.lost_peers(ranks):
+        options, checkpoint, changes, out = distributed.broadcast(None, ranks)
+        cfg = TrainConfig(**options)
+        data = distributed.node_first(lambda: load_data(cfg.data, cfg.cache_dir, cfg.val_split, cfg.seed), ranks)
+        device = distributed.local_device(pick_device(cfg.device), ranks)
+        return _train(cfg, data, device, Path(out), checkpoint, changes, False, lambda message: None, ranks)
 
 
 def _survives_closed_output(log):
@@ -162,7 +187,7 @@ def _subset(x, y, limit: int | None, seed: int):
 
 
 def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, checkpoint: dict[str, Any] | None,
-           changes: dict[str, list], show_progress: bool, log) -> Path:
+           changes: dict[str, list], show_progress: bool, log, ranks: Ranks) -> Path:
     torch.manual_seed(cfg.seed)
     train_x, train_y = (torch.from_numpy(a).to(device) for a in _subset(data.train_x, data.train_y, cfg.max_train,
                                                                        cfg.seed))
@@ -186,7 +211,9 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
     if checkpoint is not None:
         start_epoch, history = restore_state(checkpoint, out, model, optimizer, ema)
     scheduler = make_scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch, start_epoch * steps_per_epoch, peaks)
+    net, synced_bn = distributed.wrap(model, device, ranks)  # what the steps run: DDP on several processes
     config = {"model": model.meta, "train": asdict(cfg), "data": data.describe(), "device": str(device),
+              "distributed": ranks.describe(cfg.batch_size, cfg.lr, synced_bn),
               "params": count_params(model), "trainable_params": trainable,
               "versions": {"edgecifar": __version__, "python": platform.python_version(),
                            **library_versions("torch", "torchvision", "timm")},
@@ -194,14 +221,19 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
     for line in data.summary():  # classes, images per split and class, skipped files, warnings
         log(line)
     log(f"training {cfg.model} ({config['params']:,} params, {trainable:,} trainable) on {len(train_y):,} images, "
-        f"{device}, -> {out}" + (f", from epoch {start_epoch + 1}" if start_epoch else "")
+        f"{device}{ranks.summary(cfg.batch_size, synced_bn)}, -> {out}"
+        + (f", from epoch {start_epoch + 1}" if start_epoch else "")
         + "".join(f", {k} {was} -> {now}" for k, (was, now) in changes.items()))
 
     acc_key = "test_acc" if data.val_y is None else "val_acc"
     final = ema.model if ema else model  # what is evaluated each epoch and saved at the end
     started = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
-        stats = _train_epoch(model, taught, ema, optimizer, scheduler, train_x, train_y, cfg, epoch, show_progress)
+        stats = _train_epoch(net, taught, ema, optimizer, scheduler, train_x, train_y, cfg, epoch, show_progress,
+                             ranks)
+        distributed.check_in_sync(model, epoch, ranks)
+        if not ranks.main:  # rank 0 alone evaluates and writes the run
+            continue
         stats[acc_key] = evaluate(final, eval_x, eval_y)
         history.append(stats)
         _save_epoch(out, epoch, model, optimizer, scheduler, ema, history, config, first=epoch == start_epoch)
@@ -209,6 +241,8 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
             f"{acc_key.replace('_acc', '')} {stats[acc_key]:.2%}  {stats['images_per_s']:.0f} img/s  "
             f"{stats['seconds']:.0f}s  eta {_eta(history, cfg.epochs)}")
 
+    if not ranks.main:
+        return out
     sha = save_weights(final, out)
     if data.val_y is None:  # the last epoch already evaluated these weights on the test images
         test_acc = history[-1]["test_acc"]
@@ -222,7 +256,7 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
                         "wall_seconds_this_session": time.perf_counter() - started,
                         "images_per_s": sum(h["images_per_s"] for h in history) / max(len(history), 1),
                         "weights_sha256": sha, "device": str(device), "cpu": platform.processor() or platform.machine(),
-                        "threads": torch.get_num_threads()})
+                        "threads": torch.get_num_threads(), "processes": ranks.world_size})
     log(f"test accuracy {test_acc:.2%} after {train_seconds / 60:.1f} min of training; run saved in {out}")
     return out
 
@@ -329,7 +363,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 
 
 def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, x, y, cfg: TrainConfig,
-                 epoch: int, show_progress: bool) -> dict[str, Any]:
+                 epoch: int, show_progress: bool, ranks: Ranks = Ranks()) -> dict[str, Any]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     model.train()
@@ -346,6 +380,7 @@ def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, 
         steps = len(order) // cfg.batch_size + bool(len(order) % cfg.batch_size)
         task = progress.add_task("train", total=steps, loss=0.0, ips=0.0)
         for step, idx in enumerate(order.split(cfg.batch_size), 1):
+            # every process augments the whole global batch as one process would, then trains on its part
             images = random_crop(x[idx], cfg.translate, gen)
             if mirrored is not None:
                 flipped = mirrored[idx]
@@ -355,13 +390,17 @@ def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, 
             if cfg.cutout:
                 images = cutout(images, cfg.cutout, gen)
             soft_targets = taught[idx, flipped.long()] if taught is not None else None
-            loss, hits = train_step(model, ema, optimizer, scheduler, images, y[idx], cfg, soft_targets)
+            start, stop = ranks.bounds(len(idx))
+            loss, hits = train_step(model, ema, optimizer, scheduler, images[start:stop], y[idx[start:stop]], cfg,
+                                    None if soft_targets is None else soft_targets[start:stop], ranks.share(len(idx)))
+            loss_sum, hits, n = distributed.all_sum([loss * (stop - start), hits, stop - start], ranks)
+            loss = loss_sum / n  # the global batch's: every process stops at the same step
             if not math.isfinite(loss):  # stop at once: every later step would only spread the NaN
                 raise TrainingError(f"training diverged: the loss became {loss} in epoch {epoch + 1}, step {step} "
                                     f"of {steps} (peak learning rate {cfg.lr:g}); train with a lower --lr")
-            total_loss += loss * len(idx)
+            total_loss += loss_sum
             correct += hits
-            seen += len(idx)
+            seen += int(n)
             progress.update(task, advance=1, loss=total_loss / seen, ips=seen / (time.perf_counter() - started))
     seconds = time.perf_counter() - started
     return {"epoch": epoch + 1, "loss": total_loss / seen, "train_acc": correct / seen, "seconds": seconds,
@@ -369,21 +408,24 @@ def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, 
 
 
 def train_step(model, ema, optimizer, scheduler, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
-               soft_targets: torch.Tensor | None = None) -> tuple[float, int]:
+               soft_targets: torch.Tensor | None = None, share: float = 1.0) -> tuple[float, int]:
     """One optimizer step on an augmented batch, distilled towards `soft_targets` (teacher logits) when
-    given; returns (loss, correct predictions)."""
+    given; returns (loss, correct predictions). On several processes `model` is DDP's wrapper, the batch this
+    process's part of the global one and `share` the weight of its loss (distributed.Ranks.share)."""
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16)):
         logits = model(images).float()
         loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
         if soft_targets is not None:
             loss = distillation_loss(logits, soft_targets, loss, cfg.distill_alpha, cfg.distill_temperature)
+    # an empty part (a last global batch smaller than the number of processes) still joins DDP's all-reduce
+    objective = loss * share if len(labels) else logits.sum() * 0.0
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    objective.backward()
     optimizer.step()
     scheduler.step()
     if ema:
         ema.update(model, step=scheduler.last_epoch)  # the scheduler counts steps, and resumes with the run
-    return loss.item(), (logits.argmax(1) == labels).sum().item()
+    return loss.item() if len(labels) else 0.0, (logits.argmax(1) == labels).sum().item()
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor, alpha: float,
