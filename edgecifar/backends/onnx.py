@@ -232,11 +232,12 @@ def _quantize(fp32: Path, tmp: Path, calibration: Calibration) -> Any:
                             # VNNI (AVX2 CPUs) that path sums u8*s8 pairs in int16 and saturates: 8-bit weights
                             # cost 3-23 points there (edge_small 86.26 -> 63.41 %) and nothing on a VNNI CPU.
                             # reduce_range (7-bit weights) is ORT's remedy; the same files measured 0.00-0.33
-                            # points under FP32 on the AVX2 CPU. The file runs wherever it is shipped.
-                            per_channel=True, reduce_range=True,
+                            # points under FP32 on the AVX2 CPU. The file runs wherever it is shipped
+                            # (--int8-isa vnni opts out, for VNNI/AMX-only fleets: edgecifar.isa).
+                            per_channel=True, reduce_range=calibration.isa != "vnni",
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=getattr(CalibrationMethod, ORT_CALIB[calibration.method]),
-                            nodes_to_exclude=_preprocessing_nodes(onnx.load(str(prepared))),
+                            nodes_to_exclude=_preprocessing_nodes(onnx.load(str(prepared))) + list(calibration.exclude),
                             # a few batches per pass (not CalibMaxIntermediateOutputs: in onnxruntime 1.32
                             # it drops the batches it flushes)
                             extra_options={"CalibStridedMinMax": _stride(calibration.num_batches)})
