@@ -256,6 +256,27 @@ def export(
     console.print(table)
 
 
+@app.command("quant-report")
+@handle_errors
+def quant_report(
+    model: Annotated[Path, typer.Argument(help="an exported FP32 .onnx file")],
+    data: Annotated[str, typer.Option("--data", help="the data it was trained on (its training split only is used)")],
+    out: Annotated[Path, typer.Option(help="folder for <model>-int8-layers.json/.png")] = Path("benchmarks/quant"),
+    calib_size: Annotated[int, typer.Option(min=1, help="as in export")] = 512,
+    calib_method: Annotated[CalibMethod, typer.Option(help="as in export")] = CalibMethod.minmax,
+    int8_isa: Annotated[Int8Isa, typer.Option(help="as in export")] = Int8Isa.x86,
+    images: Annotated[int, typer.Option(min=1, help="held-out training images the errors are measured on")] = 256,
+    seed: int = 0,
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Per-layer INT8 error (SQNR and MSE of each layer's activation and weights, float vs quantized graph) of an
+    FP32 ONNX file quantized as `export` does it: JSON and a plot, layers ranked by sensitivity."""
+    from .quant_report import quant_report as run_report
+
+    files = run_report(model, data, out, calib_size, calib_method.value, int8_isa.value, images, seed, cache_dir)
+    say(f"per-layer report: {', '.join(str(f) for f in files)}")
+
+
 @app.command()
 @handle_errors
 def predict(

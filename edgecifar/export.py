@@ -118,6 +118,13 @@ def _sample(images: np.ndarray, size: int, seed: list[int]) -> np.ndarray:
     return images[idx]
 
 
+def holdout_indices(n: int, calib_size: int, size: int, seed: int) -> np.ndarray:
+    """Indices of a seeded slice of a training split of `n` images, disjoint from the INT8 calibration draw
+    (`_sample(..., calib_size, [seed, 0])`: the same permutation, the next `size` places). It measures what
+    quantization costs (accuracy control, the per-layer report) without touching the test split."""
+    return np.sort(np.random.default_rng([seed, 0]).permutation(n)[calib_size:calib_size + size])
+
+
 def _verification_set(model: Any, splits: Splits, size: int, seed: int) -> dict[str, Any]:
     """Real test images, their labels, and PyTorch's logits for them (the reference every export must match)."""
     import torch

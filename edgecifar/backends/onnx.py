@@ -215,6 +215,14 @@ def _stride(batches: int, most: int = 8) -> int:
 
 def _quantize(fp32: Path, tmp: Path, calibration: Calibration) -> Any:
     import onnx
+
+    return onnx.load(str(prepare_and_quantize(fp32, tmp, calibration)[1]))
+
+
+def prepare_and_quantize(fp32: Path, tmp: Path, calibration: Calibration) -> tuple[Path, Path]:
+    """The exporter's INT8 quantization: (the prepared float graph, its QDQ quantization), both written in `tmp`
+    with the same tensor names (the per-layer report compares them)."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -243,7 +251,7 @@ def _quantize(fp32: Path, tmp: Path, calibration: Calibration) -> Any:
                             extra_options={"CalibStridedMinMax": _stride(calibration.num_batches)})
     except Exception as e:  # onnxruntime raises plain ValueError/RuntimeError from deep inside
         raise ExportError(f"onnxruntime quantization failed: {error_text(e)}") from e
-    return onnx.load(str(quantized))
+    return prepared, quantized
 
 
 def _preprocessing_nodes(proto: Any) -> list[str]:
