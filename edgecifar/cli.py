@@ -235,6 +235,11 @@ def export(
                                                           "on under 90 % of the test images")] = False,
     int8_isa: Annotated[Int8Isa, typer.Option(help="INT8 weights: x86 (7-bit, exact on every x86 CPU) or vnni "
                                                    "(8-bit, exact only on CPUs with VNNI/AMX)")] = Int8Isa.x86,
+    max_drop: Annotated[Optional[float], typer.Option(min=0.0, help="INT8: keep the top-1 drop under this many "
+                                                                    "points on held-out training images, leaving the "
+                                                                    "most sensitive layers in float")] = None,
+    control_images: Annotated[int, typer.Option(min=1, help="held-out training images --max-drop is measured "
+                                                            "on")] = 2000,
 ) -> None:
     """Export a run to ONNX / OpenVINO in FP32 / FP16 / INT8, each verified against PyTorch on test images."""
     from rich.table import Table
@@ -244,7 +249,7 @@ def export(
     entries = export_run(run_dir, fmt.value, precision.value, out_dir=out, calib_size=calib_size,
                          calib_method=calib_method.value, data=data or None, cache_dir=cache_dir, seed=seed,
                          verify_size=verify_size, keep_low_agreement=keep_low_agreement,
-                         int8_isa=int8_isa.value, log=note)
+                         int8_isa=int8_isa.value, max_drop=max_drop, control_size=control_images, log=note)
     table = Table(title=escape(f"exported {run_dir} -> {out} (manifest.json updated)"))
     for col in ("format", "precision", "MB", "agree", "max |dlogit|", "acc", "torch acc", "file"):
         table.add_column(col, justify="left" if col in ("format", "precision", "file") else "right")

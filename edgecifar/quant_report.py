@@ -8,11 +8,14 @@ saved (ONNX Runtime's qdq_loss_debug tools). Per layer:
   INT8 graph: the error that quantizing this one tensor adds, nothing upstream;
 - `weight_sqnr_db`: SQNR of its float weights against their dequantized INT8 values;
 - `float_sqnr_db`: SQNR of the INT8 graph's tensor against the float graph's: the error accumulated up to here;
-- `mse`: the mean squared error of the activation's own QDQ.
+- `mse`: the mean squared error of the activation's own QDQ;
+- `added_db`: the accumulated SQNR lost across the layer (its worst input's `float_sqnr_db` minus its output's):
+  what this layer, with its weights, its arithmetic and its output's QDQ, adds to the error.
 
-SQNR = 20 log10(||x|| / ||x - q(x)||) in dB (higher is better; 6 dB per bit). `sensitivity_db`, the lower of the
-layer's activation and weight SQNR, ranks the layers (lowest first): accuracy control leaves them in float in
-that order.
+SQNR = 20 log10(||x|| / ||x - q(x)||) in dB (higher is better; 6 dB per bit). `added_db` ranks the layers
+(highest first): accuracy control leaves them in float in that order. A layer's own SQNRs can look fine while
+it breaks the graph (one outlier weight per channel stretches the scale and zeroes the other weights, yet
+dominates the norm), which is why the ranking is by what the layer does to the graph's output.
 """
 
 from __future__ import annotations
@@ -39,11 +42,15 @@ class LayerError:
     weight_sqnr_db: float | None
     float_sqnr_db: float | None
     mse: float | None
+    added_db: float | None = None  # accumulated SQNR lost across this layer: its worst input's minus its output's
 
     @property
     def sensitivity_db(self) -> float:
-        found = [v for v in (self.activation_sqnr_db, self.weight_sqnr_db) if v is not None]
-        return min(found) if found else math.inf
+        """How much this layer degrades the graph (higher: more sensitive)."""
+        return -math.inf if self.added_db is None else self.added_db
+
+
+EXACT_DB = 100.0  # SQNR given to a tensor both graphs compute alike (float inputs of the first layer, ...)
 
 
 def sqnr_db(x: np.ndarray, y: np.ndarray) -> float:
@@ -78,33 +85,32 @@ def layer_errors(float_model: Path, qdq_model: Path, batches: list[np.ndarray],
     import onnx
     from onnxruntime.quantization import qdq_loss_debug as dbg
 
-    with tempfile.TemporaryDirectory(prefix="edgecifar-qreport-") as tmp:
-        acts = {}
-        for name, model in (("float", float_model), ("qdq", qdq_model)):
-            augmented = Path(tmp) / f"{name}.onnx"
-            try:
-                dbg.modify_model_output_intermediate_tensors(str(model), str(augmented))
-                acts[name] = dbg.collect_activations(str(augmented), _Batches(input_name, batches))
-            except Exception as e:  # onnxruntime raises its own types from deep inside
-                raise ExportError(f"cannot run {model.name} for the quantization report: {e}") from e
-        matched = dbg.create_activation_matching(acts["qdq"], acts["float"])
-        weights = {name: sqnr_db(np.atleast_1d(m["float"]), np.atleast_1d(m["dequantized"]))  # 0-d ones too
-                   for name, m in dbg.create_weight_matching(str(float_model), str(qdq_model)).items()}
+    acts = {name: _activations(model, batches, input_name) for name, model in (("float", float_model),
+                                                                               ("qdq", qdq_model))}
+    matched = dbg.create_activation_matching(acts["qdq"], acts["float"])
+    weights = {name: sqnr_db(np.atleast_1d(m["float"]), np.atleast_1d(m["dequantized"]))  # 0-d ones too
+               for name, m in dbg.create_weight_matching(str(float_model), str(qdq_model)).items()}
     graph = onnx.load(str(float_model)).graph
     constants = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
-    found = []
+
+    def accumulated(tensor: str) -> float | None:  # the INT8 graph's value (after its QDQ pair) vs the float one
+        post = acts["qdq"].get(f"{tensor}_DequantizeLinear_Output", acts["qdq"].get(tensor))
+        return min(EXACT_DB, sqnr_db(acts["float"][tensor], post)) if tensor in acts["float"] and post else None
+
+    found: list[LayerError] = []
+    inputs: dict[str, list[str]] = {}
     for node in graph.node:
         output = node.output[0] if node.output else ""
         match = matched.get(output)
         weight = next((weights[i] for i in node.input[1:] if i in weights), None)
         if match is None and weight is None:
             continue  # neither its output nor its weights are quantized
-        act = acc = mse = None
+        act = mse = None
         if match:
             pre = [_fused_activation(node, t, constants) for t in match["pre_qdq"]]
             act, mse = sqnr_db(pre, match["post_qdq"]), _mse(pre, match["post_qdq"])
-            acc = sqnr_db(match["float"], match["post_qdq"]) if match.get("float") else None
-        layer = LayerError(node.name, node.op_type, output, act, None if weight is None else float(weight), acc, mse)
+        layer = LayerError(node.name, node.op_type, output, act, weight, accumulated(output), mse)
+        inputs[node.name] = [i for i in node.input if i and i not in constants]
         producer = found[-1] if found else None
         if node.op_type in ("Relu", "Clip") and producer and producer.output == node.input[0] \
                 and producer.activation_sqnr_db is None:
@@ -113,8 +119,23 @@ def layer_errors(float_model: Path, qdq_model: Path, batches: list[np.ndarray],
             layer = replace(layer, node=producer.node, op_type=f"{producer.op_type}+{node.op_type}",
                             weight_sqnr_db=producer.weight_sqnr_db)
             found.pop()
-        found.append(layer)
+        entering = [a for a in map(accumulated, inputs[layer.node]) if a is not None]
+        added = min(entering, default=EXACT_DB) - layer.float_sqnr_db if layer.float_sqnr_db is not None else None
+        found.append(replace(layer, added_db=added))
     return found
+
+
+def _activations(model: Path, batches: list[np.ndarray], input_name: str) -> dict[str, list[np.ndarray]]:
+    """Every float tensor of `model` on the batches (onnxruntime's qdq_loss_debug augmentation)."""
+    from onnxruntime.quantization import qdq_loss_debug as dbg
+
+    with tempfile.TemporaryDirectory(prefix="edgecifar-qreport-") as tmp:
+        augmented = Path(tmp) / "augmented.onnx"
+        try:
+            dbg.modify_model_output_intermediate_tensors(str(model), str(augmented))
+            return dbg.collect_activations(str(augmented), _Batches(input_name, batches))
+        except Exception as e:  # onnxruntime raises its own types from deep inside
+            raise ExportError(f"cannot run {model.name} for the quantization report: {e}") from e
 
 
 def _fused_activation(node: Any, pre: np.ndarray, constants: dict[str, np.ndarray]) -> np.ndarray:
@@ -130,8 +151,12 @@ def _fused_activation(node: Any, pre: np.ndarray, constants: dict[str, np.ndarra
 
 
 def ranking(layers: Iterable[LayerError]) -> list[str]:
-    """Node names, the most sensitive (lowest SQNR) first."""
-    return [layer.node for layer in sorted(layers, key=lambda layer: layer.sensitivity_db)]
+    """Names of the layers with weights (Conv, Gemm, MatMul: what mixed precision leaves in float), the most
+    sensitive (the most accumulated SQNR lost across it) first. Weightless nodes are not ranked: the first
+    quantized tensor after float preprocessing would top the list, and leaving its node in float changes nothing
+    while its consumer still quantizes it."""
+    weighted = [layer for layer in layers if layer.weight_sqnr_db is not None]
+    return [layer.node for layer in sorted(weighted, key=lambda layer: -layer.sensitivity_db)]
 
 
 def report_for(fp32_onnx: Path, calibration: Any, images: np.ndarray, batch_size: int = 32) -> dict[str, Any]:
@@ -167,7 +192,8 @@ def write_report(report: dict[str, Any], out_base: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(layers)), 4))
     for key, label, style in (("activation_sqnr_db", "activation (own QDQ)", "o-"),
                               ("weight_sqnr_db", "weights", "s"),
-                              ("float_sqnr_db", "accumulated vs float graph", "^--")):
+                              ("float_sqnr_db", "accumulated vs float graph", "^--"),
+                              ("added_db", "lost across the layer", "x")):
         ax.plot(x, [np.nan if layer[key] is None else layer[key] for layer in layers], style, ms=3, label=label)
     ax.set_xticks(x, [f"{layer['op_type']} {layer['node']}"[:28] for layer in layers], rotation=90, fontsize=5)
     ax.set_ylabel("SQNR (dB, higher is better)")

@@ -43,7 +43,7 @@ class OpenVinoBackend:
         if precision == "int8":
             if calibration is None:
                 raise ExportError("INT8 export needs calibration images")
-            ov_model = _quantize(ov_model, calibration)
+            ov_model = _quantize(ov_model, calibration, metadata)
         _set_names_and_metadata(ov_model, metadata)
         try:
             # save_model compresses to FP16 by default: only the fp16 precision asks for it
@@ -163,8 +163,9 @@ def _set_names_and_metadata(ov_model: Any, metadata: dict[str, str]) -> None:
         ov_model.set_rt_info(str(value), [RT_SECTION, key])
 
 
-def _quantize(ov_model: Any, calibration: Calibration) -> Any:
-    """nncf post-training quantization. Memory stays bounded: statistics are reduced inside the graph
+def _quantize(ov_model: Any, calibration: Calibration, metadata: dict[str, str]) -> Any:
+    """nncf post-training quantization (under an accuracy bound: calibration.control, whose outcome goes into
+    `metadata`). Memory stays bounded: statistics are reduced inside the graph
     (inplace), batches are small, and subset_size counts batches, so exactly the given images are used."""
     # importing nncf loads torch.utils.cpp_extension, which logs a CUDA warning that is noise on a CPU host
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -185,11 +186,17 @@ def _quantize(ov_model: Any, calibration: Calibration) -> Any:
         **({"activations_range_estimator_params": getattr(RangeEstimatorParametersSet, estimator)}
            if estimator else {}))
     batches = list(calibration.batches())
+    settings = {"preset": nncf.QuantizationPreset.PERFORMANCE, "subset_size": len(batches),
+                "fast_bias_correction": True, "ignored_scope": nncf.IgnoredScope(names=list(calibration.exclude),
+                                                                                 validate=False)}
     try:
         # nncf draws rich progress bars on stdout with no switch to turn them off: send them nowhere
         with contextlib.redirect_stdout(io.StringIO()):
-            return nncf.quantize(ov_model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
-                                 subset_size=len(batches), fast_bias_correction=True, advanced_parameters=advanced,
-                                 ignored_scope=nncf.IgnoredScope(names=list(calibration.exclude), validate=False))
+            if calibration.control is not None:
+                from ..accuracy_control import nncf_control
+
+                return nncf_control(ov_model, batches, calibration.control,
+                                    {**settings, "advanced_quantization_parameters": advanced}, metadata)
+            return nncf.quantize(ov_model, nncf.Dataset(batches), advanced_parameters=advanced, **settings)
     except Exception as e:
         raise ExportError(f"nncf.quantize failed: {error_text(e)}") from e
