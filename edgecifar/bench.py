@@ -21,9 +21,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .backends import backend_for
 from .bench_targets import Target, check_device, parse_threads, resolve_targets
 from .errors import BenchError, DataError, UsageError
-from .isa import CAPS, cap_command, current_isa
+from .isa import cap_command, current_isa, emulated, isa_variants, parse_isa
 from .utils import library_versions, machine_info, read_json, threads_warning
 
 DEFAULT_OUT = Path("benchmarks/results")
@@ -50,8 +51,8 @@ def bench(paths: Sequence[Path | str] | Path | str = ("exported",), device: str 
 
     reuse: when `out_dir` already holds a complete result for exactly these files and settings, return it
     without measuring (the pipeline's skip). isa: "native" and/or a narrower INT8 path (edgecifar.isa.CAPS,
-    "avx2"): each artifact gets a row per path; every row records the ISA it ran on. What is left out (invalid manifest entries, files no manifest
-    lists, artifacts not in this checkout) and thread counts above the cores available are logged as
+    "avx2"): each artifact gets a row per path; every row records the ISA it ran on. What is left out
+    (invalid manifest entries, files no manifest lists, artifacts not in this checkout) and thread counts above the cores available are logged as
     warnings and kept in the header's `notes`. Raises UsageError for bad options, BenchError when nothing
     could be measured.
     """
@@ -64,7 +65,7 @@ def bench(paths: Sequence[Path | str] | Path | str = ("exported",), device: str 
         raise UsageError("--batch-size, --max-images and the timing budgets must be positive")
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     targets, notes = resolve_targets(paths, runs_dir, baseline, bf16, data, cache_dir)
-    isa_paths = _parse_isa(isa)
+    isa_paths = parse_isa(isa)
     targets += isa_variants(targets, [p for p in isa_paths if p != "native"])
     notes += [w for n in thread_list if (w := threads_warning(n))]
     for note in notes:
@@ -105,46 +106,6 @@ def bench(paths: Sequence[Path | str] | Path | str = ("exported",), device: str 
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         raise
-
-
-def _parse_isa(isa: Sequence[str] | str) -> list[str]:
-    names = [p.strip() for p in isa.split(",")] if isinstance(isa, str) else list(isa)
-    known = ("native", *CAPS)
-    if not names or any(p not in known for p in names):
-        raise UsageError(f"--isa takes a comma-separated list of {', '.join(known)}, got {isa!r}")
-    return list(dict.fromkeys(names))
-
-
-def isa_variants(targets: list[Target], caps: list[str]) -> list[Target]:
-    """A copy of every ONNX/OpenVINO target per narrower INT8 path (skipped, with the reason, where this machine
-    cannot run that path)."""
-    import dataclasses
-
-    variants = []
-    for cap in caps:
-        for target in targets:
-            if target.format in ("onnx", "openvino") and target.isa_cap is None:
-                variant = dataclasses.replace(target, isa_cap=cap)
-                try:
-                    cap_command(cap, target.format)
-                except LookupError as e:
-                    variant.skip(str(e))
-                variants.append(variant)
-    return variants
-
-
-def emulated(target: Target) -> bool:
-    """Whether the target's INT8 path runs under an emulator (whose timings are not the CPU's)."""
-    try:
-        return cap_command(target.isa_cap, target.format)[2] if target.isa_cap else False
-    except LookupError:
-        return False
-
-
-def backend_name(path: str) -> str:
-    from .backends import backend_for
-
-    return backend_for(path).name
 
 
 def _check_writable(out_dir: Path) -> list[Path]:
@@ -276,7 +237,7 @@ def run_worker(job: dict[str, Any], threads: int) -> dict[str, Any]:
     prefix: list[str] = []
     if job.get("isa_cap"):
         try:
-            cap_env, prefix, slow = cap_command(job["isa_cap"], backend_name(job["path"]))
+            cap_env, prefix, slow = cap_command(job["isa_cap"], backend_for(job["path"]).name)
         except LookupError as e:
             return {"ok": False, "error": str(e)}
         how = " ".join(f"{k}={v}" for k, v in cap_env.items()) or " ".join([Path(prefix[0]).name, *prefix[1:]])

@@ -290,7 +290,8 @@ def _export_one(model, backend: Backend, precision: str, main: Path, calibration
             "output": model.meta["output"], "source_run": model.meta["source_run"],
             "source_sha256": model.meta["source_sha256"], "edgecifar_version": __version__,
             "versions": library_versions(*_LIBRARIES[backend.name]), "verification": verification,
-            "export_seconds": round(exported, 2), "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "export_seconds": round(exported, 2),
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **({"accuracy_control": control} if control else {})}
 
 

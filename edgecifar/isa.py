@@ -9,16 +9,17 @@ saturates: 255 * 127 * 2 = 64,770 does not fit in 32,767. With 7-bit weights (|w
 255 * 64 * 2 = 32,640, so the sum is exact on every x86 CPU. Measured: the 8-bit `edge_tiny` ONNX file scored
 81.0 % on an AVX2 CPU and 84.4 % with VNNI; EfficientNet-Lite0's INT8 IR 89.04 % and 90.04 %.
 
-Device side: no heavy imports here (numpy only via callers); the runtime's predict path uses `isa_warning`.
+Device side: no heavy imports here; the runtime's predict path uses `isa_warning`.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
 
+from .errors import UsageError
 from .utils import _cpuinfo, cpu_flags
 
 # export setting (--int8-isa): "x86" is exact on every x86 CPU (7-bit weights: ORT's reduce_range, nncf's
@@ -134,3 +135,36 @@ def isa_warning(metadata: Mapping[str, object], cpu: CpuIsa | None = None) -> st
             f"{cpu.int8_path} ({cpu.model}{', ' + cpu.cap if cpu.cap else ''}), where its sums saturate and "
             f"accuracy drops (points, not decimals): re-export with --int8-isa x86")
 
+
+def parse_isa(isa: Sequence[str] | str) -> list[str]:
+    """`bench --isa`: "native" and/or names of CAPS, checked (UsageError)."""
+    names = [p.strip() for p in isa.split(",")] if isinstance(isa, str) else list(isa)
+    known = ("native", *CAPS)
+    if not names or any(p not in known for p in names):
+        raise UsageError(f"--isa takes a comma-separated list of {', '.join(known)}, got {isa!r}")
+    return list(dict.fromkeys(names))
+
+
+def isa_variants(targets: list[Any], caps: list[str]) -> list[Any]:
+    """A copy of every ONNX/OpenVINO bench target (bench_targets.Target) per narrower INT8 path (skipped, with
+    the reason, where this machine cannot run that path)."""
+
+    variants = []
+    for cap in caps:
+        for target in targets:
+            if target.format in ("onnx", "openvino") and target.isa_cap is None:
+                variant = replace(target, isa_cap=cap)
+                try:
+                    cap_command(cap, target.format)
+                except LookupError as e:
+                    variant.skip(str(e))
+                variants.append(variant)
+    return variants
+
+
+def emulated(target: Any) -> bool:
+    """Whether the target's INT8 path runs under an emulator (whose timings are not the CPU's)."""
+    try:
+        return cap_command(target.isa_cap, target.format)[2] if target.isa_cap else False
+    except LookupError:
+        return False

@@ -129,8 +129,8 @@ def test_bench_records_the_isa_of_every_row_and_runs_the_avx2_path(exported_vnni
 
     monkeypatch.setattr(isa.shutil, "which", lambda name: None)  # no emulator: the ONNX @avx2 row says why
     out, _ = exported_vnni
-    rows = bench([out], threads=(1,), out_dir=tmp_path / "res", runs_dir=tiny_run.parent, baseline=False, isa="native,avx2",
-                 max_images=40, latency_seconds=0.05, throughput_seconds=0.05)
+    rows = bench([out], threads=(1,), out_dir=tmp_path / "res", runs_dir=tiny_run.parent, baseline=False,
+                 isa="native,avx2", max_images=40, latency_seconds=0.05, throughput_seconds=0.05)
     by_variant = {r["variant"]: r for r in rows}
     assert set(by_variant) == {"ONNX INT8", "OpenVINO INT8", "ONNX INT8 @avx2", "OpenVINO INT8 @avx2"}
     native = by_variant["OpenVINO INT8"]["isa"]
