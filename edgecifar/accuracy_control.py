@@ -63,7 +63,8 @@ def export_controlled(backend: Any, model: Any, path: Path, calibration: Any, me
         f"points on {len(control.labels)} held-out training images (bound {control.max_drop})")
     return files, {"float_nodes": json.loads(metadata["float_nodes"]), "accuracy_drop": drop,
                    "float_accuracy": control.float_accuracy,
-                   "int8_accuracy": control.float_accuracy - drop / 100, "images": int(len(control.labels))}
+                   "int8_accuracy": round(control.float_accuracy - drop / 100, 6),
+                   "images": int(len(control.labels))}
 
 
 def export_onnx_controlled(backend: Any, model: Any, path: Path, calibration: Any, metadata: dict[str, str],
