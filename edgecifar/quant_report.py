@@ -120,7 +120,8 @@ def layer_errors(float_model: Path, qdq_model: Path, batches: list[np.ndarray],
                             weight_sqnr_db=producer.weight_sqnr_db)
             found.pop()
         entering = [a for a in map(accumulated, inputs[layer.node]) if a is not None]
-        added = min(entering, default=EXACT_DB) - layer.float_sqnr_db if layer.float_sqnr_db is not None else None
+        # None where no input's accumulated SQNR is measurable (it is not saved in both graphs): no guess
+        added = min(entering) - layer.float_sqnr_db if entering and layer.float_sqnr_db is not None else None
         found.append(replace(layer, added_db=added))
     return found
 
