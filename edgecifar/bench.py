@@ -21,8 +21,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .backends import backend_for
 from .bench_targets import Target, check_device, parse_threads, resolve_targets
 from .errors import BenchError, DataError, UsageError
+from .isa import cap_command, current_isa, emulated, isa_variants, parse_isa
 from .utils import library_versions, machine_info, read_json, threads_warning
 
 DEFAULT_OUT = Path("benchmarks/results")
@@ -44,12 +46,13 @@ def bench(paths: Sequence[Path | str] | Path | str = ("exported",), device: str 
           data: str | None = None, cache_dir: Path | str | None = None, runs_dir: Path | str | None = "runs",
           baseline: bool = True, bf16: bool = False, max_images: int | None = None,
           latency_seconds: float = 1.5, throughput_seconds: float = 1.0, reuse: bool = False,
-          show_progress: bool = False, log: Log | None = None) -> BenchResult:
+          show_progress: bool = False, isa: Sequence[str] | str = ("native",), log: Log | None = None) -> BenchResult:
     """Measure every artifact of the manifests/files in `paths` and write the reports into `out_dir`.
 
     reuse: when `out_dir` already holds a complete result for exactly these files and settings, return it
-    without measuring (the pipeline's skip). What is left out (invalid manifest entries, files no manifest
-    lists, artifacts not in this checkout) and thread counts above the cores available are logged as
+    without measuring (the pipeline's skip). isa: "native" and/or a narrower INT8 path (edgecifar.isa.CAPS,
+    "avx2"): each artifact gets a row per path; every row records the ISA it ran on. What is left out
+    (invalid manifest entries, files no manifest lists, artifacts not in this checkout) and thread counts above the cores available are logged as
     warnings and kept in the header's `notes`. Raises UsageError for bad options, BenchError when nothing
     could be measured.
     """
@@ -62,6 +65,8 @@ def bench(paths: Sequence[Path | str] | Path | str = ("exported",), device: str 
         raise UsageError("--batch-size, --max-images and the timing budgets must be positive")
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     targets, notes = resolve_targets(paths, runs_dir, baseline, bf16, data, cache_dir)
+    isa_paths = parse_isa(isa)
+    targets += isa_variants(targets, [p for p in isa_paths if p != "native"])
     notes += [w for n in thread_list if (w := threads_warning(n))]
     for note in notes:
         log(note if note.startswith("warning:") else f"warning: {note}")
@@ -69,7 +74,8 @@ def bench(paths: Sequence[Path | str] | Path | str = ("exported",), device: str 
         raise BenchError(f"nothing to measure: {notes[0] if notes else 'no artifacts'}"
                          + (f" (and {len(notes) - 1} more)" if len(notes) > 1 else ""))
     out_dir = Path(out_dir)
-    settings = {"device": device, "threads": list(thread_list), "batch_size": batch_size, "max_images": max_images,
+    settings = {"device": device, "threads": list(thread_list), "isa": isa_paths, "batch_size": batch_size,
+                "max_images": max_images,
                 "latency_seconds": latency_seconds, "throughput_seconds": throughput_seconds, "data": data}
     key = _request_key(targets, settings)
     if reuse and (previous := _previous_result(out_dir, key)) is not None:
@@ -178,7 +184,9 @@ def _jobs(targets: list[Target], threads: tuple[int, ...], settings: dict[str, A
         test_set = test_sets[target.data]
         # the largest thread count first: it runs the accuracy pass, the one long job of each artifact
         for i, n in enumerate(sorted(threads, reverse=True)):
-            jobs.append((target, n, {
+            if i and target.isa_cap and emulated(target):
+                break  # an emulator's timings are not the CPU's: its one job is the accuracy pass
+            jobs.append((target, n, {"isa_cap": target.isa_cap,
                 "kind": "pytorch" if target.format == "pytorch" else "artifact", "path": str(target.path),
                 "run_dir": str(target.run_dir) if target.run_dir else None, "threads": n,
                 "exec_precision": target.exec_precision, "classes": target.classes, "data": test_set["file"],
@@ -218,15 +226,25 @@ def _measure_all(targets: list[Target], threads: tuple[int, ...], settings: dict
 
 
 def run_worker(job: dict[str, Any], threads: int) -> dict[str, Any]:
-    """One job in a fresh Python process with its thread count pinned (env for OpenMP/BLAS pools too)."""
+    """One job in a fresh Python process with its thread count pinned (env for OpenMP/BLAS pools too), on the
+    job's INT8 path (`isa_cap`: oneDNN's cap, or an emulator for ONNX Runtime)."""
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(threads)
     package_root = str(Path(__file__).resolve().parents[1])  # the same edgecifar, wherever we run from
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     timeout = 120 + 10 * (job["latency_seconds"] + job["throughput_seconds"]) + 0.03 * job["images"]
+    prefix: list[str] = []
+    if job.get("isa_cap"):
+        try:
+            cap_env, prefix, slow = cap_command(job["isa_cap"], backend_for(job["path"]).name)
+        except LookupError as e:
+            return {"ok": False, "error": str(e)}
+        how = " ".join(f"{k}={v}" for k, v in cap_env.items()) or " ".join([Path(prefix[0]).name, *prefix[1:]])
+        env.update(cap_env, EDGECIFAR_ISA_CAP=job["isa_cap"], EDGECIFAR_ISA_CAP_HOW=how)
+        timeout *= 200 if slow else 1  # QEMU's user-mode emulation runs this code 100-150x slower
     try:
-        proc = subprocess.run([sys.executable, "-m", "edgecifar.bench_worker"], input=json.dumps(job),
+        proc = subprocess.run([*prefix, sys.executable, "-m", "edgecifar.bench_worker"], input=json.dumps(job),
                               capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout:.0f}s"}
@@ -277,6 +295,7 @@ def _rows(targets: list[Target], threads: tuple[int, ...], measured: dict, test_
           settings: dict[str, Any]) -> list[dict[str, Any]]:
     """One flat row per target and thread setting (skipped and failed ones too, with their reason)."""
     machine, date = machine_info(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    isa_record = current_isa().record()
     versions = library_versions(*VERSIONED)
     stats = _model_stats(targets, measured)
     rows = []
@@ -289,13 +308,17 @@ def _rows(targets: list[Target], threads: tuple[int, ...], measured: dict, test_
             status, reason = target.status, target.reason
             if status == "ok" and not res.get("ok"):
                 status, reason = "error", res.get("error", "not measured")
+            if target.isa_cap and emulated(target) and n != max(threads):
+                continue  # emulated: the accuracy pass only (see _jobs)
+            timing = res if status == "ok" and not (target.isa_cap and emulated(target)) else {}
             row = {"model": target.model, "variant": target.variant, "format": target.format,
                    "precision": target.precision, "exec_precision": target.exec_precision or _default_exec(target),
                    "threads": n, "status": status, "reason": reason,
                    **_accuracy_fields(accuracy if status == "ok" else None, target.classes),
                    "size_bytes": target.bytes, "size_mb": round(target.bytes / 1e6, 4) if target.bytes else None,
                    **stats.get(target.source_run, {"params": None, "macs": None}),
-                   **_timing_fields(res if status == "ok" else {}), "batch_size": settings["batch_size"],
+                   **_timing_fields(timing), "batch_size": settings["batch_size"],
+                   "isa": res.get("isa") or isa_record, "isa_warning": res.get("isa_warning"),
                    "checksum": target.checksum, "sha256": target.sha256, "path": _shown(target.path),
                    "source_run": target.source_run, "data": test_set.get("source", target.data),
                    "device": settings["device"], "cpu": machine["cpu"], "cores": machine["cores"], "date": date,

@@ -34,6 +34,7 @@ class Target:
     path: Path
     classes: list[str]
     exec_precision: str | None = None  # an OpenVINO inference precision hint for a variant row (bf16)
+    isa_cap: str | None = None  # a narrower INT8 path this row runs on (edgecifar.isa.CAPS), None: the CPU's own
     run_dir: Path | None = None  # the source run folder, when found
     files: dict[str, str] = field(default_factory=dict)  # file -> sha256 the manifest expects
     source_sha256: str | None = None  # the run weights the artifact was exported from
@@ -50,7 +51,8 @@ class Target:
         name = FORMAT_NAMES.get(self.format, self.format)
         if self.format == "pytorch":
             return name
-        return f"{name} {self.precision.upper()}" + (f" {self.exec_precision}" if self.exec_precision else "")
+        return (f"{name} {self.precision.upper()}" + (f" {self.exec_precision}" if self.exec_precision else "")
+                + (f" @{self.isa_cap}" if self.isa_cap else ""))
 
     def skip(self, reason: str) -> None:
         if self.status == "ok":  # the first reason is the one that matters

@@ -42,7 +42,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
                                    job.get("expect") or {})
     x, y = _load_data(job.get("data"))
     batch = int(job["batch_size"])
-    result: dict[str, Any] = {"ok": True, **info, "accuracy": None}
+    result: dict[str, Any] = {"ok": True, **info, "accuracy": None, **_isa_fields(info["metadata"])}
     warmup = float(job.get("warmup_seconds", 0.2))
     if job.get("accuracy"):
         result["accuracy"] = accuracy_pass(run, x, y, batch, len(job["classes"]))
@@ -57,6 +57,14 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     samples = [np.ascontiguousarray(x[i:i + 1]) for i in range(min(len(x), 64))]  # real images, batch 1
     result["latency"] = latency(run, samples, float(job["latency_seconds"]), warmup)
     return result
+
+
+def _isa_fields(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The INT8 path this process runs on (narrowed by the bench's cap, if any) and the VNNI warning."""
+    from .isa import current_isa, isa_warning
+
+    cpu = current_isa()
+    return {"isa": cpu.record(), "isa_warning": isa_warning(metadata, cpu)}
 
 
 def _load_artifact(path: str, threads: int, exec_precision: str | None, classes: list[str] | None,
@@ -82,7 +90,8 @@ def _load_artifact(path: str, threads: int, exec_precision: str | None, classes:
         if artifact.metadata.get(key) not in (None, label):
             raise ArtifactError(f"the manifest says {key} '{label}', the file's own metadata "
                                 f"'{artifact.metadata[key]}'")
-    meta = {k: artifact.metadata.get(k) for k in ("model", "img_size", "num_classes", "precision", "source_run")}
+    meta = {k: artifact.metadata.get(k) for k in ("model", "img_size", "num_classes", "precision", "source_run",
+                                                  "int8_isa", "int8_weight_bits")}
     return artifact.run, {"import_s": imported - started, "load_s": loaded - imported, "metadata": meta,
                           "threads_runtime": _runtime_threads(artifact)}
 

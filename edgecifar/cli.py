@@ -242,6 +242,11 @@ class CalibMethod(str, Enum):
     default = "default"
 
 
+class Int8Isa(str, Enum):
+    x86 = "x86"
+    vnni = "vnni"
+
+
 @app.command()
 @handle_errors
 def export(
@@ -260,6 +265,13 @@ def export(
     seed: int = 0,
     keep_low_agreement: Annotated[bool, typer.Option(help="keep FP16/INT8 files whose top-1 agrees with PyTorch "
                                                           "on under 90 % of the test images")] = False,
+    int8_isa: Annotated[Int8Isa, typer.Option(help="INT8 weights: x86 (7-bit, exact on every x86 CPU) or vnni "
+                                                   "(8-bit, exact only on CPUs with VNNI/AMX)")] = Int8Isa.x86,
+    max_drop: Annotated[Optional[float], typer.Option(min=0.0, help="INT8: keep the top-1 drop under this many "
+                                                                    "points on held-out training images, leaving the "
+                                                                    "most sensitive layers in float")] = None,
+    control_images: Annotated[int, typer.Option(min=1, help="held-out training images --max-drop is measured "
+                                                            "on")] = 2000,
 ) -> None:
     """Export a run to ONNX / OpenVINO in FP32 / FP16 / INT8, each verified against PyTorch on test images."""
     from rich.table import Table
@@ -269,7 +281,7 @@ def export(
     entries = export_run(run_dir, fmt.value, precision.value, out_dir=out, calib_size=calib_size,
                          calib_method=calib_method.value, data=data or None, cache_dir=cache_dir, seed=seed,
                          verify_size=verify_size, keep_low_agreement=keep_low_agreement,
-                         log=note)
+                         int8_isa=int8_isa.value, max_drop=max_drop, control_size=control_images, log=note)
     table = Table(title=escape(f"exported {run_dir} -> {out} (manifest.json updated)"))
     for col in ("format", "precision", "MB", "agree", "max |dlogit|", "acc", "torch acc", "file"):
         table.add_column(col, justify="left" if col in ("format", "precision", "file") else "right")
@@ -279,6 +291,27 @@ def export(
                       f"{v['max_abs_logit_diff']:.2g}", f"{v['accuracy']:.2%}", f"{v['torch_accuracy']:.2%}",
                       escape(Path(e["path"]).name), style="yellow" if "warning" in v else None)
     console.print(table)
+
+
+@app.command("quant-report")
+@handle_errors
+def quant_report(
+    model: Annotated[Path, typer.Argument(help="an exported FP32 .onnx file")],
+    data: Annotated[str, typer.Option("--data", help="the data it was trained on (its training split only is used)")],
+    out: Annotated[Path, typer.Option(help="folder for <model>-int8-layers.json/.png")] = Path("benchmarks/quant"),
+    calib_size: Annotated[int, typer.Option(min=1, help="as in export")] = 512,
+    calib_method: Annotated[CalibMethod, typer.Option(help="as in export")] = CalibMethod.minmax,
+    int8_isa: Annotated[Int8Isa, typer.Option(help="as in export")] = Int8Isa.x86,
+    images: Annotated[int, typer.Option(min=1, help="held-out training images the errors are measured on")] = 256,
+    seed: int = 0,
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Per-layer INT8 error (SQNR and MSE of each layer's activation and weights, float vs quantized graph) of an
+    FP32 ONNX file quantized as `export` does it: JSON and a plot, layers ranked by sensitivity."""
+    from .quant_report import quant_report as run_report
+
+    files = run_report(model, data, out, calib_size, calib_method.value, int8_isa.value, images, seed, cache_dir)
+    say(f"per-layer report: {', '.join(str(f) for f in files)}")
 
 
 @app.command()
@@ -347,6 +380,9 @@ def bench(
     max_images: Annotated[Optional[int], typer.Option(min=1, help="count accuracy on a seeded subset")] = None,
     latency_seconds: Annotated[float, typer.Option(min=0.01, help="batch-1 timing per setting")] = 1.5,
     throughput_seconds: Annotated[float, typer.Option(min=0.01, help="batch timing per extra setting")] = 1.0,
+    isa: Annotated[str, typer.Option(help="INT8 paths, comma-separated: native (this CPU's) and/or avx2 (OpenVINO: "
+                                          "oneDNN capped to AVX2; ONNX Runtime: under qemu-x86_64 -cpu Haswell, "
+                                          "accuracy only)")] = "native",
 ) -> None:
     """Accuracy, size, params, MACs, latency, throughput and load time of exported models and their PyTorch run."""
     from .bench import bench as run_bench
@@ -355,7 +391,7 @@ def bench(
     rows = run_bench(artifacts or [Path("exported")], device=device, threads=threads, batch_size=batch_size,
                      out_dir=out, data=data or None, cache_dir=cache_dir, runs_dir=runs, baseline=baseline, bf16=bf16,
                      max_images=max_images, latency_seconds=latency_seconds, throughput_seconds=throughput_seconds,
-                     show_progress=sys.stderr.isatty(), log=note)
+                     show_progress=sys.stderr.isatty(), isa=isa, log=note)
     machine = rows.header["machine"]
     console.print(rich_table(rows, escape(f"bench on {machine['cpu']} ({machine['cores']} cores), "
                                           f"{rows.header['bench_seconds']:.0f} s")))

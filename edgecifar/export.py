@@ -24,6 +24,8 @@ from . import __version__
 from .backends import BACKENDS, CALIB_METHODS, CONTRACT, PRECISIONS, Backend, Calibration, artifact_files
 from .data import Splits, load_data
 from .errors import DataError, DiskFullError, ExportError, UsageError
+from .accuracy_control import export_controlled
+from .isa import DEFAULT_INT8_ISA, INT8_ISAS, int8_metadata
 from .manifest import MANIFEST, read_manifest, update_manifest
 from .runtime import load_artifact
 from .utils import (NO_ROOM, data_source, library_versions, no_room, restore_signal_stack, sha256_file,
@@ -44,28 +46,36 @@ Log = Callable[[str], None]
 def export_run(run_dir: Path | str, formats: Iterable[str] | str = "all", precisions: Iterable[str] | str = "all",
                out_dir: Path | str = "exported", calib_size: int = 512, calib_method: str = "minmax",
                data: str | None = None, cache_dir: Path | str | None = None, seed: int = 0, verify_size: int = 500,
-               keep_low_agreement: bool = False, log: Log | None = None) -> list[dict[str, Any]]:
+               keep_low_agreement: bool = False, int8_isa: str = DEFAULT_INT8_ISA, max_drop: float | None = None,
+               control_size: int = 2000, log: Log | None = None) -> list[dict[str, Any]]:
     """Export a run to every (format, precision) asked for; returns their manifest entries.
 
     Calibration images (INT8) are a seeded draw of `calib_size` from the training split (all of it when it is
     smaller: said in the log and the manifest), verification images a seeded draw of `verify_size` from the test
     split, both of the run's data (or `data`, if given). Raises ExportError for a file that fails verification
     (FP32 under FP32_MIN_AGREEMENT, FP16/INT8 under MIN_AGREEMENT unless `keep_low_agreement`, non-finite
-    outputs), DiskFullError when the disk is full; `out_dir` is then left as it was.
+    outputs), DiskFullError when the disk is full; `out_dir` is then left as it was. int8_isa: "x86" (7-bit
+    weights, exact on every x86 CPU) or "vnni" (8-bit, exact only with VNNI/AMX), recorded in each INT8 file.
+    max_drop: keep each INT8 file's top-1 drop under this many points on `control_size` held-out training images
+    (edgecifar.accuracy_control), leaving the most sensitive layers in float; ExportError if it cannot.
     """
     with terminate_as_interrupt():  # SIGTERM cleans up the staging folder as Ctrl-C does
         return _export_run(run_dir, formats, precisions, out_dir, calib_size, calib_method, data, cache_dir, seed,
-                           verify_size, keep_low_agreement, log or (lambda _msg: None))
+                           verify_size, keep_low_agreement, int8_isa, max_drop, control_size,
+                           log or (lambda _msg: None))
 
 
 def _export_run(run_dir, formats, precisions, out_dir, calib_size: int, calib_method: str, data, cache_dir,
-                seed: int, verify_size: int, keep_low_agreement: bool, log: Log) -> list[dict[str, Any]]:
+                seed: int, verify_size: int, keep_low_agreement: bool, int8_isa: str, max_drop: float | None,
+                control_size: int, log: Log) -> list[dict[str, Any]]:
     from .runs import load_run, read_config
 
     formats = _choose(formats, tuple(BACKENDS), "format")
     precisions = _choose(precisions, PRECISIONS, "precision")
     if calib_method not in CALIB_METHODS:
         raise UsageError(f"unknown calibration method '{calib_method}': use one of {', '.join(CALIB_METHODS)}")
+    if int8_isa not in INT8_ISAS:
+        raise UsageError(f"unknown --int8-isa '{int8_isa}': use one of {', '.join(INT8_ISAS)}")
     if calib_size < 1 or verify_size < 1:
         raise UsageError("--calib-size and --verify-size must be at least 1")
     out_dir = Path(out_dir)
@@ -77,7 +87,8 @@ def _export_run(run_dir, formats, precisions, out_dir, calib_size: int, calib_me
     check = _verification_set(model, splits, verify_size, seed)
     calibration = None
     if "int8" in precisions:
-        calibration = Calibration(_sample(splits.train_x, calib_size, [seed, 0]), calib_method)
+        calibration = Calibration(_sample(splits.train_x, calib_size, [seed, 0]), calib_method, isa=int8_isa,
+                                  control=_control(model, splits, calib_size, control_size, seed, max_drop))
         if len(calibration.images) < calib_size:
             log(f"note: INT8 calibration uses all {len(calibration.images)} training images, fewer than "
                 f"--calib-size {calib_size}")
@@ -110,6 +121,33 @@ def _sample(images: np.ndarray, size: int, seed: list[int]) -> np.ndarray:
     """A seeded draw without replacement, in dataset order (the same seed gives the same images)."""
     idx = np.sort(np.random.default_rng(seed).permutation(len(images))[:size])
     return images[idx]
+
+
+def _control(model: Any, splits: Splits, calib_size: int, size: int, seed: int, max_drop: float | None) -> Any:
+    """The accuracy bound and its held-out training images, with the float model's top-1 on them; None without a
+    bound."""
+    import torch
+
+    from .accuracy_control import Control, accuracy
+
+    if max_drop is None:
+        return None
+    if max_drop < 0 or size < 1:
+        raise UsageError("--max-drop must be >= 0 points and --control-images >= 1")
+    idx = holdout_indices(len(splits.train_y), calib_size, size, seed)
+    if len(idx) == 0:
+        raise UsageError(f"--max-drop needs training images beyond the {calib_size} calibration images")
+    images, labels = splits.train_x[idx], splits.train_y[idx]
+    with torch.no_grad():
+        reference = accuracy(lambda x: model(torch.from_numpy(x)).float().numpy(), images, labels)
+    return Control(max_drop, images, labels, reference)
+
+
+def holdout_indices(n: int, calib_size: int, size: int, seed: int) -> np.ndarray:
+    """Indices of a seeded slice of a training split of `n` images, disjoint from the INT8 calibration draw
+    (`_sample(..., calib_size, [seed, 0])`: the same permutation, the next `size` places). It measures what
+    quantization costs (accuracy control, the per-layer report) without touching the test split."""
+    return np.sort(np.random.default_rng([seed, 0]).permutation(n)[calib_size:calib_size + size])
 
 
 def _verification_set(model: Any, splits: Splits, size: int, seed: int) -> dict[str, Any]:
@@ -222,8 +260,14 @@ def _missing_dirs(folder: Path) -> list[Path]:
 def _export_one(model, backend: Backend, precision: str, main: Path, calibration: Calibration | None,
                 check: dict[str, Any], floor: float, log: Log) -> dict[str, Any]:
     started = time.perf_counter()
-    files = backend.export(model, main, precision, calibration if precision == "int8" else None,
-                           metadata_for(model.meta, backend, precision))
+    metadata = metadata_for(model.meta, backend, precision)
+    if precision == "int8" and calibration is not None:
+        metadata.update(int8_metadata(calibration.isa))
+    if precision == "int8" and calibration is not None and calibration.control is not None:
+        files, control = export_controlled(backend, model, main, calibration, metadata, log)
+    else:
+        files, control = backend.export(model, main, precision, calibration if precision == "int8" else None,
+                                        metadata), None
     exported = time.perf_counter() - started
     verification = verify_artifact(main, check, model.meta["classes"])
     restore_signal_stack()  # OpenVINO may have left the signal stack on freed memory: SIGTERM must still clean up
@@ -246,7 +290,9 @@ def _export_one(model, backend: Backend, precision: str, main: Path, calibration
             "output": model.meta["output"], "source_run": model.meta["source_run"],
             "source_sha256": model.meta["source_sha256"], "edgecifar_version": __version__,
             "versions": library_versions(*_LIBRARIES[backend.name]), "verification": verification,
-            "export_seconds": round(exported, 2), "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "export_seconds": round(exported, 2),
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **({"accuracy_control": control} if control else {})}
 
 
 _LIBRARIES = {"onnx": ("torch", "onnx", "onnxruntime"), "openvino": ("torch", "openvino", "nncf")}
@@ -283,6 +329,7 @@ def _calibration_info(calibration: Calibration, backend: Backend, seed: int, req
         found["note"] = f"the training split has {found['images']} images, fewer than the {requested} requested"
     return {**found, "split": "train", "seed": seed, "method": calibration.method,
             "backend_method": method or "nncf default", "batch_size": calibration.batch_size,
+            **int8_metadata(calibration.isa),
             "images_sha256": hashlib.sha256(calibration.images.tobytes()).hexdigest()}
 
 

@@ -120,10 +120,12 @@ def markdown(header: dict[str, Any], rows: list[dict[str, Any]], image: str | No
     for n in settings["threads"]:
         measured = [r for r in ok if r["threads"] == n]
         if measured:
-            front = pareto_front([(r["latency_p50_ms"], r["accuracy"]) for r in measured])
+            timed = [r for r in measured if r["latency_p50_ms"] is not None]  # emulated rows have no timings
+            front = pareto_front([(r["latency_p50_ms"], r["accuracy"]) for r in timed])
             parts += [f"## {n} thread{'s' if n > 1 else ''}", "", markdown_table(measured), "",
                       "Pareto front (no other row is both faster and more accurate): "
-                      + ", ".join(f"{measured[i]['model']} {measured[i]['variant']}" for i in front), ""]
+                      + ", ".join(f"{timed[i]['model']} {timed[i]['variant']}" for i in front), ""]
+    parts += _isa_lines(ok)
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
         parts += ["## Not measured", "", "| model | variant | threads | status | reason |", "|---|---|---|---|---|"]
@@ -135,6 +137,20 @@ def markdown(header: dict[str, Any], rows: list[dict[str, Any]], image: str | No
     if image:
         parts += [f"![accuracy against latency]({image})", ""]
     return "\n".join(parts)
+
+
+def _isa_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Which INT8 path each figure ran on (when not all the CPU's own), and the VNNI warnings."""
+    lines = []
+    capped = [r for r in rows if (r.get("isa") or {}).get("cap")]
+    if capped:
+        lines += ["## INT8 paths", "", "Rows marked @PATH ran on a narrower INT8 path than this CPU's:", ""]
+        lines += list(dict.fromkeys(f"- {r['variant']}: {r['isa']['int8_path']} ({r['isa']['cap']})"
+                                    + ("; emulated, so no timings" if r["latency_p50_ms"] is None else "")
+                                    for r in capped)) + [""]
+    warned = list(dict.fromkeys(f"- {r['model']} {r['variant']}: {r['isa_warning']}"
+                                for r in rows if r.get("isa_warning")))
+    return lines + (["## ISA warnings", "", *warned, ""] if warned else [])
 
 
 # ---------------------------------------------------------------- Pareto plot

@@ -22,6 +22,7 @@ from .backends import Backend, Session, artifact_files, backend_for, check_threa
 from .errors import ArtifactError, DataError, EdgecifarError, UsageError
 from .images import INPUT_SIZE as INPUT_HW
 from .images import read_image  # the one decoder, shared with training: the same file gives the same pixels
+from .isa import CpuIsa, isa_warning
 from .manifest import check_artifact, manifest_entry
 from .utils import threads_warning
 
@@ -120,14 +121,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def predict(paths: Sequence[Path | str], model_path: Path | str, topk: int = 3, threads: int | None = None,
             on_warning: Callable[[str], None] | None = None,
-            allow_checksum_mismatch: bool = False) -> list[dict[str, Any]]:
+            allow_checksum_mismatch: bool = False, cpu: CpuIsa | None = None) -> list[dict[str, Any]]:
     """Top-k classes of each image, in the order given; a folder stands for the images in it (sorted).
 
     Each result is {"image", "model", "checksum", "predictions": [{"class", "index", "probability"}]}, or
     {"image", "model", "error"} for an image that cannot be read: the other images are still classified.
     The model is checked against a manifest beside it (or above it) first: a checksum mismatch raises
     ArtifactError unless `allow_checksum_mismatch`, when it is a warning. Warnings (that one, an unchecked
-    manifest, more threads than cores) go to `on_warning` (default: stderr). Raises UsageError for bad
+    manifest, more threads than cores, an INT8 file made for VNNI on a CPU without it: `cpu`, default this one)
+    go to `on_warning` (default: stderr). Raises UsageError for bad
     options and ArtifactError for a model that cannot be used.
     """
     warn = on_warning or _stderr
@@ -151,6 +153,8 @@ def predict(paths: Sequence[Path | str], model_path: Path | str, topk: int = 3, 
         return [{"image": str(path), "model": str(model_path), "error": error} for path, _, error in images]
     artifact = load_artifact(model_path, threads=threads)
     checksum = _checked(model_path, allow_checksum_mismatch, warn)
+    if (note := isa_warning(artifact.metadata, cpu)) is not None:
+        warn(note)
     logits = artifact.run(np.stack([image for _, image in good]))
     if not np.isfinite(logits).all():  # never a "nan%" probability, nor NaN in --json
         raise ArtifactError(f"{model_path} gives NaN or infinite outputs: it is broken (a diverged training?)")

@@ -215,6 +215,14 @@ def _stride(batches: int, most: int = 8) -> int:
 
 def _quantize(fp32: Path, tmp: Path, calibration: Calibration) -> Any:
     import onnx
+
+    return onnx.load(str(prepare_and_quantize(fp32, tmp, calibration)[1]))
+
+
+def prepare_and_quantize(fp32: Path, tmp: Path, calibration: Calibration) -> tuple[Path, Path]:
+    """The exporter's INT8 quantization: (the prepared float graph, its QDQ quantization), both written in `tmp`
+    with the same tensor names (the per-layer report compares them)."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -232,17 +240,18 @@ def _quantize(fp32: Path, tmp: Path, calibration: Calibration) -> Any:
                             # VNNI (AVX2 CPUs) that path sums u8*s8 pairs in int16 and saturates: 8-bit weights
                             # cost 3-23 points there (edge_small 86.26 -> 63.41 %) and nothing on a VNNI CPU.
                             # reduce_range (7-bit weights) is ORT's remedy; the same files measured 0.00-0.33
-                            # points under FP32 on the AVX2 CPU. The file runs wherever it is shipped.
-                            per_channel=True, reduce_range=True,
+                            # points under FP32 on the AVX2 CPU. The file runs wherever it is shipped
+                            # (--int8-isa vnni opts out, for VNNI/AMX-only fleets: edgecifar.isa).
+                            per_channel=True, reduce_range=calibration.isa != "vnni",
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=getattr(CalibrationMethod, ORT_CALIB[calibration.method]),
-                            nodes_to_exclude=_preprocessing_nodes(onnx.load(str(prepared))),
+                            nodes_to_exclude=_preprocessing_nodes(onnx.load(str(prepared))) + list(calibration.exclude),
                             # a few batches per pass (not CalibMaxIntermediateOutputs: in onnxruntime 1.32
                             # it drops the batches it flushes)
                             extra_options={"CalibStridedMinMax": _stride(calibration.num_batches)})
     except Exception as e:  # onnxruntime raises plain ValueError/RuntimeError from deep inside
         raise ExportError(f"onnxruntime quantization failed: {error_text(e)}") from e
-    return onnx.load(str(quantized))
+    return prepared, quantized
 
 
 def _preprocessing_nodes(proto: Any) -> list[str]:

@@ -18,7 +18,8 @@ from . import INPUT_NAME, OUTPUT_NAME, Calibration, Session, error_text
 
 RT_SECTION = "edgecifar"  # our metadata lives under rt_info/edgecifar/<key>
 METADATA_KEYS = ("edgecifar_version", "format", "precision", "model", "classes", "num_classes", "img_size",
-                 "source_run", "source_sha256", "input", "output", "contract", "opset")
+                 "source_run", "source_sha256", "input", "output", "contract", "opset", "int8_isa", "int8_weight_bits",
+                 "float_nodes", "accuracy_drop")
 # inference precision hints we accept; "auto" leaves the plugin's own choice (bf16 on CPUs that have it)
 HINTS = ("f32", "bf16", "f16", "auto")
 # nncf range estimators for our calibration methods (None: nncf's default, mean of per-batch min/max);
@@ -42,7 +43,7 @@ class OpenVinoBackend:
         if precision == "int8":
             if calibration is None:
                 raise ExportError("INT8 export needs calibration images")
-            ov_model = _quantize(ov_model, calibration)
+            ov_model = _quantize(ov_model, calibration, metadata)
         _set_names_and_metadata(ov_model, metadata)
         try:
             # save_model compresses to FP16 by default: only the fp16 precision asks for it
@@ -162,12 +163,14 @@ def _set_names_and_metadata(ov_model: Any, metadata: dict[str, str]) -> None:
         ov_model.set_rt_info(str(value), [RT_SECTION, key])
 
 
-def _quantize(ov_model: Any, calibration: Calibration) -> Any:
-    """nncf post-training quantization. Memory stays bounded: statistics are reduced inside the graph
+def _quantize(ov_model: Any, calibration: Calibration, metadata: dict[str, str]) -> Any:
+    """nncf post-training quantization (under an accuracy bound: calibration.control, whose outcome goes into
+    `metadata`). Memory stays bounded: statistics are reduced inside the graph
     (inplace), batches are small, and subset_size counts batches, so exactly the given images are used."""
     # importing nncf loads torch.utils.cpp_extension, which logs a CUDA warning that is noise on a CPU host
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     import nncf
+    from nncf.quantization.advanced_parameters import OverflowFix
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     nncf.set_log_level(logging.ERROR)  # its notes would swamp the CLI's output
@@ -177,13 +180,23 @@ def _quantize(ov_model: Any, calibration: Calibration) -> Any:
         # each item is a batch of images: statistics per image, as if batch size were 1 (nncf's defaults
         # are tuned for that); safe here, the batch is axis 0 of every activation of these CNNs
         batchwise_statistics=True,
+        # 7-bit weights in every layer (nncf's default: the first only), so that the file is exact on CPUs
+        # without VNNI too (edgecifar.isa); --int8-isa vnni keeps 8 bits
+        overflow_fix=OverflowFix.DISABLE if calibration.isa == "vnni" else OverflowFix.ENABLE,
         **({"activations_range_estimator_params": getattr(RangeEstimatorParametersSet, estimator)}
            if estimator else {}))
     batches = list(calibration.batches())
+    settings = {"preset": nncf.QuantizationPreset.PERFORMANCE, "subset_size": len(batches),
+                "fast_bias_correction": True, "ignored_scope": nncf.IgnoredScope(names=list(calibration.exclude),
+                                                                                 validate=False)}
     try:
         # nncf draws rich progress bars on stdout with no switch to turn them off: send them nowhere
         with contextlib.redirect_stdout(io.StringIO()):
-            return nncf.quantize(ov_model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
-                                 subset_size=len(batches), fast_bias_correction=True, advanced_parameters=advanced)
+            if calibration.control is not None:
+                from ..accuracy_control import nncf_control
+
+                return nncf_control(ov_model, batches, calibration.control,
+                                    {**settings, "advanced_quantization_parameters": advanced}, metadata)
+            return nncf.quantize(ov_model, nncf.Dataset(batches), advanced_parameters=advanced, **settings)
     except Exception as e:
         raise ExportError(f"nncf.quantize failed: {error_text(e)}") from e

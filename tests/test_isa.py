@@ -1,0 +1,143 @@
+"""Instruction-set safety of INT8 files: the CPU's INT8 path from its flags (faked here), the 7-bit/8-bit export
+setting recorded in each file, the VNNI warning of predict and bench, and the bench's AVX2 path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.register_assert_rewrite("export_fixtures")
+from export_fixtures import CALIB_SIZE, VERIFY_SIZE, tinted_image  # noqa: E402
+
+from edgecifar import isa  # noqa: E402
+from edgecifar.isa import CpuIsa, isa_warning, read_cpu_isa  # noqa: E402
+
+pytest_plugins = ["export_fixtures"]
+
+ZEN3 = {"sse4_2", "avx", "avx2", "fma"}  # an AVX2-only CPU
+ICELAKE = ZEN3 | {"avx512f", "avx512bw", "avx512_vnni"}
+SKYLAKE_SP = ZEN3 | {"avx512f", "avx512bw"}  # AVX-512 without VNNI: saturates like AVX2
+SAPPHIRE = ICELAKE | {"amx_int8", "amx_bf16", "avx512_bf16"}
+
+
+def fake_cpu(flags: set[str]) -> CpuIsa:
+    return read_cpu_isa(flags=lambda: set(flags), model=lambda: "Fake CPU")
+
+
+@pytest.mark.parametrize("flags, path, vnni", [(ZEN3, "avx2", False), (SKYLAKE_SP, "avx512", False),
+                                               (ICELAKE, "avx512_vnni", True), (SAPPHIRE, "amx", True),
+                                               (ZEN3 | {"avx_vnni"}, "avx_vnni", True), (set(), "sse", False)])
+def test_int8_path_from_flags(flags, path, vnni):
+    cpu = fake_cpu(flags)
+    assert (cpu.int8_path, cpu.vnni) == (path, vnni)
+    record = cpu.record()
+    assert record["cpu"] == "Fake CPU" and record["int8_path"] == path and record["cap"] is None
+    assert set(record["flags"]) <= flags
+
+
+def test_vnni_warning_only_for_an_8_bit_file_on_a_cpu_without_vnni():
+    vnni_file = {"precision": "int8", **isa.int8_metadata("vnni")}
+    portable = {"precision": "int8", **isa.int8_metadata("x86")}
+    assert vnni_file["int8_weight_bits"] == "8" and portable["int8_weight_bits"] == "7"
+    for flags in (ZEN3, SKYLAKE_SP):
+        note = isa_warning(vnni_file, fake_cpu(flags))
+        assert note and note.startswith("warning:") and "--int8-isa x86" in note and "Fake CPU" in note
+    for flags in (ICELAKE, SAPPHIRE):
+        assert isa_warning(vnni_file, fake_cpu(flags)) is None
+    for meta in (portable, {"precision": "fp32"}, {"precision": "int8"}):  # older files name no ISA: no guess
+        assert isa_warning(meta, fake_cpu(ZEN3)) is None
+
+
+def test_a_cap_narrows_the_recorded_path(monkeypatch):
+    monkeypatch.setenv("EDGECIFAR_ISA_CAP", "avx2")
+    monkeypatch.setenv("EDGECIFAR_ISA_CAP_HOW", "ONEDNN_MAX_CPU_ISA=AVX2")
+    cpu = isa.current_isa(flags=lambda: set(SAPPHIRE))
+    assert cpu.int8_path == "avx2" and not cpu.vnni and cpu.cap == "ONEDNN_MAX_CPU_ISA=AVX2"
+    vnni_file = {"precision": "int8", **isa.int8_metadata("vnni")}
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in isa_warning(vnni_file, cpu)
+
+
+def test_cap_commands(monkeypatch):
+    env, prefix, emulated = isa.cap_command("avx2", "openvino")
+    assert env == {"ONEDNN_MAX_CPU_ISA": "AVX2"} and prefix == [] and not emulated
+    monkeypatch.setattr(isa.shutil, "which", lambda name: None)
+    with pytest.raises(LookupError, match="qemu"):
+        isa.cap_command("avx2", "onnx")
+    monkeypatch.setattr(isa.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert isa.cap_command("avx2", "onnx") == ({}, ["/usr/bin/qemu-x86_64", "-cpu", "Haswell"], True)
+
+
+@pytest.fixture(scope="module")
+def exported_vnni(tiny_run, tmp_path_factory):
+    from edgecifar.export import export_run
+
+    out = tmp_path_factory.mktemp("vnni")
+    return out, export_run(tiny_run, "all", "int8", out_dir=out, calib_size=CALIB_SIZE, verify_size=VERIFY_SIZE,
+                           int8_isa="vnni")
+
+
+def _int8_weights(path):
+    """Every int8 weight tensor of an INT8 file (ONNX initializers; OpenVINO i8 constants)."""
+    if path.suffix == ".onnx":
+        import onnx
+
+        proto = onnx.load(str(path))
+        return [onnx.numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    import openvino as ov
+
+    model = ov.Core().read_model(str(path))
+    return [op.get_data() for op in model.get_ordered_ops()
+            if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8]
+
+
+def test_int8_isa_is_recorded_and_decides_the_weight_range(exported, exported_vnni):
+    from edgecifar.runtime import load_artifact
+
+    for (out, entries), setting in ((exported, "x86"), (exported_vnni, "vnni")):
+        manifest = {a["path"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}
+        for e in (e for e in entries if e["precision"] == "int8"):
+            meta = load_artifact(out / e["path"]).metadata
+            assert meta["int8_isa"] == setting and meta["int8_weight_bits"] == str(isa.WEIGHT_BITS[setting])
+            assert manifest[e["path"]]["calibration"]["int8_isa"] == setting
+            weights = _int8_weights(out / e["path"])
+            widest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+            # 7-bit: |w| <= 64, so a u8 * s8 pair sum (255 * 64 * 2) fits int16 on AVX2; 8-bit uses the range
+            assert widest <= 64 if setting == "x86" else widest > 64, (e["path"], widest)
+
+
+def test_predict_warns_for_a_vnni_file_on_a_cpu_without_vnni(exported_vnni, tmp_path):
+    from PIL import Image
+
+    from edgecifar.runtime import predict
+
+    out, entries = exported_vnni
+    image = tmp_path / "a.png"
+    Image.fromarray(tinted_image(0, np.random.default_rng(0))).save(image)
+    for e in entries:
+        warnings: list[str] = []
+        predict([image], out / e["path"], on_warning=warnings.append, cpu=fake_cpu(ZEN3))
+        assert [w for w in warnings if "VNNI" in w], e["path"]
+        warnings.clear()
+        predict([image], out / e["path"], on_warning=warnings.append, cpu=fake_cpu(ICELAKE))
+        assert not [w for w in warnings if "VNNI" in w]
+
+
+def test_bench_records_the_isa_of_every_row_and_runs_the_avx2_path(exported_vnni, tiny_run, tmp_path, monkeypatch):
+    from edgecifar.bench import bench
+
+    monkeypatch.setattr(isa.shutil, "which", lambda name: None)  # no emulator: the ONNX @avx2 row says why
+    out, _ = exported_vnni
+    rows = bench([out], threads=(1,), out_dir=tmp_path / "res", runs_dir=tiny_run.parent, baseline=False,
+                 isa="native,avx2", max_images=40, latency_seconds=0.05, throughput_seconds=0.05)
+    by_variant = {r["variant"]: r for r in rows}
+    assert set(by_variant) == {"ONNX INT8", "OpenVINO INT8", "ONNX INT8 @avx2", "OpenVINO INT8 @avx2"}
+    native = by_variant["OpenVINO INT8"]["isa"]
+    assert native["int8_path"] == read_cpu_isa().int8_path and native["cap"] is None
+    capped = by_variant["OpenVINO INT8 @avx2"]
+    assert capped["status"] == "ok" and capped["isa"]["int8_path"] == "avx2"
+    assert capped["isa"]["cap"] == "ONEDNN_MAX_CPU_ISA=AVX2" and capped["latency_p50_ms"] > 0
+    assert "VNNI" in capped["isa_warning"]  # the 8-bit file on the capped path
+    assert by_variant["ONNX INT8 @avx2"]["status"] == "skipped" and "qemu" in by_variant["ONNX INT8 @avx2"]["reason"]
+    assert "## INT8 paths" in (tmp_path / "res" / "bench.md").read_text()
