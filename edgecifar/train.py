@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from . import __version__
 from .augment import alternating_flips, cutout, mirror, random_crop, random_flip
+from .contract import DEFAULT_SIZE, model_size, size_text
 from .data import Splits, load_data
 from .errors import DiskFullError, EdgecifarError, TrainingError
 from .models import EdgeModel, count_params, create_model, freeze_stages, get_spec
@@ -40,7 +41,8 @@ class TrainConfig:
     optimizer: str | None = None  # sgd | adamw
     weight_decay: float | None = None
     label_smoothing: float | None = None
-    img_size: int | None = None
+    img_size: int | None = None  # the backbone's resolution, resized to inside the model (`--backbone-size`)
+    input_size: list[int] | None = None  # [H, W] of the images the model takes; None: the data's default
     cutout: int | None = None
     ema: float | None = None
     bf16: bool | None = None
@@ -114,7 +116,8 @@ def train(cfg: TrainConfig, show_progress: bool = False, log=print) -> Path:
         cfg = _bf16_where_native(cfg, device, log)
         if cfg.flip not in ("random", "alternating"):
             raise EdgecifarError(f"unknown flip '{cfg.flip}': use random or alternating")
-        data = load_data(cfg.data, cfg.cache_dir, cfg.val_split, cfg.seed)
+        data = load_data(cfg.data, cfg.cache_dir, cfg.val_split, cfg.seed, cfg.input_size)
+        cfg = replace(cfg, input_size=list(data.input_size))  # recorded: the run's input contract
         if checkpoint is not None:
             check_same_data(saved_config(checkpoint, Path(cfg.out)), data, log)
         out = Path(cfg.out) if checkpoint is not None else choose_run_dir(cfg.out, cfg.model)
@@ -140,6 +143,8 @@ def _options(cfg: TrainConfig, log) -> tuple[TrainConfig, dict[str, Any] | None,
     if checkpoint is None:
         return replace(cfg, resume=False), None, {}
     cfg, changes = resume_config(cfg, saved_config(checkpoint, Path(cfg.out)), int(checkpoint.get("epoch", 0)))
+    if cfg.input_size is None:  # a run from before input sizes were recorded: it took 32x32
+        cfg = replace(cfg, input_size=list(DEFAULT_SIZE))
     return cfg, checkpoint, changes
 
 
@@ -168,7 +173,7 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
     eval_x, eval_y = (data.val_x, data.val_y) if data.val_y is not None else (data.test_x, data.test_y)
     eval_x, eval_y = (torch.from_numpy(a).to(device) for a in _subset(eval_x, eval_y, cfg.max_test, cfg.seed))
     model = create_model(cfg.model, len(data.classes), pretrained=cfg.pretrained, weights=cfg.weights,
-                         img_size=cfg.img_size, classes=data.classes)
+                         img_size=cfg.img_size, classes=data.classes, input_size=data.input_size)
     trainable = freeze_stages(model, cfg.freeze) if cfg.pretrained or cfg.weights else count_params(model)
     model = model.to(device, memory_format=torch.channels_last)
     init_from_data(model, train_x, cfg.seed)
@@ -236,6 +241,9 @@ def teacher_logits(run_dir: str, images: torch.Tensor, classes: list[str]) -> to
     teacher = load_run(run_dir).to(images.device)
     if teacher.meta["classes"] != classes:
         raise EdgecifarError(f"teacher {run_dir} was trained on other classes")
+    if model_size(teacher.meta) != tuple(images.shape[1:3]):
+        raise EdgecifarError(f"teacher {run_dir} takes {size_text(model_size(teacher.meta))} images, this run "
+                             f"{size_text(tuple(images.shape[1:3]))}: train with its --input-size")
     return torch.stack([predict_logits(teacher, images), predict_logits(teacher, images.flip(2))], dim=1)
 
 
