@@ -22,7 +22,8 @@ import numpy as np
 from .backends import Backend, Session, artifact_files, backend_for, check_threads, git_lfs_pointer
 from .errors import ArtifactError, DataError, EdgecifarError, UsageError
 from .contract import Size, recorded_size, shape_text
-from .images import decode_image, read_file  # the one decoder, shared with training: the same file gives the same pixels
+from .images import decode_image, read_file, read_image  # noqa: F401 - the one decoder, shared with training:
+# the same file gives the same pixels (read_image: part of this module's API)
 from .manifest import check_artifact, manifest_entry
 from .utils import threads_warning
 

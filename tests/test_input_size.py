@@ -77,7 +77,7 @@ def test_the_cache_key_holds_the_size(tmp_path):
 
 # ---------------------------------------------------------------- every model at any size its poolings allow
 
-@pytest.mark.parametrize("size", [(96, 96), (64, 128)])
+@pytest.mark.parametrize("size", [(96, 64)])  # 96 px, and not square
 def test_every_registered_model_takes_the_input_size(size):
     images = np.random.default_rng(0).integers(0, 255, (2, *size, 3), dtype=np.uint8)
     import torch
@@ -114,7 +114,7 @@ def test_cli_input_size_is_checked_and_img_size_still_works(tmp_path):
 @pytest.fixture(scope="module", params=[64, 96])
 def sized_export(request, tmp_path_factory):
     """A scratch_cnn trained one epoch on a tree of side x side photos at the tree's default size, exported to
-    ONNX and OpenVINO (FP32; INT8 too at 64 px), and the lines train printed."""
+    ONNX and OpenVINO (INT8 at 64 px, which calibrates at that size; FP32 at 96 px), and the lines train printed."""
     from edgecifar.export import export_run
     from edgecifar.train import TrainConfig, train
 
@@ -124,7 +124,7 @@ def sized_export(request, tmp_path_factory):
     said: list[str] = []
     run = train(TrainConfig(model="scratch_cnn", data=str(tree), cache_dir=str(root / "cache"), epochs=3,
                             batch_size=12, lr=0.02, out=str(root / "runs" / f"px{side}")), log=said.append)
-    precisions = ["fp32", "int8"] if side == 64 else ["fp32"]
+    precisions = ["int8"] if side == 64 else ["fp32"]
     entries = export_run(run, "all", precisions, out_dir=root / "exported", calib_size=16, verify_size=24)
     return side, run, root / "exported", entries, said
 
