@@ -19,21 +19,13 @@ from edgecifar.data import load_data
 from edgecifar.errors import ModelError, UsageError
 from edgecifar.models import create_model, list_models
 
-from export_fixtures import CLASSES, tinted_image
+from export_fixtures import CLASSES, make_image_tree, tinted_image
 
 
 def photo_tree(root: Path, side: int, n_train: int = 12, n_test: int = 8, odd: tuple[int, int] | None = None) -> Path:
-    """train/<class>/ and test/<class>/ PNGs of side x side pixels, tinted by class; every fourth training image
-    `odd` (height, width) instead, when given (the median is still `side`)."""
-    rng = np.random.default_rng(side)
-    for split, count in (("train", n_train), ("test", n_test)):
-        for c, name in enumerate(CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                size = odd if odd and split == "train" and i % 4 == 0 else (side, side)
-                Image.fromarray(tinted_image(c, rng, size)).save(folder / f"{i:03d}.png")
-    return root
+    """A tree of side x side PNGs tinted by class; every fourth training image `odd` (height, width) instead, when
+    given (the median is still `side`)."""
+    return make_image_tree(root, n_train, n_test, seed=side, size=(side, side), odd=odd)
 
 
 # ---------------------------------------------------------------- the size: parsed, defaulted, cached
