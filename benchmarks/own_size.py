@@ -94,8 +94,8 @@ def main() -> int:
         photos = (digits_tree if args.dataset == "digits" else textures_tree)(work / "data")
         recipe = RECIPES[args.dataset]
         started = time.perf_counter()
-        run = train(TrainConfig(data=str(work / "data"), cache_dir=str(work / "cache"), out=str(work / "runs" / args.dataset),
-                                **recipe), log=print)  # input size: the tree's default, printed
+        run = train(TrainConfig(data=str(work / "data"), cache_dir=str(work / "cache"),
+                                out=str(work / "runs" / args.dataset), **recipe), log=print)  # size: the tree's default
         train_s = time.perf_counter() - started
         entries = export_run(run, "all", "all", out_dir=work / "exported", calib_size=512, verify_size=500, log=print)
         out = RESULTS / f"own_size-{args.dataset}"
@@ -103,14 +103,16 @@ def main() -> int:
                      log=print)
         predictions = []
         if photos:
-            model = work / "exported" / next(e["path"] for e in entries if e["format"] == "onnx" and e["precision"] == "int8")
+            int8 = next(e["path"] for e in entries if e["format"] == "onnx" and e["precision"] == "int8")
+            model = work / "exported" / int8
             predictions = predict(photos, model, topk=1)
             print(format_results(predictions))
         config = json.loads((run / "config.json").read_text())
         summary = {"dataset": args.dataset, "recipe": recipe, "input_size": config["train"]["input_size"],
                    "input_size_chosen": config["data"]["input_size_chosen"],
                    "images": {k: config["data"][k] for k in ("train", "test")},
-                   "train_seconds": round(train_s, 1), "test_acc": json.loads((run / "metrics.json").read_text())["test_acc"],
+                   "train_seconds": round(train_s, 1),
+                   "test_acc": json.loads((run / "metrics.json").read_text())["test_acc"],
                    "rows": [{k: r[k] for k in ("variant", "accuracy", "size_bytes", "params", "macs", "latency_p50_ms",
                                                "throughput_ips", "input_size") if k in r} for r in rows],
                    "predictions": [{"image": Path(p["image"]).name, "class": p["predictions"][0]["class"],

@@ -195,7 +195,8 @@ def models() -> None:
         table.add_column(col)
     for name in list_models():
         s = model_summary(name)
-        table.add_row(escape(name), f"{s['params']:,}", f"{s['macs'] / 1e6:.1f}", str(s["recipe"]["img_size"] or "input"),
+        table.add_row(escape(name), f"{s['params']:,}", f"{s['macs'] / 1e6:.1f}",
+                      str(s["recipe"]["img_size"] or "input"),
                       str(s["recipe"]["epochs"]), escape(s["description"]))
     console.print(table)
 

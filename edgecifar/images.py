@@ -1,5 +1,5 @@
-"""The one image decoder: file bytes -> uint8 [H, W, 3] RGB at the run's input size, the same pixels for training, evaluation,
-bench, export calibration and `predict`. Imports only numpy and Pillow (the device side uses it).
+"""The one image decoder: file bytes -> uint8 [H, W, 3] RGB at the run's input size, the same pixels for training,
+evaluation, bench, export calibration and `predict`. Imports only numpy and Pillow (the device side uses it).
 
 The rules (also in the README, "Data"):
 - EXIF orientation is applied (phone photos store their rotation there).
@@ -52,7 +52,8 @@ def read_file(path: Path | str) -> bytes:
 
 
 def decode_image(data: bytes, name: str, size: Size | int = DEFAULT_SIZE) -> np.ndarray:
-    """Encoded image bytes -> uint8 [H, W, 3] RGB, size (H, W) (an int: square); `name` is what a DataError calls the file."""
+    """Encoded image bytes -> uint8 [H, W, 3] RGB, size (H, W) (an int: square); `name` is what a DataError calls
+    the file."""
     if not data:
         raise DataError(f"{name} is an empty file, not an image")
     try:

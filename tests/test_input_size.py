@@ -127,6 +127,11 @@ def test_the_run_records_its_input_size(sized_export):
     assert config["model"]["input"]["shape"] == ["N", side, side, 3] and config["train"]["input_size"] == [side, side]
     assert config["data"]["input_size"] == [side, side]
     assert any(line.startswith(f"input size: {side}x{side} (the median") for line in said)
+    from edgecifar.evaluate import evaluate_run
+
+    report = evaluate_run(run)  # decodes the test split at the run's size, read from config.json
+    trained = json.loads((run / "metrics.json").read_text())["test_acc"]
+    assert report["images"] == 3 * 8 and report["test_acc"] == pytest.approx(trained, abs=1e-6)
 
 
 def test_every_file_and_the_manifest_carry_the_contract(sized_export):
