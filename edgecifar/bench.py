@@ -23,6 +23,7 @@ import numpy as np
 
 from .backends import backend_for
 from .bench_targets import Target, check_device, parse_threads, resolve_targets
+from .contract import Size, size_text
 from .errors import BenchError, DataError, UsageError
 from .isa import cap_command, current_isa, emulated, isa_variants, parse_isa
 from .utils import library_versions, machine_info, read_json, threads_warning
@@ -155,9 +156,9 @@ def _prepare_data(targets: list[Target], max_images: int | None, tmp: Path) -> d
     for target in targets:
         if target.status != "ok":
             continue
-        key = target.data  # one load per source: runs may name different caches of the same data
+        key = target.test_set  # one load per source and size: runs may name different caches of the same data
         if key not in sets:
-            splits = load_data(target.data, target.cache_dir)
+            splits = load_data(target.data, target.cache_dir, input_size=target.input_size)
             x, y = splits.test_x, splits.test_y
             if len(y) == 0:
                 raise DataError(f"{target.data} has no test images")
@@ -181,7 +182,7 @@ def _jobs(targets: list[Target], threads: tuple[int, ...], settings: dict[str, A
     for target in targets:
         if target.status != "ok":
             continue
-        test_set = test_sets[target.data]
+        test_set = test_sets[target.test_set]
         # the largest thread count first: it runs the accuracy pass, the one long job of each artifact
         for i, n in enumerate(sorted(threads, reverse=True)):
             if i and target.isa_cap and emulated(target):
@@ -302,7 +303,7 @@ def _rows(targets: list[Target], threads: tuple[int, ...], measured: dict, test_
     for target in targets:
         first = measured.get((id(target), max(threads)), {})
         accuracy = first.get("accuracy") if first.get("ok") else None
-        test_set = test_sets.get(target.data, {})
+        test_set = test_sets.get(target.test_set, {})
         for n in sorted(threads):
             res = measured.get((id(target), n), {})
             status, reason = target.status, target.reason
@@ -321,6 +322,7 @@ def _rows(targets: list[Target], threads: tuple[int, ...], measured: dict, test_
                    "isa": res.get("isa") or isa_record, "isa_warning": res.get("isa_warning"),
                    "checksum": target.checksum, "sha256": target.sha256, "path": _shown(target.path),
                    "source_run": target.source_run, "data": test_set.get("source", target.data),
+                   "input_size": size_text(target.input_size),
                    "device": settings["device"], "cpu": machine["cpu"], "cores": machine["cores"], "date": date,
                    "versions": versions}
             rows.append(row)
@@ -358,16 +360,18 @@ def _model_stats(targets: list[Target], measured: dict) -> dict[str, dict[str, i
             continue
         meta = next((r.get("metadata") for (tid, _), r in measured.items() if r.get("ok")
                      and tid in {id(t) for t in targets if t.source_run == target.source_run}), None)
-        if meta and meta.get("model") and meta.get("img_size"):
-            stats[target.source_run] = _count(meta["model"], len(target.classes), int(meta["img_size"]))
+        if meta and meta.get("model"):
+            stats[target.source_run] = _count(meta["model"], len(target.classes), meta.get("img_size"),
+                                              target.input_size)
     return stats
 
 
-def _count(model: str, num_classes: int, img_size: int) -> dict[str, int | None]:
+def _count(model: str, num_classes: int, img_size: Any, input_size: Size) -> dict[str, int | None]:
+    """Parameters and MACs at the run's input size; img_size: the backbone's resolution (None or "": none)."""
     try:
         from .models import count_macs, count_params, create_model
 
-        net = create_model(model, num_classes, img_size=img_size)
+        net = create_model(model, num_classes, img_size=int(img_size) if img_size else None, input_size=input_size)
         return {"params": count_params(net), "macs": count_macs(net)}
     except Exception:  # an architecture we cannot rebuild here: the row keeps its measurements
         return {"params": None, "macs": None}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .backends import check_threads, git_lfs_pointer
+from .contract import DEFAULT_SIZE, Size, size_of, size_text
 from .errors import ArtifactError, DataError, UsageError
 from .manifest import MANIFEST, entry_files, find_manifest, listed_paths, read_entries
 from .utils import cpu_has_bf16, data_source, read_json, sha256_file
@@ -45,6 +46,12 @@ class Target:
     reason: str = ""
     data: str | None = None  # the test set: a load_data source
     cache_dir: str | None = None
+    input_size: Size = DEFAULT_SIZE  # (H, W) the file takes (the manifest's `input`): the test set's size
+
+    @property
+    def test_set(self) -> str:
+        """Which decoded test set the target is measured on: its data at its input size."""
+        return f"{self.data} at {size_text(self.input_size)}"
 
     @property
     def variant(self) -> str:
@@ -129,7 +136,7 @@ def _from_manifest(manifest: Path, notes: list[str], allow_empty: bool = False) 
             continue
         targets.append(Target(model=e["model"], source_run=str(e.get("source_run") or "?"), format=e["format"],
                               precision=e["precision"], path=manifest.parent / e["path"], classes=list(e["classes"]),
-                              files=files, source_sha256=e.get("source_sha256")))
+                              files=files, source_sha256=e.get("source_sha256"), input_size=size_of(e.get("input"))))
     return targets
 
 
@@ -196,7 +203,7 @@ def _baselines(artifacts: list[Target], runs: Path | None) -> list[Target]:
         run_dir = runs / run_name if runs else None
         weights = run_dir / "model.safetensors" if run_dir else Path(run_name) / "model.safetensors"
         target = Target(model=first.model, source_run=run_name, format="pytorch", precision="fp32", path=weights,
-                        classes=first.classes, run_dir=run_dir)
+                        classes=first.classes, run_dir=run_dir, input_size=first.input_size)
         if not weights.is_file():
             target.skip(f"no run folder {run_dir or run_name} with model.safetensors for the PyTorch baseline "
                         f"(pass --runs DIR)")

@@ -112,7 +112,14 @@ def train(
     optimizer: Annotated[Optional[Optimizer], typer.Option()] = None,
     weight_decay: Annotated[Optional[float], typer.Option()] = None,
     label_smoothing: Annotated[Optional[float], typer.Option(min=0.0, max=1.0)] = None,
-    img_size: Annotated[Optional[int], typer.Option(help="resize inside the model (e.g. 64 for transfer)")] = None,
+    input_size: Annotated[Optional[str], typer.Option(
+        help="size of the images the model takes, N or HxW pixels: the data is decoded to it, and every exported "
+             "file takes uint8 [N, H, W, 3] at it [default: 32 for CIFAR-10; for an ImageFolder tree, the median "
+             "size of its training images, at most 128 px on the longer side; always printed]")] = None,
+    img_size: Annotated[Optional[int], typer.Option(
+        "--backbone-size", "--img-size",
+        help="resolution a transfer model's backbone runs at, resized to inside the model (e.g. 64 to upsample "
+             "32 px images); not the input size. --img-size is its old name")] = None,
     cutout: Annotated[Optional[int], typer.Option(help="cutout square size in pixels (0: off)")] = None,
     ema: Annotated[Optional[float], typer.Option(help="EMA decay of the weights (0: off)")] = None,
     bf16: Annotated[Optional[bool], typer.Option(help="bfloat16 autocast")] = None,
@@ -137,6 +144,7 @@ def train(
     """Train a model on CIFAR-10 (or any ImageFolder data) into a run folder.
 
     Under torchrun (`torchrun --nproc_per_node N -m edgecifar train ...`) each process runs this command."""
+    from .contract import parse_size
     from .distributed import follower_errors, from_environment, launch
     from .train import TrainConfig, train as train_model
 
@@ -151,7 +159,9 @@ def train(
     cfg = TrainConfig(model=model, data=data, cache_dir=str(cache_dir) if cache_dir else None, pretrained=pretrained,
                       weights=str(weights) if weights else None, epochs=epochs, batch_size=batch_size, lr=lr,
                       optimizer=optimizer.value if optimizer else None, weight_decay=weight_decay,
-                      label_smoothing=label_smoothing, img_size=img_size, cutout=cutout, ema=ema, bf16=bf16,
+                      label_smoothing=label_smoothing, img_size=img_size,
+                      input_size=list(parse_size(input_size)) if input_size is not None else None, cutout=cutout,
+                      ema=ema, bf16=bf16,
                       freeze=freeze, schedule=schedule.value if schedule else None, translate=translate,
                       flip=flip.value if flip else None, teacher=str(teacher) if teacher else None,
                       teacher_tta=teacher_tta, val_split=val_split,
@@ -213,11 +223,12 @@ def models() -> None:
     from .models import list_models, model_summary
 
     table = Table(title="edgecifar models (any timm name works too)")
-    for col in ("model", "params", "MMACs", "img", "epochs", "description"):
+    for col in ("model", "params", "MMACs at 32x32", "backbone size", "epochs", "description"):
         table.add_column(col)
     for name in list_models():
         s = model_summary(name)
-        table.add_row(escape(name), f"{s['params']:,}", f"{s['macs'] / 1e6:.1f}", str(s["recipe"]["img_size"]),
+        table.add_row(escape(name), f"{s['params']:,}", f"{s['macs'] / 1e6:.1f}",
+                      str(s["recipe"]["img_size"] or "input"),
                       str(s["recipe"]["epochs"]), escape(s["description"]))
     console.print(table)
 

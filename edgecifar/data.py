@@ -6,13 +6,18 @@ Sources (`--data`):
   official cifar-10-python.tar.gz, read straight from the archive without running code (cifar_batches).
 - an ImageFolder root with train/<class>/ and test/<class>/ (any image format and size), or an archive of
   one. Which files count is edgecifar.discovery's rule; every image goes through edgecifar.images.
-Whatever the source, the images are decoded once to [N, 32, 32, 3] uint8 RGB and cached, keyed by the
-source's path, size and modification time (every file's, for a folder) and the decoder's version.
+Whatever the source, the images are decoded once to [N, H, W, 3] uint8 RGB at the input size and cached, keyed
+by the source's path, size and modification time (every file's, for a folder), the decoder's version and the
+input size. The input size is the caller's (`train --input-size`), else 32x32 for CIFAR-10's batches, else,
+for an ImageFolder tree, the median height and width of its training images scaled down (aspect kept) to at
+most DEFAULT_CAP on the longer side: 32x32 for CIFAR-like data, 96x96 for 96 px photos, 128 px for large ones.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +29,9 @@ import numpy as np
 
 from .cifar_batches import TEST_BATCH, TRAIN_BATCHES, read_cifar
 from .discovery import SPLITS, Reader, Tree, find_root, image_folder, read_tree
-from .errors import DataError
-from .images import DECODER_VERSION, decode_image
+from .contract import DEFAULT_SIZE, Size, parse_size, size_text
+from .errors import DataError, EdgecifarError
+from .images import DECODER_VERSION, decode_image, resize
 from .utils import atomic_path, default_cache_dir
 
 CACHE_VERSION = f"d{DECODER_VERSION}r2"  # decoder and discovery rule: a change to either makes a new cache
@@ -33,6 +39,8 @@ OFFLINE_HINT = ("pass --data PATH: a cifar-10-batches-py folder or cifar-10-pyth
                 "with train/ and test/, or a .tar.gz of one")
 SMALL_CLASS = 0.01  # a class with fewer images than this fraction of the largest one is worth a warning
 SHOWN = 20  # classes listed one per line in the summary (more are summarized)
+DEFAULT_CAP = 128  # an ImageFolder's default input size never exceeds this on its longer side (CPU training)
+PROBED = 256  # training images whose sizes choose an ImageFolder's default input size
 
 
 @dataclass
@@ -53,6 +61,8 @@ class Splits:
     val_y: np.ndarray | None = None
     layout: str = ""
     skipped: dict[str, dict[str, Any]] = field(default_factory=dict)
+    input_size: Size = DEFAULT_SIZE  # (H, W) every image was decoded to
+    size_note: str = "given"  # how the input size was chosen
 
     def counts(self) -> dict[str, list[int]]:
         """Images per class, per split (val only when held out)."""
@@ -68,6 +78,7 @@ class Splits:
                 "val": int(len(self.val_y)) if self.val_y is not None else 0, "test": int(len(self.test_y)),
                 "per_class": {c: {split: n[i] for split, n in counts.items()} for i, c in enumerate(self.classes)},
                 "skipped": {reason: info["count"] for reason, info in self.skipped.items()},
+                "input_size": list(self.input_size), "input_size_chosen": self.size_note,
                 "warnings": self.warnings()}
 
     def warnings(self) -> list[str]:
@@ -93,7 +104,8 @@ class Splits:
         """The lines a run prints: the source, images per split and class, then each warning."""
         counts = self.counts()
         totals = ", ".join(f"{split} {sum(n):,}" for split, n in counts.items())
-        lines = [f"data: {self.source} ({self.layout}), {len(self.classes)} classes; images: {totals}"]
+        lines = [f"data: {self.source} ({self.layout}), {len(self.classes)} classes; images: {totals}",
+                 f"input size: {size_text(self.input_size)} ({self.size_note})"]
         for i, c in enumerate(self.classes[:SHOWN]):
             lines.append(f"  {c}: " + ", ".join(f"{split} {n[i]:,}" for split, n in counts.items()))
         if len(self.classes) > SHOWN:
@@ -107,22 +119,24 @@ def _names(names: list[str], shown: int = 10) -> str:
 
 
 def load_data(source: str = "cifar10", cache_dir: Path | str | None = None, val_split: float = 0.0,
-              seed: int = 0) -> Splits:
+              seed: int = 0, input_size: Size | int | str | None = None) -> Splits:
     """Load a data source as uint8 arrays (decoding and caching it on first use); DataError for anything wrong.
 
     val_split: the fraction of each class's training images held out as validation (seeded, stratified).
+    input_size: (H, W) to decode to (an int or "HxW" text too); None: the source's default (module docstring).
     """
+    size = parse_size(input_size) if input_size is not None else None
     if not 0.0 <= val_split < 1.0:
         raise DataError(f"--val-split must be in [0, 1), got {val_split}")
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if source == "cifar10":
-        splits = _cached(_torchvision_cifar10(cache), cache)
+        splits = _cached(_torchvision_cifar10(cache), cache, size)
         splits.source, splits.fingerprint = "cifar10", "torchvision-cifar10"
     else:
         path = Path(source).expanduser()
         if not path.exists():
             raise DataError(f"data path not found: {path}")
-        splits = _cached(path, cache)
+        splits = _cached(path, cache, size)
     trained = len(np.unique(splits.train_y))
     if len(splits.classes) < 2 or trained < 2:
         raise DataError(f"{splits.source}: only one class with training images ({_names(splits.classes)}); a "
@@ -170,17 +184,23 @@ def _torchvision_cifar10(cache: Path) -> Path:
 
 # ---------------------------------------------------------------- caching
 
-def _cached(path: Path, cache: Path) -> Splits:
+def _cached(path: Path, cache: Path, size: Size | None) -> Splits:
     tree = None if path.is_file() else read_tree(path)  # a folder's walk gives its fingerprint
     key = _fingerprint(path, tree)
-    npz = cache / "decoded" / f"{path.name.split('.')[0]}-{key}-{CACHE_VERSION}.npz"
+    stem = cache / "decoded" / f"{path.name.split('.')[0]}-{key}-{CACHE_VERSION}"
+    note = "given"
+    if size is None:
+        size, note, tree = _default_size(path, tree, stem.with_name(stem.name + "-size.json"))
+    # the size is part of the key; 32x32 keeps the name caches had before input sizes existed
+    npz = stem.with_name(stem.name + ("" if size == DEFAULT_SIZE else f"-{size_text(size)}") + ".npz")
     if npz.exists():
         with np.load(npz, allow_pickle=False) as z:
             info = json.loads(str(z["info"]))
             return Splits(z["train_x"], z["train_y"], z["test_x"], z["test_y"], [str(c) for c in z["classes"]],
-                          str(path), key, layout=info["layout"], skipped=info["skipped"])
-    splits = _decode(tree or read_tree(path))
-    splits.fingerprint = key
+                          str(path), key, layout=info["layout"], skipped=info["skipped"], input_size=size,
+                          size_note=note)
+    splits = _decode(tree or read_tree(path), size)
+    splits.fingerprint, splits.input_size, splits.size_note = key, size, note
     info = json.dumps({"layout": splits.layout, "skipped": splits.skipped})
     with atomic_path(npz) as tmp:
         with open(tmp, "wb") as f:
@@ -200,7 +220,55 @@ def _fingerprint(path: Path, tree: Tree | None) -> str:
     return digest.hexdigest()[:16]
 
 
-def _decode(tree: Tree) -> Splits:
+def _default_size(path: Path, tree: Tree | None, record: Path) -> tuple[Size, str, Tree | None]:
+    """The input size a source gets when none is given, and why (module docstring). Remembered in the cache
+    beside the decoded data, so a cached archive is not read again to choose it."""
+    try:
+        found = json.loads(record.read_text())
+        return parse_size(found["size"]), str(found["note"]), tree
+    except (OSError, ValueError, KeyError, TypeError, EdgecifarError):
+        pass
+    tree = tree or read_tree(path)
+    layout, root = find_root(tree)
+    if layout == "cifar":
+        size, note = DEFAULT_SIZE, "CIFAR-10's size; --input-size sets another"
+    else:
+        skipped = copy.deepcopy(tree.skipped)  # image_folder records its skips; decoding records them once
+        train = image_folder(tree, root)["train"]
+        tree.skipped = skipped
+        size, note = _median_size(tree, [(p, r) for _, p, r in train])
+    with atomic_path(record) as tmp:
+        tmp.write_text(json.dumps({"size": list(size), "note": note}))
+    return size, note, tree
+
+
+def _median_size(tree: Tree, files: list[tuple[str, Reader]]) -> tuple[Size, str]:
+    """The median height and width of up to PROBED evenly spaced training images (headers only), scaled down
+    together so the longer side is at most DEFAULT_CAP."""
+    from PIL import Image
+
+    picked = files[::max(1, len(files) // PROBED)][:PROBED]
+    sizes = []
+    for path, reader in picked:
+        try:
+            with Image.open(io.BytesIO(_read(tree, path, reader))) as img:
+                w, h = img.size
+                if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotations that swap the sides
+                    w, h = h, w
+            sizes.append((h, w))
+        except (OSError, ValueError, DataError):
+            continue  # an unreadable file is reported when the data is decoded
+    if not sizes:
+        return DEFAULT_SIZE, "no readable training image to measure; --input-size sets another"
+    h, w = (float(np.median([s[i] for s in sizes])) for i in (0, 1))
+    scale = min(1.0, DEFAULT_CAP / max(h, w))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    capped = f", scaled down to at most {DEFAULT_CAP} px" if scale < 1 else ""
+    return size, (f"the median height and width of {len(sizes)} training images{capped}; --input-size sets "
+                  f"another")
+
+
+def _decode(tree: Tree, size: Size) -> Splits:
     layout, root = find_root(tree)
     prefix = f"{root}/" if root else ""
     if layout == "cifar":
@@ -209,14 +277,22 @@ def _decode(tree: Tree) -> Splits:
             return _read(tree, prefix + name, reader) if reader else None
 
         *arrays, classes = read_cifar(read, lambda name: tree.name_of(prefix + name))
+        if size != DEFAULT_SIZE:  # the batches hold 32x32 pixels: resized as any other image would be
+            arrays = [_resized(a, size) if a.ndim == 4 else a for a in arrays]
         splits = Splits(*arrays, classes, tree.where, "", layout="CIFAR-10 python batches")
     else:
-        splits = _image_splits(tree, root)
+        splits = _image_splits(tree, root, size)
     splits.skipped = {reason: {"count": len(paths), "examples": paths[:3]} for reason, paths in tree.skipped.items()}
     return splits
 
 
-def _image_splits(tree: Tree, root: str) -> Splits:
+def _resized(images: np.ndarray, size: Size) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(resize(Image.fromarray(image), size)) for image in images])
+
+
+def _image_splits(tree: Tree, root: str, size: Size) -> Splits:
     items = image_folder(tree, root)
     classes = sorted({cls for cls, _, _ in items["train"]})
     unknown = sorted({cls for cls, _, _ in items["test"]} - set(classes))
@@ -225,7 +301,7 @@ def _image_splits(tree: Tree, root: str) -> Splits:
     index = {c: i for i, c in enumerate(classes)}
 
     def decode(item: tuple[str, str, Reader]) -> np.ndarray:
-        return decode_image(_read(tree, item[1], item[2]), tree.name_of(item[1]))
+        return decode_image(_read(tree, item[1], item[2]), tree.name_of(item[1]), size)
 
     arrays = []
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .contract import model_size
 from .errors import DataError
 from .utils import atomic_path, data_source, write_json
 
@@ -40,7 +41,7 @@ def evaluate_run(run_dir: Path | str, data: str | None = None, cache_dir: Path |
     config = read_config(run_dir)
     model = load_run(run_dir)
     source = data_source(config, data)
-    splits = load_data(source, cache_dir)
+    splits = load_data(source, cache_dir, input_size=model_size(model.meta))  # at the run's input size
     classes = model.meta["classes"]
     if splits.classes != classes:
         raise DataError(f"{source} has classes {splits.classes}, the model was trained on {classes}")

@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from . import __version__
-from .backends import BACKENDS, CALIB_METHODS, CONTRACT, PRECISIONS, Backend, Calibration, artifact_files
+from .backends import BACKENDS, CALIB_METHODS, PRECISIONS, Backend, Calibration, artifact_files
+from .contract import contract_text, model_size
 from .data import Splits, load_data
 from .errors import DataError, DiskFullError, ExportError, UsageError
 from .accuracy_control import export_controlled
@@ -110,7 +111,7 @@ def _choose(values: Iterable[str] | str, known: tuple[str, ...], what: str) -> l
 def _load_splits(config: dict[str, Any], meta: dict[str, Any], data: str | None, cache_dir) -> Splits:
     source = data_source(config, data)
     cache_dir = cache_dir or config.get("train", {}).get("cache_dir")
-    splits = load_data(source, cache_dir)
+    splits = load_data(source, cache_dir, input_size=model_size(meta))  # at the run's input size
     if list(splits.classes) != list(meta["classes"]):
         raise ExportError(f"data {source} has classes {splits.classes}, the model was trained on {meta['classes']}: "
                           f"pass the run's data with --data")
@@ -173,9 +174,9 @@ def metadata_for(meta: dict[str, Any], backend: Backend, precision: str) -> dict
 
     found = {"edgecifar_version": __version__, "format": backend.name, "precision": precision,
              "model": meta["model"], "classes": json.dumps(meta["classes"]), "num_classes": str(meta["num_classes"]),
-             "img_size": str(meta["img_size"]), "source_run": meta.get("source_run", ""),
+             "img_size": str(meta["img_size"] or ""), "source_run": meta.get("source_run", ""),
              "source_sha256": meta.get("source_sha256", ""), "input": json.dumps(meta["input"]),
-             "output": json.dumps(meta["output"]), "contract": CONTRACT}
+             "output": json.dumps(meta["output"]), "contract": contract_text(model_size(meta))}
     if backend.name == "onnx":
         found["opset"] = str(OPSET)
     return found

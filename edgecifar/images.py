@@ -1,5 +1,5 @@
-"""The one image decoder: file bytes -> uint8 [32, 32, 3] RGB, the same pixels for training, evaluation,
-bench, export calibration and `predict`. Imports only numpy and Pillow (the device side uses it).
+"""The one image decoder: file bytes -> uint8 [H, W, 3] RGB at the run's input size, the same pixels for training,
+evaluation, bench, export calibration and `predict`. Imports only numpy and Pillow (the device side uses it).
 
 The rules (also in the README, "Data"):
 - EXIF orientation is applied (phone photos store their rotation there).
@@ -10,7 +10,8 @@ The rules (also in the README, "Data"):
 - Only raster formats that Pillow decodes itself are opened (FORMATS): never EPS/PostScript, which
   Pillow would hand to Ghostscript, whatever the file's name says.
 - Every failure is a DataError that names the file.
-- `resize` (bilinear, antialiased when shrinking; the aspect ratio is not kept) brings the image to 32x32.
+- `resize` (bilinear, antialiased when shrinking; the aspect ratio is not kept) brings the image to the input
+  size, (height, width) (edgecifar.contract; 32x32 unless the run chose another).
 """
 
 from __future__ import annotations
@@ -22,35 +23,41 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .contract import DEFAULT_SIZE, Size
 from .errors import DataError
 
-INPUT_SIZE = 32  # the input contract: uint8 [N, 32, 32, 3]
 BACKGROUND = (255, 255, 255)  # what transparent pixels become
 DECODER_VERSION = 2  # part of the decoded-data cache key: bump it whenever these rules change
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "PPM", "AVIF", "ICO", "TGA", "QOI", "JPEG2000")
 
 
-def read_image(path: Path | str, size: int = INPUT_SIZE) -> np.ndarray:
-    """An image file -> uint8 [size, size, 3] RGB. Raises DataError (naming the file) for anything else."""
+def read_image(path: Path | str, size: Size | int = DEFAULT_SIZE) -> np.ndarray:
+    """An image file -> uint8 [H, W, 3] RGB, size (H, W) (an int: square). Raises DataError (naming the file)
+    for anything else."""
+    return decode_image(read_file(path), str(path), size)
+
+
+def read_file(path: Path | str) -> bytes:
+    """An image file's bytes; DataError (naming the file) for a folder, a missing or an unreadable file."""
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path} is a directory, not an image")
     if not path.is_file():
         raise DataError(f"image not found: {path}")
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
         raise DataError(f"cannot read image {path}: {e.strerror or e}") from None
-    return decode_image(data, str(path), size)
 
 
-def decode_image(data: bytes, name: str, size: int = INPUT_SIZE) -> np.ndarray:
-    """Encoded image bytes -> uint8 [size, size, 3] RGB; `name` is what a DataError calls the file."""
+def decode_image(data: bytes, name: str, size: Size | int = DEFAULT_SIZE) -> np.ndarray:
+    """Encoded image bytes -> uint8 [H, W, 3] RGB, size (H, W) (an int: square); `name` is what a DataError calls
+    the file."""
     if not data:
         raise DataError(f"{name} is an empty file, not an image")
     try:
-        # Pillow only warns between 1x and 2x its pixel limit; here both are refusals (a 32x32 input never
+        # Pillow only warns between 1x and 2x its pixel limit; here both are refusals (a classifier's input never
         # needs such an image, and decoding one takes gigabytes)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -79,11 +86,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def resize(img: Image.Image, size: int = INPUT_SIZE) -> Image.Image:
-    """The one resize to the model's input: bilinear, antialiased when shrinking, to size x size."""
-    if img.size == (size, size):
+def resize(img: Image.Image, size: Size | int = DEFAULT_SIZE) -> Image.Image:
+    """The one resize to the model's input: bilinear, antialiased when shrinking, to size (H, W) (an int:
+    square)."""
+    height, width = (size, size) if isinstance(size, int) else size
+    if img.size == (width, height):  # Pillow's sizes are (width, height)
         return img
-    return img.resize((size, size), Image.BILINEAR, reducing_gap=None)
+    return img.resize((width, height), Image.BILINEAR, reducing_gap=None)
 
 
 def _stretch_to_uint8(samples: np.ndarray) -> np.ndarray:

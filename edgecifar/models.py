@@ -1,7 +1,8 @@
 """The model registry: one `create_model(name, ...)` for scratch nets and timm transfer models.
 
-Every model is an `EdgeModel`: it takes a batch of 32x32 RGB uint8 images, NHWC, and does its own
-normalization (its mean/std) and resize (its `img_size`) inside `forward`. Training, evaluation and
+Every model is an `EdgeModel`: it takes a batch of RGB uint8 images, NHWC, at the run's input size (32x32 by
+default; edgecifar.contract), and does its own normalization (its mean/std) and, for transfer models, resize
+(its `img_size`, the backbone's resolution) inside `forward`. Training, evaluation and
 every exported graph therefore share one input contract, and nobody ships the wrong preprocessing.
 """
 
@@ -14,11 +15,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .contract import DEFAULT_SIZE, Size, input_spec, model_size, size_text
 from .errors import ModelError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
-INPUT_SIZE = 32  # the contract: [N, 32, 32, 3] uint8 RGB
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Recipe:
     optimizer: str = "sgd"
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
-    img_size: int = 32
+    img_size: int | None = None  # the backbone's resolution, resized to inside the model; None: the input size
     cutout: int = 0
     ema: float = 0.0  # EMA decay per step; 0 disables
     bf16: bool = False  # autocast matmuls/convs to bfloat16 (CPUs with bf16, and GPUs)
@@ -88,7 +89,7 @@ class EdgeModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.normalize(images)
         size = self.meta["img_size"]
-        if size != x.shape[-1]:
+        if size and (size, size) != tuple(x.shape[-2:]):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         return self.backbone(x)
 
@@ -109,8 +110,14 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def create_model(name: str, num_classes: int = 10, *, pretrained: bool = False, weights: str | None = None,
-                 img_size: int | None = None, classes: list[str] | None = None) -> EdgeModel:
-    """Build a registered model around the input contract (uint8 NHWC 32x32 in, logits out)."""
+                 img_size: int | None = None, classes: list[str] | None = None,
+                 input_size: Size = DEFAULT_SIZE) -> EdgeModel:
+    """Build a registered model around the input contract (uint8 NHWC [N, H, W, 3] in, logits out).
+
+    input_size: (H, W) of the images it takes. img_size: the square resolution the backbone sees (resized to
+    inside the model); None: the recipe's (transfer models; never below the input's larger side), or the
+    input size as is (scratch nets, whose pooling adapts). Raises ModelError for an input too small for the net.
+    """
     spec = get_spec(name)
     if classes is not None and len(classes) != num_classes:
         raise ModelError(f"{len(classes)} class names for {num_classes} classes")
@@ -121,12 +128,40 @@ def create_model(name: str, num_classes: int = 10, *, pretrained: bool = False, 
         "classes": list(classes) if classes else [str(i) for i in range(num_classes)],
         "mean": list(spec.mean),
         "std": list(spec.std),
-        "img_size": int(img_size or spec.recipe.img_size),
-        "input": {"name": "image", "dtype": "uint8", "shape": ["N", INPUT_SIZE, INPUT_SIZE, 3], "layout": "NHWC",
-                  "color": "RGB"},
+        "img_size": backbone_size(img_size, spec.recipe.img_size, input_size),
+        "input": input_spec(input_size),
         "output": {"name": "logits", "dtype": "float32", "shape": ["N", num_classes]},
     }
-    return EdgeModel(backbone, meta)
+    model = EdgeModel(backbone, meta)
+    _check_fits(model)
+    return model
+
+
+def backbone_size(explicit: int | None, recipe: int | None, input_size: Size) -> int | None:
+    """The backbone's resolution: the one asked for; else the recipe's, raised to the input's larger side (a
+    transfer recipe's 40 or 64 px upsample CIFAR's 32 px, and must not shrink 96 px photos); else None (scratch
+    nets take the input as it is)."""
+    if explicit:
+        return int(explicit)
+    return max(int(recipe), *input_size) if recipe else None
+
+
+def _check_fits(model: EdgeModel) -> None:
+    """One image through the net, so an input too small for its poolings fails here with a clear line rather
+    than deep inside training or export."""
+    size = model_size(model.meta)
+    if size == DEFAULT_SIZE:
+        return  # what every registered net was designed for
+    was = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *size, 3, dtype=torch.uint8))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{model.meta['model']} cannot take {size_text(size)} inputs (too small for its "
+                         f"poolings: {first}); choose a larger --input-size") from None
+    finally:
+        model.train(was)
 
 
 def freeze_stages(model: EdgeModel, groups: int) -> int:
@@ -156,7 +191,8 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module) -> int:
-    """Multiply-accumulates of one 32x32 image through convs and linears (the costs that matter)."""
+    """Multiply-accumulates of one image at the model's input size through convs and linears (the costs that
+    matter)."""
     total = 0
 
     def conv_hook(m: nn.Conv2d, _inp, out):
@@ -171,7 +207,7 @@ def count_macs(model: nn.Module) -> int:
     hooks += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, INPUT_SIZE, INPUT_SIZE, 3, dtype=torch.uint8))
+            model.eval()(torch.zeros(1, *model_size(getattr(model, "meta", {})), 3, dtype=torch.uint8))
     finally:
         for h in hooks:
             h.remove()

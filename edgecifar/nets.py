@@ -1,24 +1,42 @@
-"""From-scratch architectures for 32x32 inputs."""
+"""From-scratch architectures, designed for 32x32 inputs; each adapts its pooling to the run's input size (a
+global pool before the classifier, or scratch_cnn's pool to 4x4), so it takes any size its poolings allow."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .models import Recipe, register_model
 
 
 @register_model("scratch_cnn", recipe=Recipe(epochs=40, batch_size=128, lr=0.04, optimizer="sgd",
-                                             weight_decay=5e-4, label_smoothing=0.1, img_size=32))
+                                             weight_decay=5e-4, label_smoothing=0.1))
 def scratch_cnn(num_classes: int = 10, pretrained: bool = False, weights: str | None = None) -> nn.Module:
-    """The report's CustomCNN: 3 conv (32-64-128) + 2 fc (2048-512-C), no batch norm; 1.15 M params."""
+    """The report's CustomCNN: 3 conv (32-64-128) + 2 fc (2048-512-C), no batch norm; 1.15 M params. Inputs
+    other than 32x32 are average-pooled to its 4x4 grid before the classifier."""
     def block(cin: int, cout: int) -> list[nn.Module]:
         return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
 
-    return nn.Sequential(*block(3, 32), *block(32, 64), *block(64, 128), nn.Flatten(),
+    return nn.Sequential(*block(3, 32), *block(32, 64), *block(64, 128), PoolFlatten(4),
                          nn.Linear(128 * 4 * 4, 512), nn.ReLU(inplace=True), nn.Linear(512, num_classes))
+
+
+class PoolFlatten(nn.Module):
+    """Average-pool a feature map to `grid` x `grid` (when it is another size), then flatten. No parameters, so
+    it stands where scratch_cnn had nn.Flatten and older weights load unchanged; at 32x32 inputs the map is
+    already 4x4 and the exported graph is the one it always was."""
+
+    def __init__(self, grid: int):
+        super().__init__()
+        self.grid = grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (self.grid, self.grid):  # static at export: resolved while tracing
+            x = F.adaptive_avg_pool2d(x, self.grid)
+        return x.flatten(1)
 
 
 # ---------------------------------------------------------------- edge nets (batch norm, residuals)
@@ -78,8 +96,8 @@ class PoolBlock(nn.Module):
 
 
 class EdgePoolNet(nn.Module):
-    """Stem conv and 2x2 max-pool, then pool blocks: every conv after the stem runs at 16x16 or less (cheap on
-    CPUs at batch 1), global max-pool, linear."""
+    """Stem conv and 2x2 max-pool, then pool blocks: every conv after the stem runs at 16x16 or less at 32x32
+    inputs (cheap on CPUs at batch 1), global max-pool, linear."""
 
     def __init__(self, stem: int, widths: tuple[int, ...], num_classes: int):
         super().__init__()
@@ -98,7 +116,7 @@ class EdgePoolNet(nn.Module):
 # bf16 autocast: 2x the training throughput of fp32 for these nets on a Zen 4 CPU (AVX-512 bf16); train
 # turns it off where bf16 is only emulated (AVX2 CPUs), which would be many times slower than fp32
 EDGE_RECIPE = Recipe(epochs=40, batch_size=256, lr=0.2, optimizer="sgd", weight_decay=5e-4, label_smoothing=0.1,
-                     img_size=32, cutout=8, ema=0.999, bf16=True)
+                     cutout=8, ema=0.999, bf16=True)
 
 
 # a 78 K-parameter net underfits under cutout (train accuracy stayed below test): crop/flip only
@@ -202,7 +220,7 @@ class AirbenchNet(nn.Module):
 # lr 0.24 for conv filters, Nesterov SGD for biases and the head, linear decay to zero, batch 2000,
 # label smoothing 0.2, 2-px translation, alternating flips. No weight EMA (the Muon record has none).
 AIRBENCH_RECIPE = Recipe(epochs=8, batch_size=2000, lr=0.24, optimizer="muon", weight_decay=2e-6,
-                         label_smoothing=0.2, img_size=32, bf16=True, schedule="linear", translate=2,
+                         label_smoothing=0.2, bf16=True, schedule="linear", translate=2,
                          flip="alternating")
 
 

@@ -111,7 +111,9 @@ def markdown(header: dict[str, Any], rows: list[dict[str, Any]], image: str | No
              f"- Machine: {machine['cpu']}, {machine['cores']} cores ({isa}), {machine['platform']}, "
              f"Python {machine['python']}",
              "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
-             f"- Test set: {ok[0]['data'] if ok else '-'} ({images or '-'} images), top-1 through each file's own "
+             f"- Test set: {ok[0]['data'] if ok else '-'} ({images or '-'} images"
+             f"{', at ' + ok[0]['input_size'] if ok and ok[0].get('input_size') else ''}), top-1 through each "
+             f"file's own "
              f"runtime; device {settings['device']}",
              f"- Latency: batch 1, percentiles over about {settings['latency_seconds']} s of calls after a warm-up; "
              f"throughput at batch {settings['batch_size']}; each artifact and thread setting in a fresh process "

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .contract import model_size
 from .errors import CheckpointError, EdgecifarError
 from .models import EdgeModel, create_model
 from .utils import atomic_path, read_json, sha256_file, write_json
@@ -146,7 +147,8 @@ def load_run(run_dir: Path | str) -> EdgeModel:
 def model_from_config(config: dict[str, Any]) -> EdgeModel:
     meta = config["model"]
     try:
-        return create_model(meta["model"], meta["num_classes"], img_size=meta["img_size"], classes=meta["classes"])
+        return create_model(meta["model"], meta["num_classes"], img_size=meta.get("img_size"), classes=meta["classes"],
+                            input_size=model_size(meta))
     except EdgecifarError as e:
         raise CheckpointError(f"config.json does not describe a buildable model: {e}") from e
 

@@ -3,8 +3,9 @@ openvino), numpy and Pillow installed. Never imports torch, timm or torchvision.
 
     python -m edgecifar.runtime cat.jpg photos/ --model exported/scratch_cnn/scratch_cnn-int8.onnx [--json]
 
-API: `load_artifact(path).run(images)` (uint8 [N, 32, 32, 3] -> float32 logits [N, C]) is also what the
-benchmarks time, so it does nothing per call beyond checking the input and running the graph.
+API: `load_artifact(path).run(images)` (uint8 [N, H, W, 3] at the file's `input_size` -> float32 logits [N, C])
+is also what the benchmarks time, so it does nothing per call beyond checking the input and running the graph.
+Images are decoded at the input size the file takes (its graph's input shape, which its metadata repeats).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import numpy as np
 
 from .backends import Backend, Session, artifact_files, backend_for, check_threads, git_lfs_pointer
 from .errors import ArtifactError, DataError, EdgecifarError, UsageError
-from .images import INPUT_SIZE as INPUT_HW
-from .images import read_image  # the one decoder, shared with training: the same file gives the same pixels
+from .contract import Size, recorded_size, shape_text
+from .images import decode_image, read_file, read_image  # noqa: F401 - the one decoder, shared with training:
+# the same file gives the same pixels (read_image: part of this module's API)
 from .isa import CpuIsa, isa_warning
 from .manifest import check_artifact, manifest_entry
 from .utils import threads_warning
@@ -41,12 +43,17 @@ class Artifact:
     def classes(self) -> list[str]:
         return self.metadata["classes"]
 
+    @property
+    def input_size(self) -> Size:
+        """(H, W) of the images the file takes."""
+        return tuple(self.session.input_shape[1:3])  # type: ignore[return-value]
+
     def run(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, 32, 32, 3] RGB -> float32 logits [N, C]."""
+        """uint8 [N, H, W, 3] RGB at `input_size` -> float32 logits [N, C]."""
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
-                or images.shape[1:] != (INPUT_HW, INPUT_HW, 3):
+                or images.shape[1:] != (*self.input_size, 3):
             got = f"{images.dtype} {list(images.shape)}" if isinstance(images, np.ndarray) else type(images).__name__
-            raise DataError(f"the model takes uint8 [N, 32, 32, 3] images, got {got}")
+            raise DataError(f"the model takes {shape_text(self.input_size)} images, got {got}")
         return self.backend.run(self.session, np.ascontiguousarray(images))
 
 
@@ -90,10 +97,16 @@ def _exported_with(path: Path, fmt: str) -> str:
 
 
 def _parse_metadata(path: Path, session: Session) -> dict[str, Any]:
-    if session.input_type != "uint8" or session.input_shape[1:] != [INPUT_HW, INPUT_HW, 3]:
-        raise ArtifactError(f"{path} does not take uint8 [N, 32, 32, 3] images (it takes {session.input_type} "
-                            f"{session.input_shape}): not an edgecifar export")
+    shape = session.input_shape
+    if session.input_type != "uint8" or len(shape) != 4 or shape[3] != 3 \
+            or not all(isinstance(s, int) and s > 0 for s in shape[1:3]):
+        raise ArtifactError(f"{path} does not take uint8 [N, H, W, 3] images of a fixed size (it takes "
+                            f"{session.input_type} {shape}): not an edgecifar export")
     meta: dict[str, Any] = dict(session.metadata)
+    recorded = recorded_size(meta.get("input"))  # the graph's shape rules; metadata that contradicts it is wrong
+    if recorded is not None and recorded != tuple(shape[1:3]):
+        raise ArtifactError(f"{path} takes {shape_text(tuple(shape[1:3]))} images but its metadata says "
+                            f"{shape_text(recorded)}: not an edgecifar export, or edited")
     try:
         classes = json.loads(meta["classes"])
         if not isinstance(classes, list) or not classes:
@@ -140,18 +153,14 @@ def predict(paths: Sequence[Path | str], model_path: Path | str, topk: int = 3, 
     if (note := threads_warning(check_threads(threads))) is not None:
         warn(note)
     model_path = Path(model_path)
-    images: list[tuple[Path, np.ndarray | None, str | None]] = []
-    for path in image_paths(paths):
-        try:
-            if path.is_dir():
-                raise DataError(f"{path} is a folder with no image files in it")
-            images.append((path, read_image(path), None))
-        except EdgecifarError as e:
-            images.append((path, None, str(e)))
-    good = [(path, image) for path, image, _ in images if image is not None]
-    if not good:  # nothing to classify: the model is not even loaded
-        return [{"image": str(path), "model": str(model_path), "error": error} for path, _, error in images]
+    files = [_read_file(path) for path in image_paths(paths)]
+    if all(data is None for _, data, _ in files):  # nothing to classify: the model is not even loaded
+        return [{"image": str(path), "model": str(model_path), "error": error} for path, _, error in files]
     artifact = load_artifact(model_path, threads=threads)
+    images = [_decoded(path, data, error, artifact.input_size) for path, data, error in files]
+    good = [(path, image) for path, image, _ in images if image is not None]
+    if not good:
+        return [{"image": str(path), "model": str(model_path), "error": error} for path, _, error in images]
     checksum = _checked(model_path, allow_checksum_mismatch, warn)
     if (note := isa_warning(artifact.metadata, cpu)) is not None:
         warn(note)
@@ -168,6 +177,27 @@ def predict(paths: Sequence[Path | str], model_path: Path | str, topk: int = 3, 
     return [{"image": str(path), "model": str(model_path), "checksum": checksum, "predictions": answers[path]}
             if error is None else {"image": str(path), "model": str(model_path), "error": error}
             for path, _, error in images]
+
+
+def _read_file(path: Path) -> tuple[Path, bytes | None, str | None]:
+    """(path, its bytes, None), or (path, None, why it cannot be read)."""
+    try:
+        if path.is_dir():
+            raise DataError(f"{path} is a folder with no image files in it")
+        return path, read_file(path), None
+    except EdgecifarError as e:
+        return path, None, str(e)
+
+
+def _decoded(path: Path, data: bytes | None, error: str | None,
+             size: Size) -> tuple[Path, np.ndarray | None, str | None]:
+    """(path, uint8 [H, W, 3] at the model's input size, None), or (path, None, why it cannot be decoded)."""
+    if data is None:
+        return path, None, error
+    try:
+        return path, decode_image(data, str(path), size), None
+    except EdgecifarError as e:
+        return path, None, str(e)
 
 
 def image_paths(paths: Sequence[Path | str]) -> list[Path]:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from . import __version__, distributed
 from .augment import alternating_flips, cutout, mirror, random_crop, random_flip
+from .contract import DEFAULT_SIZE, model_size, size_text
 from .data import Splits, load_data
 from .distributed import Ranks
 from .errors import DiskFullError, EdgecifarError, TrainingError
@@ -41,7 +42,8 @@ class TrainConfig:
     optimizer: str | None = None  # sgd | adamw
     weight_decay: float | None = None
     label_smoothing: float | None = None
-    img_size: int | None = None
+    img_size: int | None = None  # the backbone's resolution, resized to inside the model (`--backbone-size`)
+    input_size: list[int] | None = None  # [H, W] of the images the model takes; None: the data's default
     cutout: int | None = None
     ema: float | None = None
     bf16: bool | None = None
@@ -121,7 +123,8 @@ def train(cfg: TrainConfig, show_progress: bool = False, log=print) -> Path:
         cfg = _bf16_where_native(cfg, device, log)
         if cfg.flip not in ("random", "alternating"):
             raise EdgecifarError(f"unknown flip '{cfg.flip}': use random or alternating")
-        data = load_data(cfg.data, cfg.cache_dir, cfg.val_split, cfg.seed)
+        data = load_data(cfg.data, cfg.cache_dir, cfg.val_split, cfg.seed, cfg.input_size)
+        cfg = replace(cfg, input_size=list(data.input_size))  # recorded: the run's input contract
         if checkpoint is not None:
             check_same_data(saved_config(checkpoint, Path(cfg.out)), data, log)
         out = Path(cfg.out) if checkpoint is not None else choose_run_dir(cfg.out, cfg.model)
@@ -155,6 +158,8 @@ def _options(cfg: TrainConfig, log, ranks: Ranks) -> tuple[TrainConfig, dict[str
     processes = (saved.get("distributed") or {}).get("world_size", 1)
     if processes != ranks.world_size:
         changes["processes"] = [processes, ranks.world_size]
+    if cfg.input_size is None:  # a run from before input sizes were recorded: it took 32x32
+        cfg = replace(cfg, input_size=list(DEFAULT_SIZE))
     return cfg, checkpoint, changes
 
 
@@ -164,7 +169,8 @@ def _follow_rank0(ranks: Ranks) -> Path:
     with distributed.lost_peers(ranks):
         options, checkpoint, changes, out = distributed.broadcast(None, ranks)
         cfg = TrainConfig(**options)
-        data = distributed.node_first(lambda: load_data(cfg.data, cfg.cache_dir, cfg.val_split, cfg.seed), ranks)
+        data = distributed.node_first(lambda: load_data(cfg.data, cfg.cache_dir, cfg.val_split, cfg.seed,
+                                                               cfg.input_size), ranks)
         device = distributed.local_device(pick_device(cfg.device), ranks)
         return _train(cfg, data, device, Path(out), checkpoint, changes, False, lambda message: None, ranks)
 
@@ -194,7 +200,7 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
     eval_x, eval_y = (data.val_x, data.val_y) if data.val_y is not None else (data.test_x, data.test_y)
     eval_x, eval_y = (torch.from_numpy(a).to(device) for a in _subset(eval_x, eval_y, cfg.max_test, cfg.seed))
     model = create_model(cfg.model, len(data.classes), pretrained=cfg.pretrained, weights=cfg.weights,
-                         img_size=cfg.img_size, classes=data.classes)
+                         img_size=cfg.img_size, classes=data.classes, input_size=data.input_size)
     trainable = freeze_stages(model, cfg.freeze) if cfg.pretrained or cfg.weights else count_params(model)
     model = model.to(device, memory_format=torch.channels_last)
     init_from_data(model, train_x, cfg.seed)
@@ -273,6 +279,9 @@ def teacher_logits(run_dir: str, images: torch.Tensor, classes: list[str], tta: 
     teacher = load_run(run_dir).to(images.device)
     if teacher.meta["classes"] != classes:
         raise EdgecifarError(f"teacher {run_dir} was trained on other classes")
+    if model_size(teacher.meta) != tuple(images.shape[1:3]):
+        raise EdgecifarError(f"teacher {run_dir} takes {size_text(model_size(teacher.meta))} images, this run "
+                             f"{size_text(tuple(images.shape[1:3]))}: train with its --input-size")
     logits = torch.stack([predict_logits(teacher, images), predict_logits(teacher, images.flip(2))], dim=1)
     return logits.mean(1, keepdim=True).expand_as(logits) if tta else logits
 

@@ -21,8 +21,10 @@ def tinted_image(c: int, rng: np.random.Generator, size: tuple[int, int] = (32, 
     return np.clip(TINTS[c] + rng.normal(0, 60, (*size, 3)), 0, 255).astype(np.uint8)
 
 
-def make_image_tree(root: Path, n_train: int = 20, n_test: int = 70, seed: int = 0) -> Path:
-    """train/<class>/*.png and test/<class>/*.png: noisy images tinted by class (learnable in a few steps)."""
+def make_image_tree(root: Path, n_train: int = 20, n_test: int = 70, seed: int = 0, size: tuple[int, int] = (32, 32),
+                    odd: tuple[int, int] | None = None) -> Path:
+    """train/<class>/*.png and test/<class>/*.png: noisy images tinted by class (learnable in a few steps), of
+    `size` (height, width); every fourth training image of size `odd` instead, when given."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -31,7 +33,8 @@ def make_image_tree(root: Path, n_train: int = 20, n_test: int = 70, seed: int =
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                Image.fromarray(tinted_image(c, rng)).save(folder / f"{i:03d}.png")
+                shape = odd if odd and split == "train" and i % 4 == 0 else size
+                Image.fromarray(tinted_image(c, rng, shape)).save(folder / f"{i:03d}.png")
     return root
 
 

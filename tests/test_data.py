@@ -145,7 +145,7 @@ def test_cache_key_follows_the_decoder_version(image_archive, cache_dir, monkeyp
     load_data(str(image_archive), cache_dir)
     decoded = []
     real_decode = data_module._decode
-    monkeypatch.setattr(data_module, "_decode", lambda tree: decoded.append(tree) or real_decode(tree))
+    monkeypatch.setattr(data_module, "_decode", lambda tree, *size: decoded.append(tree) or real_decode(tree, *size))
     load_data(str(image_archive), cache_dir)
     assert decoded == []
     monkeypatch.setattr(data_module, "CACHE_VERSION", "next")

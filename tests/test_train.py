@@ -27,7 +27,8 @@ def test_run_folder_contents(image_tree, tmp_path):
     assert {p.name for p in run.iterdir()} >= {"model.safetensors", "config.json", "metrics.json", "checkpoint.pt"}
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["model"] == "scratch_cnn" and config["model"]["classes"] == ["cat", "dog", "ship"]
-    assert config["model"]["mean"] and config["model"]["img_size"] == 32
+    assert config["model"]["mean"] and config["model"]["img_size"] is None  # scratch nets: no resize inside
+    assert config["model"]["input"]["shape"] == ["N", 32, 32, 3] and config["train"]["input_size"] == [32, 32]
     assert config["train"]["epochs"] == 2 and config["train"]["seed"] == 3 and config["train"]["lr"] == 0.01
     assert config["data"]["fingerprint"] and config["versions"]["torch"]
     metrics = json.loads((run / "metrics.json").read_text())

@@ -23,14 +23,13 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # minmax is the default everywhere: on scratch_cnn nncf's own default (mean of per-image min/max) clipped
 # enough to cost 0.1 point of accuracy, minmax nothing
 CALIB_METHODS = ("minmax", "percentile", "entropy", "default")
-INPUT_NAME, OUTPUT_NAME = "image", "logits"
-CONTRACT = ("input 'image': uint8 [N, 32, 32, 3], RGB, NHWC, raw 0-255 pixels (normalization and resize are "
-            "inside the graph); output 'logits': float32 [N, C], softmax gives class probabilities")
+INPUT_NAME, OUTPUT_NAME = "image", "logits"  # the contract itself (shape, words): edgecifar.contract
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """INT8 calibration images (uint8 [N, 32, 32, 3], drawn from the training split) and how to use them."""
+    """INT8 calibration images (uint8 [N, H, W, 3] at the run's input size, drawn from the training split) and
+    how to use them."""
 
     images: np.ndarray
     method: str = "minmax"
@@ -72,7 +71,7 @@ class Backend(Protocol):
         """Load a file for inference; raise ArtifactError if it cannot be read."""
 
     def run(self, session: Session, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, 32, 32, 3] -> float32 logits [N, C]."""
+        """uint8 [N, H, W, 3] (the file's input size) -> float32 logits [N, C]."""
 
 
 def backend_for(path: Path | str) -> Backend:

@@ -131,14 +131,17 @@ def _convert(model: Any) -> Any:
     import openvino as ov
     import torch
 
+    from ..contract import model_size
+
     key = (id(model), model.meta.get("source_sha256", ""))
+    height, width = model_size(model.meta)  # the run's input size
     if key not in _CONVERTED:
-        example = torch.zeros(1, 32, 32, 3, dtype=torch.uint8)
+        example = torch.zeros(1, height, width, 3, dtype=torch.uint8)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # torch.jit.trace deprecation and traced shape checks
             try:
                 converted = ov.convert_model(model.eval(), example_input=example,
-                                             input=[(ov.PartialShape([-1, 32, 32, 3]), ov.Type.u8)])
+                                             input=[(ov.PartialShape([-1, height, width, 3]), ov.Type.u8)])
             except Exception as e:
                 raise ExportError(f"openvino.convert_model failed: {error_text(e)}") from e
         _CONVERTED.clear()  # hold one model at most
