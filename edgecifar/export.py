@@ -24,7 +24,7 @@ from . import __version__
 from .backends import BACKENDS, CALIB_METHODS, PRECISIONS, Backend, Calibration, artifact_files
 from .contract import contract_text, model_size
 from .data import Splits, load_data
-from .errors import DataError, DiskFullError, ExportError, UsageError
+from .errors import DiskFullError, ExportError, UsageError
 from .accuracy_control import export_controlled
 from .isa import DEFAULT_INT8_ISA, INT8_ISAS, int8_metadata
 from .manifest import MANIFEST, read_manifest, update_manifest

@@ -8,7 +8,7 @@ every exported graph therefore share one input contract, and nobody ships the wr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import torch

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from edgecifar.models import count_macs, count_params, create_model, get_spec
-from edgecifar.nets import AirbenchNet, ConvGroup
+from edgecifar.nets import ConvGroup
 from edgecifar.optim import Muon, linear_decay, muon_param_groups, zeropower_via_newtonschulz5
 from edgecifar.train import TrainConfig, init_from_data, train
 

@@ -11,7 +11,7 @@ import pytest
 pytest.register_assert_rewrite("export_fixtures")
 from export_fixtures import CLASSES, tinted_image  # noqa: E402
 
-from edgecifar.quant_report import layer_errors, ranking  # noqa: E402
+from edgecifar.quant_report import layer_errors  # noqa: E402
 
 
 def _sqnr(x: np.ndarray, y: np.ndarray) -> float:
