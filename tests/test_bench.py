@@ -18,12 +18,11 @@ from edgecifar.cli import app
 from edgecifar.errors import ArtifactError, BenchError, UsageError
 
 pytest.register_assert_rewrite("export_fixtures")
-from export_fixtures import CLASSES, edit_manifest, listed_path  # noqa: E402
+from export_fixtures import CLASSES, VARIANTS, edit_manifest, listed_path  # noqa: E402
 
 pytest_plugins = ["export_fixtures"]  # tiny_run, exported: the session-wide export shared with test_export.py
 
 FAST = {"latency_seconds": 0.05, "throughput_seconds": 0.05}
-VARIANTS = ["PyTorch"] + [f"{f} {p}" for f in ("ONNX", "OpenVINO") for p in ("FP32", "FP16", "INT8")]
 REPORTS = ("bench.json", "bench.csv", "bench.md", "bench.png")
 
 

@@ -191,8 +191,29 @@ def _fp32(model: Any) -> bytes:
     key = (id(model), model.meta.get("source_sha256", ""))
     if key not in _FP32_CACHE:
         _FP32_CACHE.clear()  # hold one model's bytes at most
-        _FP32_CACHE[key] = _convert(model.eval())
+        _FP32_CACHE[key] = _convert(_lowerable(model))
     return _FP32_CACHE[key]
+
+
+def _lowerable(model: Any) -> Any:
+    """An eval copy of the model whose global max pools (nn.AdaptiveMaxPool2d to 1x1: the airnets' and edge nets'
+    heads) are an amax over H and W, the same values: litert-torch 0.10 has no lowering for
+    aten.adaptive_max_pool2d."""
+    import copy
+
+    from torch import nn
+
+    class GlobalMaxPool(nn.Module):
+        def forward(self, x):
+            return x.amax(dim=(2, 3), keepdim=True)
+
+    found = copy.deepcopy(model).eval()
+    for name, module in list(found.named_modules()):
+        size = getattr(module, "output_size", None)
+        if isinstance(module, nn.AdaptiveMaxPool2d) and size in (1, (1, 1), [1, 1]):
+            parent = found.get_submodule(name.rpartition(".")[0]) if "." in name else found
+            setattr(parent, name.rpartition(".")[2], GlobalMaxPool())
+    return found
 
 
 def _convert(module: Any, quant_config: Any = None) -> bytes:
@@ -247,7 +268,7 @@ def _int8(model: Any, calibration: Calibration) -> bytes:
     batch = torch.export.Dim("N", min=1, max=max(2, calibration.batch_size))
     try:
         with _quiet(), torch.no_grad():
-            graph = torch.export.export(model.eval(), (torch.zeros(2, 32, 32, 3, dtype=torch.uint8),),
+            graph = torch.export.export(_lowerable(model), (torch.zeros(2, 32, 32, 3, dtype=torch.uint8),),
                                         dynamic_shapes=({0: batch},)).module()
             prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
             for images in calibration.batches():
