@@ -167,6 +167,37 @@ def check_threads(threads: Any) -> int | None:
     return int(threads)
 
 
+def with_minmax_activations(config: Any) -> Any:
+    """A PT2E quantization config (LiteRT's or XNNPACK's) whose activation observers are plain min/max over the
+    calibration images: our "minmax" method (their default is a histogram observer, our "default")."""
+    from dataclasses import replace
+
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+
+    act = replace(config.input_activation, observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2 ** -12))
+    return replace(config, input_activation=act, output_activation=act)
+
+
+def global_max_pools_as_amax(model: Any) -> Any:
+    """An eval copy of the model whose global max pools (nn.AdaptiveMaxPool2d to 1x1: the airnets' and edge nets'
+    heads) are an amax over H and W, the same values: neither litert-torch 0.10 nor ExecuTorch 1.5 (not core
+    ATen) lowers aten.adaptive_max_pool2d."""
+    import copy
+
+    from torch import nn
+
+    class GlobalMaxPool(nn.Module):
+        def forward(self, x):
+            return x.amax(dim=(2, 3), keepdim=True)
+
+    found = copy.deepcopy(model).eval()
+    for name, module in list(found.named_modules()):
+        if isinstance(module, nn.AdaptiveMaxPool2d) and module.output_size in (1, (1, 1), [1, 1]):
+            parent, _, attr = name.rpartition(".")
+            setattr(found.get_submodule(parent) if parent else found, attr, GlobalMaxPool())
+    return found
+
+
 LFS_HEADER = b"version https://git-lfs.github.com/spec/"
 
 

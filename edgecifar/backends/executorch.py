@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, ExportError
-from . import Calibration, Session, error_text
+from . import Calibration, Session, error_text, global_max_pools_as_amax, with_minmax_activations
 
 METADATA_METHOD = "edgecifar_metadata"
 # the batch axis is dynamic up to this bound; the program plans its memory for it, so it is exported from an
@@ -56,7 +56,7 @@ class ExecuTorchBackend:
 
         if precision not in self.precisions:
             raise ExportError(f"executorch: unknown precision '{precision}'")
-        module = model.eval()
+        module = global_max_pools_as_amax(model)
         if precision == "int8":
             if calibration is None:
                 raise ExportError("INT8 export needs calibration images")
@@ -172,12 +172,7 @@ def _quantize(model: Any, calibration: Calibration) -> Any:
 
     config = get_symmetric_quantization_config(is_per_channel=True)
     if calibration.method == "minmax":
-        from dataclasses import replace
-
-        from torchao.quantization.pt2e.observer import MinMaxObserver
-
-        act = replace(config.input_activation, observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2 ** -12))
-        config = replace(config, input_activation=act, output_activation=act)
+        config = with_minmax_activations(config)
     try:
         with _quiet(), torch.no_grad():
             graph = torch.export.export(model, (torch.zeros(2, 32, 32, 3, dtype=torch.uint8),),

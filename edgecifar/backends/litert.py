@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, ExportError
-from . import Calibration, Session, error_text
+from . import Calibration, Session, error_text, global_max_pools_as_amax, with_minmax_activations
 
 METADATA_NAME = "edgecifar"
 
@@ -191,29 +191,8 @@ def _fp32(model: Any) -> bytes:
     key = (id(model), model.meta.get("source_sha256", ""))
     if key not in _FP32_CACHE:
         _FP32_CACHE.clear()  # hold one model's bytes at most
-        _FP32_CACHE[key] = _convert(_lowerable(model))
+        _FP32_CACHE[key] = _convert(global_max_pools_as_amax(model))
     return _FP32_CACHE[key]
-
-
-def _lowerable(model: Any) -> Any:
-    """An eval copy of the model whose global max pools (nn.AdaptiveMaxPool2d to 1x1: the airnets' and edge nets'
-    heads) are an amax over H and W, the same values: litert-torch 0.10 has no lowering for
-    aten.adaptive_max_pool2d."""
-    import copy
-
-    from torch import nn
-
-    class GlobalMaxPool(nn.Module):
-        def forward(self, x):
-            return x.amax(dim=(2, 3), keepdim=True)
-
-    found = copy.deepcopy(model).eval()
-    for name, module in list(found.named_modules()):
-        size = getattr(module, "output_size", None)
-        if isinstance(module, nn.AdaptiveMaxPool2d) and size in (1, (1, 1), [1, 1]):
-            parent = found.get_submodule(name.rpartition(".")[0]) if "." in name else found
-            setattr(parent, name.rpartition(".")[2], GlobalMaxPool())
-    return found
 
 
 def _convert(module: Any, quant_config: Any = None) -> bytes:
@@ -255,20 +234,19 @@ def _int8(model: Any, calibration: Calibration) -> bytes:
     normalization ahead of the first quantize stay as they are, so the file takes the contract's raw pixels."""
     import torch
     from torchao.quantization.pt2e import quantize_pt2e
-    from torchao.quantization.pt2e.observer import MinMaxObserver
 
     with _quiet():
         from litert_torch.quantize import pt2e_quantizer, quant_config
 
     config = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
     if calibration.method == "minmax":
-        act = config.input_activation
-        config = _with_observer(config, act, MinMaxObserver.with_args(eps=2 ** -12))
+        config = with_minmax_activations(config)
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(config)
     batch = torch.export.Dim("N", min=1, max=max(2, calibration.batch_size))
     try:
         with _quiet(), torch.no_grad():
-            graph = torch.export.export(_lowerable(model), (torch.zeros(2, 32, 32, 3, dtype=torch.uint8),),
+            example = (torch.zeros(2, 32, 32, 3, dtype=torch.uint8),)
+            graph = torch.export.export(global_max_pools_as_amax(model), example,
                                         dynamic_shapes=({0: batch},)).module()
             prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
             for images in calibration.batches():
@@ -277,11 +255,3 @@ def _int8(model: Any, calibration: Calibration) -> bytes:
     except Exception as e:
         raise ExportError(f"PT2E quantization for LiteRT failed: {error_text(e)}") from e
     return _convert(converted, quant_config.QuantConfig(pt2e_quantizer=quantizer))
-
-
-def _with_observer(config: Any, spec: Any, observer: Any) -> Any:
-    """The quantization config with its activation observer replaced (input and output specs alike)."""
-    from dataclasses import replace
-
-    act = replace(spec, observer_or_fake_quant_ctr=observer)
-    return replace(config, input_activation=act, output_activation=act)
