@@ -152,3 +152,12 @@ print(sorted(m for m in ('torch', 'tensorflow', 'timm') if m in sys.modules))
     assert proc.returncode == 0, proc.stderr
     answer, heavy = proc.stdout.strip().splitlines()[-2:]
     assert answer in CLASSES and heavy == "[]"
+
+
+@pytest.mark.skipif(bool(unavailable(BACKENDS["litert"], export=True)), reason="litert extra not installed")
+@pytest.mark.xfail(strict=True, reason="known defect: litert-torch 0.10 ends the INT8 graph with a CAST of the int8 "
+                                       "logits and no DEQUANTIZE; top-1 holds, the logits' scale does not")
+def test_litert_int8_logits_are_in_scale(exported):
+    out, entries = exported
+    e = next(e for e in entries if (e["format"], e["precision"]) == ("litert", "int8"))
+    assert e["verification"]["max_abs_logit_diff"] < 5

@@ -51,6 +51,8 @@ def test_exports_every_format_and_precision(exported):
         assert v["inference_precision"] == BACKENDS[e["format"]].exec_precision
         if e["precision"] == "fp32":
             assert v["agreement"] == 1.0 and v["max_abs_logit_diff"] < 1e-3
+        elif (e["format"], e["precision"]) == ("litert", "int8"):  # see test_litert_int8_logits_are_in_scale
+            assert v["agreement"] >= 0.95
         else:  # the figures come from running the reduced-precision file: it is close, but not identical
             assert 0 < v["max_abs_logit_diff"] < 5 and v["agreement"] >= 0.95
     for fmt, precision in ALL_EXPORTS:
