@@ -138,7 +138,8 @@ def test_artifact_worker_is_a_fresh_process_without_torch(exported, tiny_run):
             job = {"kind": "artifact", "path": str(out_dir / e["path"]), "threads": 1, "classes": e["classes"],
                    "data": str(data), "accuracy": True, "batch_size": 16, "images": 40, **FAST}
             result = run_worker(job, 1)
-            assert result["ok"] and result["torch_imported"] is False, result
+            # ExecuTorch's Python runtime imports torch itself (README: on the device side)
+            assert result["ok"] and result["torch_imported"] is (e["format"] == "executorch"), result
             assert result["accuracy"]["images"] == 40
 
 
