@@ -255,8 +255,9 @@ def test_hand_edited_manifest_costs_only_its_broken_entries(exported_copy, tmp_p
                 "an entry must be an object, found null", "an entry must be an object, found a string"]
     assert all(any(e in n for n in notes) for e in expected), notes
     assert all(any(n in line for line in logs) for n in notes)
-    assert sorted((r["variant"], r["status"]) for r in rows) == [
-        ("ONNX INT8", "ok"), ("OpenVINO INT8", "error"), ("OpenVINO INT8", "ok")]
+    untouched = [(v, "ok") for v in VARIANTS if v != "PyTorch" and not v.startswith(("ONNX", "OpenVINO"))]
+    assert sorted((r["variant"], r["status"]) for r in rows) == sorted(
+        [("ONNX INT8", "ok"), ("OpenVINO INT8", "error"), ("OpenVINO INT8", "ok")] + untouched)
     wrong = next(r for r in rows if r["status"] == "error")
     assert "the manifest says precision 'int8', the file's own metadata 'fp16'" in wrong["reason"]
     assert not any("INT4" in r["variant"] for r in rows)
@@ -271,7 +272,7 @@ def test_export_and_bench_refuse_what_they_cannot_read(exported_copy, tiny_run, 
     from edgecifar.export import export_run
 
     edit_manifest(exported_copy, lambda entries: entries.append(None))
-    with pytest.raises(ArtifactError, match=r"(?s)invalid manifest.*\n  artifacts\[6\]: an entry must be an object"):
+    with pytest.raises(ArtifactError, match=r"(?s)invalid manifest.*\n  artifacts\[\d+\]: an entry must be an object"):
         export_run(tiny_run, "onnx", "fp32", out_dir=exported_copy, verify_size=20)
     fast = ["--no-baseline", "--runs", tmp_path / "runs", "--threads", "1", "--latency-seconds", 0.05,
             "--throughput-seconds", 0.05]
