@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .backends import backend_for
+from .backends import BACKENDS, backend_for
 from .bench_targets import Target, check_device, parse_threads, resolve_targets
 from .contract import Size, size_text
 from .errors import BenchError, DataError, UsageError
@@ -29,8 +29,9 @@ from .isa import cap_command, current_isa, emulated, isa_variants, parse_isa
 from .utils import library_versions, machine_info, read_json, threads_warning
 
 DEFAULT_OUT = Path("benchmarks/results")
-VERSIONED = ("edgecifar", "numpy", "onnxruntime", "openvino", "torch", "timm")
-STARTUP_S = {"pytorch": 3.0, "onnx": 0.8, "openvino": 1.2}  # rough process start + import, for the ETA only
+VERSIONED = tuple(dict.fromkeys(("edgecifar", "numpy", "torch", "timm",
+                                 *(lib for b in BACKENDS.values() for lib in b.libraries))))
+STARTUP_S = {"pytorch": 3.0, **{name: b.startup_s for name, b in BACKENDS.items()}}  # for the ETA only
 Log = Callable[[str], None]
 
 
@@ -331,7 +332,7 @@ def _rows(targets: list[Target], threads: tuple[int, ...], measured: dict, test_
 
 def _default_exec(target: Target) -> str:
     # what each runtime computes in when no variant hint is given (OpenVINO is pinned to f32 by load_artifact)
-    return {"openvino": "f32", "pytorch": "f32"}.get(target.format, "model")
+    return "f32" if target.format == "pytorch" else BACKENDS[target.format].exec_precision
 
 
 def _accuracy_fields(acc: dict[str, Any] | None, classes: list[str]) -> dict[str, Any]:

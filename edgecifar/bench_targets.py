@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .backends import check_threads, git_lfs_pointer
+from .backends import BACKENDS, check_threads, git_lfs_pointer, unavailable
 from .contract import DEFAULT_SIZE, Size, size_of, size_text
 from .errors import ArtifactError, DataError, UsageError
 from .manifest import MANIFEST, entry_files, find_manifest, listed_paths, read_entries
 from .utils import cpu_has_bf16, data_source, read_json, sha256_file
 
-FORMAT_NAMES = {"pytorch": "PyTorch", "onnx": "ONNX", "openvino": "OpenVINO"}
-RUNTIME_MODULES = {"pytorch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}
-ARTIFACT_SUFFIXES = {".onnx": "onnx", ".xml": "openvino"}
+FORMAT_NAMES = {"pytorch": "PyTorch", **{name: b.label for name, b in BACKENDS.items()}}
+ARTIFACT_SUFFIXES = {b.suffixes[0]: name for name, b in BACKENDS.items()}
+MODEL_FILES = ", ".join(ARTIFACT_SUFFIXES)
 PRECISION_ORDER = ("fp32", "fp16", "int8")
 
 
@@ -30,11 +30,11 @@ class Target:
 
     model: str
     source_run: str
-    format: str  # pytorch | onnx | openvino
+    format: str  # pytorch or a backend's name
     precision: str  # fp32 | fp16 | int8 (of the file)
     path: Path
     classes: list[str]
-    exec_precision: str | None = None  # an OpenVINO inference precision hint for a variant row (bf16)
+    exec_precision: str | None = None  # a runtime's inference precision hint for a variant row (bf16)
     isa_cap: str | None = None  # a narrower INT8 path this row runs on (edgecifar.isa.CAPS), None: the CPU's own
     run_dir: Path | None = None  # the source run folder, when found
     files: dict[str, str] = field(default_factory=dict)  # file -> sha256 the manifest expects
@@ -102,11 +102,11 @@ def _from_path(path: Path, notes: list[str]) -> list[Target]:
         notes += [f"not benched: {f} is not listed in {manifest}" for f in _unlisted(manifest)]
         return targets
     if not path.exists():
-        raise ArtifactError(f"not found: {path} (give an exported folder, its {MANIFEST}, or an .onnx/.xml file)")
+        raise ArtifactError(f"not found: {path} (give an exported folder, its {MANIFEST}, or a model file: {MODEL_FILES})")
     if path.name.endswith(".json"):
         return _from_manifest(path)
     if path.suffix.lower() not in ARTIFACT_SUFFIXES:
-        raise ArtifactError(f"{path}: not a model file (.onnx, .xml) nor a manifest")
+        raise ArtifactError(f"{path}: not a model file ({MODEL_FILES}) nor a manifest")
     manifest = find_manifest(path)
     if manifest is None:
         raise ArtifactError(f"{path} has no {MANIFEST} beside it or above it: bench takes exported artifacts, "
@@ -153,7 +153,7 @@ def _bf16_variants(artifacts: list[Target]) -> list[Target]:
     from dataclasses import replace
 
     variants = [replace(t, exec_precision="bf16") for t in artifacts
-                if t.format == "openvino" and t.precision == "fp32"]
+                if "bf16" in BACKENDS[t.format].exec_hints and t.precision == "fp32"]
     if variants and not cpu_has_bf16():
         for v in variants:
             v.skip("this CPU has no bf16 instructions (avx512_bf16 / amx_bf16)")
@@ -184,15 +184,13 @@ def _check_files(target: Target) -> None:
         target.skip("checksum mismatch: " + "; ".join(statuses))
 
 
-def runtime_installed(fmt: str) -> bool:
-    module = RUNTIME_MODULES.get(fmt)
-    return module is not None and importlib.util.find_spec(module) is not None
-
-
 def _check_runtime(target: Target) -> None:
-    if not runtime_installed(target.format):
-        target.skip(f"runtime not installed: {RUNTIME_MODULES.get(target.format, target.format)} "
-                    f"(pip install {RUNTIME_MODULES.get(target.format, target.format)})")
+    if target.format == "pytorch":
+        why = None if importlib.util.find_spec("torch") else "not installed: torch (pip install torch)"
+    else:
+        why = unavailable(BACKENDS[target.format])
+    if why:
+        target.skip(f"runtime {why}")
 
 
 def _baselines(artifacts: list[Target], runs: Path | None) -> list[Target]:

@@ -3,8 +3,9 @@
     python -m edgecifar.bench_worker < job.json > result.json
 
 Each measurement runs in its own process so that one runtime's thread pools, caches and allocator state
-cannot disturb another's. ONNX/OpenVINO jobs go through `edgecifar.runtime.load_artifact` (the device path)
-and never import torch; only the PyTorch baseline does.
+cannot disturb another's. Exported files go through `edgecifar.runtime.load_artifact` (the device path)
+and never import torch (but ExecuTorch's Python runtime does, and says so in torch_imported); the PyTorch
+baseline does.
 
 Job (JSON on stdin): kind ("artifact" | "pytorch"), path (artifact) or run_dir (pytorch), threads,
 exec_precision (OpenVINO hint or null), classes, expect (the manifest's model, format and precision, checked
@@ -26,7 +27,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-RUNTIME_MODULES = {"onnx": "onnxruntime", "openvino": "openvino"}
 MIN_LATENCY_ITERS = 20  # a percentile needs samples even when one call is slower than the budget
 MAX_LATENCY_ITERS = 50_000
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -75,12 +75,10 @@ def _load_artifact(path: str, threads: int, exec_precision: str | None, classes:
 
     started = time.perf_counter()
     backend = backend_for(path)
-    module = RUNTIME_MODULES.get(backend.name)
-    if module:
-        try:
-            importlib.import_module(module)  # timed apart from loading: the import is not the model's cost
-        except ImportError as e:
-            raise ArtifactError(f"{module} is not installed ({e.msg})") from e
+    try:
+        importlib.import_module(backend.runtime)  # timed apart from loading: the import is not the model's cost
+    except ImportError as e:
+        raise ArtifactError(f"{backend.runtime} is not installed ({e.msg})") from e
     imported = time.perf_counter()
     artifact = load_artifact(path, threads=threads, precision=exec_precision)
     loaded = time.perf_counter()
@@ -99,9 +97,7 @@ def _load_artifact(path: str, threads: int, exec_precision: str | None, classes:
 def _runtime_threads(artifact: Any) -> int | None:
     """The thread count the runtime reports it will use (checks that the pin took effect)."""
     try:
-        if artifact.format == "openvino":
-            return int(artifact.session.extra["compiled"].get_property("INFERENCE_NUM_THREADS"))
-        return int(artifact.session.handle.get_session_options().intra_op_num_threads)
+        return artifact.backend.threads_used(artifact.session)
     except Exception:  # a reporting nicety only: never fail a measurement over it
         return None
 

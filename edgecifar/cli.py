@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from .backends import BACKENDS, CALIB_METHODS, PRECISIONS
 from .errors import DataError, DiskFullError, EdgecifarError, UsageError
 from .utils import NO_ROOM, no_room
 
@@ -233,24 +234,11 @@ def models() -> None:
     console.print(table)
 
 
-class ExportFormat(str, Enum):
-    onnx = "onnx"
-    openvino = "openvino"
-    all = "all"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8 = "int8"
-    all = "all"
-
-
-class CalibMethod(str, Enum):
-    minmax = "minmax"
-    percentile = "percentile"
-    entropy = "entropy"
-    default = "default"
+# the choices come from the backends' registry: a new backend is a new --format value
+ExportFormat = Enum("ExportFormat", {name: name for name in (*BACKENDS, "all")}, type=str)
+Precision = Enum("Precision", {name: name for name in (*PRECISIONS, "all")}, type=str)
+CalibMethod = Enum("CalibMethod", {name: name for name in CALIB_METHODS}, type=str)
+MODEL_FILES = ", ".join(b.suffixes[0] for b in BACKENDS.values())
 
 
 class Int8Isa(str, Enum):
@@ -262,7 +250,8 @@ class Int8Isa(str, Enum):
 @handle_errors
 def export(
     run_dir: RunDir,
-    fmt: Annotated[ExportFormat, typer.Option("--format", help="file format")] = ExportFormat.all,
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="file format (all: every one available here, "
+                                                                "see `edgecifar doctor`)")] = ExportFormat.all,
     precision: Annotated[Precision, typer.Option(help="weights/compute precision")] = Precision.all,
     out: Annotated[Path, typer.Option(help="output folder (holds manifest.json and <run-name>/)")] = Path("exported"),
     calib_size: Annotated[int, typer.Option(min=1, help="INT8 calibration images (seeded draw from train)")] = 512,
@@ -284,7 +273,8 @@ def export(
     control_images: Annotated[int, typer.Option(min=1, help="held-out training images --max-drop is measured "
                                                             "on")] = 2000,
 ) -> None:
-    """Export a run to ONNX / OpenVINO in FP32 / FP16 / INT8, each verified against PyTorch on test images."""
+    """Export a run to every format and precision (ONNX, OpenVINO, LiteRT, ExecuTorch; FP32, FP16, INT8), each
+    verified against PyTorch on test images."""
     from rich.table import Table
 
     from .export import export_run
@@ -330,7 +320,7 @@ def quant_report(
 def predict(
     images: Annotated[list[Path], typer.Argument(help="image files, or folders of them (any size, any common "
                                                       "format)")],
-    model: Annotated[Path, typer.Option("--model", help="an exported .onnx or OpenVINO .xml file")],
+    model: Annotated[Path, typer.Option("--model", help=f"an exported model file ({MODEL_FILES})")],
     topk: Annotated[int, typer.Option(help="classes to show per image")] = 3,
     threads: Annotated[Optional[int], typer.Option(help="runtime threads [default: the runtime's]")] = None,
     allow_checksum_mismatch: Annotated[bool, typer.Option(
@@ -377,7 +367,8 @@ BatchOpt = Annotated[int, typer.Option(min=1, help="batch size of the throughput
 @handle_errors
 def bench(
     artifacts: Annotated[Optional[list[Path]], typer.Argument(
-        help="exported folders (holding manifest.json), manifests, or .onnx/.xml files (default: exported)")] = None,
+        help=f"exported folders (holding manifest.json), manifests, or model files ({MODEL_FILES}) "
+             "(default: exported)")] = None,
     device: Annotated[str, typer.Option(help="only cpu for now")] = "cpu",
     threads: ThreadsOpt = "1,2",
     batch_size: BatchOpt = 64,
@@ -475,6 +466,25 @@ def pipeline(
     say(f"report: {done['layout'].results / 'bench.md'}")
     for line in (done["verdict"] or {}).get("lines", []):
         say(line)
+
+
+@app.command()
+@handle_errors
+def doctor() -> None:
+    """List each export backend: whether its runtime (predict, bench) and its converter (export) are installed
+    here, and what is missing."""
+    from rich.table import Table
+
+    from .backends import unavailable
+
+    table = Table(title="backends")
+    for col in ("format", "files", "precisions", "runtime", "run files", "export"):
+        table.add_column(col)
+    for backend in BACKENDS.values():
+        run_missing, export_missing = unavailable(backend), unavailable(backend, export=True)
+        table.add_row(backend.name, " ".join(backend.suffixes), " ".join(backend.precisions), backend.runtime,
+                      escape(run_missing or "yes"), escape(export_missing or "yes"))
+    console.print(table)
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
-"""`export_run`: a trained run -> ONNX / OpenVINO files in FP32 / FP16 / INT8, each verified against PyTorch
-on real test images before it is kept, and listed in `exported/manifest.json`.
+"""`export_run`: a trained run -> a file per backend (ONNX, OpenVINO, LiteRT, ExecuTorch) and precision (FP32,
+FP16, INT8), each verified against PyTorch on real test images before it is kept, and listed in `exported/manifest.json`.
 
 All or nothing: every artifact is written and verified in a staging folder first; only when all of them
 pass are they moved into `<out>/<run-name>/` and the manifest updated (atomically). A failure, Ctrl-C,
@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from . import __version__
-from .backends import BACKENDS, CALIB_METHODS, PRECISIONS, Backend, Calibration, artifact_files
+from .backends import BACKENDS, CALIB_METHODS, PRECISIONS, Backend, Calibration, artifact_files, unavailable
 from .contract import contract_text, model_size
 from .data import Splits, load_data
 from .errors import DiskFullError, ExportError, UsageError
@@ -71,12 +71,17 @@ def _export_run(run_dir, formats, precisions, out_dir, calib_size: int, calib_me
                 control_size: int, log: Log) -> list[dict[str, Any]]:
     from .runs import load_run, read_config
 
-    formats = _choose(formats, tuple(BACKENDS), "format")
-    precisions = _choose(precisions, PRECISIONS, "precision")
+    backends = _choose_backends(formats, log)
+    precisions_asked, precisions = precisions, _choose(precisions, PRECISIONS, "precision")
     if calib_method not in CALIB_METHODS:
         raise UsageError(f"unknown calibration method '{calib_method}': use one of {', '.join(CALIB_METHODS)}")
     if int8_isa not in INT8_ISAS:
         raise UsageError(f"unknown --int8-isa '{int8_isa}': use one of {', '.join(INT8_ISAS)}")
+    jobs = _jobs(backends, precisions, calib_method, explicit=not (_is_all(formats) or _is_all(precisions_asked)))
+    if max_drop is not None and (lacking := [b.name for b, p in jobs if p == "int8" and not b.accuracy_control]):
+        controlled = " or ".join(name for name, b in BACKENDS.items() if b.accuracy_control)
+        raise UsageError(f"--max-drop: {', '.join(lacking)} has no accuracy-controlled INT8 (export it without "
+                         f"--max-drop, or choose --format {controlled})")
     if calib_size < 1 or verify_size < 1:
         raise UsageError("--calib-size and --verify-size must be at least 1")
     out_dir = Path(out_dir)
@@ -87,13 +92,12 @@ def _export_run(run_dir, formats, precisions, out_dir, calib_size: int, calib_me
     splits = _load_splits(read_config(run_dir), model.meta, data, cache_dir)
     check = _verification_set(model, splits, verify_size, seed)
     calibration = None
-    if "int8" in precisions:
+    if any(p == "int8" for _, p in jobs):
         calibration = Calibration(_sample(splits.train_x, calib_size, [seed, 0]), calib_method, isa=int8_isa,
                                   control=_control(model, splits, calib_size, control_size, seed, max_drop))
         if len(calibration.images) < calib_size:
             log(f"note: INT8 calibration uses all {len(calibration.images)} training images, fewer than "
                 f"--calib-size {calib_size}")
-    jobs = [(BACKENDS[f], p) for f in formats for p in precisions]
     floor = 0.0 if keep_low_agreement else MIN_AGREEMENT
     return _export_all(model, jobs, out_dir, run_name, calibration, check, seed, calib_size, floor, log)
 
@@ -106,6 +110,47 @@ def _choose(values: Iterable[str] | str, known: tuple[str, ...], what: str) -> l
     if unknown or not values:
         raise UsageError(f"unknown {what} '{(unknown or [''])[0]}': use one of {', '.join(known)} or all")
     return list(dict.fromkeys(values))
+
+
+def _choose_backends(formats: Iterable[str] | str, log: Log) -> list[Backend]:
+    """The backends asked for; "all" is every one that can export here (the others are named in the log), a
+    backend named that cannot is an error that says what is missing."""
+    names = _choose(formats, tuple(BACKENDS), "format")
+    everything = _is_all(formats)
+    chosen = []
+    for name in names:
+        why = unavailable(BACKENDS[name], export=True)
+        if why and not everything:
+            raise UsageError(f"cannot export to {name}: {why}")
+        if why:
+            log(f"note: {name} left out: {why}")
+        else:
+            chosen.append(BACKENDS[name])
+    return chosen
+
+
+def _is_all(values: Iterable[str] | str) -> bool:
+    return "all" in ([values] if isinstance(values, str) else list(values))
+
+
+def _jobs(backends: list[Backend], precisions: list[str], calib_method: str,
+          explicit: bool) -> list[tuple[Backend, str]]:
+    """Each (backend, precision) asked for that the backend has. When both the formats and the precisions are
+    named (not "all"), one that a backend lacks (a precision, the INT8 calibration method) is an error."""
+    jobs = []
+    for backend in backends:
+        for precision in precisions:
+            lacks = (f"{precision}" if precision not in backend.precisions else
+                     f"'{calib_method}' INT8 calibration" if precision == "int8"
+                     and calib_method not in backend.calib_methods else "")
+            if lacks and explicit:
+                has = (backend.precisions if precision not in backend.precisions else tuple(backend.calib_methods))
+                raise UsageError(f"{backend.name} has no {lacks}: it has {', '.join(has)}")
+            if not lacks:
+                jobs.append((backend, precision))
+    if not jobs:
+        raise UsageError("nothing to export: no backend here has the precisions asked for (see `edgecifar doctor`)")
+    return jobs
 
 
 def _load_splits(config: dict[str, Any], meta: dict[str, Any], data: str | None, cache_dir) -> Splits:
@@ -170,15 +215,12 @@ def _verification_set(model: Any, splits: Splits, size: int, seed: int) -> dict[
 
 def metadata_for(meta: dict[str, Any], backend: Backend, precision: str) -> dict[str, str]:
     """What every exported file carries about itself (all values are strings: ONNX and rt_info want them)."""
-    from .backends.onnx import OPSET
-
     found = {"edgecifar_version": __version__, "format": backend.name, "precision": precision,
              "model": meta["model"], "classes": json.dumps(meta["classes"]), "num_classes": str(meta["num_classes"]),
              "img_size": str(meta["img_size"] or ""), "source_run": meta.get("source_run", ""),
              "source_sha256": meta.get("source_sha256", ""), "input": json.dumps(meta["input"]),
              "output": json.dumps(meta["output"]), "contract": contract_text(model_size(meta))}
-    if backend.name == "onnx":
-        found["opset"] = str(OPSET)
+    found.update(backend.metadata())
     return found
 
 
@@ -262,7 +304,7 @@ def _export_one(model, backend: Backend, precision: str, main: Path, calibration
                 check: dict[str, Any], floor: float, log: Log) -> dict[str, Any]:
     started = time.perf_counter()
     metadata = metadata_for(model.meta, backend, precision)
-    if precision == "int8" and calibration is not None:
+    if precision == "int8" and calibration is not None and backend.int8_isa_rule:
         metadata.update(int8_metadata(calibration.isa))
     if precision == "int8" and calibration is not None and calibration.control is not None:
         files, control = export_controlled(backend, model, main, calibration, metadata, log)
@@ -290,13 +332,10 @@ def _export_one(model, backend: Backend, precision: str, main: Path, calibration
             "sha256": sha256_file(main), "classes": model.meta["classes"], "input": model.meta["input"],
             "output": model.meta["output"], "source_run": model.meta["source_run"],
             "source_sha256": model.meta["source_sha256"], "edgecifar_version": __version__,
-            "versions": library_versions(*_LIBRARIES[backend.name]), "verification": verification,
+            "versions": library_versions(*backend.libraries), "verification": verification,
             "export_seconds": round(exported, 2),
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **({"accuracy_control": control} if control else {})}
-
-
-_LIBRARIES = {"onnx": ("torch", "onnx", "onnxruntime"), "openvino": ("torch", "openvino", "nncf")}
 
 
 def verify_artifact(path: Path, check: dict[str, Any], classes: list[str]) -> dict[str, Any]:
@@ -321,16 +360,12 @@ def verify_artifact(path: Path, check: dict[str, Any], classes: list[str]) -> di
 
 
 def _calibration_info(calibration: Calibration, backend: Backend, seed: int, requested: int) -> dict[str, Any]:
-    from .backends.onnx import ORT_CALIB
-    from .backends.openvino import NNCF_CALIB
-
-    method = (ORT_CALIB if backend.name == "onnx" else NNCF_CALIB).get(calibration.method)
     found = {"images": int(len(calibration.images)), "requested": requested}
     if found["images"] < requested:
         found["note"] = f"the training split has {found['images']} images, fewer than the {requested} requested"
     return {**found, "split": "train", "seed": seed, "method": calibration.method,
-            "backend_method": method or "nncf default", "batch_size": calibration.batch_size,
-            **int8_metadata(calibration.isa),
+            "backend_method": backend.calib_methods[calibration.method], "batch_size": calibration.batch_size,
+            **(int8_metadata(calibration.isa) if backend.int8_isa_rule else {}),
             "images_sha256": hashlib.sha256(calibration.images.tobytes()).hexdigest()}
 
 

@@ -215,7 +215,7 @@ def export_step(run_dir: Path, lay: Layout, data: str, cache_dir, quick: bool, f
 def current_exports(run_dir: Path, exported: Path) -> list[Path] | None:
     """The run's artifact paths if every format x precision is listed, intact, and made from its current
     weights; else None."""
-    from .backends import BACKENDS, PRECISIONS
+    from .backends import BACKENDS, unavailable
     from .manifest import MANIFEST, read_manifest
 
     manifest = exported / MANIFEST
@@ -229,7 +229,8 @@ def current_exports(run_dir: Path, exported: Path) -> list[Path] | None:
         files = e.get("files") or {e.get("path"): e.get("sha256")}
         if all((exported / f).is_file() and sha256_file(exported / f) == sha for f, sha in files.items()):
             found[(e.get("format"), e.get("precision"))] = exported / e["path"]
-    wanted = [(f, p) for f in BACKENDS for p in PRECISIONS]
+    # what `export_run(..., "all", "all")` makes: each backend that can export here, in its own precisions
+    wanted = [(f, p) for f, b in BACKENDS.items() if not unavailable(b, export=True) for p in b.precisions]
     return [found[k] for k in wanted] if all(k in found for k in wanted) else None
 
 

@@ -13,11 +13,12 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from .backends import BACKENDS
 from .errors import BenchError
 from .utils import atomic_path
 
 REPORT_FILES = {"json": "bench.json", "csv": "bench.csv", "md": "bench.md", "png": "bench.png"}
-FORMAT_MARKERS = {"pytorch": "o", "onnx": "s", "openvino": "^"}
+FORMAT_MARKERS = {"pytorch": "o", **dict(zip(BACKENDS, "s^DvPX*"))}  # one marker per backend, registry order
 
 
 def write_reports(header: dict[str, Any], rows: list[dict[str, Any]], out_dir: Path | str) -> dict[str, Path]:

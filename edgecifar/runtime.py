@@ -1,5 +1,6 @@
-"""The device side: load an exported .onnx or .xml and classify images, with only a runtime (onnxruntime or
-openvino), numpy and Pillow installed. Never imports torch, timm or torchvision.
+"""The device side: load an exported model file (.onnx, .xml, .tflite, .pte) and classify images, with only its
+runtime (onnxruntime, openvino, ai-edge-litert or executorch), numpy and Pillow installed. Never imports torch,
+timm or torchvision itself (ExecuTorch's Python runtime imports torch: see the README).
 
     python -m edgecifar.runtime cat.jpg photos/ --model exported/scratch_cnn/scratch_cnn-int8.onnx [--json]
 
@@ -19,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .backends import Backend, Session, artifact_files, backend_for, check_threads, git_lfs_pointer
+from .backends import BACKENDS, Backend, Session, artifact_files, backend_for, check_threads, git_lfs_pointer
 from .errors import ArtifactError, DataError, EdgecifarError, UsageError
 from .contract import Size, recorded_size, shape_text
 from .images import decode_image, read_file, read_image  # noqa: F401 - the one decoder, shared with training:
@@ -90,7 +91,9 @@ def _exported_with(path: Path, fmt: str) -> str:
     """"; its manifest says it was exported and verified with onnxruntime 1.32.0": the runtime version known
     to read the file, when a manifest beside it records one."""
     versions = (manifest_entry(path) or {}).get("versions")
-    library = {"onnx": "onnxruntime", "openvino": "openvino"}.get(fmt, fmt)
+    backend = BACKENDS.get(fmt)
+    runtime = backend.runtime if backend else fmt  # the manifest keys versions by distribution: ai-edge-litert
+    library = next((lib for lib in getattr(backend, "libraries", ()) if lib.replace("-", "_") == runtime), runtime)
     if not isinstance(versions, dict) or library not in versions:
         return ""
     return f"; its manifest says it was exported and verified with {library} {versions[library]}"
@@ -247,10 +250,11 @@ def format_results(results: list[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgecifar.runtime",
-                                     description="Classify images with an exported edgecifar model (.onnx or .xml).")
+                                     description="Classify images with an exported edgecifar model "
+                                                 f"({', '.join(b.suffixes[0] for b in BACKENDS.values())}).")
     parser.add_argument("images", nargs="+", type=Path, help="image files or folders of them (any size, any "
                                                               "common format)")
-    parser.add_argument("--model", required=True, type=Path, help="an exported .onnx or OpenVINO .xml file")
+    parser.add_argument("--model", required=True, type=Path, help="an exported model file")
     parser.add_argument("--topk", type=int, default=3, help="classes to show per image (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: the runtime's)")
     parser.add_argument("--allow-checksum-mismatch", action="store_true",

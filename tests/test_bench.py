@@ -18,12 +18,11 @@ from edgecifar.cli import app
 from edgecifar.errors import ArtifactError, BenchError, UsageError
 
 pytest.register_assert_rewrite("export_fixtures")
-from export_fixtures import CLASSES, edit_manifest, listed_path  # noqa: E402
+from export_fixtures import CLASSES, VARIANTS, edit_manifest, listed_path  # noqa: E402
 
 pytest_plugins = ["export_fixtures"]  # tiny_run, exported: the session-wide export shared with test_export.py
 
 FAST = {"latency_seconds": 0.05, "throughput_seconds": 0.05}
-VARIANTS = ["PyTorch"] + [f"{f} {p}" for f in ("ONNX", "OpenVINO") for p in ("FP32", "FP16", "INT8")]
 REPORTS = ("bench.json", "bench.csv", "bench.md", "bench.png")
 
 
@@ -139,7 +138,8 @@ def test_artifact_worker_is_a_fresh_process_without_torch(exported, tiny_run):
             job = {"kind": "artifact", "path": str(out_dir / e["path"]), "threads": 1, "classes": e["classes"],
                    "data": str(data), "accuracy": True, "batch_size": 16, "images": 40, **FAST}
             result = run_worker(job, 1)
-            assert result["ok"] and result["torch_imported"] is False, result
+            # ExecuTorch's Python runtime imports torch itself (README: on the device side)
+            assert result["ok"] and result["torch_imported"] is (e["format"] == "executorch"), result
             assert result["accuracy"]["images"] == 40
 
 
@@ -255,8 +255,9 @@ def test_hand_edited_manifest_costs_only_its_broken_entries(exported_copy, tmp_p
                 "an entry must be an object, found null", "an entry must be an object, found a string"]
     assert all(any(e in n for n in notes) for e in expected), notes
     assert all(any(n in line for line in logs) for n in notes)
-    assert sorted((r["variant"], r["status"]) for r in rows) == [
-        ("ONNX INT8", "ok"), ("OpenVINO INT8", "error"), ("OpenVINO INT8", "ok")]
+    untouched = [(v, "ok") for v in VARIANTS if v != "PyTorch" and not v.startswith(("ONNX", "OpenVINO"))]
+    assert sorted((r["variant"], r["status"]) for r in rows) == sorted(
+        [("ONNX INT8", "ok"), ("OpenVINO INT8", "error"), ("OpenVINO INT8", "ok")] + untouched)
     wrong = next(r for r in rows if r["status"] == "error")
     assert "the manifest says precision 'int8', the file's own metadata 'fp16'" in wrong["reason"]
     assert not any("INT4" in r["variant"] for r in rows)
@@ -271,7 +272,7 @@ def test_export_and_bench_refuse_what_they_cannot_read(exported_copy, tiny_run, 
     from edgecifar.export import export_run
 
     edit_manifest(exported_copy, lambda entries: entries.append(None))
-    with pytest.raises(ArtifactError, match=r"(?s)invalid manifest.*\n  artifacts\[6\]: an entry must be an object"):
+    with pytest.raises(ArtifactError, match=r"(?s)invalid manifest.*\n  artifacts\[\d+\]: an entry must be an object"):
         export_run(tiny_run, "onnx", "fp32", out_dir=exported_copy, verify_size=20)
     fast = ["--no-baseline", "--runs", tmp_path / "runs", "--threads", "1", "--latency-seconds", 0.05,
             "--throughput-seconds", 0.05]

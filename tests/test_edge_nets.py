@@ -10,7 +10,10 @@ from edgecifar.train import TrainConfig, train
 def test_edge_net_exports_pass_verification(name, image_tree, tmp_path):
     run = train(TrainConfig(model=name, data=str(image_tree), cache_dir=str(tmp_path / "cache"), epochs=2,
                             batch_size=16, out=str(tmp_path / "run")), log=lambda *a: None)
-    entries = export_run(run, "all", "all", out_dir=tmp_path / "exported", calib_size=32, verify_size=30)
+    # the architectures' ops in the x86 runtimes; LiteRT and ExecuTorch convert edge_tiny and airnet_m in the
+    # reference exports (exported/), at a minute per file, too slow to repeat here for two nets
+    entries = export_run(run, ["onnx", "openvino"], "all", out_dir=tmp_path / "exported", calib_size=32,
+                         verify_size=30)
     assert {(e["format"], e["precision"]) for e in entries} == {
         (f, p) for f in ("onnx", "openvino") for p in ("fp32", "fp16", "int8")}
     for entry in entries:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from edgecifar.cli import app
 from edgecifar.errors import CheckpointError
 
-VARIANTS = {"PyTorch"} | {f"{f} {p}" for f in ("ONNX", "OpenVINO") for p in ("FP32", "FP16", "INT8")}
+from export_fixtures import ALL_EXPORTS, VARIANTS  # noqa: E402
 
 
 def run_pipeline(*args):
@@ -30,11 +30,11 @@ def test_pipeline_quick_end_to_end(image_tree, cache_dir, tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["epochs"] == 1  # the quick profile
     manifest = json.loads((root / "exported" / "manifest.json").read_text())
-    assert len(manifest["artifacts"]) == 6 and {e["source_run"] for e in manifest["artifacts"]} == {"scratch_cnn"}
+    assert len(manifest["artifacts"]) == len(ALL_EXPORTS) and {e["source_run"] for e in manifest["artifacts"]} == {"scratch_cnn"}
     results = root / "results"
     assert sorted(p.name for p in results.iterdir()) == ["bench.csv", "bench.json", "bench.md", "bench.png"]
     rows = json.loads((results / "bench.json").read_text())["rows"]
-    assert {r["variant"] for r in rows} == VARIANTS and all(r["status"] == "ok" for r in rows)
+    assert {r["variant"] for r in rows} == set(VARIANTS) and all(r["status"] == "ok" for r in rows)
     assert all(r["images"] == 30 and r["threads"] == 1 for r in rows)
 
     # a re-run finds every output valid and redoes nothing

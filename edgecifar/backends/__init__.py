@@ -1,8 +1,10 @@
 """Export backends: one module per runtime, all behind one small interface.
 
 A backend exports an EdgeModel to its own file format (`export`, the only part that needs torch),
-and loads and runs such a file on the device (`load`, `run`: numpy and the runtime only). Adding a
-runtime is one new module with a class of these members, registered in `BACKENDS` below.
+and loads and runs such a file on the device (`load`, `run`: numpy and the runtime only). It also owns every
+fact about its format that the rest of edgecifar needs (its name in reports, suffixes, runtime module,
+precisions, calibration methods, thread setting, ...): nothing outside this package names a format. Adding a
+runtime is one new module with a class of these members, registered in `_registry()` below.
 
 This package is imported by the light device-side path (`edgecifar.runtime`): keep every heavy
 import (torch, onnx, openvino, nncf, onnxruntime) inside the functions that need it.
@@ -19,7 +21,7 @@ import numpy as np
 
 from ..errors import ArtifactError, UsageError
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")  # every precision any backend exports, in report order
 # minmax is the default everywhere: on scratch_cnn nncf's own default (mean of per-image min/max) clipped
 # enough to cost 0.1 point of accuracy, minmax nothing
 CALIB_METHODS = ("minmax", "percentile", "entropy", "default")
@@ -60,8 +62,25 @@ class Session:
 
 
 class Backend(Protocol):
-    name: str
+    name: str  # the --format value and the manifest's "format"
+    label: str  # the name in reports and bench rows ("ONNX")
     suffixes: tuple[str, ...]  # the first is the file `load` takes; the others travel with it (.bin)
+    runtime: str  # the module `load` imports (the device side needs only it, numpy and Pillow)
+    libraries: tuple[str, ...]  # distributions `export` uses; the manifest records their versions
+    precisions: tuple[str, ...]  # the subset of PRECISIONS it exports
+    calib_methods: dict[str, str]  # our INT8 calibration methods it supports -> the library's own name
+    exec_precision: str  # what a file computes in when no hint is given: "f32" if pinned, "model" if as stored
+    exec_hints: tuple[str, ...]  # the inference precision hints `load` takes besides that (bench's bf16 rows)
+    install: str  # what brings its converter and runtime (for messages)
+    startup_s: float  # a rough process start + import of its runtime, for the bench's ETA only
+    int8_isa_rule: bool  # its INT8 files follow --int8-isa (oneDNN's u8 x s8 kernels saturate without VNNI)
+    accuracy_control: bool  # export --max-drop works for it (edgecifar.accuracy_control)
+
+    def metadata(self) -> dict[str, str]:
+        """Format facts every file of this backend carries besides edgecifar's own (e.g. its opset)."""
+
+    def threads_used(self, session: Session) -> int | None:
+        """The thread count the runtime reports it will use (None when it does not say)."""
 
     def export(self, model: Any, path: Path, precision: str, calibration: Calibration | None,
                metadata: dict[str, str]) -> list[Path]:
@@ -72,6 +91,20 @@ class Backend(Protocol):
 
     def run(self, session: Session, images: np.ndarray) -> np.ndarray:
         """uint8 [N, H, W, 3] (the file's input size) -> float32 logits [N, C]."""
+
+
+def unavailable(backend: Backend, export: bool = False) -> str | None:
+    """Why this backend cannot load files here (or, with `export`, also cannot write them), or None when it can.
+    Looks the runtime module and the export libraries (distributions) up without importing them."""
+    import importlib.util
+
+    from ..utils import library_versions
+
+    missing = [] if importlib.util.find_spec(backend.runtime) else [backend.runtime]
+    if export:
+        found = library_versions(*backend.libraries)
+        missing += [lib for lib in backend.libraries if lib not in found]
+    return f"not installed: {', '.join(missing)} ({backend.install})" if missing else None
 
 
 def backend_for(path: Path | str) -> Backend:
@@ -138,6 +171,37 @@ def check_threads(threads: Any) -> int | None:
     return int(threads)
 
 
+def with_minmax_activations(config: Any) -> Any:
+    """A PT2E quantization config (LiteRT's or XNNPACK's) whose activation observers are plain min/max over the
+    calibration images: our "minmax" method (their default is a histogram observer, our "default")."""
+    from dataclasses import replace
+
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+
+    act = replace(config.input_activation, observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2 ** -12))
+    return replace(config, input_activation=act, output_activation=act)
+
+
+def global_max_pools_as_amax(model: Any) -> Any:
+    """An eval copy of the model whose global max pools (nn.AdaptiveMaxPool2d to 1x1: the airnets' and edge nets'
+    heads) are an amax over H and W, the same values: neither litert-torch 0.10 nor ExecuTorch 1.5 (not core
+    ATen) lowers aten.adaptive_max_pool2d."""
+    import copy
+
+    from torch import nn
+
+    class GlobalMaxPool(nn.Module):
+        def forward(self, x):
+            return x.amax(dim=(2, 3), keepdim=True)
+
+    found = copy.deepcopy(model).eval()
+    for name, module in list(found.named_modules()):
+        if isinstance(module, nn.AdaptiveMaxPool2d) and module.output_size in (1, (1, 1), [1, 1]):
+            parent, _, attr = name.rpartition(".")
+            setattr(found.get_submodule(parent) if parent else found, attr, GlobalMaxPool())
+    return found
+
+
 LFS_HEADER = b"version https://git-lfs.github.com/spec/"
 
 
@@ -151,10 +215,12 @@ def git_lfs_pointer(path: Path) -> bool:
 
 
 def _registry() -> dict[str, Backend]:
+    from .executorch import ExecuTorchBackend
+    from .litert import LiteRtBackend
     from .onnx import OnnxBackend
     from .openvino import OpenVinoBackend
 
-    return {b.name: b for b in (OnnxBackend(), OpenVinoBackend())}
+    return {b.name: b for b in (OnnxBackend(), OpenVinoBackend(), LiteRtBackend(), ExecuTorchBackend())}
 
 
 # at the end: the backend modules import the names above

@@ -22,8 +22,24 @@ ORT_CALIB = {"default": "MinMax", "minmax": "MinMax", "percentile": "Percentile"
 
 
 class OnnxBackend:
-    name = "onnx"
+    name, label = "onnx", "ONNX"
     suffixes = (".onnx",)
+    runtime = "onnxruntime"
+    libraries = ("torch", "onnx", "onnxruntime")
+    precisions = ("fp32", "fp16", "int8")
+    calib_methods = ORT_CALIB
+    exec_precision = "model"  # onnxruntime computes in the file's own types
+    exec_hints = ()
+    install = "pip install onnxruntime"
+    startup_s = 0.8
+    int8_isa_rule = True
+    accuracy_control = True
+
+    def metadata(self) -> dict[str, str]:
+        return {"opset": str(OPSET)}
+
+    def threads_used(self, session: Session) -> int | None:
+        return int(session.handle.get_session_options().intra_op_num_threads)
 
     # ------------------------------------------------------------ export (host side: torch, onnx)
 

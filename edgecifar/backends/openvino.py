@@ -28,8 +28,24 @@ NNCF_CALIB = {"default": None, "minmax": "MINMAX", "percentile": "MEAN_QUANTILE"
 
 
 class OpenVinoBackend:
-    name = "openvino"
+    name, label = "openvino", "OpenVINO"
     suffixes = (".xml", ".bin")
+    runtime = "openvino"
+    libraries = ("torch", "openvino", "nncf")
+    precisions = ("fp32", "fp16", "int8")
+    calib_methods = {k: v or "nncf default" for k, v in NNCF_CALIB.items()}
+    exec_precision = "f32"  # load() pins INFERENCE_PRECISION_HINT=f32 unless asked otherwise
+    exec_hints = ("bf16", "f16", "auto")
+    install = "pip install openvino"
+    startup_s = 1.2
+    int8_isa_rule = True
+    accuracy_control = True
+
+    def metadata(self) -> dict[str, str]:
+        return {}
+
+    def threads_used(self, session: Session) -> int | None:
+        return int(session.extra["compiled"].get_property("INFERENCE_NUM_THREADS"))
 
     # ------------------------------------------------------------ export (host side: torch, nncf)
 
