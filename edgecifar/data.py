@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,9 +189,9 @@ def _cached(path: Path, cache: Path, size: Size | None) -> Splits:
     tree = None if path.is_file() else read_tree(path)  # a folder's walk gives its fingerprint
     key = _fingerprint(path, tree)
     stem = cache / "decoded" / f"{path.name.split('.')[0]}-{key}-{CACHE_VERSION}"
-    note = "given"
+    note, record = "given", stem.with_name(stem.name + "-size.json")
     if size is None:
-        size, note, tree = _default_size(path, tree, stem.with_name(stem.name + "-size.json"))
+        size, note, tree = _default_size(path, tree, record)
     # the size is part of the key; 32x32 keeps the name caches had before input sizes existed
     npz = stem.with_name(stem.name + ("" if size == DEFAULT_SIZE else f"-{size_text(size)}") + ".npz")
     if npz.exists():
@@ -202,6 +203,9 @@ def _cached(path: Path, cache: Path, size: Size | None) -> Splits:
     splits = _decode(tree or read_tree(path), size)
     splits.fingerprint, splits.input_size, splits.size_note = key, size, note
     info = json.dumps({"layout": splits.layout, "skipped": splits.skipped})
+    if note != "given":  # remembered once the data decoded: a refused source leaves no cache behind
+        with atomic_path(record) as tmp:
+            tmp.write_text(json.dumps({"size": list(size), "note": note}))
     with atomic_path(npz) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, train_x=splits.train_x, train_y=splits.train_y, test_x=splits.test_x,
@@ -221,8 +225,8 @@ def _fingerprint(path: Path, tree: Tree | None) -> str:
 
 
 def _default_size(path: Path, tree: Tree | None, record: Path) -> tuple[Size, str, Tree | None]:
-    """The input size a source gets when none is given, and why (module docstring). Remembered in the cache
-    beside the decoded data, so a cached archive is not read again to choose it."""
+    """The input size a source gets when none is given, and why (module docstring). Remembered in `record`
+    beside the decoded data (by `_cached`), so a cached archive is not read again to choose it."""
     try:
         found = json.loads(record.read_text())
         return parse_size(found["size"]), str(found["note"]), tree
@@ -237,8 +241,6 @@ def _default_size(path: Path, tree: Tree | None, record: Path) -> tuple[Size, st
         train = image_folder(tree, root)["train"]
         tree.skipped = skipped
         size, note = _median_size(tree, [(p, r) for _, p, r in train])
-    with atomic_path(record) as tmp:
-        tmp.write_text(json.dumps({"size": list(size), "note": note}))
     return size, note, tree
 
 
@@ -247,17 +249,21 @@ def _median_size(tree: Tree, files: list[tuple[str, Reader]]) -> tuple[Size, str
     together so the longer side is at most DEFAULT_CAP."""
     from PIL import Image
 
+    from .images import FORMATS
+
     picked = files[::max(1, len(files) // PROBED)][:PROBED]
     sizes = []
     for path, reader in picked:
         try:
-            with Image.open(io.BytesIO(_read(tree, path, reader))) as img:
-                w, h = img.size
-                if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotations that swap the sides
-                    w, h = h, w
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(_read(tree, path, reader)), formats=FORMATS) as img:
+                    w, h = img.size
+                    if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotations that swap the sides
+                        w, h = h, w
             sizes.append((h, w))
-        except (OSError, ValueError, DataError):
-            continue  # an unreadable file is reported when the data is decoded
+        except (OSError, ValueError, DataError, Image.DecompressionBombError):
+            continue  # an unreadable file (or a decompression bomb) is reported when the data is decoded
     if not sizes:
         return DEFAULT_SIZE, "no readable training image to measure; --input-size sets another"
     h, w = (float(np.median([s[i] for s in sizes])) for i in (0, 1))

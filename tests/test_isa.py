@@ -12,6 +12,7 @@ pytest.register_assert_rewrite("export_fixtures")
 from export_fixtures import CALIB_SIZE, VERIFY_SIZE, tinted_image  # noqa: E402
 
 from edgecifar import isa  # noqa: E402
+from edgecifar.backends import BACKENDS  # noqa: E402
 from edgecifar.isa import CpuIsa, isa_warning, read_cpu_isa  # noqa: E402
 
 pytest_plugins = ["export_fixtures"]
@@ -69,12 +70,15 @@ def test_cap_commands(monkeypatch):
     assert isa.cap_command("avx2", "onnx") == ({}, ["/usr/bin/qemu-x86_64", "-cpu", "Haswell"], True)
 
 
+ISA_FORMATS = [name for name, b in BACKENDS.items() if b.int8_isa_rule]  # the formats --int8-isa applies to
+
+
 @pytest.fixture(scope="module")
 def exported_vnni(tiny_run, tmp_path_factory):
     from edgecifar.export import export_run
 
     out = tmp_path_factory.mktemp("vnni")
-    return out, export_run(tiny_run, "all", "int8", out_dir=out, calib_size=CALIB_SIZE, verify_size=VERIFY_SIZE,
+    return out, export_run(tiny_run, ISA_FORMATS, "int8", out_dir=out, calib_size=CALIB_SIZE, verify_size=VERIFY_SIZE,
                            int8_isa="vnni")
 
 
@@ -97,7 +101,7 @@ def test_int8_isa_is_recorded_and_decides_the_weight_range(exported, exported_vn
 
     for (out, entries), setting in ((exported, "x86"), (exported_vnni, "vnni")):
         manifest = {a["path"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}
-        for e in (e for e in entries if e["precision"] == "int8"):
+        for e in (e for e in entries if e["precision"] == "int8" and e["format"] in ISA_FORMATS):
             meta = load_artifact(out / e["path"]).metadata
             assert meta["int8_isa"] == setting and meta["int8_weight_bits"] == str(isa.WEIGHT_BITS[setting])
             assert manifest[e["path"]]["calibration"]["int8_isa"] == setting
@@ -141,3 +145,14 @@ def test_bench_records_the_isa_of_every_row_and_runs_the_avx2_path(exported_vnni
     assert "VNNI" in capped["isa_warning"]  # the 8-bit file on the capped path
     assert by_variant["ONNX INT8 @avx2"]["status"] == "skipped" and "qemu" in by_variant["ONNX INT8 @avx2"]["reason"]
     assert "## INT8 paths" in (tmp_path / "res" / "bench.md").read_text()
+
+
+def test_formats_the_isa_rule_does_not_apply_to_record_no_isa(exported):
+    """LiteRT's and ExecuTorch's INT8 kernels (XNNPACK) are not oneDNN's u8 x s8 ones: their files claim no ISA."""
+    from edgecifar.runtime import load_artifact
+
+    out, entries = exported
+    others = [e for e in entries if e["precision"] == "int8" and e["format"] not in ISA_FORMATS]
+    for e in others:
+        assert "int8_isa" not in load_artifact(out / e["path"]).metadata
+        assert "int8_isa" not in e["calibration"]
