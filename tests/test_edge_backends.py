@@ -155,9 +155,8 @@ print(sorted(m for m in ('torch', 'tensorflow', 'timm') if m in sys.modules))
 
 
 @pytest.mark.skipif(bool(unavailable(BACKENDS["litert"], export=True)), reason="litert extra not installed")
-@pytest.mark.xfail(strict=True, reason="known defect: litert-torch 0.10 ends the INT8 graph with a CAST of the int8 "
-                                       "logits and no DEQUANTIZE; top-1 holds, the logits' scale does not")
 def test_litert_int8_logits_are_in_scale(exported):
+    """The full-integer file's int8 logits are dequantized with the output tensor's scale and zero point."""
     out, entries = exported
     e = next(e for e in entries if (e["format"], e["precision"]) == ("litert", "int8"))
     assert e["verification"]["max_abs_logit_diff"] < 5

@@ -87,6 +87,7 @@ class LiteRtBackend:
                        input_shape=[None, *map(int, inputs[0]["shape"][1:])],
                        output_shape=[None, *map(int, outputs[0]["shape"][1:])],
                        extra={"input": inputs[0]["index"], "output": outputs[0]["index"], "batch": 1,
+                              "output_quantization": tuple(outputs[0]["quantization"]),
                               "threads": threads, "image_shape": [int(d) for d in inputs[0]["shape"][1:]]})
 
     def run(self, session: Session, images: np.ndarray) -> np.ndarray:
@@ -101,7 +102,10 @@ class LiteRtBackend:
         interpreter, extra = session.handle, session.extra
         interpreter.set_tensor(extra["input"], images)
         interpreter.invoke()
-        return np.array(interpreter.get_tensor(extra["output"]), dtype=np.float32, copy=True)
+        logits = np.array(interpreter.get_tensor(extra["output"]), dtype=np.float32, copy=True)
+        scale, zero_point = extra["output_quantization"]
+        # a full-integer INT8 file (what TFLite Micro runs) ends with int8 logits: real = scale * (q - zero_point)
+        return (logits - zero_point) * scale if scale else logits
 
 
 def _resize(interpreter: Any, extra: dict[str, Any], batch: int) -> bool:
