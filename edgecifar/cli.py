@@ -299,7 +299,7 @@ def export(
 def quant_report(
     model: Annotated[Path, typer.Argument(help="an exported FP32 .onnx file")],
     data: Annotated[str, typer.Option("--data", help="the data it was trained on (its training split only is used)")],
-    out: Annotated[Path, typer.Option(help="folder for <model>-int8-layers.json/.png")] = Path("benchmarks/quant"),
+    out: Annotated[Path, typer.Option(help="folder for <source run>-int8-layers.json/.png")] = Path("benchmarks/quant"),
     calib_size: Annotated[int, typer.Option(min=1, help="as in export")] = 512,
     calib_method: Annotated[CalibMethod, typer.Option(help="as in export")] = CalibMethod.minmax,
     int8_isa: Annotated[Int8Isa, typer.Option(help="as in export")] = Int8Isa.x86,

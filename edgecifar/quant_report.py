@@ -214,7 +214,7 @@ def quant_report(fp32_onnx: Path | str, data: str, out_dir: Path | str = "benchm
                  cache_dir: Path | str | None = None) -> list[Path]:
     """The per-layer report of an exported FP32 ONNX file, quantized with the calibration draw `export` makes
     from `data`'s training split (same size, method, ISA setting and seed) and measured on `images` other
-    training images; writes `<out_dir>/<model>-int8-layers.{json,png}` and returns both paths. Raises
+    training images; writes `<out_dir>/<source run>-int8-layers.{json,png}` and returns both paths. Raises
     UsageError for a file that is not an FP32 ONNX export, DataError for unusable data."""
     from .backends import Calibration
     from .data import load_data
@@ -228,15 +228,16 @@ def quant_report(fp32_onnx: Path | str, data: str, out_dir: Path | str = "benchm
         raise UsageError(f"{fp32_onnx} is not an FP32 ONNX export: the report quantizes the FP32 file itself")
     if images < 1 or calib_size < 1:
         raise UsageError("--images and --calib-size must be at least 1")
-    splits = load_data(data, cache_dir)
+    splits = load_data(data, cache_dir, input_size=artifact.input_size)  # at the size the file takes
     calibration = Calibration(_sample(splits.train_x, calib_size, [seed, 0]), calib_method, isa=int8_isa)
     held_out = splits.train_x[holdout_indices(len(splits.train_x), calib_size, images, seed)]
     if len(held_out) == 0:
         raise UsageError(f"{data} has no training images beyond the {calib_size} calibration images")
     report = report_for(fp32_onnx, calibration, held_out)
     report["model"] = artifact.metadata.get("model", fp32_onnx.stem)
+    run = artifact.metadata.get("source_run") or report["model"]  # airnet_m-kd and airnet_m are both airnet_m
     report["source"] = {"file": fp32_onnx.name, "sha256": _sha(fp32_onnx), "data": splits.source, "seed": seed}
-    return write_report(report, Path(out_dir) / f"{report['model']}-int8-layers")
+    return write_report(report, Path(out_dir) / f"{run}-int8-layers")
 
 
 def _sha(path: Path) -> str:
