@@ -189,8 +189,8 @@ def _cached(path: Path, cache: Path, size: Size | None) -> Splits:
     tree = None if path.is_file() else read_tree(path)  # a folder's walk gives its fingerprint
     key = _fingerprint(path, tree)
     stem = cache / "decoded" / f"{path.name.split('.')[0]}-{key}-{CACHE_VERSION}"
-    note, record = "given", stem.with_name(stem.name + "-size.json")
-    if size is None:
+    note, record, chosen = "given", stem.with_name(stem.name + "-size.json"), size is None
+    if chosen:
         size, note, tree = _default_size(path, tree, record)
     # the size is part of the key; 32x32 keeps the name caches had before input sizes existed
     npz = stem.with_name(stem.name + ("" if size == DEFAULT_SIZE else f"-{size_text(size)}") + ".npz")
@@ -203,7 +203,7 @@ def _cached(path: Path, cache: Path, size: Size | None) -> Splits:
     splits = _decode(tree or read_tree(path), size)
     splits.fingerprint, splits.input_size, splits.size_note = key, size, note
     info = json.dumps({"layout": splits.layout, "skipped": splits.skipped})
-    if note != "given":  # remembered once the data decoded: a refused source leaves no cache behind
+    if chosen:  # remembered once the data decoded: a refused source leaves no cache behind
         with atomic_path(record) as tmp:
             tmp.write_text(json.dumps({"size": list(size), "note": note}))
     with atomic_path(npz) as tmp:
