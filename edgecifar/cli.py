@@ -294,6 +294,36 @@ def export(
     console.print(table)
 
 
+@app.command()
+@handle_errors
+def qat(
+    run_dir: RunDir,
+    epochs: Annotated[int, typer.Option(min=1, help="fine-tuning epochs")] = 1,
+    lr: Annotated[float, typer.Option(min=0.0, help="AdamW peak learning rate, cosine-decayed to 0")] = 3e-5,
+    distill: Annotated[bool, typer.Option(help="also learn the float model's logits")] = True,
+    int8_isa: Annotated[Int8Isa, typer.Option(help="weights the quantizers simulate: x86 (7-bit) or vnni "
+                                                   "(8-bit); export with the same")] = Int8Isa.x86,
+    calib_size: Annotated[int, typer.Option(min=1, help="training images that initialise the quantizers")] = 512,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="default: the run's recipe")] = None,
+    data: DataOpt = "",
+    cache_dir: CacheOpt = None,
+    max_train: Annotated[Optional[int], typer.Option(min=1)] = None,
+    max_test: Annotated[Optional[int], typer.Option(min=1)] = None,
+    seed: int = 0,
+    device: Annotated[Device, typer.Option()] = Device.auto,
+    out: Annotated[Optional[Path], typer.Option(help="new run folder [default: runs/<run>-qat]")] = None,
+) -> None:
+    """Quantization-aware training: fine-tune a trained run with NNCF's fake quantization; the result is a run
+    that `export --precision int8` turns into INT8 files as usual."""
+    from .qat import QatConfig, finetune
+
+    finetune(QatConfig(run=str(run_dir), data=data or None, cache_dir=str(cache_dir) if cache_dir else None,
+                       epochs=epochs, lr=lr, batch_size=batch_size, distill=distill, int8_isa=int8_isa.value,
+                       calib_size=calib_size, max_train=max_train, max_test=max_test, seed=seed,
+                       device=device.value, out=str(out) if out else None),
+             show_progress=sys.stderr.isatty(), log=say)
+
+
 @app.command("quant-report")
 @handle_errors
 def quant_report(

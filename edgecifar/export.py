@@ -73,6 +73,10 @@ def _export_run(run_dir, formats, precisions, out_dir, calib_size: int, calib_me
 
     backends = _choose_backends(formats, log)
     precisions_asked, precisions = precisions, _choose(precisions, PRECISIONS, "precision")
+    qat = read_config(run_dir).get("qat")
+    if qat:
+        backends, precisions, int8_isa = _for_qat(qat, backends, precisions, not _is_all(formats),
+                                                  not _is_all(precisions_asked), int8_isa, max_drop, log)
     if calib_method not in CALIB_METHODS:
         raise UsageError(f"unknown calibration method '{calib_method}': use one of {', '.join(CALIB_METHODS)}")
     if int8_isa not in INT8_ISAS:
@@ -100,6 +104,26 @@ def _export_run(run_dir, formats, precisions, out_dir, calib_size: int, calib_me
                 f"--calib-size {calib_size}")
     floor = 0.0 if keep_low_agreement else MIN_AGREEMENT
     return _export_all(model, jobs, out_dir, run_name, calibration, check, seed, calib_size, floor, log)
+
+
+def _for_qat(qat: dict[str, Any], backends: list[Backend], precisions: list[str], named_formats: bool,
+             named_precisions: bool, int8_isa: str, max_drop: float | None,
+             log: Log) -> tuple[list[Backend], list[str], str]:
+    """A QAT run (edgecifar.qat) exports INT8 only, through the backends that keep its learned quantizers, with
+    the weight rule (--int8-isa) it was trained for: its graph is already quantized."""
+    keep = [b for b in backends if b.qat]
+    able = ", ".join(name for name, b in BACKENDS.items() if b.qat)
+    if not keep or (named_formats and len(keep) < len(backends)) or (named_precisions and precisions != ["int8"]):
+        raise UsageError(f"a QAT run exports INT8 through {able} only: its graph carries the quantizers it "
+                         f"learned (export its source run {qat['source_run']} for other formats and precisions)")
+    if max_drop is not None:
+        raise UsageError("--max-drop does not apply to a QAT run: its quantizers are trained, not calibrated")
+    for b in backends:
+        if not b.qat:
+            log(f"note: {b.name} left out: it cannot keep a QAT run's quantizers")
+    if int8_isa != qat["int8_isa"]:
+        log(f"note: INT8 weights follow the QAT run's --int8-isa {qat['int8_isa']}")
+    return keep, ["int8"], qat["int8_isa"]
 
 
 def _choose(values: Iterable[str] | str, known: tuple[str, ...], what: str) -> list[str]:
@@ -306,6 +330,9 @@ def _export_one(model, backend: Backend, precision: str, main: Path, calibration
     metadata = metadata_for(model.meta, backend, precision)
     if precision == "int8" and calibration is not None and backend.int8_isa_rule:
         metadata.update(int8_metadata(calibration.isa))
+    if precision == "int8" and "qat" in model.meta:
+        qat = model.meta["qat"]
+        metadata["quantization"] = f"QAT: {qat['epochs']} epoch(s) from {Path(qat['source_run']).name}"
     if precision == "int8" and calibration is not None and calibration.control is not None:
         files, control = export_controlled(backend, model, main, calibration, metadata, log)
     else:

@@ -130,6 +130,11 @@ def load_run(run_dir: Path | str) -> EdgeModel:
     if not weights.is_file():
         raise CheckpointError(f"{run_dir} has no {WEIGHTS} (training did not finish?)")
     model = model_from_config(config)
+    if (config.get("qat") or {}).get("nncf"):  # a QAT run (edgecifar.qat): its quantizers, then all weights
+        from .qat import quantized_model
+
+        model = quantized_model(model, config["qat"]["nncf"])
+        model.meta["qat"] = {k: config["qat"][k] for k in ("int8_isa", "source_run", "epochs")}
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:

@@ -75,6 +75,7 @@ class Backend(Protocol):
     startup_s: float  # a rough process start + import of its runtime, for the bench's ETA only
     int8_isa_rule: bool  # its INT8 files follow --int8-isa (oneDNN's u8 x s8 kernels saturate without VNNI)
     accuracy_control: bool  # export --max-drop works for it (edgecifar.accuracy_control)
+    qat: bool  # its INT8 file of a QAT run (edgecifar.qat) keeps the run's own learned quantizers
 
     def metadata(self) -> dict[str, str]:
         """Format facts every file of this backend carries besides edgecifar's own (e.g. its opset)."""

@@ -42,6 +42,7 @@ class ExecuTorchBackend:
     startup_s = 3.0  # imports torch
     int8_isa_rule = False
     accuracy_control = False
+    qat = False
 
     def metadata(self) -> dict[str, str]:
         return {"max_batch": str(MAX_BATCH)}

@@ -39,6 +39,7 @@ class LiteRtBackend:
     startup_s = 0.5
     int8_isa_rule = False
     accuracy_control = False
+    qat = False
 
     def metadata(self) -> dict[str, str]:
         return {}

@@ -34,6 +34,7 @@ class OnnxBackend:
     startup_s = 0.8
     int8_isa_rule = True
     accuracy_control = True
+    qat = False
 
     def metadata(self) -> dict[str, str]:
         return {"opset": str(OPSET)}

@@ -19,7 +19,7 @@ from . import INPUT_NAME, OUTPUT_NAME, Calibration, Session, error_text
 RT_SECTION = "edgecifar"  # our metadata lives under rt_info/edgecifar/<key>
 METADATA_KEYS = ("edgecifar_version", "format", "precision", "model", "classes", "num_classes", "img_size",
                  "source_run", "source_sha256", "input", "output", "contract", "opset", "int8_isa", "int8_weight_bits",
-                 "float_nodes", "accuracy_drop")
+                 "float_nodes", "accuracy_drop", "quantization")
 # inference precision hints we accept; "auto" leaves the plugin's own choice (bf16 on CPUs that have it)
 HINTS = ("f32", "bf16", "f16", "auto")
 # nncf range estimators for our calibration methods (None: nncf's default, mean of per-batch min/max);
@@ -40,6 +40,7 @@ class OpenVinoBackend:
     startup_s = 1.2
     int8_isa_rule = True
     accuracy_control = True
+    qat = True
 
     def metadata(self) -> dict[str, str]:
         return {}
@@ -56,7 +57,7 @@ class OpenVinoBackend:
         if precision not in ("fp32", "fp16", "int8"):
             raise ExportError(f"openvino: unknown precision '{precision}'")
         ov_model = _convert(model)
-        if precision == "int8":
+        if precision == "int8" and "qat" not in model.meta:  # a QAT model converts with its FakeQuantize nodes
             if calibration is None:
                 raise ExportError("INT8 export needs calibration images")
             ov_model = _quantize(ov_model, calibration, metadata)

@@ -1,0 +1,217 @@
+"""Quantization-aware training (QAT): fine-tune a trained run with NNCF's fake quantization in the forward
+pass, so that its weights learn to live with INT8 rounding, and save the result as an ordinary run that the
+usual exporters turn into INT8 files (ONNX QDQ, OpenVINO, LiteRT, ExecuTorch) and verify the usual way.
+
+The flow is NNCF's for PyTorch (docs: "Use NNCF for Quantization Aware Training"): `nncf.quantize` inserts
+quantizers initialised by post-training calibration, the model is trained as it is, and the float weights it
+ends with are what ships. Here the fake quantizers follow the exporters' rule: per-channel symmetric weights
+with 7 bits (`--int8-isa x86`, exact on every x86 CPU: edgecifar.isa) or 8 (`vnni`), per-tensor 8-bit
+activations (nncf's PERFORMANCE preset). The student also learns the float model's own logits (distillation
+from the model before quantization, as in Hinton et al. 2015 and most QAT recipes), so that fine-tuning
+recovers the float model's function rather than drifting from it.
+
+The saved weights are the float ("latent") weights: the exporters re-calibrate activation ranges and round the
+weights with their own per-channel scales. `fake_quant=False` runs the same fine-tuning in float, the control
+that tells what the quantizers themselves buy (benchmarks/qat.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .contract import model_size
+from .errors import EdgecifarError, UsageError
+from .isa import INT8_ISAS
+
+
+NNCF_PREFIX = "__nncf"  # state-dict keys of NNCF's quantizers (scales, ranges), beside the model's own
+
+
+@dataclass
+class QatConfig:
+    """What `edgecifar qat` takes. Units: `lr` is AdamW's peak learning rate, decayed to 0 by a cosine over all
+    steps; `calib_size` counts training images."""
+
+    run: str
+    data: str | None = None  # default: the data the run was trained on
+    cache_dir: str | None = None
+    # 1 epoch at 3e-5: edge_tiny's fake-quantized top-1 83.95 -> 84.08 % (1e-5: 84.00, 2 epochs at 1e-4: 84.05),
+    # airnet_m-kd's 89.98 -> 90.19 % (benchmarks/results/qat)
+    epochs: int = 1
+    lr: float = 3e-5
+    batch_size: int | None = None  # default: the run's recipe
+    distill: bool = True  # learn the float model's logits (alpha, T from the run's recipe)
+    int8_isa: str = "x86"
+    calib_size: int = 512
+    fake_quant: bool = True  # False: the same fine-tuning in float (the control)
+    max_train: int | None = None
+    max_test: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+
+
+def finetune(cfg: QatConfig, show_progress: bool = False, log=print) -> Path:
+    """Quantization-aware fine-tuning of the run `cfg.run`; returns the new run folder (weights, config.json
+    with a "qat" section naming the source run, metrics.json with the fake-quantized model's test accuracy too).
+
+    Raises UsageError for options out of range, CheckpointError for an unreadable run, DataError for data the
+    run cannot take, and ExportError when NNCF cannot quantize the model.
+    """
+    import torch
+
+    from .data import load_data
+    from .runs import choose_run_dir, claim_run_dir, load_run, read_config, save_weights, write_config
+    from .train import TrainConfig, _bf16_where_native, _subset, evaluate, pick_device, teacher_logits
+    from .utils import data_source
+
+    if cfg.epochs < 1 or cfg.lr <= 0 or cfg.calib_size < 1:
+        raise UsageError("qat needs --epochs >= 1, --lr > 0 and --calib-size >= 1")
+    if cfg.int8_isa not in INT8_ISAS:
+        raise UsageError(f"unknown --int8-isa '{cfg.int8_isa}': use one of {', '.join(INT8_ISAS)}")
+    config = read_config(cfg.run)
+    source = load_run(cfg.run)
+    known = {f.name for f in fields(TrainConfig)}
+    recorded = TrainConfig(**{k: v for k, v in config["train"].items() if k in known}).resolved()
+    tcfg = replace(recorded, epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed, teacher=None, resume=False,
+                   batch_size=cfg.batch_size or recorded.batch_size)
+    device = pick_device(cfg.device)
+    tcfg = _bf16_where_native(tcfg, device, log)
+    source_data = data_source(config, cfg.data)
+    data = load_data(source_data, cfg.cache_dir or tcfg.cache_dir, 0.0, cfg.seed, list(model_size(source.meta)))
+    if data.classes != source.meta["classes"]:
+        raise EdgecifarError(f"{cfg.run} was trained on other classes than {source_data} holds: pass its --data")
+    train_x, train_y = (torch.from_numpy(a).to(device) for a in _subset(data.train_x, data.train_y, cfg.max_train,
+                                                                       cfg.seed))
+    test_x, test_y = (torch.from_numpy(a).to(device) for a in _subset(data.test_x, data.test_y, cfg.max_test,
+                                                                     cfg.seed))
+    source = source.to(device)
+    before = evaluate(source, test_x, test_y)
+    taught = teacher_logits(cfg.run, train_x, source.meta["classes"]) if cfg.distill else None
+    student = _fake_quantized(source, train_x, cfg) if cfg.fake_quant else source
+    ptq = evaluate(student, test_x, test_y) if cfg.fake_quant else None  # nncf's PTQ: where QAT starts
+    out = choose_run_dir(cfg.out, f"{Path(cfg.run).name}-qat")
+    claim_run_dir(out)
+    log(f"{'quantization-aware' if cfg.fake_quant else 'float'} fine-tuning of {cfg.run} "
+        f"({before:.2%} test top-1) for {cfg.epochs} epoch(s) on {len(train_y):,} images, {device} -> {out}")
+    history = _fit(student, taught, tcfg, train_x, train_y, show_progress, log)
+    simulated = evaluate(student, test_x, test_y) if cfg.fake_quant else None
+    latent = {k: v for k, v in student.state_dict().items() if not k.startswith(NNCF_PREFIX)}
+    plain = load_run(cfg.run).to(device)
+    plain.load_state_dict(latent, strict=True)
+    after = evaluate(plain, test_x, test_y)  # the latent float weights alone, without the quantizers
+    sha = save_weights(student, out)  # with the quantizers' learned ranges (NNCF_PREFIX keys)
+    qat = {"source_run": str(cfg.run), "source_sha256": source.meta.get("source_sha256"),
+           **{k: v for k, v in asdict(cfg).items() if k not in ("run", "out", "cache_dir", "device")}}
+    if cfg.fake_quant:
+        qat["nncf"] = nncf_config(student)
+    meta = {k: v for k, v in plain.meta.items() if k not in ("source_run", "source_sha256")}
+    write_config(out, {**config, "model": meta, **({"qat": qat} if cfg.fake_quant else {"finetune": qat})})
+    _write_metrics(out, before, ptq, simulated, after, history, sha, device)
+    log(f"test top-1: {before:.2%} before, {after:.2%} after in float"
+        + (f"; fake-quantized {ptq:.2%} before (PTQ), {simulated:.2%} after" if simulated is not None else "")
+        + f"; run saved in {out}")
+    return out
+
+
+def nncf_config(model: Any) -> dict[str, Any]:
+    """Where NNCF's quantizers sit in `model`, as JSON (nncf.torch.get_config): with the weights, what
+    `quantized_model` rebuilds the QAT model from."""
+    from nncf.torch import get_config
+
+    return get_config(model)
+
+
+def quantized_model(model: Any, config: dict[str, Any]) -> Any:
+    """`model` with the quantizers that `config` (nncf_config's JSON) places; load the run's weights after.
+    Only NNCF's two quantizer classes are built from the JSON (a config naming anything else is refused), so a
+    config.json cannot make this import or run other code. Raises CheckpointError for a config it cannot use."""
+    from .errors import CheckpointError
+
+    commands = config.get("compression_state") if isinstance(config, dict) else None
+    if not isinstance(commands, list) or not all(
+            isinstance(c, dict) and c.get("module_path") == _QUANTIZERS_MODULE
+            and c.get("module_cls_name") in _QUANTIZERS for c in commands):
+        raise CheckpointError(f"the run's QAT section places modules other than NNCF's quantizers "
+                              f"({', '.join(_QUANTIZERS)}): refused")
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from nncf.torch import load_from_config
+
+    try:
+        return load_from_config(model, config, allowed_modules=(_QUANTIZERS_MODULE,))
+    except Exception as e:
+        raise CheckpointError(f"the run's QAT section does not fit its model: {str(e).splitlines()[0][:200]}") from e
+
+
+_QUANTIZERS_MODULE, _QUANTIZERS = "nncf.torch.quantization.layers", ("SymmetricQuantizer", "AsymmetricQuantizer")
+
+
+def _fake_quantized(model: Any, train_x: Any, cfg: QatConfig) -> Any:
+    """The model with NNCF's quantizers, initialised from a seeded draw of `calib_size` training images by the
+    same post-training quantization the OpenVINO exporter runs (7-bit weights under --int8-isa x86)."""
+    import torch
+
+    # importing nncf loads torch.utils.cpp_extension, which logs a CUDA warning that is noise on a CPU host
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    import nncf
+    from nncf.quantization.advanced_parameters import OverflowFix
+
+    from .errors import ExportError
+    from .backends import error_text
+
+    nncf.set_log_level(logging.ERROR)
+    pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.calib_size]
+    batches = list(train_x[pick.to(train_x.device)].split(16))
+    advanced = nncf.AdvancedQuantizationParameters(
+        batchwise_statistics=True,
+        overflow_fix=OverflowFix.DISABLE if cfg.int8_isa == "vnni" else OverflowFix.ENABLE)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # nncf's progress bars
+            return nncf.quantize(model.eval(), nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
+                                 subset_size=len(batches), fast_bias_correction=True, advanced_parameters=advanced)
+    except Exception as e:
+        raise ExportError(f"nncf.quantize failed: {error_text(e)}") from e
+
+
+def _fit(model: Any, taught: Any, tcfg: Any, train_x: Any, train_y: Any, show_progress: bool,
+         log) -> list[dict[str, Any]]:
+    """AdamW (no weight decay: a few epochs from a converged model) with a cosine decay to 0, over the run's
+    own augmentation and batch size; every parameter trains, the quantizers' scales too."""
+    import torch
+
+    from .train import _train_epoch
+
+    steps = tcfg.epochs * math.ceil(len(train_y) / tcfg.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    history = []
+    for epoch in range(tcfg.epochs):
+        history.append(_train_epoch(model, taught, None, optimizer, scheduler, train_x, train_y, tcfg, epoch,
+                                    show_progress))
+        h = history[-1]
+        log(f"epoch {epoch + 1}/{tcfg.epochs}  loss {h['loss']:.4f}  train {h['train_acc']:.2%}  "
+            f"{h['images_per_s']:.0f} img/s  {h['seconds']:.0f}s")
+    model.eval()
+    return history
+
+
+def _write_metrics(out: Path, before: float, ptq: float | None, simulated: float | None, after: float, history: list[dict[str, Any]],
+                   sha: str, device: Any) -> None:
+    import platform
+
+    import torch
+
+    from .runs import write_metrics
+
+    write_metrics(out, {"test_acc": after, "test_acc_fake_quant": simulated, "test_acc_ptq": ptq, "source_test_acc": before,
+                        "epochs": history, "train_seconds": sum(h["seconds"] for h in history),
+                        "weights_sha256": sha, "device": str(device),
+                        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                        "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
