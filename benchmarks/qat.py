@@ -53,7 +53,11 @@ def main() -> None:
             export_run(folder, ["openvino"] if kind == "QAT" else list(FORMATS),
                        ["int8"] if kind == "QAT" else ["fp32", "int8"], out_dir=exported)
             variants[folder.name] = {"source": run.name, "kind": kind}
+    from edgecifar.runs import read_config
+    from edgecifar.utils import data_source
+
     result = bench([exported], threads=(1,), out_dir=args.out, baseline=False, latency_seconds=1.0,
+                   data=data_source(read_config(args.runs[0])),
                    throughput_seconds=0.2)
     _report(result, variants, args, time.perf_counter() - started)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import BenchError, UsageError
-from .report import load_result, threads_shown
+from .report import load_result, model_shown, threads_shown
 
 PERCENTILES = ("p50", "p90", "p99")
 
@@ -134,7 +134,7 @@ def _number(value: Any) -> bool:
 
 
 def name(row: dict[str, Any]) -> str:
-    return f"{row['model']} {row['variant']} @{threads_shown(row)} thread{'s' if row['threads'] > 1 else ''}"
+    return f"{model_shown(row)} {row['variant']} @{threads_shown(row)} thread{'s' if row['threads'] > 1 else ''}"
 
 
 def describe(row: dict[str, Any], key: str) -> str:

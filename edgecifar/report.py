@@ -90,12 +90,19 @@ def threads_shown(row: dict[str, Any]) -> str:
     return f"{row['threads']}" if used in (None, row["threads"]) else f"{row['threads']} (ran {used})"
 
 
+def model_shown(row: dict[str, Any]) -> str:
+    """The row's run when it is not named after its architecture ("airnet_m-kd-qat"), else the model: two
+    runs of one architecture (a QAT run and its source) stay apart in every table and plot."""
+    run = row.get("source_run")
+    return run if run and run != row["model"] else row["model"]
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The measured rows as a Markdown table (the README embeds this one)."""
     lines = ["| model | variant | threads | top-1 % | size MB | params | MMACs | p50 ms | p90 ms | p99 ms | "
              "img/s | load s |", "|" + "---|" * 12]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['variant']} | {threads_shown(r)} | {_fmt(r['accuracy'], '.2f', 100)} | "
+        lines.append(f"| {model_shown(r)} | {r['variant']} | {threads_shown(r)} | {_fmt(r['accuracy'], '.2f', 100)} | "
                      f"{_fmt(r['size_mb'], '.2f')} | {_fmt(r['params'], ',')} | {_fmt(r['macs'], '.1f', 1e-6)} | "
                      f"{_fmt(r['latency_p50_ms'], '.3f')} | {_fmt(r['latency_p90_ms'], '.3f')} | "
                      f"{_fmt(r['latency_p99_ms'], '.3f')} | {_fmt(r['throughput_ips'], ',.0f')} | "
@@ -127,12 +134,12 @@ def markdown(header: dict[str, Any], rows: list[dict[str, Any]], image: str | No
             front = pareto_front([(r["latency_p50_ms"], r["accuracy"]) for r in timed])
             parts += [f"## {n} thread{'s' if n > 1 else ''}", "", markdown_table(measured), "",
                       "Pareto front (no other row is both faster and more accurate): "
-                      + ", ".join(f"{timed[i]['model']} {timed[i]['variant']}" for i in front), ""]
+                      + ", ".join(f"{model_shown(timed[i])} {timed[i]['variant']}" for i in front), ""]
     parts += _isa_lines(ok)
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
         parts += ["## Not measured", "", "| model | variant | threads | status | reason |", "|---|---|---|---|---|"]
-        parts += [f"| {r['model']} | {r['variant']} | {r['threads']} | {r['status']} | "
+        parts += [f"| {model_shown(r)} | {r['variant']} | {r['threads']} | {r['status']} | "
                   f"{r['reason'].replace('|', '/')} |" for r in bad]
         parts.append("")
     if header.get("notes"):
@@ -151,7 +158,7 @@ def _isa_lines(rows: list[dict[str, Any]]) -> list[str]:
         lines += list(dict.fromkeys(f"- {r['variant']}: {r['isa']['int8_path']} ({r['isa']['cap']})"
                                     + ("; emulated, so no timings" if r["latency_p50_ms"] is None else "")
                                     for r in capped)) + [""]
-    warned = list(dict.fromkeys(f"- {r['model']} {r['variant']}: {r['isa_warning']}"
+    warned = list(dict.fromkeys(f"- {model_shown(r)} {r['variant']}: {r['isa_warning']}"
                                 for r in rows if r.get("isa_warning")))
     return lines + (["## ISA warnings", "", *warned, ""] if warned else [])
 
@@ -181,7 +188,7 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
 
     ok = [r for r in rows if r["status"] == "ok" and r["latency_p50_ms"] and r["accuracy"] is not None]
     threads = sorted({r["threads"] for r in ok}) or [1]
-    models = list(dict.fromkeys(r["model"] for r in ok))
+    models = list(dict.fromkeys(model_shown(r) for r in ok))
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
     biggest = max((r["size_mb"] or 0 for r in ok), default=1) or 1
     fig, axes = plt.subplots(1, len(threads), figsize=(6.5 * len(threads), 5), sharey=True, squeeze=False)
@@ -189,7 +196,7 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
         measured = [r for r in ok if r["threads"] == n]
         for r in measured:
             ax.scatter(r["latency_p50_ms"], 100 * r["accuracy"], s=30 + 470 * (r["size_mb"] or 0) / biggest,
-                       color=colours[r["model"]], marker=FORMAT_MARKERS.get(r["format"], "o"), alpha=0.75,
+                       color=colours[model_shown(r)], marker=FORMAT_MARKERS.get(r["format"], "o"), alpha=0.75,
                        edgecolors="black", linewidths=0.5)
             ax.annotate(r["variant"], (r["latency_p50_ms"], 100 * r["accuracy"]), fontsize=6,
                         xytext=(4, 3), textcoords="offset points")
@@ -228,16 +235,16 @@ def rich_table(rows: Sequence[dict[str, Any]], title: str = ""):
     from rich.markup import escape
     from rich.table import Table
 
-    reasons = dict.fromkeys(escape(f"{r['model']} {r['variant']}: {r['reason']}") for r in rows if r["status"] != "ok")
+    reasons = dict.fromkeys(escape(f"{model_shown(r)} {r['variant']}: {r['reason']}") for r in rows if r["status"] != "ok")
     table = Table(title=f"{title} (latency: batch 1, ms; load: s)" if title else None,
                   caption="\n".join(reasons) or None, caption_justify="left", box=None, padding=(0, 1),
                   pad_edge=False, header_style="bold underline")
     for col in ("variant", "thr", "status", "top-1%", "MB", "p50", "p90", "p99", "img/s", "load"):
         # never wrapped or cut: the reasons of skipped rows are in the caption, where they can wrap
         table.add_column(col, justify="left" if col in ("variant", "status") else "right", no_wrap=True)
-    for model in dict.fromkeys(r["model"] for r in rows):
+    for model in dict.fromkeys(model_shown(r) for r in rows):
         table.add_row(f"[bold]{escape(model)}[/bold]")
-        for r in (r for r in rows if r["model"] == model):
+        for r in (r for r in rows if model_shown(r) == model):
             ok = r["status"] == "ok"
             latency = (_fmt(r[f"latency_{p}_ms"], ".3g") for p in ("p50", "p90", "p99"))
             table.add_row(escape(r["variant"]), threads_shown(r), r["status"], _fmt(r["accuracy"], ".2f", 100),
