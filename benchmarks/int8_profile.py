@@ -1,7 +1,7 @@
 """Where an INT8 file's batch-1 time goes, next to its FP32 file: ONNX Runtime's profiler (kernel time per op
 type) and OpenVINO's performance counters (time per executed layer type and kernel), one thread.
 
-    uv run python benchmarks/int8_profile.py exported/airnet_m exported/edge_tiny [--runs 300]
+    uv run python benchmarks/int8_profile.py exported/airnet_m exported/edge_tiny [--runs 300] [--tag after]
 
 Writes benchmarks/results/int8_profile.json (and prints the top entries). Shares of the total, not absolute
 times, are what to compare across machines.
@@ -61,6 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--tag", default="", help="added to each file's key, e.g. 'after' (a before/after pair "
+                                                  "of the same file name)")
     args = parser.parse_args()
     found = json.loads(RESULT.read_text()) if RESULT.is_file() else {}
     for folder in args.folders:
@@ -69,7 +71,7 @@ def main() -> None:
                 path = folder / f"{folder.name}-{precision}{suffix}"
                 if path.is_file():
                     ops = profile(path, args.runs)
-                    found[path.name] = {"total_ms": round(sum(ops.values()), 4),
+                    found[f"{path.name} ({args.tag})" if args.tag else path.name] = {"total_ms": round(sum(ops.values()), 4),
                                         "ms": {k: round(v, 4) for k, v in ops.items()}}
                     top = list(ops.items())[:6]
                     print(path.name, f"{sum(ops.values()):.3f} ms:", ", ".join(f"{k} {v:.3f}" for k, v in top))
