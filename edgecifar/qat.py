@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import math
 import time
@@ -63,62 +64,93 @@ def finetune(cfg: QatConfig, show_progress: bool = False, log=print) -> Path:
     with a "qat" section naming the source run, metrics.json with the fake-quantized model's test accuracy too).
 
     Raises UsageError for options out of range, CheckpointError for an unreadable run, DataError for data the
-    run cannot take, and ExportError when NNCF cannot quantize the model.
+    run cannot take, and ExportError when NNCF cannot quantize the model. Stopped early (an error, Ctrl-C), it
+    leaves no run folder.
     """
-    import torch
-
-    from .data import load_data
-    from .runs import choose_run_dir, claim_run_dir, load_run, read_config, save_weights, write_config
-    from .train import TrainConfig, _bf16_where_native, _subset, evaluate, pick_device, teacher_logits
-    from .utils import data_source
+    from .runs import choose_run_dir, claim_run_dir, is_run, load_run, read_config
+    from .train import evaluate, teacher_logits
+    from .utils import remove_tree
 
     if cfg.epochs < 1 or cfg.lr <= 0 or cfg.calib_size < 1:
         raise UsageError("qat needs --epochs >= 1, --lr > 0 and --calib-size >= 1")
     if cfg.int8_isa not in INT8_ISAS:
         raise UsageError(f"unknown --int8-isa '{cfg.int8_isa}': use one of {', '.join(INT8_ISAS)}")
     config = read_config(cfg.run)
-    source = load_run(cfg.run)
+    tcfg, device = _recipe(cfg, config, log)
+    source = load_run(cfg.run).to(device)
+    (train_x, train_y), test = _tensors(cfg, config, source.meta, device)
+    out = choose_run_dir(cfg.out, f"{Path(cfg.run).name}-{'qat' if cfg.fake_quant else 'ft'}")
+    created = claim_run_dir(out)
+    try:
+        before = evaluate(source, *test)
+        taught = teacher_logits(cfg.run, train_x, source.meta["classes"]) if cfg.distill else None
+        student = _fake_quantized(source, train_x, cfg) if cfg.fake_quant else source
+        ptq = evaluate(student, *test) if cfg.fake_quant else None  # nncf's PTQ: where QAT starts
+        log(f"{'quantization-aware' if cfg.fake_quant else 'float'} fine-tuning of {cfg.run} ({before:.2%} test "
+            f"top-1) for {cfg.epochs} epoch(s) on {len(train_y):,} images, {device} -> {out}")
+        history = _fit(student, taught, tcfg, train_x, train_y, show_progress, log)
+        accuracies = {"source_test_acc": before, "test_acc_ptq": ptq,
+                      "test_acc_fake_quant": evaluate(student, *test) if cfg.fake_quant else None}
+        _save(out, cfg, config, student, test, accuracies, history, device)
+    except BaseException:
+        if created and not is_run(out):
+            remove_tree(out)
+        raise
+    metrics = json.loads((out / "metrics.json").read_text())
+    log(f"test top-1: {before:.2%} before, {metrics['test_acc']:.2%} after in float"
+        + (f"; fake-quantized {ptq:.2%} before (PTQ), {metrics['test_acc_fake_quant']:.2%} after"
+           if cfg.fake_quant else "") + f"; run saved in {out}")
+    return out
+
+
+def _recipe(cfg: QatConfig, config: dict[str, Any], log) -> tuple[Any, Any]:
+    """The run's own training recipe (augmentation, batch size, label smoothing, distillation weights, bf16
+    where native) with this fine-tuning's epochs, learning rate and seed; and the device."""
+    from .train import TrainConfig, _bf16_where_native, pick_device
+
     known = {f.name for f in fields(TrainConfig)}
     recorded = TrainConfig(**{k: v for k, v in config["train"].items() if k in known}).resolved()
     tcfg = replace(recorded, epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed, teacher=None, resume=False,
                    batch_size=cfg.batch_size or recorded.batch_size)
     device = pick_device(cfg.device)
-    tcfg = _bf16_where_native(tcfg, device, log)
-    source_data = data_source(config, cfg.data)
-    data = load_data(source_data, cfg.cache_dir or tcfg.cache_dir, 0.0, cfg.seed, list(model_size(source.meta)))
-    if data.classes != source.meta["classes"]:
-        raise EdgecifarError(f"{cfg.run} was trained on other classes than {source_data} holds: pass its --data")
-    train_x, train_y = (torch.from_numpy(a).to(device) for a in _subset(data.train_x, data.train_y, cfg.max_train,
-                                                                       cfg.seed))
-    test_x, test_y = (torch.from_numpy(a).to(device) for a in _subset(data.test_x, data.test_y, cfg.max_test,
-                                                                     cfg.seed))
-    source = source.to(device)
-    before = evaluate(source, test_x, test_y)
-    taught = teacher_logits(cfg.run, train_x, source.meta["classes"]) if cfg.distill else None
-    student = _fake_quantized(source, train_x, cfg) if cfg.fake_quant else source
-    ptq = evaluate(student, test_x, test_y) if cfg.fake_quant else None  # nncf's PTQ: where QAT starts
-    out = choose_run_dir(cfg.out, f"{Path(cfg.run).name}-qat")
-    claim_run_dir(out)
-    log(f"{'quantization-aware' if cfg.fake_quant else 'float'} fine-tuning of {cfg.run} "
-        f"({before:.2%} test top-1) for {cfg.epochs} epoch(s) on {len(train_y):,} images, {device} -> {out}")
-    history = _fit(student, taught, tcfg, train_x, train_y, show_progress, log)
-    simulated = evaluate(student, test_x, test_y) if cfg.fake_quant else None
-    latent = {k: v for k, v in student.state_dict().items() if not k.startswith(NNCF_PREFIX)}
+    return _bf16_where_native(tcfg, device, log), device
+
+
+def _tensors(cfg: QatConfig, config: dict[str, Any], meta: dict[str, Any], device: Any) -> tuple[tuple, tuple]:
+    """(train images, labels) and (test images, labels) of the run's data at its input size, on `device`."""
+    import torch
+
+    from .data import load_data
+    from .train import _subset
+    from .utils import data_source
+
+    source = data_source(config, cfg.data)
+    data = load_data(source, cfg.cache_dir or config["train"].get("cache_dir"), 0.0, cfg.seed,
+                     list(model_size(meta)))
+    if list(data.classes) != list(meta["classes"]):
+        raise EdgecifarError(f"{cfg.run} was trained on other classes than {source} holds: pass its --data")
+    return tuple(tuple(torch.from_numpy(a).to(device) for a in _subset(x, y, limit, cfg.seed))
+                 for x, y, limit in ((data.train_x, data.train_y, cfg.max_train),
+                                     (data.test_x, data.test_y, cfg.max_test)))
+
+
+def _save(out: Path, cfg: QatConfig, config: dict[str, Any], student: Any, test: tuple, accuracies: dict,
+          history: list[dict[str, Any]], device: Any) -> None:
+    """config.json first (a folder without weights is not a run yet), then the weights with the quantizers'
+    learned tensors (NNCF_PREFIX keys), then metrics.json with the latent float weights' own accuracy."""
+    from .runs import load_run, save_weights, write_config
+    from .train import evaluate
+
     plain = load_run(cfg.run).to(device)
-    plain.load_state_dict(latent, strict=True)
-    after = evaluate(plain, test_x, test_y)  # the latent float weights alone, without the quantizers
-    sha = save_weights(student, out)  # with the quantizers' learned ranges (NNCF_PREFIX keys)
-    qat = {"source_run": str(cfg.run), "source_sha256": source.meta.get("source_sha256"),
-           **{k: v for k, v in asdict(cfg).items() if k not in ("run", "out", "cache_dir", "device")}}
+    plain.load_state_dict({k: v for k, v in student.state_dict().items() if not k.startswith(NNCF_PREFIX)})
+    section = {"source_run": str(cfg.run), "source_sha256": plain.meta["source_sha256"],
+               **{k: v for k, v in asdict(cfg).items() if k not in ("run", "out", "cache_dir", "device")}}
     if cfg.fake_quant:
-        qat["nncf"] = nncf_config(student)
+        section["nncf"] = nncf_config(student)
     meta = {k: v for k, v in plain.meta.items() if k not in ("source_run", "source_sha256")}
-    write_config(out, {**config, "model": meta, **({"qat": qat} if cfg.fake_quant else {"finetune": qat})})
-    _write_metrics(out, before, ptq, simulated, after, history, sha, device)
-    log(f"test top-1: {before:.2%} before, {after:.2%} after in float"
-        + (f"; fake-quantized {ptq:.2%} before (PTQ), {simulated:.2%} after" if simulated is not None else "")
-        + f"; run saved in {out}")
-    return out
+    write_config(out, {**config, "model": meta, ("qat" if cfg.fake_quant else "finetune"): section})
+    sha = save_weights(student, out)
+    _write_metrics(out, {"test_acc": evaluate(plain, *test), **accuracies}, history, sha, device)
 
 
 def nncf_config(model: Any) -> dict[str, Any]:
@@ -202,16 +234,15 @@ def _fit(model: Any, taught: Any, tcfg: Any, train_x: Any, train_y: Any, show_pr
     return history
 
 
-def _write_metrics(out: Path, before: float, ptq: float | None, simulated: float | None, after: float, history: list[dict[str, Any]],
-                   sha: str, device: Any) -> None:
+def _write_metrics(out: Path, accuracies: dict[str, float | None], history: list[dict[str, Any]], sha: str,
+                   device: Any) -> None:
     import platform
 
     import torch
 
     from .runs import write_metrics
 
-    write_metrics(out, {"test_acc": after, "test_acc_fake_quant": simulated, "test_acc_ptq": ptq, "source_test_acc": before,
-                        "epochs": history, "train_seconds": sum(h["seconds"] for h in history),
+    write_metrics(out, {**accuracies, "epochs": history, "train_seconds": sum(h["seconds"] for h in history),
                         "weights_sha256": sha, "device": str(device),
                         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                         "finished": time.strftime("%Y-%m-%d %H:%M:%S")})

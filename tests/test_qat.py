@@ -128,3 +128,16 @@ def test_qat_cli_says_one_line_for_a_missing_run(tmp_path):
     result = CliRunner().invoke(app, ["qat", str(tmp_path / "nope")])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "run folder not found" in result.output
+
+
+def test_an_interrupted_qat_leaves_no_run_folder(tiny_run, tmp_path, monkeypatch):
+    import edgecifar.qat as qat
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qat, "_fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        qat.finetune(qat.QatConfig(run=str(tiny_run), calib_size=16, out=str(tmp_path / "stopped")),
+                     log=lambda _: None)
+    assert not (tmp_path / "stopped").exists()
