@@ -302,7 +302,7 @@ def qat(
     lr: Annotated[float, typer.Option(min=0.0, help="AdamW peak learning rate, cosine-decayed to 0")] = 3e-5,
     distill: Annotated[bool, typer.Option(help="also learn the float model's logits")] = True,
     int8_isa: Annotated[Int8Isa, typer.Option(help="weights the quantizers simulate: x86 (7-bit) or vnni "
-                                                   "(8-bit); export with the same")] = Int8Isa.x86,
+                                                   "(8-bit); its export follows it")] = Int8Isa.x86,
     calib_size: Annotated[int, typer.Option(min=1, help="training images that initialise the quantizers")] = 512,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="default: the run's recipe")] = None,
     data: DataOpt = "",
@@ -313,8 +313,8 @@ def qat(
     device: Annotated[Device, typer.Option()] = Device.auto,
     out: Annotated[Optional[Path], typer.Option(help="new run folder [default: runs/<run>-qat]")] = None,
 ) -> None:
-    """Quantization-aware training: fine-tune a trained run with NNCF's fake quantization; the result is a run
-    that `export --precision int8` turns into INT8 files as usual."""
+    """Quantization-aware training: fine-tune a trained run with NNCF's fake quantization; `export` turns the
+    new run into an OpenVINO INT8 IR that keeps the quantizers it learned."""
     from .qat import QatConfig, finetune
 
     finetune(QatConfig(run=str(run_dir), data=data or None, cache_dir=str(cache_dir) if cache_dir else None,
