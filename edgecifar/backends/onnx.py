@@ -107,7 +107,7 @@ _ORT_TYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(floa
 
 
 def _file_versions(path: Path) -> str:
-    """" (the file is ONNX IR version 10, opset 18)": what a runtime must read, for its error message."""
+    """" (the file is ONNX IR version 10, opset 20)": what a runtime must read, for its error message."""
     ir_version, opsets = onnx_versions(path)
     if ir_version is None:
         return ""
