@@ -69,11 +69,13 @@ def export_run(run_dir: Path | str, formats: Iterable[str] | str = "all", precis
 def _export_run(run_dir, formats, precisions, out_dir, calib_size: int, calib_method: str, data, cache_dir,
                 seed: int, verify_size: int, keep_low_agreement: bool, int8_isa: str, max_drop: float | None,
                 control_size: int, log: Log) -> list[dict[str, Any]]:
+    from .qat import qat_section
     from .runs import load_run, read_config
 
     backends = _choose_backends(formats, log)
     precisions_asked, precisions = precisions, _choose(precisions, PRECISIONS, "precision")
-    qat = read_config(run_dir).get("qat")
+    config = read_config(run_dir)
+    qat = qat_section(config)
     if qat:
         backends, precisions, int8_isa = _for_qat(qat, backends, precisions, not _is_all(formats),
                                                   not _is_all(precisions_asked), int8_isa, max_drop, log)
@@ -93,7 +95,7 @@ def _export_run(run_dir, formats, precisions, out_dir, calib_size: int, calib_me
     model = load_run(run_dir)
     run_name = Path(run_dir).resolve().name
     model.meta["source_run"] = run_name
-    splits = _load_splits(read_config(run_dir), model.meta, data, cache_dir)
+    splits = _load_splits(config, model.meta, data, cache_dir)
     check = _verification_set(model, splits, verify_size, seed)
     calibration = None
     if any(p == "int8" for _, p in jobs):

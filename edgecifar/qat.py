@@ -153,6 +153,21 @@ def _save(out: Path, cfg: QatConfig, config: dict[str, Any], student: Any, test:
     _write_metrics(out, {"test_acc": evaluate(plain, *test), **accuracies}, history, sha, device)
 
 
+def qat_section(config: dict[str, Any]) -> dict[str, Any] | None:
+    """A run's config.json "qat" section (None for any other run). Raises CheckpointError when it is there but
+    lacks what rebuilding and exporting the QAT model read."""
+    from .errors import CheckpointError
+
+    section = config.get("qat")
+    if section is None:
+        return None
+    needed = ("nncf", "int8_isa", "source_run", "epochs")
+    if not isinstance(section, dict) or any(k not in section for k in needed):
+        raise CheckpointError(f"config.json's QAT section must hold {', '.join(needed)}: not a run made by "
+                              f"`edgecifar qat`")
+    return section
+
+
 def nncf_config(model: Any) -> dict[str, Any]:
     """Where NNCF's quantizers sit in `model`, as JSON (nncf.torch.get_config): with the weights, what
     `quantized_model` rebuilds the QAT model from."""

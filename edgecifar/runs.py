@@ -130,11 +130,12 @@ def load_run(run_dir: Path | str) -> EdgeModel:
     if not weights.is_file():
         raise CheckpointError(f"{run_dir} has no {WEIGHTS} (training did not finish?)")
     model = model_from_config(config)
-    if (config.get("qat") or {}).get("nncf"):  # a QAT run (edgecifar.qat): its quantizers, then all weights
-        from .qat import quantized_model
+    if "qat" in config:  # a QAT run (edgecifar.qat): its quantizers, then all weights
+        from .qat import qat_section, quantized_model
 
-        model = quantized_model(model, config["qat"]["nncf"])
-        model.meta["qat"] = {k: config["qat"][k] for k in ("int8_isa", "source_run", "epochs")}
+        qat = qat_section(config)
+        model = quantized_model(model, qat["nncf"])
+        model.meta["qat"] = {k: qat[k] for k in ("int8_isa", "source_run", "epochs")}
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:

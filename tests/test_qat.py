@@ -141,3 +141,19 @@ def test_an_interrupted_qat_leaves_no_run_folder(tiny_run, tmp_path, monkeypatch
         qat.finetune(qat.QatConfig(run=str(tiny_run), calib_size=16, out=str(tmp_path / "stopped")),
                      log=lambda _: None)
     assert not (tmp_path / "stopped").exists()
+
+
+def test_a_qat_section_missing_its_keys_is_one_clear_error(qat_run, tmp_path):
+    import shutil
+
+    from edgecifar.export import export_run
+    from edgecifar.runs import load_run
+
+    bad = tmp_path / "bad"
+    shutil.copytree(qat_run, bad)
+    config = json.loads((bad / "config.json").read_text())
+    del config["qat"]["int8_isa"]
+    (bad / "config.json").write_text(json.dumps(config))
+    for call in (lambda: load_run(bad), lambda: export_run(bad, out_dir=tmp_path / "out")):
+        with pytest.raises(CheckpointError, match="QAT section must hold"):
+            call()
