@@ -1,25 +1,25 @@
 """Quantization-aware training (QAT): fine-tune a trained run with NNCF's fake quantization in the forward
-pass, so that its weights learn to live with INT8 rounding, and save the result as an ordinary run that the
-usual exporters turn into INT8 files (ONNX QDQ, OpenVINO, LiteRT, ExecuTorch) and verify the usual way.
+pass, so that its weights and the quantizers' ranges learn to live with INT8 rounding, and save the result as a
+run that carries its quantizers.
 
 The flow is NNCF's for PyTorch (docs: "Use NNCF for Quantization Aware Training"): `nncf.quantize` inserts
-quantizers initialised by post-training calibration, the model is trained as it is, and the float weights it
-ends with are what ships. Here the fake quantizers follow the exporters' rule: per-channel symmetric weights
-with 7 bits (`--int8-isa x86`, exact on every x86 CPU: edgecifar.isa) or 8 (`vnni`), per-tensor 8-bit
-activations (nncf's PERFORMANCE preset). The student also learns the float model's own logits (distillation
-from the model before quantization, as in Hinton et al. 2015 and most QAT recipes), so that fine-tuning
-recovers the float model's function rather than drifting from it.
+quantizers initialised by post-training calibration, and the model is trained as it is. The quantizers follow
+the OpenVINO exporter's rule (`openvino_ptq_parameters`): per-channel symmetric weights with 7 bits
+(`--int8-isa x86`, exact on every x86 CPU: edgecifar.isa) or 8 (`vnni`), per-tensor 8-bit activations (nncf's
+PERFORMANCE preset). The student also learns the float model's own logits (distillation from the model before
+quantization, as in Hinton et al. 2015 and most QAT recipes), so that fine-tuning recovers the float model's
+function rather than drifting from it.
 
-The saved weights are the float ("latent") weights: the exporters re-calibrate activation ranges and round the
-weights with their own per-channel scales. `fake_quant=False` runs the same fine-tuning in float, the control
-that tells what the quantizers themselves buy (benchmarks/qat.py).
+The run holds the weights with the quantizers' tensors, and config.json's "qat" section NNCF's JSON of where
+they sit (`quantized_model` rebuilds it). `export` turns it into an OpenVINO INT8 IR that keeps the learned
+quantizers; the other formats would re-calibrate and are refused (edgecifar.export). `fake_quant=False` runs
+the same fine-tuning in float, the control that tells what the quantizers themselves buy (benchmarks/qat.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 import time
@@ -89,17 +89,17 @@ def finetune(cfg: QatConfig, show_progress: bool = False, log=print) -> Path:
         log(f"{'quantization-aware' if cfg.fake_quant else 'float'} fine-tuning of {cfg.run} ({before:.2%} test "
             f"top-1) for {cfg.epochs} epoch(s) on {len(train_y):,} images, {device} -> {out}")
         history = _fit(student, taught, tcfg, train_x, train_y, show_progress, log)
-        accuracies = {"source_test_acc": before, "test_acc_ptq": ptq,
-                      "test_acc_fake_quant": evaluate(student, *test) if cfg.fake_quant else None}
-        _save(out, cfg, config, student, test, accuracies, history, device)
+        simulated = evaluate(student, *test) if cfg.fake_quant else None
+        latent = _save(out, cfg, config, student, test,
+                       {"source_test_acc": before, "test_acc_ptq": ptq, "test_acc_fake_quant": simulated},
+                       history, device)
     except BaseException:
         if created and not is_run(out):
             remove_tree(out)
         raise
-    metrics = json.loads((out / "metrics.json").read_text())
-    log(f"test top-1: {before:.2%} before, {metrics['test_acc']:.2%} after in float"
-        + (f"; fake-quantized {ptq:.2%} before (PTQ), {metrics['test_acc_fake_quant']:.2%} after"
-           if cfg.fake_quant else "") + f"; run saved in {out}")
+    log(f"test top-1: {before:.2%} before, {latent:.2%} after in float"
+        + (f"; fake-quantized {ptq:.2%} before (PTQ), {simulated:.2%} after" if cfg.fake_quant else "")
+        + f"; run saved in {out}")
     return out
 
 
@@ -135,9 +135,9 @@ def _tensors(cfg: QatConfig, config: dict[str, Any], meta: dict[str, Any], devic
 
 
 def _save(out: Path, cfg: QatConfig, config: dict[str, Any], student: Any, test: tuple, accuracies: dict,
-          history: list[dict[str, Any]], device: Any) -> None:
+          history: list[dict[str, Any]], device: Any) -> float:
     """config.json first (a folder without weights is not a run yet), then the weights with the quantizers'
-    learned tensors (NNCF_PREFIX keys), then metrics.json with the latent float weights' own accuracy."""
+    learned tensors (NNCF_PREFIX keys), then metrics.json; returns the latent float weights' own accuracy."""
     from .runs import load_run, save_weights, write_config
     from .train import evaluate
 
@@ -150,7 +150,9 @@ def _save(out: Path, cfg: QatConfig, config: dict[str, Any], student: Any, test:
     meta = {k: v for k, v in plain.meta.items() if k not in ("source_run", "source_sha256")}
     write_config(out, {**config, "model": meta, ("qat" if cfg.fake_quant else "finetune"): section})
     sha = save_weights(student, out)
-    _write_metrics(out, {"test_acc": evaluate(plain, *test), **accuracies}, history, sha, device)
+    latent = evaluate(plain, *test)
+    _write_metrics(out, {"test_acc": latent, **accuracies}, history, sha, device)
+    return latent
 
 
 def qat_section(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -208,21 +210,18 @@ def _fake_quantized(model: Any, train_x: Any, cfg: QatConfig) -> Any:
     # importing nncf loads torch.utils.cpp_extension, which logs a CUDA warning that is noise on a CPU host
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     import nncf
-    from nncf.quantization.advanced_parameters import OverflowFix
 
-    from .errors import ExportError
     from .backends import error_text
+    from .backends.openvino import openvino_ptq_parameters
+    from .errors import ExportError
 
     nncf.set_log_level(logging.ERROR)
     pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.calib_size]
     batches = list(train_x[pick.to(train_x.device)].split(16))
-    advanced = nncf.AdvancedQuantizationParameters(
-        batchwise_statistics=True,
-        overflow_fix=OverflowFix.DISABLE if cfg.int8_isa == "vnni" else OverflowFix.ENABLE)
+    settings, advanced = openvino_ptq_parameters(cfg.int8_isa, len(batches))
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # nncf's progress bars
-            return nncf.quantize(model.eval(), nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
-                                 subset_size=len(batches), fast_bias_correction=True, advanced_parameters=advanced)
+            return nncf.quantize(model.eval(), nncf.Dataset(batches), advanced_parameters=advanced, **settings)
     except Exception as e:
         raise ExportError(f"nncf.quantize failed: {error_text(e)}") from e
 

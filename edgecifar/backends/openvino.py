@@ -183,6 +183,23 @@ def _set_names_and_metadata(ov_model: Any, metadata: dict[str, str]) -> None:
         ov_model.set_rt_info(str(value), [RT_SECTION, key])
 
 
+def openvino_ptq_parameters(isa: str, num_batches: int, **advanced: Any) -> tuple[dict[str, Any], Any]:
+    """nncf.quantize's settings and advanced parameters for this exporter's INT8 (edgecifar.qat's quantizers
+    start from the same): PERFORMANCE preset (symmetric), exactly `num_batches` calibration batches, fast bias
+    correction, statistics per image, and the weight rule of `isa` (edgecifar.isa)."""
+    import nncf
+    from nncf.quantization.advanced_parameters import OverflowFix
+
+    return ({"preset": nncf.QuantizationPreset.PERFORMANCE, "subset_size": num_batches, "fast_bias_correction": True},
+            nncf.AdvancedQuantizationParameters(
+                # each item is a batch of images: statistics per image, as if batch size were 1 (nncf's defaults
+                # are tuned for that); safe here, the batch is axis 0 of every activation of these CNNs
+                batchwise_statistics=True,
+                # 7-bit weights in every layer (nncf's default: the first only), so that the file is exact on
+                # CPUs without VNNI too (edgecifar.isa); --int8-isa vnni keeps 8 bits
+                overflow_fix=OverflowFix.DISABLE if isa == "vnni" else OverflowFix.ENABLE, **advanced))
+
+
 def _quantize(ov_model: Any, calibration: Calibration, metadata: dict[str, str]) -> Any:
     """nncf post-training quantization (under an accuracy bound: calibration.control, whose outcome goes into
     `metadata`). Memory stays bounded: statistics are reduced inside the graph
@@ -190,25 +207,16 @@ def _quantize(ov_model: Any, calibration: Calibration, metadata: dict[str, str])
     # importing nncf loads torch.utils.cpp_extension, which logs a CUDA warning that is noise on a CPU host
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     import nncf
-    from nncf.quantization.advanced_parameters import OverflowFix
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     nncf.set_log_level(logging.ERROR)  # its notes would swamp the CLI's output
     estimator = NNCF_CALIB[calibration.method]
-    advanced = nncf.AdvancedQuantizationParameters(
-        inplace_statistics=True,
-        # each item is a batch of images: statistics per image, as if batch size were 1 (nncf's defaults
-        # are tuned for that); safe here, the batch is axis 0 of every activation of these CNNs
-        batchwise_statistics=True,
-        # 7-bit weights in every layer (nncf's default: the first only), so that the file is exact on CPUs
-        # without VNNI too (edgecifar.isa); --int8-isa vnni keeps 8 bits
-        overflow_fix=OverflowFix.DISABLE if calibration.isa == "vnni" else OverflowFix.ENABLE,
+    batches = list(calibration.batches())
+    settings, advanced = openvino_ptq_parameters(
+        calibration.isa, len(batches), inplace_statistics=True,
         **({"activations_range_estimator_params": getattr(RangeEstimatorParametersSet, estimator)}
            if estimator else {}))
-    batches = list(calibration.batches())
-    settings = {"preset": nncf.QuantizationPreset.PERFORMANCE, "subset_size": len(batches),
-                "fast_bias_correction": True, "ignored_scope": nncf.IgnoredScope(names=list(calibration.exclude),
-                                                                                 validate=False)}
+    settings["ignored_scope"] = nncf.IgnoredScope(names=list(calibration.exclude), validate=False)
     try:
         # nncf draws rich progress bars on stdout with no switch to turn them off: send them nowhere
         with contextlib.redirect_stdout(io.StringIO()):
