@@ -111,7 +111,7 @@ def _export_run(run_dir, formats, precisions, out_dir, calib_size: int, calib_me
 def _for_qat(qat: dict[str, Any], backends: list[Backend], precisions: list[str], named_formats: bool,
              named_precisions: bool, int8_isa: str, max_drop: float | None,
              log: Log) -> tuple[list[Backend], list[str], str]:
-    """A QAT run (edgecifar.qat) exports INT8 only, through the backends that keep its learned quantizers, with
+    """A QAT run (edgecifar.qat) exports INT8 only, through the backends that export what it learned, with
     the weight rule (--int8-isa) it was trained for: its graph is already quantized."""
     keep = [b for b in backends if b.qat]
     able = ", ".join(name for name, b in BACKENDS.items() if b.qat)

@@ -11,9 +11,11 @@ quantization, as in Hinton et al. 2015 and most QAT recipes), so that fine-tunin
 function rather than drifting from it.
 
 The run holds the weights with the quantizers' tensors, and config.json's "qat" section NNCF's JSON of where
-they sit (`quantized_model` rebuilds it). `export` turns it into an OpenVINO INT8 IR that keeps the learned
-quantizers; the other formats would re-calibrate and are refused (edgecifar.export). `fake_quant=False` runs
-the same fine-tuning in float, the control that tells what the quantizers themselves buy (benchmarks/qat.py).
+they sit (`quantized_model` rebuilds it). `export` writes INT8 files only: OpenVINO converts the quantizers as
+they are; ONNX Runtime's, LiteRT's and ExecuTorch's quantizers take the float twin of `requantizable` (weights
+snapped to their learned grids, so re-quantizing them is exact) and the learned activation ranges in place of
+calibration where their tensors match. `fake_quant=False` runs the same fine-tuning in float, the control that
+tells what the quantizers themselves buy (benchmarks/qat.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from typing import Any
 from .contract import model_size
 from .errors import EdgecifarError, UsageError
 from .isa import INT8_ISAS
-
 
 NNCF_PREFIX = "__nncf"  # state-dict keys of NNCF's quantizers (scales, ranges), beside the model's own
 
@@ -89,6 +90,9 @@ def finetune(cfg: QatConfig, show_progress: bool = False, log=print) -> Path:
         log(f"{'quantization-aware' if cfg.fake_quant else 'float'} fine-tuning of {cfg.run} ({before:.2%} test "
             f"top-1) for {cfg.epochs} epoch(s) on {len(train_y):,} images, {device} -> {out}")
         history = _fit(student, taught, tcfg, train_x, train_y, show_progress, log)
+        if cfg.fake_quant and cfg.int8_isa == "x86":  # after the last step too
+            for quantizer, weight in weight_quantizers(student):
+                _within_x86_steps(quantizer, weight)
         simulated = evaluate(student, *test) if cfg.fake_quant else None
         latent = _save(out, cfg, config, student, test,
                        {"source_test_acc": before, "test_acc_ptq": ptq, "test_acc_fake_quant": simulated},
@@ -221,9 +225,55 @@ def _fake_quantized(model: Any, train_x: Any, cfg: QatConfig) -> Any:
     settings, advanced = openvino_ptq_parameters(cfg.int8_isa, len(batches))
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # nncf's progress bars
-            return nncf.quantize(model.eval(), nncf.Dataset(batches), advanced_parameters=advanced, **settings)
+            quantized = nncf.quantize(model.eval(), nncf.Dataset(batches), advanced_parameters=advanced, **settings)
     except Exception as e:
         raise ExportError(f"nncf.quantize failed: {error_text(e)}") from e
+    if cfg.int8_isa == "x86":
+        for quantizer, _ in weight_quantizers(quantized):
+            quantizer.register_forward_pre_hook(lambda q, args: _within_x86_steps(q, args[0]))
+    return quantized
+
+
+X86_WEIGHT_STEPS = 64  # --int8-isa x86: weights within +-64 steps of their grid (7 bits; edgecifar.isa)
+
+
+def _within_x86_steps(quantizer: Any, weight: Any) -> None:
+    """Raise the weight quantizer's scale, per channel, where the weight would span more than +-64 steps.
+
+    NNCF's overflow fix only starts a quantizer on half of its 8-bit range (its scale doubled); training then
+    moves weights and scales freely: at lr 1e-3 a tiny run's weights reached +-126 steps, 8-bit weights that
+    overflow in the int16 sums of AVX2 CPUs. Called before every quantization of the weight, and once more
+    after the last step, this keeps the run exact on every x86 CPU."""
+    import torch
+
+    with torch.no_grad():
+        top = weight.abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True).reshape(quantizer.scale.shape)
+        quantizer.scale.data.copy_(torch.maximum(quantizer.scale.data, top * quantizer.level_high / X86_WEIGHT_STEPS))
+
+
+def weight_quantizers(model: Any) -> list[tuple[Any, Any]]:
+    """(quantizer, weight parameter) for each NNCF quantizer on an op's weight input (its port 1) whose
+    weight is a module's `weight`. Raises ExportError for one that is not."""
+    import torch
+    from nncf.torch.function_hook.hook_storage import decode_hook_name
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+
+    from .errors import ExportError
+
+    found = []
+    for name, quantizer in get_hook_storage(model).named_hooks():
+        kind, op_name, port = decode_hook_name(name)
+        if kind == "pre_hooks" and port == 1:
+            weight = getattr(model.get_submodule(_module_of(op_name)), "weight", None)
+            if not isinstance(weight, torch.nn.Parameter):
+                raise ExportError(f"QAT: the weight quantizer at {op_name} is not on a module's weight")
+            found.append((quantizer, weight))
+    return found
+
+
+def _module_of(op_name: str) -> str:
+    """NNCF's op name "backbone/layers/1/conv1/conv2d/0" -> module "backbone.layers.1.conv1"."""
+    return ".".join(p for p in op_name.split("/")[:-2] if p)
 
 
 def _fit(model: Any, taught: Any, tcfg: Any, train_x: Any, train_y: Any, show_progress: bool,
@@ -260,3 +310,54 @@ def _write_metrics(out: Path, accuracies: dict[str, float | None], history: list
                         "weights_sha256": sha, "device": str(device),
                         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                         "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+
+@dataclass(frozen=True)
+class ActivationRange:
+    """One learned activation quantizer of a QAT model: it quantizes the output of call `index` (0-based) of
+    the torch op `op` inside module `module` ("" for the model's own forward), in torch's fake-quantize
+    convention q = clamp(round(x / scale) + zero_point, qmin, qmax), x = (q - zero_point) * scale."""
+
+    module: str
+    op: str
+    index: int
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+
+
+def requantizable(model: Any) -> tuple[Any, list[ActivationRange]]:
+    """For exporters that quantize a float graph themselves (ONNX Runtime's quantize_static): a float copy of
+    the QAT model whose weights are snapped to the grids its weight quantizers learned (so per-channel weight
+    quantization on those grids is exact), and the activation ranges its other quantizers learned, which
+    replace calibration for the tensors they quantize. The way Intel Neural Compressor ships PyTorch QAT as
+    INT8 ONNX (an FP32 export, quantized with the scales QAT learned).
+
+    Raises ExportError for a quantizer on a weight that is not a module's `weight` parameter, or elsewhere
+    than on an op's weight input or output."""
+    import copy
+
+    import torch
+    from nncf.torch.function_hook.hook_storage import decode_hook_name
+    from nncf.torch.function_hook.wrapper import ATR_HOOK_STORAGE, get_hook_storage
+
+    from .errors import ExportError
+
+    twin, ranges = copy.deepcopy(model).eval(), []
+    with torch.no_grad():
+        for quantizer, weight in weight_quantizers(twin):  # snapped onto the grid its quantizer learned
+            weight.copy_(quantizer.eval().quantize(weight))
+        for name, quantizer in list(get_hook_storage(twin).named_hooks()):
+            kind, op_name, port = decode_hook_name(name)
+            if kind == "post_hooks" and port == 0:  # an op's output
+                qmin, qmax, scale, zero_point = quantizer.get_parameters_for_torch_fq()
+                *_, op, index = op_name.split("/")
+                ranges.append(ActivationRange(_module_of(op_name), op, int(index), float(scale[0]),
+                                              int(zero_point[0]), int(qmin), int(qmax)))
+            elif not (kind == "pre_hooks" and port == 1):
+                raise ExportError(f"QAT: a quantizer at {kind} {op_name} port {port} is not one edgecifar exports")
+    del twin.forward  # NNCF's ForwardWithHooks, an instance attribute over the class's forward
+    delattr(twin, ATR_HOOK_STORAGE)
+    twin.meta = {k: v for k, v in model.meta.items() if k != "qat"}
+    return twin, ranges

@@ -75,7 +75,7 @@ class Backend(Protocol):
     startup_s: float  # a rough process start + import of its runtime, for the bench's ETA only
     int8_isa_rule: bool  # its INT8 files follow --int8-isa (oneDNN's u8 x s8 kernels saturate without VNNI)
     accuracy_control: bool  # export --max-drop works for it (edgecifar.accuracy_control)
-    qat: bool  # its INT8 file of a QAT run (edgecifar.qat) keeps the run's own learned quantizers
+    qat: bool  # exports a QAT run (edgecifar.qat) to INT8 with what it learned (float_graph, keep_learned_ranges)
 
     def metadata(self) -> dict[str, str]:
         """Format facts every file of this backend carries besides edgecifar's own (e.g. its opset)."""
@@ -181,6 +181,47 @@ def with_minmax_activations(config: Any) -> Any:
 
     act = replace(config.input_activation, observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2 ** -12))
     return replace(config, input_activation=act, output_activation=act)
+
+
+def float_graph(model: Any) -> tuple[Any, list]:
+    """What an exporter that quantizes a float graph itself takes: (the model, no learned ranges), or for a QAT
+    model (edgecifar.qat) its float twin on the learned weight grids and the activation ranges it learned."""
+    if "qat" not in model.meta:
+        return model, []
+    from ..qat import requantizable
+
+    return requantizable(model)
+
+
+def keep_learned_ranges(prepared: Any, learned: list) -> int:
+    """After PT2E calibration of a QAT model's twin: the observer of each tensor a learned activation range
+    (edgecifar.qat.ActivationRange: module, op, call index) quantizes becomes a min/max observer that holds
+    exactly that range, so convert_pt2e quantizes with QAT's scale and zero point rather than calibration's.
+    Returns how many ranges found their tensor (an op that PT2E does not observe keeps none)."""
+    import torch
+    from torchao.quantization.pt2e.observer import MinMaxObserver, ObserverBase
+
+    calls: dict[tuple[str, str], list[Any]] = {}
+    for node in prepared.graph.nodes:
+        if node.op == "call_function" and str(node.target).startswith("aten."):
+            stack = list(node.meta.get("nn_module_stack", {}).values())
+            calls.setdefault((stack[-1][0] if stack else "", str(node.target).split(".")[1]), []).append(node)
+    kept = 0
+    for r in learned:
+        nodes = calls.get((r.module, r.op), [])
+        users = list(nodes[r.index].users) if r.index < len(nodes) else []
+        for user in users:
+            old = getattr(prepared, str(user.target), None) if user.op == "call_module" else None
+            if isinstance(old, ObserverBase) and getattr(old, "qscheme", None) == torch.per_tensor_affine:
+                fixed = MinMaxObserver(dtype=old.dtype, qscheme=old.qscheme, quant_min=old.quant_min,
+                                       quant_max=old.quant_max, eps=old.eps.item())
+                # torchao's min/max qparams give back exactly this range's scale and zero point
+                fixed(torch.tensor([(r.qmin - r.zero_point) * r.scale, (r.qmax - r.zero_point) * r.scale]))
+                for name, module in list(prepared._modules.items()):  # every alias: PT2E shares one observer
+                    if module is old:  # between ops that must keep one scale (a max pool's input and output)
+                        setattr(prepared, name, fixed)
+                kept += 1
+    return kept
 
 
 def global_max_pools_as_amax(model: Any) -> Any:

@@ -20,7 +20,8 @@ import numpy as np
 
 from ..contract import model_size
 from ..errors import ArtifactError, ExportError
-from . import Calibration, Session, error_text, global_max_pools_as_amax, with_minmax_activations
+from . import (Calibration, Session, error_text, float_graph, global_max_pools_as_amax, keep_learned_ranges,
+               with_minmax_activations)
 
 METADATA_METHOD = "edgecifar_metadata"
 # the batch axis is dynamic up to this bound; the program plans its memory for it, so it is exported from an
@@ -42,7 +43,7 @@ class ExecuTorchBackend:
     startup_s = 3.0  # imports torch
     int8_isa_rule = False
     accuracy_control = False
-    qat = False
+    qat = True
 
     def metadata(self) -> dict[str, str]:
         return {"max_batch": str(MAX_BATCH)}
@@ -60,11 +61,12 @@ class ExecuTorchBackend:
 
         if precision not in self.precisions:
             raise ExportError(f"executorch: unknown precision '{precision}'")
+        model, learned = float_graph(model) if precision == "int8" else (model, [])
         module = global_max_pools_as_amax(model)
         if precision == "int8":
             if calibration is None:
                 raise ExportError("INT8 export needs calibration images")
-            module = _quantize(module, calibration)
+            module = _quantize(module, calibration, learned)
         with _quiet(), torch.no_grad():
             try:
                 from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -167,9 +169,9 @@ def _read_metadata(program: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in found.items()}
 
 
-def _quantize(model: Any, calibration: Calibration) -> Any:
+def _quantize(model: Any, calibration: Calibration, learned: list) -> Any:
     """XNNPACK's PT2E quantizer: per-channel symmetric int8 weights, int8 activations; observers see the
-    calibration batches."""
+    calibration batches, except where a QAT model learned the range (`learned`)."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
@@ -185,6 +187,7 @@ def _quantize(model: Any, calibration: Calibration) -> Any:
             prepared = prepare_pt2e(graph, XNNPACKQuantizer().set_global(config))
             for images in calibration.batches():
                 prepared(torch.from_numpy(images))
+            keep_learned_ranges(prepared, learned)
             return convert_pt2e(prepared)
     except Exception as e:
         raise ExportError(f"PT2E quantization for ExecuTorch failed: {error_text(e)}") from e

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, ExportError
-from . import Calibration, Session, error_text, global_max_pools_as_amax, with_minmax_activations
+from . import (Calibration, Session, error_text, float_graph, global_max_pools_as_amax, keep_learned_ranges,
+               with_minmax_activations)
 
 METADATA_NAME = "edgecifar"
 
@@ -39,7 +40,7 @@ class LiteRtBackend:
     startup_s = 0.5
     int8_isa_rule = False
     accuracy_control = False
-    qat = False
+    qat = True
 
     def metadata(self) -> dict[str, str]:
         return {}
@@ -58,7 +59,7 @@ class LiteRtBackend:
         elif precision == "int8":
             if calibration is None:
                 raise ExportError("INT8 export needs calibration images")
-            data = with_metadata(_int8(model, calibration), metadata)
+            data = with_metadata(_int8(*float_graph(model), calibration), metadata)
         else:
             raise ExportError(f"litert: unknown precision '{precision}'")
         path.write_bytes(data)
@@ -239,9 +240,10 @@ def _fp16_weights(fp32: bytes) -> bytes:
             raise ExportError(f"ai-edge-quantizer FP16 conversion failed: {error_text(e)}") from e
 
 
-def _int8(model: Any, calibration: Calibration) -> bytes:
+def _int8(model: Any, learned: list, calibration: Calibration) -> bytes:
     """Static INT8 through PT2E: int8 activations and per-channel int8 weights; the uint8 input and the float
-    normalization ahead of the first quantize stay as they are, so the file takes the contract's raw pixels."""
+    normalization ahead of the first quantize stay as they are, so the file takes the contract's raw pixels.
+    A QAT model's `learned` activation ranges replace calibration's where they apply."""
     import torch
     from torchao.quantization.pt2e import quantize_pt2e
 
@@ -261,6 +263,7 @@ def _int8(model: Any, calibration: Calibration) -> bytes:
             prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
             for images in calibration.batches():
                 prepared(torch.from_numpy(images))
+            keep_learned_ranges(prepared, learned)
             converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
     except Exception as e:
         raise ExportError(f"PT2E quantization for LiteRT failed: {error_text(e)}") from e

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, ExportError
-from . import INPUT_NAME, OUTPUT_NAME, Calibration, Session, error_text
+from . import INPUT_NAME, OUTPUT_NAME, Calibration, Session, error_text, float_graph
 
 OPSET = 20  # >= 20: GELU is one Gelu node (opset 18 wrote Div, Erf, Add, Mul, Mul: airnet_m-kd INT8 0.552 -> 0.496 ms); torch's exporter writes it natively
 
@@ -34,7 +36,7 @@ class OnnxBackend:
     startup_s = 0.8
     int8_isa_rule = True
     accuracy_control = True
-    qat = False
+    qat = True
 
     def metadata(self) -> dict[str, str]:
         return {"opset": str(OPSET)}
@@ -48,6 +50,7 @@ class OnnxBackend:
                metadata: dict[str, str]) -> list[Path]:
         import onnx
 
+        model, learned = float_graph(model) if precision == "int8" else (model, [])
         with tempfile.TemporaryDirectory(prefix="edgecifar-onnx-") as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             _torch_export(model, fp32)
@@ -58,7 +61,7 @@ class OnnxBackend:
             elif precision == "int8":
                 if calibration is None:
                     raise ExportError("INT8 export needs calibration images")
-                proto = _quantize(fp32, Path(tmp), calibration)
+                proto = _quantize(fp32, Path(tmp), calibration, learned)
             else:
                 raise ExportError(f"onnx: unknown precision '{precision}'")
         _set_metadata(proto, metadata)
@@ -232,15 +235,17 @@ def _stride(batches: int, most: int = 8) -> int:
     return max(d for d in range(1, min(most, batches) + 1) if batches % d == 0)
 
 
-def _quantize(fp32: Path, tmp: Path, calibration: Calibration) -> Any:
+def _quantize(fp32: Path, tmp: Path, calibration: Calibration, learned: list) -> Any:
     import onnx
 
-    return onnx.load(str(prepare_and_quantize(fp32, tmp, calibration)[1]))
+    return onnx.load(str(prepare_and_quantize(fp32, tmp, calibration, learned)[1]))
 
 
-def prepare_and_quantize(fp32: Path, tmp: Path, calibration: Calibration) -> tuple[Path, Path]:
+def prepare_and_quantize(fp32: Path, tmp: Path, calibration: Calibration,
+                         learned: list = ()) -> tuple[Path, Path]:
     """The exporter's INT8 quantization: (the prepared float graph, its QDQ quantization), both written in `tmp`
-    with the same tensor names (the per-layer report compares them)."""
+    with the same tensor names (the per-layer report compares them). `learned`: a QAT model's activation
+    ranges (edgecifar.qat.requantizable), which replace calibration where they apply."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -252,6 +257,10 @@ def prepare_and_quantize(fp32: Path, tmp: Path, calibration: Calibration) -> tup
     except Exception:  # ORT's symbolic shape inference fails on some ops (edge_small's global max-pool graph):
         # ONNX's own shape inference is enough here, since every shape but the batch axis is static
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    overrides = {}
+    if learned:
+        overrides = qat_overrides(onnx.load(str(fp32)), onnx.load(str(prepared)), learned,
+                                  64 if calibration.isa != "vnni" else 127)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print(...) their progress
             quantize_static(str(prepared), str(quantized), _Reader(calibration), quant_format=QuantFormat.QDQ,
@@ -267,10 +276,79 @@ def prepare_and_quantize(fp32: Path, tmp: Path, calibration: Calibration) -> tup
                             nodes_to_exclude=_preprocessing_nodes(onnx.load(str(prepared))) + list(calibration.exclude),
                             # a few batches per pass (not CalibMaxIntermediateOutputs: in onnxruntime 1.32
                             # it drops the batches it flushes)
-                            extra_options={"CalibStridedMinMax": _stride(calibration.num_batches)})
+                            extra_options={"CalibStridedMinMax": _stride(calibration.num_batches),
+                                           "TensorQuantOverrides": overrides})
     except Exception as e:  # onnxruntime raises plain ValueError/RuntimeError from deep inside
         raise ExportError(f"onnxruntime quantization failed: {error_text(e)}") from e
     return prepared, quantized
+
+
+def qat_overrides(fp32: Any, prepared: Any, learned: list, most: int) -> dict[str, list[dict[str, Any]]]:
+    """quantize_static's TensorQuantOverrides that keep what a QAT model learned: each learned activation range
+    as the scale and zero point of the tensor it quantizes (found in the torch.onnx graph `fp32` by module and
+    op, kept where the `prepared` graph still has it), and for each Conv/Gemm weight whose every output channel
+    lies on a grid of at most `most` steps (a QAT twin's snapped weights, BN folded in or not), that grid as the
+    channel's scale, so re-quantizing it is exact."""
+    from onnx import numpy_helper
+
+    names = {out for node in prepared.graph.node for out in node.output}
+    found = {name: learned_range for name, learned_range in _learned_tensors(fp32, learned).items() if name in names}
+    overrides = {name: [{"scale": np.array(r.scale, np.float32),
+                         "zero_point": np.array(r.zero_point - r.qmin, np.uint8)}
+                        if r.qmax - r.qmin == 255 else  # ORT's activations are uint8: [qmin, qmax] shifted
+                        {"rmin": np.array((r.qmin - r.zero_point) * r.scale, np.float32),
+                         "rmax": np.array((r.qmax - r.zero_point) * r.scale, np.float32)}]
+                 for name, r in found.items()}
+    weights = {t.name: t for t in prepared.graph.initializer}
+    for node in prepared.graph.node:
+        if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 and node.input[1] in weights:
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            axis = 0 if node.op_type == "Conv" or trans_b else 1
+            grid = _grid(np.moveaxis(numpy_helper.to_array(weights[node.input[1]]), axis, 0), most)
+            if grid is not None:
+                overrides[node.input[1]] = [{"axis": axis, "scale": np.array(step, np.float32),
+                                             "zero_point": np.array(0, np.int8)} for step in grid]
+    return overrides
+
+
+def _learned_tensors(proto: Any, learned: list) -> dict[str, Any]:
+    """{tensor name: learned range}: the output of the `index`-th node of torch op `op` inside module `module`,
+    read from the exporter's node metadata (module scopes, FX target). Where the exporter decomposed the op
+    (adaptive_max_pool2d to a ReduceMax), the module's last node, whose output is the module's."""
+    calls: dict[tuple[str, str], list[str]] = {}
+    last: dict[str, str] = {}
+    for node in proto.graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+        op = re.search(r"target=torch\.ops\.aten\.(\w+)\.", meta.get("pkg.torch.onnx.fx_node", ""))
+        module = scopes[-2] if len(scopes) >= 2 else ""
+        if op:
+            calls.setdefault((module, op.group(1)), []).append(node.output[0])
+        last[module] = node.output[0]
+    found = {}
+    for r in learned:
+        outputs = calls.get((r.module, r.op), [])
+        name = outputs[r.index] if r.index < len(outputs) else (last.get(r.module) if r.index == 0 else None)
+        if name is not None:
+            found[name] = r
+    return found
+
+
+def _grid(weight: np.ndarray, most: int) -> list[float] | None:
+    """Per output channel (axis 0), the largest step s = max|w| / k, k <= `most`, of which every weight is a
+    whole multiple; None unless every channel has one."""
+    steps = []
+    for channel in weight.reshape(len(weight), -1).astype(np.float64):
+        top = float(np.abs(channel).max())
+        if top == 0.0:
+            steps.append(1.0)
+            continue
+        step = next((top / k for k in range(most, 0, -1)
+                     if np.abs(channel / (top / k) - np.round(channel / (top / k))).max() < 1e-3), None)
+        if step is None:
+            return None
+        steps.append(step)
+    return steps
 
 
 def _preprocessing_nodes(proto: Any) -> list[str]:
