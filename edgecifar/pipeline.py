@@ -45,7 +45,7 @@ def layout_for(quick: bool, root: Path | str | None = None) -> Layout:
 
 def pipeline(models: Sequence[str] = DEFAULT_MODELS, data: str = "cifar10", cache_dir: Path | str | None = None,
              quick: bool = False, force: bool = False, root: Path | str | None = None,
-             threads: Sequence[int] | str = (1, 2), batch_size: int = 64, bf16: bool = False,
+             threads: Sequence[int] | str = (1,), batch_size: int = 64, bf16: bool = False,
              show_progress: bool = False, log: Log | None = None) -> dict[str, Any]:
     """Train, export, bench and report; returns {"layout", "steps": [...], "bench": rows}. SIGTERM and SIGHUP
     stop it as Ctrl-C does, each step cleaning up after itself."""

@@ -148,13 +148,12 @@ def test_weight_grid_is_found_exactly_and_only_when_there():
 
 def test_pt2e_observers_keep_learned_ranges():
     """keep_learned_ranges, on a toy graph: the quantize node after the learned op gets exactly the learned
-    scale and zero point, where calibration alone would have chosen others."""
+    scale and zero point, where calibration alone would have chosen others; a narrower range learned for the
+    average pool after it (an observer XNNPACK may share with the ReLU's) does not clip the ReLU's."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("executorch")
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     from edgecifar.backends import keep_learned_ranges
@@ -166,15 +165,17 @@ def test_pt2e_observers_keep_learned_ranges():
             self.conv = torch.nn.Conv2d(3, 4, 3)
 
         def forward(self, x):
-            return torch.nn.functional.relu(self.conv(x)).mean(dim=(2, 3))
+            return torch.nn.functional.adaptive_avg_pool2d(torch.nn.functional.relu(self.conv(x)), 1).flatten(1)
 
     example = (torch.randn(2, 3, 8, 8),)
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     prepared = prepare_pt2e(torch.export.export(Toy().eval(), example).module(), quantizer)
     prepared(*example)
     # XNNPACK fuses conv + relu: the relu's output (the top module's op) is the tensor that gets quantized
-    learned = ActivationRange(module="", op="relu", index=0, scale=0.037, zero_point=-5, qmin=-128, qmax=127)
-    assert keep_learned_ranges(prepared, [learned]) == 1
+    relu = ActivationRange(module="", op="relu", index=0, scale=0.037, zero_point=-5, qmin=-128, qmax=127)
+    pool = ActivationRange(module="", op="adaptive_avg_pool2d", index=0, scale=0.01, zero_point=-128, qmin=-128,
+                           qmax=127)
+    assert keep_learned_ranges(prepared, [relu, pool]) >= 1
     converted = convert_pt2e(prepared)
     quantize = [n for n in converted.graph.nodes if "quantize_per_tensor" in str(n.target)
                 and "dequantize" not in str(n.target)]

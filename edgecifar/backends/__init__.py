@@ -196,8 +196,11 @@ def float_graph(model: Any) -> tuple[Any, list]:
 def keep_learned_ranges(prepared: Any, learned: list) -> int:
     """After PT2E calibration of a QAT model's twin: the observer of each tensor a learned activation range
     (edgecifar.qat.ActivationRange: module, op, call index) quantizes becomes a min/max observer that holds
-    exactly that range, so convert_pt2e quantizes with QAT's scale and zero point rather than calibration's.
-    Returns how many ranges found their tensor (an op that PT2E does not observe keeps none)."""
+    that range, so convert_pt2e quantizes with QAT's scale and zero point rather than calibration's. Where
+    PT2E shares one observer between tensors that must keep one scale (XNNPACK: a ReLU's output and the
+    average pool after it), it holds the union of their learned ranges: the narrower one alone clipped
+    edge_tiny's ReLU outputs (85 % top-1 agreement). Returns how many ranges found their tensor (an op that
+    PT2E does not observe, such as a BN folded into its conv, keeps none)."""
     import torch
     from torchao.quantization.pt2e.observer import MinMaxObserver, ObserverBase
 
@@ -206,22 +209,23 @@ def keep_learned_ranges(prepared: Any, learned: list) -> int:
         if node.op == "call_function" and str(node.target).startswith("aten."):
             stack = list(node.meta.get("nn_module_stack", {}).values())
             calls.setdefault((stack[-1][0] if stack else "", str(node.target).split(".")[1]), []).append(node)
-    kept = 0
+    wanted: dict[int, tuple[Any, list]] = {}  # per observer object: the learned ranges of its tensors
     for r in learned:
         nodes = calls.get((r.module, r.op), [])
-        users = list(nodes[r.index].users) if r.index < len(nodes) else []
-        for user in users:
-            old = getattr(prepared, str(user.target), None) if user.op == "call_module" else None
-            if isinstance(old, ObserverBase) and getattr(old, "qscheme", None) == torch.per_tensor_affine:
-                fixed = MinMaxObserver(dtype=old.dtype, qscheme=old.qscheme, quant_min=old.quant_min,
-                                       quant_max=old.quant_max, eps=old.eps.item())
-                # torchao's min/max qparams give back exactly this range's scale and zero point
-                fixed(torch.tensor([(r.qmin - r.zero_point) * r.scale, (r.qmax - r.zero_point) * r.scale]))
-                for name, module in list(prepared._modules.items()):  # every alias: PT2E shares one observer
-                    if module is old:  # between ops that must keep one scale (a max pool's input and output)
-                        setattr(prepared, name, fixed)
-                kept += 1
-    return kept
+        for user in list(nodes[r.index].users) if r.index < len(nodes) else []:
+            observer = getattr(prepared, str(user.target), None) if user.op == "call_module" else None
+            if isinstance(observer, ObserverBase) and getattr(observer, "qscheme", None) == torch.per_tensor_affine:
+                wanted.setdefault(id(observer), (observer, []))[1].append(r)
+    for old, ranges in wanted.values():
+        fixed = MinMaxObserver(dtype=old.dtype, qscheme=old.qscheme, quant_min=old.quant_min,
+                               quant_max=old.quant_max, eps=old.eps.item())
+        # torchao's min/max qparams give back a learned range's own scale and zero point
+        fixed(torch.tensor([min((r.qmin - r.zero_point) * r.scale for r in ranges),
+                            max((r.qmax - r.zero_point) * r.scale for r in ranges)]))
+        for name, module in list(prepared._modules.items()):  # every alias of the shared observer
+            if module is old:
+                setattr(prepared, name, fixed)
+    return sum(len(ranges) for _, ranges in wanted.values())
 
 
 def global_max_pools_as_amax(model: Any) -> Any:
