@@ -75,7 +75,8 @@ class Backend(Protocol):
     startup_s: float  # a rough process start + import of its runtime, for the bench's ETA only
     int8_isa_rule: bool  # its INT8 files follow --int8-isa (oneDNN's u8 x s8 kernels saturate without VNNI)
     accuracy_control: bool  # export --max-drop works for it (edgecifar.accuracy_control)
-    qat: bool  # exports a QAT run (edgecifar.qat) to INT8 with what it learned (float_graph, keep_learned_ranges)
+    qat: str  # how it exports a QAT run (edgecifar.qat) to INT8: "native" (the quantizers as trained), "twin"
+    # (float_graph: the learned weight grids and activation ranges, in its own quantizer's layout), "": not
 
     def metadata(self) -> dict[str, str]:
         """Format facts every file of this backend carries besides edgecifar's own (e.g. its opset)."""

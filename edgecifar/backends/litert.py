@@ -40,7 +40,7 @@ class LiteRtBackend:
     startup_s = 0.5
     int8_isa_rule = False
     accuracy_control = False
-    qat = True
+    qat = "twin"  # a QAT run: its float twin, quantized with the learned grids and ranges
 
     def metadata(self) -> dict[str, str]:
         return {}
