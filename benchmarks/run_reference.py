@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 MODELS = ("scratch_cnn", "efficientnet_lite0", "airnet_m-kd", "airnet_m-kd-qat", "airnet_s-kd", "edge_tiny", "edge_small")  # --models
-BUDGET_S = 540  # the whole reference bench (seven runs, the edge formats of edge_tiny) must take under 9 minutes on the 2-core CPU
+BUDGET_S = 660  # the whole reference bench (seven runs; the edge formats of edge_tiny, airnet_m-kd and its QAT run) must take under 11 minutes on the 2-core CPU (596 s measured)
 P50_TOLERANCE, ACCURACY_TOLERANCE = 0.10, 0.0005  # repeat runs; independent evaluation (0.05 points)
 README_START, README_END = "<!-- reference-results:start -->", "<!-- reference-results:end -->"
 
