@@ -123,7 +123,7 @@ def _for_qat(qat: dict[str, Any], backends: list[Backend], precisions: list[str]
     for b in backends:
         if not b.qat:
             log(f"note: {b.name} left out: it cannot keep a QAT run's quantizers")
-        elif b.qat != "native":  # measured: edge_tiny's QAT files 0.19-0.27 points under PTQ in these three
+        elif b.qat != "native":  # measured: edge_tiny's QAT files 0.18-0.27 points under PTQ in these three
             log(f"note: {b.name} quantizes more tensors than the OpenVINO layout QAT trained in: its file may score "
                 f"under the source run's own PTQ (benchmarks/results/qat/qat.md)")
     if int8_isa != qat["int8_isa"]:
