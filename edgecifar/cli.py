@@ -314,7 +314,7 @@ def qat(
     out: Annotated[Optional[Path], typer.Option(help="new run folder [default: runs/<run>-qat]")] = None,
 ) -> None:
     """Quantization-aware training: fine-tune a trained run with NNCF's fake quantization; `export` turns the
-    new run into an OpenVINO INT8 IR that keeps the quantizers it learned."""
+    new run into INT8 files with what it learned (OpenVINO keeps its quantizers as they are)."""
     from .qat import QatConfig, finetune
 
     finetune(QatConfig(run=str(run_dir), data=data or None, cache_dir=str(cache_dir) if cache_dir else None,

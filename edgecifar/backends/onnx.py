@@ -257,10 +257,12 @@ def prepare_and_quantize(fp32: Path, tmp: Path, calibration: Calibration,
     except Exception:  # ORT's symbolic shape inference fails on some ops (edge_small's global max-pool graph):
         # ONNX's own shape inference is enough here, since every shape but the batch axis is static
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    overrides = {}
+    prepared_proto, overrides = onnx.load(str(prepared)), {}
     if learned:
-        overrides = qat_overrides(onnx.load(str(fp32)), onnx.load(str(prepared)), learned,
-                                  64 if calibration.isa != "vnni" else 127)
+        from ..qat import X86_WEIGHT_STEPS
+
+        overrides = qat_overrides(onnx.load(str(fp32)), prepared_proto, learned,
+                                  X86_WEIGHT_STEPS if calibration.isa != "vnni" else 127)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print(...) their progress
             quantize_static(str(prepared), str(quantized), _Reader(calibration), quant_format=QuantFormat.QDQ,
@@ -273,7 +275,7 @@ def prepare_and_quantize(fp32: Path, tmp: Path, calibration: Calibration,
                             per_channel=True, reduce_range=calibration.isa != "vnni",
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=getattr(CalibrationMethod, ORT_CALIB[calibration.method]),
-                            nodes_to_exclude=_preprocessing_nodes(onnx.load(str(prepared))) + list(calibration.exclude),
+                            nodes_to_exclude=_preprocessing_nodes(prepared_proto) + list(calibration.exclude),
                             # a few batches per pass (not CalibMaxIntermediateOutputs: in onnxruntime 1.32
                             # it drops the batches it flushes)
                             extra_options={"CalibStridedMinMax": _stride(calibration.num_batches),
