@@ -179,6 +179,14 @@ def node_first(load: Callable[[], Any], ranks: Ranks) -> Any:
     return load() if ranks.local_rank != 0 else result
 
 
+def barrier(ranks: Ranks) -> None:
+    """Wait until every process gets here (nothing on one process)."""
+    if ranks.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def all_sum(values: list[float], ranks: Ranks) -> list[float]:
     """The sums of `values` over the processes (`values` on one process)."""
     if not ranks.distributed:

@@ -238,14 +238,16 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
         stats = _train_epoch(net, taught, ema, optimizer, scheduler, train_x, train_y, cfg, epoch, show_progress,
                              ranks)
         distributed.check_in_sync(model, epoch, ranks)
-        if not ranks.main:  # rank 0 alone evaluates and writes the run
-            continue
-        stats[acc_key] = evaluate(final, eval_x, eval_y)
-        history.append(stats)
-        _save_epoch(out, epoch, model, optimizer, scheduler, ema, history, config, first=epoch == start_epoch)
-        log(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.4f}  train {stats['train_acc']:.2%}  "
-            f"{acc_key.replace('_acc', '')} {stats[acc_key]:.2%}  {stats['images_per_s']:.0f} img/s  "
-            f"{stats['seconds']:.0f}s  eta {_eta(history, cfg.epochs)}")
+        if ranks.main:  # rank 0 alone evaluates and writes the run
+            stats[acc_key] = evaluate(final, eval_x, eval_y)
+            history.append(stats)
+            _save_epoch(out, epoch, model, optimizer, scheduler, ema, history, config, first=epoch == start_epoch)
+            log(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.4f}  train {stats['train_acc']:.2%}  "
+                f"{acc_key.replace('_acc', '')} {stats[acc_key]:.2%}  {stats['images_per_s']:.0f} img/s  "
+                f"{stats['seconds']:.0f}s  eta {_eta(history, cfg.epochs)}")
+        # no process starts the next epoch before this one is checkpointed: one killed in it (torchrun then stops
+        # rank 0 too) would otherwise lose the epoch whenever rank 0's evaluation is slower than the kill (CI did)
+        distributed.barrier(ranks)
 
     if not ranks.main:
         return out

@@ -20,9 +20,12 @@ from edgecifar.train import TrainConfig, train
 # 49 images in global batches of 16: the last one holds 1 image, so process 1's part of it is empty
 OPTIONS = dict(model="scratch_cnn", epochs=2, batch_size=16, lr=0.01, optimizer="muon", seed=3, max_train=49)
 KILL_IN_EPOCH_2 = """
-import os, signal
+import os, signal, time
+import edgecifar.train as t
+if os.environ.get("RANK") == "0":  # a slow evaluation: the others must not start epoch 2 before it is saved
+    evaluate = t.evaluate
+    t.evaluate = lambda *args: (time.sleep(3), evaluate(*args))[1]
 if os.environ.get("RANK") == os.environ["KILLED_RANK"]:
-    import edgecifar.train as t
     real = t._train_epoch
     def killed(*args, **kwargs):
         if args[8] == 1:  # the epoch index
