@@ -160,7 +160,7 @@ def test_pt2e_observers_keep_learned_ranges():
                                                                          get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from edgecifar.backends import keep_learned_ranges
+    from edgecifar.backends.pt2e import keep_learned_ranges
     from edgecifar.qat import ActivationRange
 
     class Toy(torch.nn.Module):

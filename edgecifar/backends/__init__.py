@@ -173,17 +173,6 @@ def check_threads(threads: Any) -> int | None:
     return int(threads)
 
 
-def with_minmax_activations(config: Any) -> Any:
-    """A PT2E quantization config (LiteRT's or XNNPACK's) whose activation observers are plain min/max over the
-    calibration images: our "minmax" method (their default is a histogram observer, our "default")."""
-    from dataclasses import replace
-
-    from torchao.quantization.pt2e.observer import MinMaxObserver
-
-    act = replace(config.input_activation, observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2 ** -12))
-    return replace(config, input_activation=act, output_activation=act)
-
-
 def float_graph(model: Any) -> tuple[Any, list]:
     """What an exporter that quantizes a float graph itself takes: (the model, no learned ranges), or for a QAT
     model (edgecifar.qat) its float twin on the learned weight grids and the activation ranges it learned."""
@@ -192,61 +181,6 @@ def float_graph(model: Any) -> tuple[Any, list]:
     from ..qat import requantizable
 
     return requantizable(model)
-
-
-def keep_learned_ranges(prepared: Any, learned: list) -> int:
-    """After PT2E calibration of a QAT model's twin: the observer of each tensor a learned activation range
-    (edgecifar.qat.ActivationRange: module, op, call index) quantizes becomes a min/max observer that holds
-    that range, so convert_pt2e quantizes with QAT's scale and zero point rather than calibration's. Where
-    PT2E shares one observer between tensors that must keep one scale (XNNPACK: a ReLU's output and the
-    average pool after it), it holds the union of their learned ranges: the narrower one alone clipped
-    edge_tiny's ReLU outputs (85 % top-1 agreement). Returns how many ranges found their tensor (an op that
-    PT2E does not observe, such as a BN folded into its conv, keeps none)."""
-    import torch
-    from torchao.quantization.pt2e.observer import MinMaxObserver, ObserverBase
-
-    calls: dict[tuple[str, str], list[Any]] = {}
-    for node in prepared.graph.nodes:
-        if node.op == "call_function" and str(node.target).startswith("aten."):
-            stack = list(node.meta.get("nn_module_stack", {}).values())
-            calls.setdefault((stack[-1][0] if stack else "", str(node.target).split(".")[1]), []).append(node)
-    wanted: dict[int, tuple[Any, list]] = {}  # per observer object: the learned ranges of its tensors
-    for r in learned:
-        nodes = calls.get((r.module, r.op), [])
-        for user in list(nodes[r.index].users) if r.index < len(nodes) else []:
-            observer = getattr(prepared, str(user.target), None) if user.op == "call_module" else None
-            if isinstance(observer, ObserverBase) and getattr(observer, "qscheme", None) == torch.per_tensor_affine:
-                wanted.setdefault(id(observer), (observer, []))[1].append(r)
-    for old, ranges in wanted.values():
-        fixed = MinMaxObserver(dtype=old.dtype, qscheme=old.qscheme, quant_min=old.quant_min,
-                               quant_max=old.quant_max, eps=old.eps.item())
-        # torchao's min/max qparams give back a learned range's own scale and zero point
-        fixed(torch.tensor([min((r.qmin - r.zero_point) * r.scale for r in ranges),
-                            max((r.qmax - r.zero_point) * r.scale for r in ranges)]))
-        for name, module in list(prepared._modules.items()):  # every alias of the shared observer
-            if module is old:
-                setattr(prepared, name, fixed)
-    return sum(len(ranges) for _, ranges in wanted.values())
-
-
-def global_max_pools_as_amax(model: Any) -> Any:
-    """An eval copy of the model whose global max pools (nn.AdaptiveMaxPool2d to 1x1: the airnets' and edge nets'
-    heads) are an amax over H and W, the same values: neither litert-torch 0.10 nor ExecuTorch 1.5 (not core
-    ATen) lowers aten.adaptive_max_pool2d."""
-    import copy
-
-    from torch import nn
-
-    class GlobalMaxPool(nn.Module):
-        def forward(self, x):
-            return x.amax(dim=(2, 3), keepdim=True)
-
-    found = copy.deepcopy(model).eval()
-    for name, module in list(found.named_modules()):
-        if isinstance(module, nn.AdaptiveMaxPool2d) and module.output_size in (1, (1, 1), [1, 1]):
-            parent, _, attr = name.rpartition(".")
-            setattr(found.get_submodule(parent) if parent else found, attr, GlobalMaxPool())
-    return found
 
 
 LFS_HEADER = b"version https://git-lfs.github.com/spec/"

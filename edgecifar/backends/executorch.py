@@ -20,8 +20,8 @@ import numpy as np
 
 from ..contract import model_size
 from ..errors import ArtifactError, ExportError
-from . import (Calibration, Session, error_text, float_graph, global_max_pools_as_amax, keep_learned_ranges,
-               with_minmax_activations)
+from . import Calibration, Session, error_text, float_graph
+from .pt2e import calibrated, global_max_pools_as_amax, quantizer_with_fused_relu6, with_minmax_activations
 
 METADATA_METHOD = "edgecifar_metadata"
 # the batch axis is dynamic up to this bound; the program plans its memory for it, so it is exported from an
@@ -175,7 +175,6 @@ def _quantize(model: Any, calibration: Calibration, learned: list) -> Any:
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     config = get_symmetric_quantization_config(is_per_channel=True)
     if calibration.method == "minmax":
@@ -184,10 +183,7 @@ def _quantize(model: Any, calibration: Calibration, learned: list) -> Any:
         with _quiet(), torch.no_grad():
             graph = torch.export.export(model, (torch.zeros(2, *model_size(model.meta), 3, dtype=torch.uint8),),
                                         dynamic_shapes=({0: _batch_dim()},)).module()
-            prepared = prepare_pt2e(graph, XNNPACKQuantizer().set_global(config))
-            for images in calibration.batches():
-                prepared(torch.from_numpy(images))
-            keep_learned_ranges(prepared, learned)
-            return convert_pt2e(prepared)
+            return calibrated(graph, quantizer_with_fused_relu6(XNNPACKQuantizer)().set_global(config), calibration,
+                              learned)
     except Exception as e:
         raise ExportError(f"PT2E quantization for ExecuTorch failed: {error_text(e)}") from e

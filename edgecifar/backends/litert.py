@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, ExportError
-from . import (Calibration, Session, error_text, float_graph, global_max_pools_as_amax, keep_learned_ranges,
-               with_minmax_activations)
+from . import Calibration, Session, error_text, float_graph
+from .pt2e import calibrated, global_max_pools_as_amax, quantizer_with_fused_relu6, with_minmax_activations
 
 METADATA_NAME = "edgecifar"
 
@@ -245,7 +245,6 @@ def _int8(model: Any, learned: list, calibration: Calibration) -> bytes:
     normalization ahead of the first quantize stay as they are, so the file takes the contract's raw pixels.
     A QAT model's `learned` activation ranges replace calibration's where they apply."""
     import torch
-    from torchao.quantization.pt2e import quantize_pt2e
 
     with _quiet():
         from litert_torch.quantize import pt2e_quantizer, quant_config
@@ -253,18 +252,13 @@ def _int8(model: Any, learned: list, calibration: Calibration) -> bytes:
     config = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
     if calibration.method == "minmax":
         config = with_minmax_activations(config)
-    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(config)
+    quantizer = quantizer_with_fused_relu6(pt2e_quantizer.PT2EQuantizer)().set_global(config)
     batch = torch.export.Dim("N", min=1, max=max(2, calibration.batch_size))
     try:
         with _quiet(), torch.no_grad():
-            example = _example(model, batch=2)
-            graph = torch.export.export(global_max_pools_as_amax(model), example,
+            graph = torch.export.export(global_max_pools_as_amax(model), _example(model, batch=2),
                                         dynamic_shapes=({0: batch},)).module()
-            prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
-            for images in calibration.batches():
-                prepared(torch.from_numpy(images))
-            keep_learned_ranges(prepared, learned)
-            converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+            converted = calibrated(graph, quantizer, calibration, learned, fold_quantize=False)
     except Exception as e:
         raise ExportError(f"PT2E quantization for LiteRT failed: {error_text(e)}") from e
     return _convert(converted, _example(model), quant_config.QuantConfig(pt2e_quantizer=quantizer))
