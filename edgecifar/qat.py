@@ -223,6 +223,7 @@ def _fake_quantized(model: Any, train_x: Any, cfg: QatConfig) -> Any:
     pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.calib_size]
     batches = list(train_x[pick.to(train_x.device)].split(16))
     settings, advanced = openvino_ptq_parameters(cfg.int8_isa, len(batches))
+    settings["fast_bias_correction"] = True  # nncf's torch backend has no other (training corrects biases anyway)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # nncf's progress bars
             quantized = nncf.quantize(model.eval(), nncf.Dataset(batches), advanced_parameters=advanced, **settings)

@@ -156,3 +156,74 @@ def test_formats_the_isa_rule_does_not_apply_to_record_no_isa(exported):
     for e in others:
         assert "int8_isa" not in load_artifact(out / e["path"]).metadata
         assert "int8_isa" not in e["calibration"]
+
+
+def _depthwise_then_dense(path):
+    """A uint8 NHWC graph: depthwise 3x3 conv, ReLU, dense 3x3 conv, all weights positive, so that a u8 * s8 pair
+    sum of a conv overflows int16 when its weights have 8 bits (255 * 127 * 2 > 32,767)."""
+    import torch
+
+    torch.manual_seed(0)
+    dw, dense = torch.nn.Conv2d(3, 3, 3, padding=1, groups=3), torch.nn.Conv2d(3, 8, 3, padding=1)
+    for conv in (dw, dense):
+        conv.weight.data.abs_()
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dw, self.dense = dw, dense
+
+        def forward(self, image):
+            return self.dense(torch.relu(self.dw(image.permute(0, 3, 1, 2).float() / 255)))
+
+    torch.onnx.export(Net().eval(), (torch.zeros(1, 8, 8, 3, dtype=torch.uint8),), str(path), dynamo=False,
+                      input_names=["image"], output_names=["logits"])
+    return path
+
+
+def _quantized(tmp_path, setting):
+    from edgecifar.backends import Calibration
+    from edgecifar.backends.onnx import prepare_and_quantize
+
+    fp32 = _depthwise_then_dense(tmp_path / "fp32.onnx")
+    images = np.full((1, 8, 8, 3), 255, np.uint8)  # the widest activations: every sum at its largest
+    (tmp_path / setting).mkdir()
+    return prepare_and_quantize(fp32, tmp_path / setting, Calibration(images, isa=setting))
+
+
+def test_depthwise_weights_keep_8_bits_under_the_x86_rule(tmp_path):
+    """MLAS's depthwise kernel widens u8 * s8 to int32 on every x86 CPU, unlike its GEMM (dense convs, MatMul):
+    only the dense weights need 7 bits to be exact without VNNI."""
+    import onnx
+
+    from edgecifar.backends.onnx import depthwise_weights
+
+    for setting in ("x86", "vnni"):
+        prepared, quantized = (onnx.load(str(path)) for path in _quantized(tmp_path, setting))
+        widest = {t.name: int(np.abs(onnx.numpy_helper.to_array(t).astype(np.int32)).max())
+                  for t in quantized.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4}
+        depthwise = [f"{name}_quantized" for name in depthwise_weights(prepared)]  # quantize_static's names
+        assert [widest.pop(name) for name in depthwise] == [127]
+        assert list(widest.values()) == [64 if setting == "x86" else 127], (setting, widest)
+
+
+@pytest.mark.skipif(not isa.shutil.which(isa.EMULATOR), reason="needs qemu-x86_64 to run the AVX2 path")
+def test_the_x86_rule_is_exact_on_the_avx2_path(tmp_path):
+    """The same file, natively and under QEMU's Haswell (AVX2, no VNNI): the x86 file (8-bit depthwise, 7-bit
+    dense weights) gives the same logits on both; the vnni file (8-bit dense) does not."""
+    import subprocess
+    import sys
+
+    script = ("import sys, numpy as np, onnxruntime as ort; s = ort.InferenceSession(sys.argv[1], "
+              "providers=['CPUExecutionProvider']); np.save(sys.argv[2], s.run(None, "
+              "{'image': np.full((1, 8, 8, 3), 255, np.uint8)})[0])")
+    for setting in ("x86", "vnni"):
+        path = _quantized(tmp_path, setting)[1]
+        outputs = []
+        for prefix in ([], [isa.shutil.which(isa.EMULATOR), "-cpu", "Haswell"]):
+            out = tmp_path / f"{setting}-{len(prefix)}.npy"
+            subprocess.run([*prefix, sys.executable, "-c", script, str(path), str(out)], check=True,
+                           capture_output=True, timeout=300)
+            outputs.append(np.load(out))
+        same = np.array_equal(*outputs)
+        assert same if setting == "x86" else not same, (setting, np.abs(outputs[0] - outputs[1]).max())
