@@ -1,11 +1,13 @@
-"""Do INT8 ONNX files compute the same on CPUs without VNNI? ONNX Runtime has no ISA switch (MLAS dispatches
-on CPUID), so the AVX2 path runs under QEMU's user-mode emulator with a Haswell CPU model (AVX2, no AVX-512,
-no VNNI) and the logits are compared with this CPU's own path on the same test images.
+"""Do INT8 files compute the same on CPUs without VNNI? ONNX Runtime (MLAS), LiteRT and ExecuTorch (XNNPACK)
+have no ISA switch: they dispatch on CPUID. So the AVX2 path runs under QEMU's user-mode emulator with a Haswell
+CPU model (AVX2, no AVX-512, no VNNI) and the logits are compared with this CPU's own path on the same test
+images. (OpenVINO has oneDNN's own cap: `edgecifar bench --isa native,avx2`.)
 
-    uv run python benchmarks/isa_paths.py FILE.onnx ... --data ../shared/data/cifar10-jpeg.tar.gz [--images 300]
+    uv run --extra edge python benchmarks/isa_paths.py FILE.onnx FILE.tflite FILE.pte ... \
+        --data ../shared/data/cifar10-jpeg.tar.gz [--images 300] [--out benchmarks/results/isa_paths_onnx.json]
 
-Writes benchmarks/results/isa_paths_onnx.json: per file, the largest |int8 weight| (<= 64: 7-bit, exact on
-AVX2 by arithmetic), the max |logit difference| between the two paths, their top-1 agreement and accuracies.
+Writes the JSON: per file, the largest |int8 weight| of an ONNX file (<= 64: 7-bit, exact on AVX2 by
+arithmetic), the max |logit difference| between the two paths, their top-1 agreement and accuracies.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ def logits(files: list[str], images: Path, out: Path) -> None:
     np.savez(out, **found)
 
 
-def widest_weight(path: str) -> int:
+def widest_weight(path: str) -> int | None:
+    if not path.endswith(".onnx"):
+        return None
     import onnx
 
     graph = onnx.load(path).graph
@@ -47,6 +51,7 @@ def main() -> None:
     parser.add_argument("files", nargs="+")
     parser.add_argument("--data", required=True)
     parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
     from edgecifar.data import load_data
     from edgecifar.isa import CAPS, EMULATOR, read_cpu_isa
@@ -68,7 +73,7 @@ def main() -> None:
                  "accuracy_native": float((native[k].argmax(1) == y).mean()),
                  "accuracy_avx2": float((avx2[k].argmax(1) == y).mean())}
                 for f, k in zip(args.files, native.files, strict=True)]
-    RESULT.write_text(json.dumps({"cpu": read_cpu_isa().record(), "avx2_path": " ".join(command[:3]),
+    args.out.write_text(json.dumps({"cpu": read_cpu_isa().record(), "avx2_path": " ".join(command[:3]),
                                   "test_images": len(y), "data": args.data, "files": rows}, indent=1) + "\n")
     for r in rows:
         print(r)
