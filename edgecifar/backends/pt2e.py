@@ -20,8 +20,8 @@ def quantizer_with_fused_relu6(quantizer_class: type) -> type:
     of top-1 (85.85 % against 89.85 % on 2,000 test images, minmax, PT2E's own graph in torch). Quantized after
     the clamp, on [0, 6] at most, it costs 0.25 points there; the LiteRT file 90.04 % against 86.91 % and the
     ExecuTorch file 90.10 % against 86.93 % on the full test set (FP32: 90.16 %), at the same latency. TFLite
-    (fused RELU6) and XNNPACK (a conv's output clamp) run the pair as one kernel either way, and ONNX Runtime
-    drops the Clip of a QDQ conv the same way.
+    (fused RELU6) and XNNPACK (a conv's output clamp) run the pair as one kernel either way, and ONNX Runtime's
+    quantizer drops the Clip after a QDQ conv the same way (Lite0's INT8 ONNX file holds no Clip).
     """
 
     class Quantizer(quantizer_class):
