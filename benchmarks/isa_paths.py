@@ -4,10 +4,12 @@ CPU model (AVX2, no AVX-512, no VNNI) and the logits are compared with this CPU'
 images. (OpenVINO has oneDNN's own cap: `edgecifar bench --isa native,avx2`.)
 
     uv run --extra edge python benchmarks/isa_paths.py FILE.onnx FILE.tflite FILE.pte ... \
-        --data ../shared/data/cifar10-jpeg.tar.gz [--images 300] [--out benchmarks/results/isa_paths_onnx.json]
+        --data ../shared/data/cifar10-jpeg.tar.gz [--images 300] [--out benchmarks/results/isa_paths_emulated.json]
 
-Writes the JSON: per file, the largest |int8 weight| of an ONNX file (<= 64: 7-bit, exact on AVX2 by
-arithmetic), the max |logit difference| between the two paths, their top-1 agreement and accuracies.
+Writes the JSON: per file, the largest |int8 weight| of an ONNX file on MLAS's GEMM path, depthwise convs left
+out (<= 64: 7-bit, exact on AVX2 by arithmetic; depthwise weights are exact with 8 bits, edgecifar.isa), the max
+|logit difference| between the two paths, their top-1 agreement and accuracies. (isa_paths_onnx.json is the
+first, ONNX-only run.)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-RESULT = Path(__file__).parent / "results" / "isa_paths_onnx.json"
+RESULT = Path(__file__).parent / "results" / "isa_paths_emulated.json"
 
 
 def logits(files: list[str], images: Path, out: Path) -> None:
@@ -37,13 +39,17 @@ def logits(files: list[str], images: Path, out: Path) -> None:
 
 
 def widest_weight(path: str) -> int | None:
+    """The largest |int8 weight| of an ONNX file's GEMM-path weights (its depthwise convs' left out)."""
     if not path.endswith(".onnx"):
         return None
     import onnx
 
-    graph = onnx.load(path).graph
+    from edgecifar.backends.onnx import depthwise_weights
+
+    proto = onnx.load(path)
+    graph, depthwise = proto.graph, set(depthwise_weights(proto))
     return max(int(np.abs(onnx.numpy_helper.to_array(t).astype(np.int32)).max()) for t in graph.initializer
-               if t.data_type == onnx.TensorProto.INT8)
+               if t.data_type == onnx.TensorProto.INT8 and t.name not in depthwise)
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import os, signal, time
 import edgecifar.train as t
 if os.environ.get("RANK") == "0":  # a slow evaluation: the others must not start epoch 2 before it is saved
     evaluate = t.evaluate
-    t.evaluate = lambda *args: (time.sleep(3), evaluate(*args))[1]
+    t.evaluate = lambda *args, **kwargs: (time.sleep(3), evaluate(*args, **kwargs))[1]
 if os.environ.get("RANK") == os.environ["KILLED_RANK"]:
     real = t._train_epoch
     def killed(*args, **kwargs):

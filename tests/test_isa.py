@@ -4,6 +4,7 @@ setting recorded in each file, the VNNI warning of predict and bench, and the be
 from __future__ import annotations
 
 import json
+import platform
 
 import numpy as np
 import pytest
@@ -158,59 +159,65 @@ def test_formats_the_isa_rule_does_not_apply_to_record_no_isa(exported):
         assert "int8_isa" not in e["calibration"]
 
 
-def _depthwise_then_dense(path):
-    """A uint8 NHWC graph: depthwise 3x3 conv, ReLU, dense 3x3 conv, all weights positive, so that a u8 * s8 pair
-    sum of a conv overflows int16 when its weights have 8 bits (255 * 127 * 2 > 32,767)."""
+def _grouped_convs(path):
+    """A uint8 NHWC graph: depthwise 3x3 conv (3 groups, 1 output each), ReLU, a grouped conv with a channel
+    multiplier (3 groups, 2 outputs each: MLAS's GEMM path), ReLU, dense 3x3 conv; all weights positive, so that
+    a u8 * s8 pair sum on the GEMM path overflows int16 when its weights have 8 bits (255 * 127 * 2 > 32,767)."""
     import torch
 
     torch.manual_seed(0)
-    dw, dense = torch.nn.Conv2d(3, 3, 3, padding=1, groups=3), torch.nn.Conv2d(3, 8, 3, padding=1)
-    for conv in (dw, dense):
+    dw = torch.nn.Conv2d(3, 3, 3, padding=1, groups=3)
+    multiplier = torch.nn.Conv2d(3, 6, 3, padding=1, groups=3)
+    dense = torch.nn.Conv2d(6, 8, 3, padding=1)
+    for conv in (dw, multiplier, dense):
         conv.weight.data.abs_()
 
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.dw, self.dense = dw, dense
+            self.dw, self.multiplier, self.dense = dw, multiplier, dense
 
         def forward(self, image):
-            return self.dense(torch.relu(self.dw(image.permute(0, 3, 1, 2).float() / 255)))
+            x = torch.relu(self.dw(image.permute(0, 3, 1, 2).float() / 255))
+            return self.dense(torch.relu(self.multiplier(x)))
 
-    torch.onnx.export(Net().eval(), (torch.zeros(1, 8, 8, 3, dtype=torch.uint8),), str(path), dynamo=False,
+    torch.onnx.export(Net().eval(), (torch.zeros(1, 8, 8, 3, dtype=torch.uint8),), str(path), dynamo=True,
                       input_names=["image"], output_names=["logits"])
     return path
 
 
 def _quantized(tmp_path, setting):
+    """(prepared float graph, QDQ graph) of _grouped_convs, quantized as the exporter does under `setting`."""
     from edgecifar.backends import Calibration
     from edgecifar.backends.onnx import prepare_and_quantize
 
-    fp32 = _depthwise_then_dense(tmp_path / "fp32.onnx")
+    fp32 = _grouped_convs(tmp_path / "fp32.onnx")
     images = np.full((1, 8, 8, 3), 255, np.uint8)  # the widest activations: every sum at its largest
     (tmp_path / setting).mkdir()
     return prepare_and_quantize(fp32, tmp_path / setting, Calibration(images, isa=setting))
 
 
 def test_depthwise_weights_keep_8_bits_under_the_x86_rule(tmp_path):
-    """MLAS's depthwise kernel widens u8 * s8 to int32 on every x86 CPU, unlike its GEMM (dense convs, MatMul):
-    only the dense weights need 7 bits to be exact without VNNI."""
+    """MLAS's depthwise kernel widens u8 * s8 to int32 on every x86 CPU, unlike its GEMM (dense convs, grouped
+    convs with several outputs per group, MatMul): only the GEMM weights need 7 bits to be exact without VNNI."""
     import onnx
 
     from edgecifar.backends.onnx import depthwise_weights
 
     for setting in ("x86", "vnni"):
-        prepared, quantized = (onnx.load(str(path)) for path in _quantized(tmp_path, setting))
+        quantized = onnx.load(str(_quantized(tmp_path, setting)[1]))
         widest = {t.name: int(np.abs(onnx.numpy_helper.to_array(t).astype(np.int32)).max())
                   for t in quantized.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4}
-        depthwise = [f"{name}_quantized" for name in depthwise_weights(prepared)]  # quantize_static's names
-        assert [widest.pop(name) for name in depthwise] == [127]
-        assert list(widest.values()) == [64 if setting == "x86" else 127], (setting, widest)
+        depthwise = depthwise_weights(quantized)
+        assert len(depthwise) == 1 and widest.pop(depthwise[0]) == 127  # the 3-group, 1-output conv only
+        assert list(widest.values()) == [64 if setting == "x86" else 127] * 2, (setting, widest)
 
 
-@pytest.mark.skipif(not isa.shutil.which(isa.EMULATOR), reason="needs qemu-x86_64 to run the AVX2 path")
+@pytest.mark.skipif(not isa.shutil.which(isa.EMULATOR) or not read_cpu_isa().vnni or platform.machine() != "x86_64",
+                    reason="needs an x86 CPU with VNNI (the exact native path) and qemu-x86_64 for the AVX2 path")
 def test_the_x86_rule_is_exact_on_the_avx2_path(tmp_path):
-    """The same file, natively and under QEMU's Haswell (AVX2, no VNNI): the x86 file (8-bit depthwise, 7-bit
-    dense weights) gives the same logits on both; the vnni file (8-bit dense) does not."""
+    """The same file, natively (VNNI: exact) and under QEMU's AVX2 CPU model (no VNNI): the x86 file (8-bit
+    depthwise, 7-bit GEMM weights) gives the same logits on both; the vnni file (8-bit GEMM weights) does not."""
     import subprocess
     import sys
 
@@ -220,7 +227,7 @@ def test_the_x86_rule_is_exact_on_the_avx2_path(tmp_path):
     for setting in ("x86", "vnni"):
         path = _quantized(tmp_path, setting)[1]
         outputs = []
-        for prefix in ([], [isa.shutil.which(isa.EMULATOR), "-cpu", "Haswell"]):
+        for prefix in ([], [isa.shutil.which(isa.EMULATOR), "-cpu", isa.CAPS["avx2"].emulator_cpu]):
             out = tmp_path / f"{setting}-{len(prefix)}.npy"
             subprocess.run([*prefix, sys.executable, "-c", script, str(path), str(out)], check=True,
                            capture_output=True, timeout=300)

@@ -22,21 +22,13 @@ class ConvBnReLU6(torch.nn.Module):
         return torch.nn.functional.relu6(self.bn2(self.conv2(x)))  # aten.relu6
 
 
-def quantizers():
-    """Each PT2E quantizer edgecifar uses that is installed here: (name, class, its config function)."""
-    found = []
-    try:
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                             get_symmetric_quantization_config)
-        found.append(("xnnpack", XNNPACKQuantizer, get_symmetric_quantization_config))
-    except ImportError:
-        pass
-    try:
-        from litert_torch.quantize import pt2e_quantizer
-        found.append(("litert", pt2e_quantizer.PT2EQuantizer, pt2e_quantizer.get_symmetric_quantization_config))
-    except ImportError:
-        pass
-    return found
+def quantizer(name):
+    """(PT2E quantizer class, its config function) of the backend `name`; skips when it is not installed."""
+    if name == "xnnpack":
+        module = pytest.importorskip("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
+        return module.XNNPACKQuantizer, module.get_symmetric_quantization_config
+    module = pytest.importorskip("litert_torch.quantize.pt2e_quantizer")
+    return module.PT2EQuantizer, module.get_symmetric_quantization_config
 
 
 def quantize(quantizer_class, config, images):
@@ -52,11 +44,12 @@ def quantize(quantizer_class, config, images):
         return model, convert_pt2e(prepared)
 
 
-@pytest.mark.parametrize("name, quantizer_class, config", quantizers(), ids=lambda v: v if isinstance(v, str) else "")
-def test_conv_and_relu6_are_quantized_as_one_op(name, quantizer_class, config):
+@pytest.mark.parametrize("name", ["xnnpack", "litert"])
+def test_conv_and_relu6_are_quantized_as_one_op(name):
     from edgecifar.backends.pt2e import quantizer_with_fused_relu6
 
-    images = torch.rand(16, 3, 8, 8)
+    quantizer_class, config = quantizer(name)
+    images = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     model, plain = quantize(quantizer_class, config, images)
     _, fused = quantize(quantizer_with_fused_relu6(quantizer_class), config, images)
 
@@ -64,8 +57,8 @@ def test_conv_and_relu6_are_quantized_as_one_op(name, quantizer_class, config):
         return [str(n.args[0].target) for n in graph.graph.nodes
                 if "relu6" in str(n.target) or "hardtanh" in str(n.target)]
 
-    assert all("conv" in t for t in relu6_inputs(fused))
-    assert all("dequantize" in t for t in relu6_inputs(plain))  # the quantizer alone: the conv output is quantized
+    assert len(relu6_inputs(fused)) == 2 and all("conv" in t for t in relu6_inputs(fused))
+    assert len(relu6_inputs(plain)) == 2 and all("dequantize" in t for t in relu6_inputs(plain))  # alone: quantized
     output_scales = [float(n.args[1]) for n in fused.graph.nodes
                      if "quantize_per_tensor" in str(n.target) and "dequantize" not in str(n.target)]
     assert max(output_scales) <= 6.0 / 255 * 1.001  # the input and both ReLU6 outputs: [0, 6] in 8 bits at most
@@ -73,3 +66,23 @@ def test_conv_and_relu6_are_quantized_as_one_op(name, quantizer_class, config):
         want = model(images)
         error_fused, error_plain = ((m(images) - want).abs().mean().item() for m in (fused, plain))
     assert error_fused < error_plain / 1.5, (error_fused, error_plain)  # measured: 0.013 against 0.026
+
+
+def test_a_conv_output_used_twice_is_left_to_the_quantizer():
+    """A conv whose output also feeds another op keeps its own quantized output: that pair is not fused; the
+    same conv with ReLU6 its only user is."""
+    from edgecifar.backends.pt2e import annotate_conv_relu6
+
+    class ConvReLU6(torch.nn.Module):
+        def __init__(self, also_add: bool):
+            super().__init__()
+            self.conv, self.also_add = torch.nn.Conv2d(3, 4, 3), also_add
+
+        def forward(self, x):
+            y = self.conv(x)
+            return torch.nn.functional.relu6(y) + y if self.also_add else torch.nn.functional.relu6(y)
+
+    config = quantizer("xnnpack")[1](is_per_channel=True)
+    for also_add, pairs in ((True, 0), (False, 1)):
+        graph = torch.export.export(ConvReLU6(also_add).eval(), (torch.rand(1, 3, 8, 8),)).module()
+        assert annotate_conv_relu6(graph, config) == pairs

@@ -36,7 +36,7 @@ class Calibration:
     images: np.ndarray
     method: str = "minmax"
     batch_size: int = 16  # small batches keep the activations held during calibration to a few MB
-    isa: str = "x86"  # edgecifar.isa.INT8_ISAS: "x86" (7-bit weights, exact on every x86 CPU) or "vnni"
+    isa: str = "x86"  # edgecifar.isa.INT8_ISAS: "x86" (7-bit GEMM weights, exact on every x86 CPU) or "vnni"
     exclude: tuple[str, ...] = ()  # node names left in float (accuracy control)
     control: Any = None  # edgecifar.accuracy_control.Control: OpenVINO's INT8 under an accuracy bound (nncf)
 

@@ -257,15 +257,8 @@ def prepare_and_quantize(fp32: Path, tmp: Path, calibration: Calibration,
     except Exception:  # ORT's symbolic shape inference fails on some ops (edge_small's global max-pool graph):
         # ONNX's own shape inference is enough here, since every shape but the batch axis is static
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    prepared_proto, overrides = onnx.load(str(prepared)), {}
-    if learned:
-        from ..qat import X86_WEIGHT_STEPS
-
-        overrides = qat_overrides(onnx.load(str(fp32)), prepared_proto, learned,
-                                  X86_WEIGHT_STEPS if calibration.isa != "vnni" else 127)
-    if calibration.isa != "vnni":
-        for name in depthwise_weights(prepared_proto):  # exact with 8 bits on every x86 CPU: edgecifar.isa
-            overrides.setdefault(name, [{"axis": 0, "reduce_range": False}])
+    prepared_proto = onnx.load(str(prepared))
+    overrides = _overrides(fp32, prepared_proto, calibration, learned)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print(...) their progress
             quantize_static(str(prepared), str(quantized), _Reader(calibration), quant_format=QuantFormat.QDQ,
@@ -316,14 +309,40 @@ def qat_overrides(fp32: Any, prepared: Any, learned: list, most: int) -> dict[st
     return overrides
 
 
+def _overrides(fp32: Path, prepared: Any, calibration: Calibration, learned: list) -> dict[str, list[dict]]:
+    """quantize_static's TensorQuantOverrides: what a QAT model learned (qat_overrides), and under the x86 rule
+    8-bit weights for the depthwise convs, whose kernel is exact on every x86 CPU (edgecifar.isa). A QAT run's
+    depthwise weights keep the 7-bit grids it learned (setdefault): re-quantized on them, they stay exact."""
+    import onnx
+
+    overrides: dict[str, list[dict]] = {}
+    if learned:
+        from ..qat import X86_WEIGHT_STEPS
+
+        overrides = qat_overrides(onnx.load(str(fp32)), prepared, learned,
+                                  X86_WEIGHT_STEPS if calibration.isa != "vnni" else 127)
+    if calibration.isa != "vnni":
+        for name in depthwise_weights(prepared):
+            overrides.setdefault(name, [{"axis": 0, "reduce_range": False}])
+    return overrides
+
+
 def depthwise_weights(proto: Any) -> list[str]:
-    """The weights of the graph's depthwise convs (one input channel per group, more than one group)."""
+    """The weight initializers of the graph's depthwise convs as ONNX Runtime's depthwise kernel takes them: more
+    than one group, one input and one output channel per group (weights [group, 1, kh, kw]). A grouped conv with
+    more outputs per group runs on MLAS's GEMM path, whose int16 pair sums need the 7-bit rule. In a QDQ graph,
+    the int8 initializers behind the convs' DequantizeLinear."""
     shapes = {t.name: list(t.dims) for t in proto.graph.initializer}
+    stored = {node.output[0]: node.input[0] for node in proto.graph.node if node.op_type == "DequantizeLinear"}
     found = []
     for node in proto.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2:
+            continue
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if node.op_type == "Conv" and group > 1 and shapes.get(node.input[1], [0, 0])[1] == 1:
-            found.append(node.input[1])
+        weight = stored.get(node.input[1], node.input[1])
+        dims = shapes.get(weight, [])
+        if group > 1 and len(dims) == 4 and dims[0] == group and dims[1] == 1:
+            found.append(weight)
     return found
 
 

@@ -185,15 +185,17 @@ def _set_names_and_metadata(ov_model: Any, metadata: dict[str, str]) -> None:
 
 def openvino_ptq_parameters(isa: str, num_batches: int, **advanced: Any) -> tuple[dict[str, Any], Any]:
     """nncf.quantize's settings and advanced parameters for this exporter's INT8 (edgecifar.qat's quantizers
-    start from the same): PERFORMANCE preset (symmetric), exactly `num_batches` calibration batches, full bias
-    correction, statistics per image, and the weight rule of `isa` (edgecifar.isa)."""
+    start from the same, with the fast bias correction nncf's torch backend has): PERFORMANCE preset
+    (symmetric), exactly `num_batches` calibration batches, full bias correction, statistics per image, and the
+    weight rule of `isa` (edgecifar.isa)."""
     import nncf
     from nncf.quantization.advanced_parameters import OverflowFix
 
     # full bias correction (layer by layer, on the quantized model's own activations) rather than nncf's fast
     # one: edge_small's IR lost 0.43 points of top-1 with the fast one and none with it (86.66 %, FP32 86.62 %);
     # over the six reference runs the drops went 0.43/0.28/0.16/0.07/0.05/-0.01 -> -0.04/0.12/0.05/-0.02/0.11/0.09
-    # points (edge_small, edge_tiny, airnet_m-kd, airnet_s-kd, Lite0, scratch_cnn), for seconds more of export
+    # points (edge_small, edge_tiny, airnet_m-kd, airnet_s-kd, Lite0, scratch_cnn); export takes 1-3 s more
+    # (Lite0's INT8 IR 9.7 -> 12.6 s, airnet_m-kd's 2.2 -> 5.0 s)
     return ({"preset": nncf.QuantizationPreset.PERFORMANCE, "subset_size": num_batches, "fast_bias_correction": False},
             nncf.AdvancedQuantizationParameters(
                 # each item is a batch of images: statistics per image, as if batch size were 1 (nncf's defaults
