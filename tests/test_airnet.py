@@ -22,8 +22,8 @@ def expected(w1: int, w2: int, w3: int) -> tuple[int, int]:
     return params + 10 * w3, macs + 10 * w3
 
 
-@pytest.mark.parametrize("name, widths", [("airnet_s", (32, 128, 128)), ("airnet_m", (48, 192, 192)),
-                                          ("airnet_l", (64, 256, 256))])
+@pytest.mark.parametrize("name, widths", [("airnet_t", (16, 40, 56)), ("airnet_s", (32, 128, 128)),
+                                          ("airnet_m", (48, 192, 192)), ("airnet_l", (64, 256, 256))])
 def test_airnet_shapes_params_and_macs(name, widths):
     model = create_model(name, num_classes=10).eval()
     params, macs = expected(*widths)

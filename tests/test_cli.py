@@ -51,8 +51,8 @@ def test_train_and_evaluate(cli_run):
     assert (cli_run / "confusion.png").read_bytes()[:4] == b"\x89PNG"
 
 
-REGISTERED = ["airnet_l", "airnet_m", "airnet_s", "edge_small", "edge_tiny", "efficientnet_lite0", "resnet18",
-              "scratch_cnn"]
+REGISTERED = ["airnet_l", "airnet_m", "airnet_s", "airnet_t", "edge_small", "edge_tiny", "efficientnet_lite0",
+              "resnet18", "scratch_cnn"]
 
 
 def test_models_lists_the_whole_registry_in_a_fresh_process():

@@ -58,8 +58,8 @@ def test_unknown_model():
 
 
 def test_registry_lists_and_counts():
-    assert list_models() == ["airnet_l", "airnet_m", "airnet_s", "edge_small", "edge_tiny", "efficientnet_lite0",
-                             "resnet18", "scratch_cnn"]
+    assert list_models() == ["airnet_l", "airnet_m", "airnet_s", "airnet_t", "edge_small", "edge_tiny",
+                             "efficientnet_lite0", "resnet18", "scratch_cnn"]
     assert 11_000_000 < count_macs(create_model("scratch_cnn")) < 12_000_000
     assert get_spec("efficientnet_lite0").recipe.img_size == 40
 

@@ -208,5 +208,5 @@ def test_recipe_bf16_only_where_the_cpu_has_it(native, monkeypatch):
     assert bool(said) is not native and (native or "--bf16" in said[0])
     forced = train_module._bf16_where_native(TrainConfig(model="edge_tiny", bf16=True), torch.device("cpu"), said.append)
     assert forced.bf16 is True  # an explicit --bf16 is obeyed
-    fp32 = train_module._bf16_where_native(TrainConfig(model="scratch_cnn"), torch.device("cpu"), said.append)
-    assert fp32.bf16 is False
+    fp32 = train_module._bf16_where_native(TrainConfig(model="efficientnet_lite0"), torch.device("cpu"), said.append)
+    assert fp32.bf16 is False  # a recipe without bf16 stays fp32 on any CPU
