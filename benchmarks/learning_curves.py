@@ -3,7 +3,9 @@
 Reads every runs/reference/*/metrics.json (per-epoch test and train top-1 on the JPEG copy's full test set, as
 `train` recorded them) and writes benchmarks/results/learning_curves.{md,png}: per run the last epochs, the gap
 between train and test accuracy, and, for the one model trained at two budgets (`airnet_m`, 10 and 18 epochs of
-the same seeded recipe), what a longer schedule bought. No training here: it reads what was measured.
+the same seeded recipe), what a longer schedule bought; then each tier's runs at several budgets on a GPU
+(benchmarks/results/gpu/tiers.json, from benchmarks/gpu_runs.py): what a doubling of the epochs bought, and how
+many doublings the tier would need at that rate. No training here: it reads what was measured.
 
     uv run python benchmarks/learning_curves.py
 """
@@ -17,6 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"
 TIERS = {"airnet_s-kd": ("small", 92.0), "edge_tiny": ("tiny", 88.0)}  # issue 13's targets, top-1 %
+# the GPU runs of each tier's model at growing budgets, same recipe otherwise (gpu_runs.py's job names)
+BUDGETS = {("ceiling", 93.5): ["airnet_l", "airnet_l-16ep", "airnet_l-32ep", "airnet_l-64ep"],
+           ("small", 92.0): ["airnet_s-kd", "airnet_s-kd-48ep"],
+           ("tiny", 88.0): ["airnet_t-kd", "airnet_t-kd-120ep"]}
 
 
 def curves() -> dict[str, dict]:
@@ -52,9 +58,36 @@ def main() -> None:
                 lines.append(f"- {tier} tier ({target:.0f} %): `{run}` is {missing:.2f} points short; at "
                              f"{per_doubling:+.2f} per doubling that is about {2 ** (missing / per_doubling):.0f}x "
                              f"its epochs, if the rate held (it falls as a schedule lengthens).")
+    lines += budgets(OUT / "gpu" / "tiers.json")
     (OUT / "learning_curves.md").write_text("\n".join(lines) + "\n")
     _plot(runs, OUT / "learning_curves.png")
     print("\n".join(lines))
+
+
+def budgets(path: Path) -> list[str]:
+    """Each tier's final top-1 at growing budgets (GPU runs) and the doublings its target would need."""
+    if not path.is_file():
+        return []
+    runs = json.loads(path.read_text())["runs"]
+    lines = ["", f"## Budgets, measured ({path.relative_to(ROOT)}: one run per budget, the schedule decaying to zero "
+             "in each, so the final figure is the budget's)", "",
+             "| tier | run | epochs | teacher | test top-1 % |", "|---|---|---:|---|---:|"]
+    verdicts = []
+    for (tier, target), names in BUDGETS.items():
+        done = [runs[n] for n in names if runs.get(n, {}).get("state") == "done"]
+        for r in done:
+            lines.append(f"| {tier} ({target:g} %) | {r['name']} | {r['epochs']} | {r['teacher'] or '-'} | "
+                         f"{100 * r['test_acc']:.2f} |")
+        if len(done) >= 2:
+            first, last = done[0], done[-1]
+            rate = 100 * (last["test_acc"] - first["test_acc"]) / math.log2(last["epochs"] / first["epochs"])
+            missing = target - 100 * last["test_acc"]
+            need = f"{missing / rate:.0f} more doublings ({2 ** (missing / rate):,.0f}x the epochs)" if rate > 0 else \
+                "no number of doublings"
+            verdicts.append(f"- {tier} tier ({target:g} %): {last['name']} is {missing:.2f} points short after "
+                            f"{last['epochs']} epochs; {first['epochs']} -> {last['epochs']} epochs gave {rate:+.2f} "
+                            f"points per doubling, so at that rate it needs {need}.")
+    return lines + [""] + verdicts
 
 
 def _plot(runs: dict[str, dict], path: Path) -> None:

@@ -189,6 +189,14 @@ def freeze_stages(model: EdgeModel, groups: int) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+@torch.no_grad()
+def predict_logits(model: EdgeModel, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Logits [N, classes] of uint8 images [N, H, W, 3], `batch_size` at a time, in eval mode."""
+    model.eval()
+    outs = [model(images[i:i + batch_size]).float() for i in range(0, len(images), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0, model.meta["num_classes"])
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

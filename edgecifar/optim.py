@@ -1,4 +1,5 @@
-"""Muon and the airbench learning-rate schedule.
+"""Optimizers, schedules and weight averaging: what `train` builds from a recipe. Muon and the airbench
+learning-rate schedule; SGD, AdamW and OneCycle; an EMA of the weights.
 
 Muon (Jordan et al. 2024, "Muon: an optimizer for hidden layers"; the optimizer of airbench94_muon.py in
 KellerJordan/cifar10-airbench) replaces each conv filter bank's momentum update by its nearest
@@ -9,10 +10,19 @@ so the training loop drives one optimizer and one scheduler whatever the recipe.
 
 from __future__ import annotations
 
+import copy
 import math
+import warnings
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+from .errors import EdgecifarError
+
+if TYPE_CHECKING:
+    from .models import EdgeModel
+    from .train import TrainConfig
 
 # airbench94_muon.py's rates are for a loss summed over the batch; edgecifar's loss is the batch mean, so
 # the SGD rates below are per example and get multiplied by the batch size (Muon's update is normalized,
@@ -106,3 +116,75 @@ def linear_decay(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_e
         return lambda step: max(0.0, 1.0 - step / steps)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(g) for g in optimizer.param_groups])
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: "TrainConfig", total_steps: int, done_steps: int = 0,
+                   peaks: list[float] | None = None) -> torch.optim.lr_scheduler.LRScheduler:
+    """The recipe's schedule over `total_steps`, at step `done_steps`: OneCycle (peak: each group's `peaks`
+    entry, default `cfg.lr`) or airbench's linear decay. A resumed run rebuilds it from the options (a new
+    --epochs or --lr applies) and continues where it stopped."""
+    for group, peak in zip(optimizer.param_groups, peaks or [cfg.lr] * len(optimizer.param_groups)):
+        group["lr"] = peak  # a restored optimizer holds the rates of the step it stopped at
+        group.pop("initial_lr", None)
+    if cfg.schedule == "linear":
+        scheduler = linear_decay(optimizer, total_steps, max(1, total_steps // max(cfg.epochs or 1, 1)))
+    elif cfg.schedule in (None, "onecycle"):
+        # torch divides by the warm-up length, pct_start * total - 1 steps: zero at exactly 5 steps with 0.2
+        # (a 5-step run ended in ZeroDivisionError); a quarter of them warms up there instead
+        pct_start = 0.2 if abs(0.2 * total_steps - 1) > 1e-9 else 0.25
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                                        total_steps=total_steps, pct_start=pct_start, div_factor=20,
+                                                        final_div_factor=200)
+    else:
+        raise EdgecifarError(f"unknown schedule '{cfg.schedule}': use onecycle or linear")
+    if done_steps:
+        # both schedules are closed-form in the step count: the learning rate and momentum of step `done_steps`
+        scheduler.last_epoch = done_steps - 1
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected call of")
+            scheduler.step()
+    return scheduler
+
+
+def make_optimizer(model: torch.nn.Module, cfg: "TrainConfig") -> torch.optim.Optimizer:
+    if cfg.optimizer == "muon":
+        return Muon(muon_param_groups(model, cfg.lr, cfg.batch_size, cfg.weight_decay), lr=cfg.lr)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]  # no weight decay on biases and norms
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    raise EdgecifarError(f"unknown optimizer '{cfg.optimizer}': use sgd, adamw or muon")
+
+
+class EMA:
+    """Exponential moving average of the weights (and a copy of the buffers), evaluated and saved instead.
+    Its decay warms up as min(decay, (1 + step) / (10 + step)), so the average tracks the first epochs
+    instead of holding on to the random initial weights (whose test accuracy would be ~10 %)."""
+
+    def __init__(self, model: "EdgeModel", decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: "EdgeModel", step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        # average BN running statistics too (as timm's ModelEmaV2 does): copying the live ones onto
+        # averaged weights mismatches them while the learning rate is high
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+        floats = [(e, m) for e, m in pairs if e.is_floating_point()]
+        torch._foreach_lerp_([e for e, _ in floats], [m.detach() for _, m in floats], 1 - decay)
+        for e, m in pairs:
+            if not e.is_floating_point():
+                e.copy_(m)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)

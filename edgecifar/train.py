@@ -6,7 +6,6 @@ import math
 import os
 import platform
 import time
-import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,15 @@ import torch.nn.functional as F
 
 from . import __version__, distributed
 from .augment import alternating_flips, cutout, mirror, random_crop, random_flip
-from .contract import DEFAULT_SIZE, model_size, size_text
+from .contract import DEFAULT_SIZE
 from .data import Splits, load_data
+from .distill import distillation_loss, teacher_logits
 from .distributed import Ranks
 from .errors import DiskFullError, EdgecifarError, TrainingError
-from .models import EdgeModel, count_params, create_model, freeze_stages, get_spec
+from .models import EdgeModel, count_params, create_model, freeze_stages, get_spec, predict_logits
+from .optim import EMA, make_optimizer, make_scheduler
 from .resume import check_same_data, find_checkpoint, restore_state, resume_config, saved_config
-from .runs import (choose_run_dir, claim_run_dir, is_run, kept_message, load_run, nonfinite_tensors, save_checkpoint,
+from .runs import (choose_run_dir, claim_run_dir, is_run, kept_message, nonfinite_tensors, save_checkpoint,
                    save_weights, write_config, write_metrics)
 from .utils import cpu_has_bf16, library_versions, remove_tree, terminate_as_interrupt
 
@@ -269,25 +270,6 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
     return out
 
 
-def teacher_logits(run_dir: str, images: torch.Tensor, classes: list[str], tta: bool = False) -> torch.Tensor:
-    """A trained model's logits for every training image as is and mirrored: [N, 2, classes].
-
-    Computed once, so distilling from a large teacher costs one pass over the data instead of a
-    teacher forward per step (4x the student's step for EfficientNet -> edge_tiny here). The student's
-    crop is up to 4 px off the view the teacher saw; its flip is matched exactly. With `tta` both views
-    hold the mean of the two: the teacher distils its flip test-time augmentation (+1.08 points for
-    `airnet_m-10ep`, benchmarks/results/tta_gap.md) into a student that is still run on one view.
-    """
-    teacher = load_run(run_dir).to(images.device)
-    if teacher.meta["classes"] != classes:
-        raise EdgecifarError(f"teacher {run_dir} was trained on other classes")
-    if model_size(teacher.meta) != tuple(images.shape[1:3]):
-        raise EdgecifarError(f"teacher {run_dir} takes {size_text(model_size(teacher.meta))} images, this run "
-                             f"{size_text(tuple(images.shape[1:3]))}: train with its --input-size")
-    logits = torch.stack([predict_logits(teacher, images), predict_logits(teacher, images.flip(2))], dim=1)
-    return logits.mean(1, keepdim=True).expand_as(logits) if tta else logits
-
-
 def _eta(history: list[dict[str, Any]], epochs: int) -> str:
     """Time left for the remaining epochs, at the mean epoch time so far."""
     seconds = (epochs - len(history)) * sum(h["seconds"] for h in history) / len(history)
@@ -325,52 +307,6 @@ def _save_epoch(out: Path, epoch: int, model, optimizer, scheduler, ema, history
                           "history": history, "config": config})
     if first:
         write_config(out, config)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int, done_steps: int = 0,
-                   peaks: list[float] | None = None) -> torch.optim.lr_scheduler.LRScheduler:
-    """The recipe's schedule over `total_steps`, at step `done_steps`: OneCycle (peak: each group's `peaks`
-    entry, default `cfg.lr`) or airbench's linear decay. A resumed run rebuilds it from the options (a new
-    --epochs or --lr applies) and continues where it stopped."""
-    for group, peak in zip(optimizer.param_groups, peaks or [cfg.lr] * len(optimizer.param_groups)):
-        group["lr"] = peak  # a restored optimizer holds the rates of the step it stopped at
-        group.pop("initial_lr", None)
-    if cfg.schedule == "linear":
-        from .optim import linear_decay
-
-        scheduler = linear_decay(optimizer, total_steps, max(1, total_steps // max(cfg.epochs or 1, 1)))
-    elif cfg.schedule in (None, "onecycle"):
-        # torch divides by the warm-up length, pct_start * total - 1 steps: zero at exactly 5 steps with 0.2
-        # (a 5-step run ended in ZeroDivisionError); a quarter of them warms up there instead
-        pct_start = 0.2 if abs(0.2 * total_steps - 1) > 1e-9 else 0.25
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                                                        total_steps=total_steps, pct_start=pct_start, div_factor=20,
-                                                        final_div_factor=200)
-    else:
-        raise EdgecifarError(f"unknown schedule '{cfg.schedule}': use onecycle or linear")
-    if done_steps:
-        # both schedules are closed-form in the step count: the learning rate and momentum of step `done_steps`
-        scheduler.last_epoch = done_steps - 1
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected call of")
-            scheduler.step()
-    return scheduler
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "muon":
-        from .optim import Muon, muon_param_groups
-
-        return Muon(muon_param_groups(model, cfg.lr, cfg.batch_size, cfg.weight_decay), lr=cfg.lr)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]  # no weight decay on biases and norms
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    raise EdgecifarError(f"unknown optimizer '{cfg.optimizer}': use sgd, adamw or muon")
 
 
 def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, x, y, cfg: TrainConfig,
@@ -437,53 +373,6 @@ def train_step(model, ema, optimizer, scheduler, images: torch.Tensor, labels: t
     if ema:
         ema.update(model, step=scheduler.last_epoch)  # the scheduler counts steps, and resumes with the run
     return loss.item() if len(labels) else 0.0, (logits.argmax(1) == labels).sum().item()
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor, alpha: float,
-                      temperature: float) -> torch.Tensor:
-    """(1 - alpha) * label loss + alpha * T^2 * KL(teacher || student) on temperature-softened logits."""
-    soft = F.kl_div(F.log_softmax(student / temperature, dim=1), F.log_softmax(teacher.detach() / temperature, dim=1),
-                    reduction="batchmean", log_target=True)
-    return (1 - alpha) * hard_loss + alpha * temperature ** 2 * soft
-
-
-class EMA:
-    """Exponential moving average of the weights (and a copy of the buffers), evaluated and saved instead.
-    Its decay warms up as min(decay, (1 + step) / (10 + step)), so the average tracks the first epochs
-    instead of holding on to the random initial weights (whose test accuracy would be ~10 %)."""
-
-    def __init__(self, model: EdgeModel, decay: float):
-        import copy
-
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: EdgeModel, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))
-        # average BN running statistics too (as timm's ModelEmaV2 does): copying the live ones onto
-        # averaged weights mismatches them while the learning rate is high
-        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
-        floats = [(e, m) for e, m in pairs if e.is_floating_point()]
-        torch._foreach_lerp_([e for e, _ in floats], [m.detach() for _, m in floats], 1 - decay)
-        for e, m in pairs:
-            if not e.is_floating_point():
-                e.copy_(m)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.model.state_dict()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state)
-
-
-@torch.no_grad()
-def predict_logits(model: EdgeModel, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    model.eval()
-    outs = [model(images[i:i + batch_size]).float() for i in range(0, len(images), batch_size)]
-    return torch.cat(outs) if outs else torch.empty(0, model.meta["num_classes"])
 
 
 def evaluate(model: EdgeModel, images: torch.Tensor, labels: torch.Tensor) -> float:

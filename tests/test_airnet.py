@@ -127,10 +127,11 @@ def test_muon_groups_and_linear_decay_follow_airbench():
     assert [f for f, g in zip(lrs, groups) if "decay_epochs" in g] == [0.0]  # past its 3 epochs
 
 
-def test_airnet_recipe_trains_and_exports_through_verification(image_tree, tmp_path):
+@pytest.mark.parametrize("name", ["airnet_s", "airnet_t"])
+def test_airnet_recipe_trains_and_exports_through_verification(name, image_tree, tmp_path):
     from edgecifar.export import export_run
 
-    run = train(TrainConfig(model="airnet_s", data=str(image_tree), cache_dir=str(tmp_path / "cache"), epochs=2,
+    run = train(TrainConfig(model=name, data=str(image_tree), cache_dir=str(tmp_path / "cache"), epochs=2,
                             batch_size=16, out=str(tmp_path / "run")), log=lambda *a: None)
     entries = export_run(run, ["onnx", "openvino"], "all", out_dir=tmp_path / "exported", calib_size=32,
                          verify_size=30)  # the edge formats' global max pool rewrite: tests/test_edge_backends.py

@@ -1,0 +1,39 @@
+"""Knowledge distillation from a trained run (Hinton et al. 2015, "Distilling the Knowledge in a Neural Network"):
+the teacher's logits for every training image, computed once, and the loss that mixes them with the labels."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .contract import model_size, size_text
+from .errors import EdgecifarError
+from .models import predict_logits
+from .runs import load_run
+
+
+def teacher_logits(run_dir: str, images: torch.Tensor, classes: list[str], tta: bool = False) -> torch.Tensor:
+    """A trained model's logits for every training image as is and mirrored: [N, 2, classes].
+
+    Computed once, so distilling from a large teacher costs one pass over the data instead of a
+    teacher forward per step (4x the student's step for EfficientNet -> edge_tiny here). The student's
+    crop is up to 4 px off the view the teacher saw; its flip is matched exactly. With `tta` both views
+    hold the mean of the two: the teacher distils its flip test-time augmentation (+1.08 points for
+    `airnet_m-10ep`, benchmarks/results/tta_gap.md) into a student that is still run on one view.
+    """
+    teacher = load_run(run_dir).to(images.device)
+    if teacher.meta["classes"] != classes:
+        raise EdgecifarError(f"teacher {run_dir} was trained on other classes")
+    if model_size(teacher.meta) != tuple(images.shape[1:3]):
+        raise EdgecifarError(f"teacher {run_dir} takes {size_text(model_size(teacher.meta))} images, this run "
+                             f"{size_text(tuple(images.shape[1:3]))}: train with its --input-size")
+    logits = torch.stack([predict_logits(teacher, images), predict_logits(teacher, images.flip(2))], dim=1)
+    return logits.mean(1, keepdim=True).expand_as(logits) if tta else logits
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor, alpha: float,
+                      temperature: float) -> torch.Tensor:
+    """(1 - alpha) * label loss + alpha * T^2 * KL(teacher || student) on temperature-softened logits."""
+    soft = F.kl_div(F.log_softmax(student / temperature, dim=1), F.log_softmax(teacher.detach() / temperature, dim=1),
+                    reduction="batchmean", log_target=True)
+    return (1 - alpha) * hard_loss + alpha * temperature ** 2 * soft
