@@ -63,7 +63,9 @@ def resume_config(cfg: TrainConfig, saved: dict[str, Any], epochs_done: int) -> 
         if name in _NOT_COMPARED:
             values[name] = given
         elif given is None or given == default or given == was:  # left out (or the same): the run's value
-            values[name] = None if name == "bf16" and given is None else was
+            # a bf16 run resolves again (a machine without bf16 turns the recipe's autocast off); an fp32 run,
+            # asked for or fallen back to, stays fp32 (a `--no-bf16` run resumed on a bf16 CPU did not)
+            values[name] = None if name == "bf16" and given is None and was else was
         elif name in RESUMABLE:
             values[name], changes[name] = given, [was, given]
         else:
