@@ -136,7 +136,8 @@ def schedule(args, jobs: list[Job], runs: Path, deadline: float, log) -> None:
         if not queued and not running:
             break
         epochs = (lambda j: 1) if args.smoke else (lambda j: j.epochs)
-        busy = sum(max(0.0, epochs(j) * seconds_per_epoch(j.model, runs, jobs) - (now - j.started)) for j in running)
+        per_epoch = {m: seconds_per_epoch(m, runs, jobs) for m in {j.model for j in jobs}}  # once a round
+        busy = sum(max(0.0, epochs(j) * per_epoch[j.model] - (now - j.started)) for j in running)
         for job in queued:
             teacher = by_name.get(job.teacher) if job.teacher else None
             if teacher and teacher.state in ("failed", "stopped", "skipped"):
@@ -147,7 +148,7 @@ def schedule(args, jobs: list[Job], runs: Path, deadline: float, log) -> None:
                 break  # keep the order: later jobs wait for this one
             if len(running) >= MAX_SHARED:
                 break
-            work = epochs(job) * seconds_per_epoch(job.model, runs, jobs) * 1.15
+            work = epochs(job) * per_epoch[job.model] * 1.15
             if busy + work > left:
                 job.state = "skipped"
                 log(f"{job.name}: skipped, {work:.0f} s of work and {busy:.0f} s queued do not fit in {left:.0f} s")
@@ -169,15 +170,13 @@ def schedule(args, jobs: list[Job], runs: Path, deadline: float, log) -> None:
             proc.kill()
 
 
-def evaluate_runs(args, jobs: list[Job], runs: Path) -> dict[str, dict]:
+def evaluate_runs(args, jobs: list[Job], runs: Path, data) -> dict[str, dict]:
     """Single-view and flip-averaged test top-1 of every finished run, in PyTorch on the GPU."""
     import torch
 
-    from edgecifar.data import load_data
+    from edgecifar.models import predict_logits
     from edgecifar.runs import load_run
-    from edgecifar.train import predict_logits
 
-    data = load_data(args.data, args.cache)
     limit = 500 if args.smoke else None
     x = torch.from_numpy(data.test_x[:limit]).to(args.device)
     y = torch.from_numpy(data.test_y[:limit]).to(args.device).long()
@@ -246,13 +245,13 @@ def main() -> None:
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     log(f"GPU {gpu}, torch {torch.__version__}, CUDA {torch.version.cuda}, {os.cpu_count()} CPUs")
-    load_data(args.data, args.cache)  # decoded once here, so the jobs read the cache
+    data = load_data(args.data, args.cache)  # decoded once here: the jobs read the cache, the evaluation this
     log("data decoded")
     deadline = started + args.budget - (15 if args.smoke else 45)  # evaluation and packing after it
     try:
         schedule(args, jobs, args.runs, deadline, log)
     finally:
-        results = evaluate_runs(args, jobs, args.runs)
+        results = evaluate_runs(args, jobs, args.runs, data)
         summary = {"jobs": args.jobs, "gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda, "cpus": os.cpu_count(),
                    "max_shared": MAX_SHARED, "data": Path(args.data).name, "smoke": args.smoke, "runs": results}
         (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
