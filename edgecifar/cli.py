@@ -20,6 +20,7 @@ from rich.text import Text
 
 from .backends import BACKENDS, CALIB_METHODS, PRECISIONS
 from .errors import DataError, DiskFullError, EdgecifarError, UsageError
+from .pipeline import DEFAULT_MODELS, DEFAULT_TEACHERS
 from .utils import NO_ROOM, no_room
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -134,6 +135,8 @@ def train(
     val_split: Annotated[float, typer.Option(min=0.0, max=0.9, help="fraction of train held out")] = 0.0,
     max_train: Annotated[Optional[int], typer.Option(help="use at most N training images")] = None,
     max_test: Annotated[Optional[int], typer.Option(help="evaluate on at most N test images")] = None,
+    eval_every: Annotated[int, typer.Option(min=0, help="evaluate after every N-th epoch and the last (0: the "
+                                                        "last only)")] = 1,
     seed: int = 0,
     device: Annotated[Device, typer.Option()] = Device.auto,
     out: Annotated[Optional[Path], typer.Option(help="run folder [default: runs/<model>]")] = None,
@@ -166,8 +169,8 @@ def train(
                       freeze=freeze, schedule=schedule.value if schedule else None, translate=translate,
                       flip=flip.value if flip else None, teacher=str(teacher) if teacher else None,
                       teacher_tta=teacher_tta, val_split=val_split,
-                      max_train=max_train, max_test=max_test, seed=seed, device=device.value,
-                      out=str(out) if out else None, resume=resume)
+                      max_train=max_train, max_test=max_test, eval_every=eval_every, seed=seed,
+                      device=device.value, out=str(out) if out else None, resume=resume)
     with follower_errors(ranks):  # rank 0 speaks for the run
         train_model(cfg, show_progress=sys.stderr.isatty() and ranks.main, log=say)
 
@@ -466,7 +469,7 @@ def recommend(
 @app.command()
 @handle_errors
 def pipeline(
-    models: Annotated[str, typer.Option(help="comma-separated registry names")] = "scratch_cnn,airnet_m,efficientnet_lite0",
+    models: Annotated[str, typer.Option(help="comma-separated registry names")] = ",".join(DEFAULT_MODELS),
     data: DataOpt = "cifar10",
     cache_dir: CacheOpt = None,
     quick: Annotated[bool, typer.Option(help="a few-minute profile (1 epoch on a subset, short timings) in "
@@ -478,16 +481,20 @@ def pipeline(
                                               "(bench's default is 1,2)")] = "1",
     batch_size: BatchOpt = 64,
     bf16: Annotated[bool, typer.Option(help="bench OpenVINO FP32 in bf16 too")] = False,
+    teacher: Annotated[Optional[str], typer.Option(
+        help="MODEL=RUN_DIR[,...]: distil MODEL (run MODEL-kd) from the run's flip-averaged logits; the run must "
+             "have been trained on --data. 'none': no teacher \\[default: "
+             + ",".join(f"{m}={r}" for m, r in DEFAULT_TEACHERS.items()) + ", where trained on --data]")] = None,
 ) -> None:
     """The main job: train the scratch and transfer models, export each to every format and precision, bench, report."""
     from rich.table import Table
 
-    from .pipeline import pipeline as run_pipeline
+    from .pipeline import parse_teachers, pipeline as run_pipeline
     from .report import rich_table
 
     done = run_pipeline([m.strip() for m in models.split(",") if m.strip()], data=data, cache_dir=cache_dir,
                         quick=quick, force=force, root=root, threads=threads, batch_size=batch_size, bf16=bf16,
-                        show_progress=sys.stderr.isatty(), log=note)
+                        teachers=parse_teachers(teacher), show_progress=sys.stderr.isatty(), log=note)
     steps = Table(title="pipeline steps")
     for col in ("step", "target", "status", "seconds", "detail"):
         steps.add_column(col, justify="right" if col == "seconds" else "left")

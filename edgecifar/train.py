@@ -59,6 +59,7 @@ class TrainConfig:
     val_split: float = 0.0
     max_train: int | None = None  # cap the training images (quick runs, tests)
     max_test: int | None = None
+    eval_every: int = 1  # evaluate after every N-th epoch and the last; 0: after the last only (no learning curve)
     seed: int = 0
     device: str = "auto"
     out: str | None = None
@@ -124,6 +125,8 @@ def train(cfg: TrainConfig, show_progress: bool = False, log=print) -> Path:
         cfg = _bf16_where_native(cfg, device, log)
         if cfg.flip not in ("random", "alternating"):
             raise EdgecifarError(f"unknown flip '{cfg.flip}': use random or alternating")
+        if cfg.eval_every < 0:
+            raise EdgecifarError(f"eval_every {cfg.eval_every}: use 0 (after the last epoch only) or more")
         data = load_data(cfg.data, cfg.cache_dir, cfg.val_split, cfg.seed, cfg.input_size)
         cfg = replace(cfg, input_size=list(data.input_size))  # recorded: the run's input contract
         if checkpoint is not None:
@@ -240,12 +243,13 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
                              ranks)
         distributed.check_in_sync(model, epoch, ranks)
         if ranks.main:  # rank 0 alone evaluates and writes the run
-            stats[acc_key] = evaluate(final, eval_x, eval_y)
+            if _evaluates_after(epoch, cfg):
+                stats[acc_key] = evaluate(final, eval_x, eval_y)
             history.append(stats)
             _save_epoch(out, epoch, model, optimizer, scheduler, ema, history, config, first=epoch == start_epoch)
+            shown = f"{acc_key.replace('_acc', '')} {stats[acc_key]:.2%}  " if acc_key in stats else ""
             log(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.4f}  train {stats['train_acc']:.2%}  "
-                f"{acc_key.replace('_acc', '')} {stats[acc_key]:.2%}  {stats['images_per_s']:.0f} img/s  "
-                f"{stats['seconds']:.0f}s  eta {_eta(history, cfg.epochs)}")
+                f"{shown}{stats['images_per_s']:.0f} img/s  {stats['seconds']:.0f}s  eta {_eta(history, cfg.epochs)}")
         # no process starts the next epoch before this one is checkpointed: one killed in it (torchrun then stops
         # rank 0 too) would otherwise lose the epoch whenever rank 0's evaluation is slower than the kill (CI did)
         distributed.barrier(ranks)
@@ -268,6 +272,13 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
                         "threads": torch.get_num_threads(), "processes": ranks.world_size})
     log(f"test accuracy {test_acc:.2%} after {train_seconds / 60:.1f} min of training; run saved in {out}")
     return out
+
+
+def _evaluates_after(epoch: int, cfg: TrainConfig) -> bool:
+    """Whether the (0-based) epoch ends with an evaluation: every `eval_every`-th and always the last. One
+    pass over the 10,000 test images costs 11 s for airnet_m and 25 s for EfficientNet-Lite0 on the 2-core
+    Zen 4, about 6 minutes of the default pipeline when every epoch is evaluated (so the pipeline evaluates once)."""
+    return epoch + 1 == cfg.epochs or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0)
 
 
 def _eta(history: list[dict[str, Any]], epochs: int) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from edgecifar.cli import app
@@ -99,3 +100,77 @@ def test_a_changed_dataset_retrains(image_tree, cache_dir, tmp_path):
     assert status == "done" and "data changed" in detail and "60 -> 61 training images" in detail
     assert json.loads((run / "config.json").read_text())["data"]["train"] == 61
     assert train_step(*step)[1] == "skipped"
+
+
+def test_a_teacher_run_distils_the_model(image_tree, cache_dir, tmp_path):
+    """`--teacher MODEL=RUN` trains MODEL-kd from the run's flip-averaged logits, evaluated once at the end."""
+    from edgecifar.train import TrainConfig, train
+
+    teacher = train(TrainConfig(model="scratch_cnn", data=str(image_tree), cache_dir=str(cache_dir), epochs=1,
+                                batch_size=16, out=str(tmp_path / "teacher")), log=lambda *a: None)
+    root = tmp_path / "w"
+    result = run_pipeline("--quick", "--models", "scratch_cnn", "--teacher", f"scratch_cnn={teacher}", "--data",
+                          image_tree, "--cache-dir", cache_dir, "--root", root, "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert "train scratch_cnn-kd: done" in result.output and "export scratch_cnn-kd: done" in result.output
+    run = root / "runs" / "scratch_cnn-kd"
+    made = json.loads((run / "config.json").read_text())["train"]
+    assert made["teacher"] == str(teacher.resolve()) and made["teacher_tta"] and made["eval_every"] == 0
+    epochs = json.loads((run / "metrics.json").read_text())["epochs"]
+    assert [e["epoch"] for e in epochs if "test_acc" in e] == [len(epochs)]
+    rows = json.loads((root / "results" / "bench.json").read_text())["rows"]
+    assert {r["source_run"] for r in rows} == {"scratch_cnn-kd"}
+
+
+def test_a_teacher_must_fit_the_data(image_tree, cache_dir, tmp_path, monkeypatch):
+    """A given teacher trained on other data, or no run at all, stops the pipeline before any work; a default
+    teacher that does not fit is left out and the log says why."""
+    import shutil
+
+    import edgecifar.pipeline as pipeline_module
+    from edgecifar.errors import UsageError
+    from edgecifar.train import TrainConfig, train
+
+    other = tmp_path / "other"
+    shutil.copytree(image_tree, other)
+    shutil.rmtree(other / "train" / "ship")
+    shutil.rmtree(other / "test" / "ship")
+    teacher = train(TrainConfig(model="scratch_cnn", data=str(other), cache_dir=str(cache_dir), epochs=1,
+                                batch_size=16, out=str(tmp_path / "teacher")), log=lambda *a: None)
+    for given, why in ((teacher, "trained on other data (its classes, train, test, per_class differ)"),
+                       (tmp_path / "none", "holds no trained run")):
+        result = run_pipeline("--quick", "--models", "scratch_cnn", "--teacher", f"scratch_cnn={given}", "--data",
+                              image_tree, "--cache-dir", cache_dir, "--root", tmp_path / "w", "--threads", "1")
+        assert result.exit_code == UsageError.exit_code and why in result.output, result.output
+        assert "Traceback" not in result.output and not (tmp_path / "w").exists()
+
+    said = []
+    monkeypatch.setattr(pipeline_module, "DEFAULT_TEACHERS", {"scratch_cnn": str(teacher), "airnet_m": str(teacher)})
+    assert pipeline_module.teachers_for(["scratch_cnn"], None, str(image_tree), cache_dir, said.append) == {}
+    assert said == [f"pipeline: scratch_cnn trains without a teacher: {teacher} was trained on other data (its "
+                    "classes, train, test, per_class differ)"]
+    assert pipeline_module.teachers_for(["scratch_cnn"], None, str(other), cache_dir, said.append) == {
+        "scratch_cnn": str(teacher.resolve())}
+
+
+@pytest.mark.parametrize("text, parsed", [(None, None), ("none", {}), ("a=r1, b=r2", {"a": "r1", "b": "r2"})])
+def test_parse_teachers(text, parsed):
+    from edgecifar.pipeline import parse_teachers
+
+    assert parse_teachers(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["", "airnet_m", "airnet_m=", "=run", "a=r,none"])
+def test_malformed_teachers_are_refused(text):
+    from edgecifar.errors import UsageError
+    from edgecifar.pipeline import parse_teachers
+
+    with pytest.raises(UsageError, match="--teacher"):
+        parse_teachers(text)
+
+
+def test_a_teacher_for_a_model_not_trained_is_refused(tmp_path):
+    result = run_pipeline("--models", "scratch_cnn", "--teacher", "airnet_m=runs/reference/airnet_m", "--root",
+                          tmp_path / "w")
+    assert result.exit_code != 0 and "airnet_m is not one of --models" in result.output
+    assert not (tmp_path / "w").exists()

@@ -38,6 +38,22 @@ def test_run_folder_contents(image_tree, tmp_path):
     assert model.meta["classes"] == ["cat", "dog", "ship"] and not model.training
 
 
+def test_eval_every_chooses_the_evaluated_epochs_and_not_the_weights(image_tree, tmp_path):
+    """Evaluation reads the model and nothing else: the epochs evaluated change, the weights do not."""
+    cache = str(tmp_path / "c")
+    runs = {n: train(tiny(image_tree, tmp_path / f"e{n}", cache_dir=cache, epochs=3, eval_every=n), log=lambda *a: None)
+            for n in (0, 1, 2)}
+    evaluated = {n: [e["epoch"] for e in json.loads((r / "metrics.json").read_text())["epochs"] if "test_acc" in e]
+                 for n, r in runs.items()}
+    assert evaluated == {0: [3], 1: [1, 2, 3], 2: [2, 3]}
+    finals = {json.loads((r / "metrics.json").read_text())["test_acc"] for r in runs.values()}
+    assert len(finals) == 1
+    assert all(torch.equal(weights(runs[0])[k], weights(runs[1])[k]) for k in weights(runs[0]))
+    with pytest.raises(EdgecifarError, match="eval_every -1"):
+        train(tiny(image_tree, tmp_path / "bad", cache_dir=cache, eval_every=-1), log=lambda *a: None)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_seeded_runs_are_identical(image_tree, tmp_path):
     a = train(tiny(image_tree, tmp_path / "a", cache_dir=str(tmp_path / "c")), log=lambda *a: None)
     b = train(tiny(image_tree, tmp_path / "b", cache_dir=str(tmp_path / "c")), log=lambda *a: None)
