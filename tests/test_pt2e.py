@@ -86,3 +86,20 @@ def test_a_conv_output_used_twice_is_left_to_the_quantizer():
     for also_add, pairs in ((True, 0), (False, 1)):
         graph = torch.export.export(ConvReLU6(also_add).eval(), (torch.rand(1, 3, 8, 8),)).module()
         assert annotate_conv_relu6(graph, config) == pairs
+
+
+def test_the_qat_folding_pass_is_skipped_only_inside_convert():
+    """calibrated() converts without torchao's conv-bn QAT folding (a no-op on prepare_pt2e graphs that costs
+    30 s a file while a batch norm is left) and puts the pass back afterwards, also after an error."""
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    from edgecifar.backends.pt2e import _without_qat_folding
+
+    original = quantize_pt2e._fold_conv_bn_qat
+    marker = object()
+    with _without_qat_folding():
+        assert quantize_pt2e._fold_conv_bn_qat(marker) is marker
+    assert quantize_pt2e._fold_conv_bn_qat is original
+    with pytest.raises(RuntimeError), _without_qat_folding():
+        raise RuntimeError("convert failed")
+    assert quantize_pt2e._fold_conv_bn_qat is original
