@@ -5,7 +5,8 @@ Sources (`--data`):
 - a folder or a .tar/.tar.gz/.tgz holding CIFAR-10's python batches (`cifar-10-batches-py`), such as the
   official cifar-10-python.tar.gz, read straight from the archive without running code (cifar_batches).
 - an ImageFolder root with train/<class>/ and test/<class>/ (any image format and size), or an archive of
-  one. Which files count is edgecifar.discovery's rule; every image goes through edgecifar.images.
+  one; val/, valid/ or validation/ stands for test/ where there is none, and is the validation split beside
+  it (edgecifar.discovery.SPLIT_NAMES). Which files count is edgecifar.discovery's rule; every image goes through edgecifar.images.
 Whatever the source, the images are decoded once to [N, H, W, 3] uint8 RGB at the input size and cached, keyed
 by the source's path, size and modification time (every file's, for a folder), the decoder's version and the
 input size. The input size is the caller's (`train --input-size`), else 32x32 for CIFAR-10's batches, else,
@@ -29,13 +30,13 @@ from typing import Any
 import numpy as np
 
 from .cifar_batches import TEST_BATCH, TRAIN_BATCHES, read_cifar
-from .discovery import SPLITS, Reader, Tree, find_root, image_folder, read_tree
+from .discovery import ImageFolder, Reader, Tree, find_root, image_folder, read_tree
 from .contract import DEFAULT_SIZE, Size, parse_size, size_text
 from .errors import DataError, EdgecifarError
-from .images import DECODER_VERSION, decode_image, resize
+from .images import DECODER_VERSION, decode_image, readable_formats, resize
 from .utils import atomic_path, default_cache_dir
 
-CACHE_VERSION = f"d{DECODER_VERSION}r2"  # decoder and discovery rule: a change to either makes a new cache
+CACHE_VERSION = f"d{DECODER_VERSION}r3"  # decoder and discovery rule: a change to either makes a new cache
 OFFLINE_HINT = ("pass --data PATH: a cifar-10-batches-py folder or cifar-10-python.tar.gz, an ImageFolder root "
                 "with train/ and test/, or a .tar.gz of one")
 SMALL_CLASS = 0.01  # a class with fewer images than this fraction of the largest one is worth a warning
@@ -142,6 +143,9 @@ def load_data(source: str = "cifar10", cache_dir: Path | str | None = None, val_
     if len(splits.classes) < 2 or trained < 2:
         raise DataError(f"{splits.source}: only one class with training images ({_names(splits.classes)}); a "
                         f"classifier needs at least two classes")
+    if val_split and splits.val_y is not None:
+        raise DataError(f"--val-split {val_split:g}: {splits.source} has its own validation split ({len(splits.val_y):,} "
+                        f"images; {splits.layout}): leave --val-split out")
     if val_split:
         _carve_validation(splits, val_split, seed)
     return splits
@@ -188,7 +192,9 @@ def _torchvision_cifar10(cache: Path) -> Path:
 def _cached(path: Path, cache: Path, size: Size | None) -> Splits:
     tree = None if path.is_file() else read_tree(path)  # a folder's walk gives its fingerprint
     key = _fingerprint(path, tree)
-    stem = cache / "decoded" / f"{path.name.split('.')[0]}-{key}-{CACHE_VERSION}"
+    # what can be decoded here (pillow-heif installed since?) decides which files are images: part of the key
+    decoders = hashlib.sha256(",".join(readable_formats()).encode()).hexdigest()[:6]
+    stem = cache / "decoded" / f"{path.name.split('.')[0]}-{key}-{CACHE_VERSION}-{decoders}"
     note, record, chosen = "given", stem.with_name(stem.name + "-size.json"), size is None
     if chosen:
         size, note, tree = _default_size(path, tree, record)
@@ -197,8 +203,9 @@ def _cached(path: Path, cache: Path, size: Size | None) -> Splits:
     if npz.exists():
         with np.load(npz, allow_pickle=False) as z:
             info = json.loads(str(z["info"]))
+            val = (z["val_x"], z["val_y"]) if "val_y" in z.files else (None, None)
             return Splits(z["train_x"], z["train_y"], z["test_x"], z["test_y"], [str(c) for c in z["classes"]],
-                          str(path), key, layout=info["layout"], skipped=info["skipped"], input_size=size,
+                          str(path), key, *val, layout=info["layout"], skipped=info["skipped"], input_size=size,
                           size_note=note)
     splits = _decode(tree or read_tree(path), size)
     splits.fingerprint, splits.input_size, splits.size_note = key, size, note
@@ -208,8 +215,9 @@ def _cached(path: Path, cache: Path, size: Size | None) -> Splits:
             tmp.write_text(json.dumps({"size": list(size), "note": note}))
     with atomic_path(npz) as tmp:
         with open(tmp, "wb") as f:
+            val = {"val_x": splits.val_x, "val_y": splits.val_y} if splits.val_y is not None else {}
             np.savez(f, train_x=splits.train_x, train_y=splits.train_y, test_x=splits.test_x,
-                     test_y=splits.test_y, classes=np.array(splits.classes), info=np.array(info))
+                     test_y=splits.test_y, classes=np.array(splits.classes), info=np.array(info), **val)
     return splits
 
 
@@ -238,7 +246,7 @@ def _default_size(path: Path, tree: Tree | None, record: Path) -> tuple[Size, st
         size, note = DEFAULT_SIZE, "CIFAR-10's size; --input-size sets another"
     else:
         skipped = copy.deepcopy(tree.skipped)  # image_folder records its skips; decoding records them once
-        train = image_folder(tree, root)["train"]
+        train = image_folder(tree, root).items["train"]
         tree.skipped = skipped
         size, note = _median_size(tree, [(p, r) for _, p, r in train])
     return size, note, tree
@@ -249,15 +257,13 @@ def _median_size(tree: Tree, files: list[tuple[str, Reader]]) -> tuple[Size, str
     together so the longer side is at most DEFAULT_CAP."""
     from PIL import Image
 
-    from .images import FORMATS
-
     picked = files[::max(1, len(files) // PROBED)][:PROBED]
     sizes = []
     for path, reader in picked:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(_read(tree, path, reader)), formats=FORMATS) as img:
+                with Image.open(io.BytesIO(_read(tree, path, reader)), formats=readable_formats()) as img:
                     w, h = img.size
                     if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotations that swap the sides
                         w, h = h, w
@@ -299,22 +305,37 @@ def _resized(images: np.ndarray, size: Size) -> np.ndarray:
 
 
 def _image_splits(tree: Tree, root: str, size: Size) -> Splits:
-    items = image_folder(tree, root)
+    found = image_folder(tree, root)
+    items = found.items
     classes = sorted({cls for cls, _, _ in items["train"]})
-    unknown = sorted({cls for cls, _, _ in items["test"]} - set(classes))
-    if unknown:
-        raise DataError(f"{tree.where}: test/ has classes missing from train/: {_names(unknown)}")
+    for role in ("test", "val"):
+        unknown = sorted({cls for cls, _, _ in items.get(role, ())} - set(classes))
+        if unknown:
+            raise DataError(f"{tree.where}: {found.folders[role]}/ has classes missing from "
+                            f"{found.folders['train']}/: {_names(unknown)}{_why_empty(tree, root, found, unknown)}")
     index = {c: i for i, c in enumerate(classes)}
 
     def decode(item: tuple[str, str, Reader]) -> np.ndarray:
         return decode_image(_read(tree, item[1], item[2]), tree.name_of(item[1]), size)
 
-    arrays = []
+    arrays = {}
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
-        for split in SPLITS:
-            arrays += [np.stack(list(pool.map(decode, items[split]))),
-                       np.array([index[cls] for cls, _, _ in items[split]], dtype=np.int64)]
-    return Splits(*arrays, classes, tree.where, "", layout="ImageFolder")
+        for role, members in items.items():
+            arrays[role] = (np.stack(list(pool.map(decode, members))),
+                            np.array([index[cls] for cls, _, _ in members], dtype=np.int64))
+    val_x, val_y = arrays.get("val", (None, None))
+    return Splits(*arrays["train"], *arrays["test"], classes, tree.where, "", val_x, val_y, layout=found.layout)
+
+
+def _why_empty(tree: Tree, root: str, found: ImageFolder, classes: list[str]) -> str:
+    """Why the training folder of these classes gave no image: the files skipped there, by reason."""
+    folders = tuple(f"{root}/{found.folders['train']}/{c}/".lstrip("/") for c in classes)
+    reasons = {reason: n for reason, paths in tree.skipped.items()
+               if (n := sum(p.startswith(folders) for p in paths))}
+    if not reasons:
+        return ""
+    return (f" ({found.folders['train']}/ holds only files that cannot be used for them: "
+            + "; ".join(f"{n:,} {reason}" for reason, n in reasons.items()) + ")")
 
 
 def _read(tree: Tree, path: str, reader: Reader) -> bytes:

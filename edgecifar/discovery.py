@@ -6,11 +6,20 @@ One rule, applied the same way to a folder and to a .tar/.tar.gz/.tgz of it (REA
 - Links are followed. In a folder, symlinked files and folders are followed wherever they point (a loop is
   skipped). In an archive, symlink and hard-link members resolve to the member they name inside the
   archive, never to anything outside it (such a link is skipped); nothing is ever extracted to disk.
-- The dataset root is the shallowest folder that holds `train/<class>/<file>` or CIFAR-10's `data_batch_1`.
-- ImageFolder: every file under root/train/<class>/ or root/test/<class>/ (sub-folders included) whose
-  name ends in an image extension (any case) is an image of <class> (the name NFC-normalized, so names that
-  macOS and Linux write differently are one class); other files there are skipped and counted; files
-  beside train/ and test/ (a README) are ignored.
+- The dataset root is the shallowest folder that holds `train/<class>/<file>` (or training/) or CIFAR-10's
+  `data_batch_1`.
+- The splits (SPLIT_NAMES, any case): train/ (or training/), test/ (or testing/), and a validation folder,
+  val/, valid/ or validation/. Without a test folder, the validation folder is the test split (the train/ +
+  val/ trees of Ultralytics, Kaggle and Roboflow); beside a test folder it is the validation split (Roboflow's
+  train/ + valid/ + test/). Two folders of one split (val/ and valid/) are refused; the summary says which
+  folder each split came from.
+- ImageFolder: every file under root/<split>/<class>/ (sub-folders included) whose name ends in an image
+  extension (any case) that can be decoded here is an image of <class> (the name NFC-normalized, so names
+  that macOS and Linux write differently are one class); other files there are skipped and counted, a known
+  image format that cannot be decoded here (HEIC without pillow-heif, RAW) under its own name and how to read
+  it. Files beside the split folders (a README, a labels CSV) are ignored; images in other folders there are
+  skipped and counted. A refusal says what was found instead (images directly in train/, a split folder
+  passed instead of its parent, the folders there).
 """
 
 from __future__ import annotations
@@ -21,17 +30,19 @@ import stat
 import tarfile
 import unicodedata
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import DataError
+from .images import image_extensions, unreadable_format
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".gif", ".webp",
-                              ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".avif"})
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-SPLITS = ("train", "test")
+SPLITS = ("train", "test")  # the splits every ImageFolder needs; "val" is optional
+# the split folders' names (any case), the first the usual one. A tree without a test folder takes its
+# validation folder as the test split: Ultralytics (train/ + val/), Kaggle and Roboflow exports do so
+SPLIT_NAMES = {"train": ("train", "training"), "test": ("test", "testing"), "val": ("val", "valid", "validation")}
 CIFAR_MARKER = "data_batch_1"
 MAX_LINK_HOPS = 40
 OUTSIDE = "link pointing outside the archive"
@@ -224,25 +235,60 @@ def _inside(name: str, absolute_ok: bool = True) -> str | None:
 
 # ---------------------------------------------------------------- layouts
 
+def split_role(folder: str) -> str | None:
+    """"train", "test" or "val" for a split folder's name (any case), else None (SPLIT_NAMES)."""
+    name = folder.lower()
+    return next((role for role, names in SPLIT_NAMES.items() if name in names), None)
+
+
 def find_root(tree: Tree) -> tuple[str, str]:
-    """-> (layout, root): ("cifar", folder holding data_batch_1) or ("imagefolder", folder holding train/)."""
+    """-> (layout, root): ("cifar", folder holding data_batch_1) or ("imagefolder", folder holding train/).
+    DataError when there is neither, saying what was found instead."""
     found: dict[str, str] = {}
     for path in tree.files:
         parts = path.split("/")
         if parts[-1] == CIFAR_MARKER:
             found.setdefault("/".join(parts[:-1]), "cifar")
         for i, part in enumerate(parts[:-2]):
-            if part == "train":
+            if split_role(part) == "train":
                 found.setdefault("/".join(parts[:i]), "imagefolder")
     if not found:
-        raise DataError(f"{tree.where}: no images under train/<class>/ and no CIFAR-10 batches (expected an "
-                        f"ImageFolder tree with train/ and test/, or a cifar-10-batches-py folder){skip_note(tree)}")
+        raise DataError(f"{tree.where}: no images under train/<class>/ and no CIFAR-10 batches{_what_is_there(tree)}"
+                        f"{skip_note(tree)}")
     depth = min(_depth(root) for root in found)
     roots = sorted(root for root in found if _depth(root) == depth)
     if len(roots) > 1:
         raise DataError(f"{tree.where} holds several datasets ({', '.join(r + '/' for r in roots)}): pass one of "
                         f"them as --data")
     return found[roots[0]], roots[0]
+
+
+def _what_is_there(tree: Tree) -> str:
+    """For a source without train/<class>/: images directly in a split folder (labels in a CSV), a split
+    folder passed instead of its parent, class folders without splits, or else the top of what was found."""
+    images = [p for p in tree.files if Path(p).suffix.lower() in image_extensions()]
+    flat = Counter(p.split("/")[-2] for p in images if len(p.split("/")) >= 2 and split_role(p.split("/")[-2]))
+    if flat:
+        where = ", ".join(f"{n:,} images directly in {name}/" for name, n in flat.most_common(3))
+        return (f": {where}, outside any class folder (labels in a CSV file are not read): put each image in "
+                f"train/<class>/ and test/<class>/")
+    classes = sorted({p.split("/")[0] for p in images if len(p.split("/")) == 2})
+    if classes:
+        here = Path(tree.where).name
+        folders = _names([c + "/" for c in classes])
+        if not tree.in_archive and split_role(here):
+            return (f": {tree.where} looks like one split itself (its folders {folders} hold images): pass the "
+                    f"folder above it, {Path(tree.where).parent}, as --data")
+        return (f": its folders {folders} hold images, but are not inside train/ and test/: arrange them as "
+                f"ROOT/train/<class>/ and ROOT/test/<class>/ and pass ROOT")
+    top = sorted({p.split("/")[0] + ("/" if "/" in p else "") for p in tree.files})
+    found = f"found {_names(top, 8)}" if top else "it is empty"
+    return (f" (expected an ImageFolder tree with train/<class>/ and test/<class>/, or a cifar-10-batches-py "
+            f"folder; {found})")
+
+
+def _names(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def skip_note(tree: Tree) -> str:
@@ -260,25 +306,93 @@ def _depth(root: str) -> int:
     return root.count("/") + 1 if root else 0
 
 
-def image_folder(tree: Tree, root: str) -> dict[str, list[tuple[str, str, Reader]]]:
-    """-> {"train": [(class, path, read), ...], "test": [...]} sorted by path; skips recorded in tree."""
+Item = tuple[str, str, Reader]  # (class, path, read)
+
+
+@dataclass
+class ImageFolder:
+    """The splits of an ImageFolder root: {"train": items, "test": items, "val": items (only when the tree has
+    both a test and a validation folder)}, each sorted by path, and the folder each was read from."""
+
+    items: dict[str, list[Item]]
+    folders: dict[str, str]
+
+    @property
+    def layout(self) -> str:
+        """How the summary names the layout: "ImageFolder", with the folders when they are not train/ + test/
+        ("ImageFolder; train/, val/ as test")."""
+        if self.folders == {"train": "train", "test": "test"}:
+            return "ImageFolder"
+        order = ("train", "val", "test")
+        return "ImageFolder; " + ", ".join(
+            f"{self.folders[r]}/" + ("" if self.folders[r] == r else f" as {'validation' if r == 'val' else r}")
+            for r in order if r in self.folders)
+
+
+def image_folder(tree: Tree, root: str) -> ImageFolder:
+    """The splits under `root` by SPLIT_NAMES; skips are recorded in tree. DataError, naming what was found,
+    when a split is missing or two folders claim it."""
     prefix = f"{root}/" if root else ""
-    items: dict[str, list[tuple[str, str, Reader]]] = {split: [] for split in SPLITS}
+    readable = image_extensions()
+    by_folder: dict[str, list[Item]] = defaultdict(list)
+    beside: dict[str, list[str]] = defaultdict(list)  # images in folders beside the splits
     for path, read in tree.files.items():
         if not path.startswith(prefix):
             continue
         rest = path[len(prefix):].split("/")
-        if rest[0] not in items:
-            continue  # a README beside train/ and test/ is not part of the dataset
+        if len(rest) == 1:
+            continue  # a README or a labels CSV beside train/ and test/ is not part of the dataset
+        top, name = rest[0], rest[-1]
+        if split_role(top) is None:
+            if Path(name).suffix.lower() in readable:
+                beside[top].append(path)
+            continue
         if len(rest) == 2:
-            tree.skipped[f"file directly in {rest[0]}/ (not in a class folder)"].append(path)
-        elif Path(rest[-1]).suffix.lower() not in IMAGE_EXTENSIONS:
-            tree.skipped["not an image file name"].append(path)
+            tree.skipped[f"file directly in {top}/ (not in a class folder)"].append(path)
+        elif Path(name).suffix.lower() in readable:
+            by_folder[top].append((class_name(rest[1]), path, read))
         else:
-            items[rest[0]].append((class_name(rest[1]), path, read))
-    for split in SPLITS:
-        if not items[split]:
-            raise DataError(f"{tree.where}: no images under {prefix}{split}/<class>/ (expected an ImageFolder tree "
-                            f"with train/ and test/){skip_note(tree)}")
-        items[split].sort(key=lambda item: item[1])
-    return items
+            tree.skipped[unreadable_format(name) or "not an image file name"].append(path)
+    for folder, paths in sorted(beside.items()):
+        tree.skipped[f"images in {folder}/, beside the split folders (not a split name)"] += paths
+    folders = {role: _the_folder(tree, prefix, role, by_folder) for role in SPLIT_NAMES}
+    if folders["test"] is None:  # Ultralytics, Kaggle and Roboflow trees: train/ + val/ (the test split)
+        folders["test"], folders["val"] = folders["val"], None
+    for role in SPLITS:
+        if folders[role] is None:
+            raise DataError(f"{tree.where}: no images under {prefix}{_accepted(role)}{_found(tree, prefix, by_folder)}"
+                            f"{skip_note(tree)}")
+    chosen = {role: folder for role, folder in folders.items() if folder is not None}
+    return ImageFolder({role: sorted(by_folder[folder], key=lambda item: item[1]) for role, folder in chosen.items()},
+                       chosen)
+
+
+def _the_folder(tree: Tree, prefix: str, role: str, by_folder: dict[str, list[Item]]) -> str | None:
+    """The one folder of `role` that holds images, or None; DataError when several do."""
+    folders = sorted(f for f in by_folder if split_role(f) == role)
+    if len(folders) > 1:
+        counts = ", ".join(f"{prefix}{f}/ ({len(by_folder[f]):,} images)" for f in folders)
+        raise DataError(f"{tree.where}: {counts} are {len(folders)} folders of the "
+                        f"{'validation' if role == 'val' else role} split: keep one (move or rename the others)")
+    return folders[0] if folders else None
+
+
+def _accepted(role: str) -> str:
+    """"test/<class>/ (nor val/<class>/, ...)" for a refusal: the names the rule accepts for a split."""
+    names = SPLIT_NAMES[role] + (SPLIT_NAMES["val"] if role == "test" else ())
+    return f"{names[0]}/<class>/ (nor {', '.join(n + '/' for n in names[1:])})"
+
+
+def _found(tree: Tree, prefix: str, by_folder: dict[str, list[Item]]) -> str:
+    """"; found train/ (40 images in 2 class folders), docs/ (3 files)": what the root holds instead."""
+    files: Counter[str] = Counter(p[len(prefix):].split("/")[0] + ("/" if "/" in p[len(prefix):] else "")
+                                  for p in tree.files if p.startswith(prefix))
+    shown = []
+    for entry, n in sorted(files.items()):
+        folder = entry.rstrip("/")
+        if folder in by_folder:
+            classes = len({cls for cls, _, _ in by_folder[folder]})
+            shown.append(f"{entry} ({len(by_folder[folder]):,} images in {classes} class folders)")
+        else:
+            shown.append(f"{entry} ({n:,} files)" if entry.endswith("/") else entry)
+    return f"; found {_names(shown, 8)}" if shown else ""

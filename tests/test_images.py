@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -111,7 +114,7 @@ def test_decompression_bomb_is_a_data_error_naming_the_file(tmp_path, monkeypatc
 @pytest.mark.parametrize("content, message", [
     (b"", "empty"),
     (b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + b"\x00" * 200, "not an image"),
-    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n", "not an image in a format"),  # never Ghostscript
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n", "PostScript image .*never opens"),  # never Ghostscript
     (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "x.png"),
     (b"GIF89a\xff\xff\xff\xff", "x.png"),
 ])
@@ -159,3 +162,71 @@ def test_the_decoder_is_light():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
+
+
+# ---------------------------------------------------------------- formats that need a plugin (HEIC) or none here
+
+def _heic_bytes(image: np.ndarray) -> bytes:
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="HEIF", quality=95)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def without_pillow_heif(monkeypatch):
+    """This process as if pillow-heif were not installed (its import fails, as it would)."""
+    from edgecifar import images
+
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)
+    images.readable_formats.cache_clear()
+    yield
+    images.readable_formats.cache_clear()
+
+
+def test_heic_is_read_through_pillow_heif(tmp_path):
+    pytest.importorskip("pillow_heif")
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[:, :16] = (220, 40, 40)
+    (tmp_path / "IMG_0001.HEIC").write_bytes(_heic_bytes(image))
+    decoded = read_image(tmp_path / "IMG_0001.HEIC")
+    assert decoded.shape == (32, 32, 3) and abs(int(decoded[16, 4, 0]) - 220) < 20 and decoded[16, 28, 0] < 30
+
+
+def test_heic_without_pillow_heif_is_named_with_how_to_read_it(tmp_path, without_pillow_heif):
+    from edgecifar.images import image_name, unreadable_format
+
+    # the bytes decide, whatever the name says: an iPhone photo renamed .jpg is still named HEIC
+    (tmp_path / "photo.jpg").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64)
+    with pytest.raises(DataError, match=r"photo\.jpg: HEIC/HEIF image .*pip install pillow-heif.*convert") as error:
+        read_image(tmp_path / "photo.jpg")
+    assert "\n" not in str(error.value)
+    assert image_name("IMG_0001.HEIC") and "pillow-heif" in unreadable_format("IMG_0001.HEIC")
+
+
+@pytest.mark.parametrize("name, kind", [("a.jxl", "JPEG XL"), ("a.CR2", "camera RAW"), ("a.psd", "Photoshop"),
+                                        ("a.svg", "SVG")])
+def test_known_formats_never_decoded_here_are_named(tmp_path, name, kind):
+    from edgecifar.images import image_name, unreadable_format
+
+    assert image_name(name) and unreadable_format(name).startswith(kind)
+    (tmp_path / name).write_bytes(b"\x00" * 64)
+    with pytest.raises(DataError, match=kind):
+        read_image(tmp_path / name)
+
+
+def test_readable_formats_have_no_unreadable_note():
+    from edgecifar.images import image_extensions, readable_formats, unreadable_format
+
+    assert all(unreadable_format(f"x{ext}") is None for ext in image_extensions())
+    assert unreadable_format("notes.txt") is None and "PNG" in readable_formats()
+
+
+def test_a_decompression_bomb_in_heic_is_refused(tmp_path, monkeypatch):
+    pytest.importorskip("pillow_heif")
+    (tmp_path / "big.heic").write_bytes(_heic_bytes(np.zeros((40, 40, 3), np.uint8)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(DataError, match=r"big\.heic.*limit"):
+        read_image(tmp_path / "big.heic")
