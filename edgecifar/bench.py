@@ -319,7 +319,7 @@ def _rows(targets: list[Target], threads: tuple[int, ...], measured: dict, test_
                    **_accuracy_fields(accuracy if status == "ok" else None, target.classes),
                    "size_bytes": target.bytes, "size_mb": round(target.bytes / 1e6, 4) if target.bytes else None,
                    **stats.get(target.source_run, {"params": None, "macs": None}),
-                   **_timing_fields(timing), "batch_size": settings["batch_size"],
+                   **_timing_fields(timing), **(first.get("device") or {}), "batch_size": settings["batch_size"],
                    "isa": res.get("isa") or isa_record, "isa_warning": res.get("isa_warning"),
                    "checksum": target.checksum, "sha256": target.sha256, "path": _shown(target.path),
                    "source_run": target.source_run, "data": test_set.get("source", target.data),

@@ -90,8 +90,10 @@ def _load_artifact(path: str, threads: int, exec_precision: str | None, classes:
                                 f"'{artifact.metadata[key]}'")
     meta = {k: artifact.metadata.get(k) for k in ("model", "img_size", "num_classes", "precision", "source_run",
                                                   "int8_isa", "int8_weight_bits")}
+    figures = getattr(artifact.backend, "device_figures", None)  # a backend's own figures (TFLite Micro's arena)
     return artifact.run, {"import_s": imported - started, "load_s": loaded - imported, "metadata": meta,
-                          "threads_runtime": _runtime_threads(artifact)}
+                          "threads_runtime": _runtime_threads(artifact),
+                          **({"device": figures(artifact.session)} if figures else {})}
 
 
 def _runtime_threads(artifact: Any) -> int | None:

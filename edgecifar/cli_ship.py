@@ -298,7 +298,7 @@ def doctor() -> None:
 
     table = Table(title="backends")
     for col in ("format", "files", "precisions", "runtime", "run files", "export"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "files")  # each suffix whole (.micro.tflite)
     for backend in BACKENDS.values():
         run_missing, export_missing = unavailable(backend), unavailable(backend, export=True)
         table.add_row(backend.name, " ".join(backend.suffixes), " ".join(backend.precisions), backend.runtime,

@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from . import __version__
-from .backends import BACKENDS, CALIB_METHODS, PRECISIONS, Backend, Calibration, artifact_files, unavailable
+from .backends import (BACKENDS, CALIB_METHODS, PRECISIONS, Backend, Calibration, artifact_files, in_all,
+                       unavailable)
 from .contract import contract_text, model_size
 from .data import Splits, load_data
 from .errors import DiskFullError, ExportError, UsageError
@@ -144,8 +145,8 @@ def _choose(values: Iterable[str] | str, known: tuple[str, ...], what: str) -> l
 def _choose_backends(formats: Iterable[str] | str, log: Log) -> list[Backend]:
     """The backends asked for; "all" is every one that can export here (the others are named in the log), a
     backend named that cannot is an error that says what is missing."""
-    names = _choose(formats, tuple(BACKENDS), "format")
     everything = _is_all(formats)
+    names = [n for n in _choose(formats, tuple(BACKENDS), "format") if not everything or in_all(BACKENDS[n])]
     chosen = []
     for name in names:
         why = unavailable(BACKENDS[name], export=True)

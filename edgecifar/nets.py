@@ -187,11 +187,23 @@ class ConvGroup(nn.Module):
         return self.act(self.norm2(self.conv2(self.act(x))))
 
 
+class GlobalMaxPool(nn.Module):
+    """Global max-pool as a max-pool whose window is the whole feature map (fixed when exported): the values of
+    nn.AdaptiveMaxPool2d(1), exported as ONNX MaxPool and TFLite MAX_POOL_2D, which NNAPI, CoreML and TFLite Micro
+    all take; the adaptive pool becomes ReduceMax in ONNX, which ONNX Runtime's NNAPI provider does not take."""
+
+    def forward(self, x):
+        return F.max_pool2d(x, tuple(x.shape[-2:]))
+
+
 class AirbenchNet(nn.Module):
     """Patch-whitening stem (2x2, 24 channels, frozen; `init_from_data`), three ConvGroups of `widths`,
-    global max-pool, bias-free linear head scaled by 1/width. Input: normalized NCHW float, any size >= 16."""
+    global max-pool, bias-free linear head scaled by 1/width. Input: normalized NCHW float, any size >= 16.
+    act: the activation (airbench's GELU; ReLU for targets without a GELU kernel); pool: the global max-pool
+    module (GlobalMaxPool for accelerators without ReduceMax). Neither has parameters: weights load either way."""
 
-    def __init__(self, widths: tuple[int, int, int], num_classes: int, act: type[nn.Module] = nn.GELU):
+    def __init__(self, widths: tuple[int, int, int], num_classes: int, act: type[nn.Module] = nn.GELU,
+                 pool: type[nn.Module] = lambda: nn.AdaptiveMaxPool2d(1)):
         super().__init__()
         whiten_width = 2 * 3 * 2 * 2  # each eigenvector of the 12-dim 2x2x3 patch space, with both signs
         self.whiten = nn.Conv2d(3, whiten_width, 2, padding=0, bias=True)
@@ -200,7 +212,7 @@ class AirbenchNet(nn.Module):
         for width in widths:
             groups.append(ConvGroup(cin, width, act))
             cin = width
-        self.layers = nn.Sequential(act(), *groups, nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.layers = nn.Sequential(act(), *groups, pool(), nn.Flatten())
         self.head = nn.Linear(cin, num_classes, bias=False)
         self.head_scale = 1.0 / cin
         with torch.no_grad():
@@ -258,3 +270,22 @@ def airnet_s(num_classes: int = 10, pretrained: bool = False, weights: str | Non
 def airnet_t(num_classes: int = 10, pretrained: bool = False, weights: str | None = None) -> nn.Module:
     """airbench's CifarNet at widths 16-40-56: 76 K params, 7.4 M MACs."""
     return AirbenchNet((16, 40, 56), num_classes)
+
+
+# ---------------------------------------------------------------- accelerator-friendly airnets (issue 28)
+# The airnets' GELU has no kernel in TFLite Micro, NNAPI or CoreML (ONNX Runtime's usability checker: NNAPI takes
+# 19 of airnet_m-kd's 95 nodes), and its global max-pool becomes ReduceMax, which NNAPI lacks. These variants are
+# the same nets with ReLU and a whole-map MaxPool: every op they use is a TFLite Micro builtin, an NNAPI and a
+# CoreML op. Same recipes as their GELU originals (not yet trained here: see docs/microcontrollers.md).
+
+
+@register_model("airnet_t_relu", recipe=replace(AIRBENCH_RECIPE, epochs=40, lr=0.08))
+def airnet_t_relu(num_classes: int = 10, pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    """airnet_t (widths 16-40-56, 76 K params) with ReLU and a MaxPool head: runs in TFLite Micro, NNAPI, CoreML."""
+    return AirbenchNet((16, 40, 56), num_classes, act=nn.ReLU, pool=GlobalMaxPool)
+
+
+@register_model("airnet_m_relu", recipe=replace(AIRBENCH_RECIPE, epochs=18))
+def airnet_m_relu(num_classes: int = 10, pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    """airnet_m (widths 48-192-192, 1.11 M params) with ReLU and a MaxPool head: every op on every edge target."""
+    return AirbenchNet((48, 192, 192), num_classes, act=nn.ReLU, pool=GlobalMaxPool)

@@ -285,7 +285,7 @@ def export_step(run_dir: Path, lay: Layout, data: str, cache_dir, quick: bool, f
 def current_exports(run_dir: Path, exported: Path) -> list[Path] | None:
     """The run's artifact paths if every format x precision is listed, intact, and made from its current
     weights; else None."""
-    from .backends import BACKENDS, unavailable
+    from .backends import BACKENDS, in_all, unavailable
     from .manifest import MANIFEST, read_manifest
 
     manifest = exported / MANIFEST
@@ -300,7 +300,8 @@ def current_exports(run_dir: Path, exported: Path) -> list[Path] | None:
         if all((exported / f).is_file() and sha256_file(exported / f) == sha for f, sha in files.items()):
             found[(e.get("format"), e.get("precision"))] = exported / e["path"]
     # what `export_run(..., "all", "all")` makes: each backend that can export here, in its own precisions
-    wanted = [(f, p) for f, b in BACKENDS.items() if not unavailable(b, export=True) for p in b.precisions]
+    wanted = [(f, p) for f, b in BACKENDS.items() if in_all(b) and not unavailable(b, export=True)
+              for p in b.precisions]
     return [found[k] for k in wanted] if all(k in found for k in wanted) else None
 
 

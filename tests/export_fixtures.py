@@ -14,24 +14,24 @@ import pytest
 
 CLASSES = ["alpha", "beta", "gamma"]
 TINTS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]])
-from edgecifar.backends import BACKENDS, unavailable  # noqa: E402
+from edgecifar.backends import BACKENDS, in_all, unavailable  # noqa: E402
 
 CALIB_SIZE, VERIFY_SIZE = 32, 200  # 200 test images: one flipped prediction is 0.5 %, between 0.1 % and 1 %
 
 
 # what `export_run(..., "all", "all")` makes here: every backend whose converter is installed, in its precisions
 # (tests of a backend whose extra is missing skip with the reason: see test_edge_backends.py)
-EXPORTABLE = [b for b in BACKENDS.values() if not unavailable(b, export=True)]
+EXPORTABLE = [b for b in BACKENDS.values() if in_all(b) and not unavailable(b, export=True)]
 ALL_EXPORTS = [(b.name, p) for b in EXPORTABLE for p in b.precisions]
 VARIANTS = ["PyTorch"] + [f"{BACKENDS[f].label} {p.upper()}" for f, p in ALL_EXPORTS]
 
 
 def backend_params(precision: str | None = None) -> list:
-    """Every registered backend (with `precision`: those that have it) as a pytest param, skipped with the
-    reason where its converter or runtime is not installed here."""
+    """Every backend `--format all` exports (with `precision`: those that have it) as a pytest param, skipped
+    with the reason where its converter or runtime is not installed here."""
     return [pytest.param(b.name, id=b.name, marks=pytest.mark.skipif(bool(unavailable(b, export=True)),
                                                                        reason=f"{b.name}: {unavailable(b, export=True)}"))
-            for b in BACKENDS.values() if precision is None or precision in b.precisions]
+            for b in BACKENDS.values() if in_all(b) and (precision is None or precision in b.precisions)]
 
 
 def tinted_image(c: int, rng: np.random.Generator, size: tuple[int, int] = (32, 32)) -> np.ndarray:

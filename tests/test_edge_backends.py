@@ -65,7 +65,7 @@ def test_cli_choices_come_from_the_registry():
 def test_every_backend_declares_its_format():
     for name, b in BACKENDS.items():
         assert b.name == name and b.label and b.suffixes[0].startswith(".") and b.runtime and b.libraries
-        assert set(b.precisions) <= {"fp32", "fp16", "int8"} and "fp32" in b.precisions
+        assert set(b.precisions) <= {"fp32", "fp16", "int8"} and b.precisions
         assert "minmax" in b.calib_methods and b.exec_precision in ("f32", "model")
 
 

@@ -21,3 +21,26 @@ def test_edge_net_exports_pass_verification(name, image_tree, tmp_path):
         assert entry["model"] == name
     fp32 = [e for e in entries if e["precision"] == "fp32"]
     assert all(e["verification"]["agreement"] >= 0.999 for e in fp32), fp32
+
+
+@pytest.mark.parametrize("name", ["airnet_t_relu", "airnet_m_relu"])
+def test_relu_airnets_are_their_originals_with_edge_ops(name):
+    """Same parameters as the GELU original (its weights load), the global max-pool's values, and no layer that
+    TFLite Micro lacks (the original is refused for its GELU)."""
+    import torch
+    from torch import nn
+
+    from edgecifar.backends.tflm import check_modules
+    from edgecifar.errors import UsageError
+    from edgecifar.models import create_model
+    from edgecifar.nets import GlobalMaxPool
+
+    torch.manual_seed(0)
+    original, variant = create_model(name.removesuffix("_relu")), create_model(name)
+    variant.load_state_dict(original.state_dict(), strict=True)
+    assert not any(isinstance(m, nn.GELU) for m in variant.modules())
+    x = torch.randn(2, 8, 5, 7)
+    assert torch.equal(GlobalMaxPool()(x), nn.AdaptiveMaxPool2d(1)(x))
+    check_modules(variant)
+    with pytest.raises(UsageError, match="GELU"):
+        check_modules(original)

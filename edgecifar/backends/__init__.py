@@ -77,6 +77,8 @@ class Backend(Protocol):
     accuracy_control: bool  # export --max-drop works for it (edgecifar.accuracy_control)
     qat: str  # how it exports a QAT run (edgecifar.qat) to INT8: "native" (the quantizers as trained), "twin"
     # (float_graph: the learned weight grids and activation ranges, in its own quantizer's layout), "": not
+    # optional members: in_all (bool, default True: `--format all` includes it; see in_all()) and
+    # device_figures(session) -> dict (figures bench adds to its rows, e.g. TFLite Micro's exact arena)
 
     def metadata(self) -> dict[str, str]:
         """Format facts every file of this backend carries besides edgecifar's own (e.g. its opset)."""
@@ -110,13 +112,20 @@ def unavailable(backend: Backend, export: bool = False) -> str | None:
 
 
 def backend_for(path: Path | str) -> Backend:
-    """The backend whose main suffix the file has."""
-    suffix = Path(path).suffix.lower()
-    for backend in BACKENDS.values():
-        if suffix == backend.suffixes[0]:
+    """The backend whose main suffix the file's name ends with, the longest such suffix first
+    (model.micro.tflite is TFLite Micro's, model.tflite LiteRT's)."""
+    name = Path(path).name.lower()
+    for backend in sorted(BACKENDS.values(), key=lambda b: -len(b.suffixes[0])):
+        if name.endswith(backend.suffixes[0]):
             return backend
     known = ", ".join(b.suffixes[0] for b in BACKENDS.values())
+    suffix = Path(path).suffix.lower()
     raise ArtifactError(f"{path}: unknown model format '{suffix or Path(path).name}' (expected {known})")
+
+
+def in_all(backend: Backend) -> bool:
+    """Whether `--format all` includes the backend (a backend may declare `in_all = False`: asked for by name)."""
+    return getattr(backend, "in_all", True)
 
 
 def artifact_files(path: Path, backend: Backend) -> list[Path]:
@@ -200,8 +209,10 @@ def _registry() -> dict[str, Backend]:
     from .litert import LiteRtBackend
     from .onnx import OnnxBackend
     from .openvino import OpenVinoBackend
+    from .tflm import TflmBackend
 
-    return {b.name: b for b in (OnnxBackend(), OpenVinoBackend(), LiteRtBackend(), ExecuTorchBackend())}
+    return {b.name: b for b in (OnnxBackend(), OpenVinoBackend(), LiteRtBackend(), ExecuTorchBackend(),
+                                TflmBackend())}
 
 
 # at the end: the backend modules import the names above
