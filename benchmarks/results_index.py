@@ -206,7 +206,8 @@ def check() -> tuple[list[str], list[str]]:
     """(entries whose files are missing, top-level results that no entry lists)."""
     paths = listed()
     missing = sorted(p for p in paths if not (RESULTS / p).exists())
-    unlisted = sorted(p.name for p in RESULTS.iterdir() if p.name != INDEX.name and p.name not in paths)
+    unlisted = sorted(p.name for p in RESULTS.iterdir()
+                      if p.name != INDEX.name and p.name not in paths and (p.is_file() or any(p.rglob("*"))))
     return missing, unlisted
 
 

@@ -25,6 +25,7 @@ from .backends import (BACKENDS, CALIB_METHODS, PRECISIONS, Backend, Calibration
                        unavailable)
 from .contract import contract_text, model_size
 from .data import Splits, load_data
+from .edge_targets import edge_targets, targets_text
 from .errors import DiskFullError, ExportError, UsageError
 from .accuracy_control import export_controlled
 from .isa import DEFAULT_INT8_ISA, INT8_ISAS, int8_metadata
@@ -360,13 +361,16 @@ def _export_one(model, backend: Backend, precision: str, main: Path, calibration
         log(f"warning: {what}: {verification['warning']}")
     log(f"{what}: {sum(f.stat().st_size for f in files) / 1e6:.2f} MB, agreement {agreement:.2%}, "
         f"max |logit diff| {verification['max_abs_logit_diff']:.2g}, {exported:.1f}s")
+    targets = edge_targets(main)  # which microcontroller and phone accelerators take every op of the file
+    if targets:
+        log(f"{what}: {targets_text(targets)}")
     return {"model": model.meta["model"], "format": backend.name, "precision": precision,
             "files": {f.name: sha256_file(f) for f in files}, "bytes": sum(f.stat().st_size for f in files),
             "sha256": sha256_file(main), "classes": model.meta["classes"], "input": model.meta["input"],
             "output": model.meta["output"], "source_run": model.meta["source_run"],
             "source_sha256": model.meta["source_sha256"], "edgecifar_version": __version__,
             "versions": library_versions(*backend.libraries), "verification": verification,
-            "export_seconds": round(exported, 2),
+            "export_seconds": round(exported, 2), **({"edge_targets": targets} if targets else {}),
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **({"accuracy_control": control} if control else {})}
 
