@@ -193,7 +193,7 @@ def test_results_index_is_written_by_its_script_and_lists_every_result():
     index = load_results_index()
     missing, unlisted = index.check()
     assert not missing, f"benchmarks/results_index.py lists results that are not there: {missing}"
-    assert not unlisted, (f"results not in the index: {unlisted}; add an entry to ENTRIES in "
+    assert not unlisted, (f"results not in the index: {unlisted}; add an Entry to SECTIONS in "
                           "benchmarks/results_index.py and run `uv run python benchmarks/results_index.py`")
     written = (ROOT / "benchmarks" / "results" / "README.md").read_text(encoding="utf-8")
     assert written == index.render(), ("benchmarks/results/README.md differs from what its script writes: run "
