@@ -2,6 +2,12 @@
 atomically and validated against a schema when read (people edit it by hand and merge it). Light on purpose
 (no runtime, no torch): the device-side runtime reads it to check checksums.
 
+Which manifest.json is ours: `manifest.json` is a common name (a web app's, a browser extension's), so a file of
+that name is edgecifar's only when it says so, "generator": "edgecifar" (written since that key exists), or,
+written before, holds both "version" and "artifacts". Another tool's is never read, reported or overwritten: the
+lookup above a model file passes it by, and `export --out` into its folder is refused. Only a manifest that is
+ours (or a file of that name that is not JSON but mentions our keys) and breaks the schema is an error.
+
 An entry: model, format (onnx | openvino), precision (fp32 | fp16 | int8), path, sha256 (of the main file),
 files ({relative path: sha256} for every file of the artifact), classes, bytes, and what export adds
 (source run, versions, verification). `regenerate` (a command) marks an artifact that is not committed.
@@ -22,16 +28,26 @@ from .utils import atomic_path, sha256_file
 
 MANIFEST = "manifest.json"
 VERSION = 1
+GENERATOR = "edgecifar"  # the value of "generator" that marks a manifest.json as ours
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ForeignManifest(ArtifactError):
+    """A manifest.json that is not edgecifar's (module docstring): never read as ours, never overwritten."""
 
 
 def read_manifest(path: Path | str) -> dict[str, Any]:
     """The manifest at `path`; an empty one if there is none. One that is not valid JSON or breaks the schema
-    is an ArtifactError with one line per problem, and is never overwritten."""
+    is an ArtifactError with one line per problem, and is never overwritten; another tool's manifest.json is a
+    ForeignManifest (an ArtifactError) that says so."""
     path = Path(path)
     if not path.exists():
-        return {"version": VERSION, "artifacts": []}
-    data, problems = _load(path)
+        return {"generator": GENERATOR, "version": VERSION, "artifacts": []}
+    try:
+        data, problems = _load(path)
+    except ForeignManifest as e:
+        raise ForeignManifest(f"{e}: edgecifar keeps a manifest.json of its own beside what it exports; export to "
+                              f"another folder (--out), one that holds no other tool's files") from None
     if problems:
         raise ArtifactError(f"invalid manifest {path} (fix or remove it):\n  " + "\n  ".join(problems))
     return data
@@ -56,12 +72,33 @@ def listed_paths(path: Path | str) -> set[str]:
     return {f for f in found if isinstance(f, str)}
 
 
+def is_ours(path: Path | str) -> bool:
+    """Whether the file at `path` is edgecifar's manifest (module docstring); a file that is not JSON is if it
+    names our marker or both our keys (a hand edit gone wrong), one that cannot be read is not."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return False
+    try:
+        return _claims_ours(json.loads(text))
+    except ValueError:
+        return re.search(r'"generator"\s*:\s*"edgecifar"', text) is not None or \
+            ('"artifacts"' in text and '"version"' in text)
+
+
+def _claims_ours(data: Any) -> bool:
+    return isinstance(data, dict) and (data.get("generator") == GENERATOR or {"version", "artifacts"} <= data.keys())
+
+
 def _load(path: Path) -> tuple[dict[str, Any], list[str]]:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ArtifactError(f"corrupt manifest {path}: {e}; fix or remove it") from e
-    if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
+    if not _claims_ours(data):
+        raise ForeignManifest(f"{path} is another tool's manifest.json, not edgecifar's (it has no \"generator\": "
+                              f"\"edgecifar\", nor \"version\" and \"artifacts\")")
+    if not isinstance(data.get("artifacts"), list):
         raise ArtifactError(f"corrupt manifest {path}: no 'artifacts' list; fix or remove it")
     problems = []
     for i, entry in enumerate(data["artifacts"]):
@@ -144,8 +181,8 @@ def update_manifest(path: Path | str, entries: list[dict[str, Any]]) -> dict[str
         new = [{**e, **({"regenerate": old[e["path"]]["regenerate"]} if "regenerate" in old.get(e["path"], {})
                         else {})} for e in entries]
         kept = [e for p, e in old.items() if p not in {e["path"] for e in new}]
-        manifest["version"] = VERSION
-        manifest["artifacts"] = sorted(kept + new, key=lambda e: e["path"])
+        manifest = {"generator": GENERATOR, **manifest, "version": VERSION,
+                    "artifacts": sorted(kept + new, key=lambda e: e["path"])}
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(manifest, indent=2) + "\n")
             tmp.chmod(0o644)  # a shared listing, not a secret (the temporary file starts as 0600)
@@ -169,10 +206,11 @@ def _locked(folder: Path) -> Iterator[None]:
 
 
 def find_manifest(artifact: Path | str) -> Path | None:
-    """The nearest manifest.json beside the artifact or in one of its parent folders."""
+    """The nearest manifest.json of edgecifar's (is_ours) beside the artifact or in one of its parent folders;
+    another tool's manifest.json on the way is passed by."""
     folder = Path(artifact).resolve().parent
     for candidate in (folder, *folder.parents):
-        if (candidate / MANIFEST).is_file():
+        if (candidate / MANIFEST).is_file() and is_ours(candidate / MANIFEST):
             return candidate / MANIFEST
     return None
 

@@ -23,7 +23,7 @@ import numpy as np
 from .backends import BACKENDS, Backend, Session, artifact_files, backend_for, check_threads, git_lfs_pointer
 from .errors import ArtifactError, DataError, EdgecifarError, UsageError
 from .contract import Size, recorded_size, shape_text
-from .images import decode_image, read_file, read_image  # noqa: F401 - the one decoder, shared with training:
+from .images import decode_image, image_name, read_file, read_image  # noqa: F401 - the one decoder, shared with training:
 # the same file gives the same pixels (read_image: part of this module's API)
 from .isa import CpuIsa, isa_warning
 from .manifest import check_artifact, manifest_entry
@@ -49,13 +49,28 @@ class Artifact:
         """(H, W) of the images the file takes."""
         return tuple(self.session.input_shape[1:3])  # type: ignore[return-value]
 
+    @property
+    def batch(self) -> int | None:
+        """The batch size the file's graph is fixed to (a user's make_dynamic_shape_fixed, OpenVINO's reshape),
+        or None when it takes any."""
+        return self.session.input_shape[0]
+
     def run(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, H, W, 3] RGB at `input_size` -> float32 logits [N, C]."""
+        """uint8 [N, H, W, 3] RGB at `input_size` -> float32 logits [N, C], for any N: a graph whose batch axis
+        is fixed runs batches of its size in turn (the last one filled up with copies of its last image)."""
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
                 or images.shape[1:] != (*self.input_size, 3):
             got = f"{images.dtype} {list(images.shape)}" if isinstance(images, np.ndarray) else type(images).__name__
             raise DataError(f"the model takes {shape_text(self.input_size)} images, got {got}")
-        return self.backend.run(self.session, np.ascontiguousarray(images))
+        batch = self.batch
+        if batch is None or len(images) == batch:
+            return self.backend.run(self.session, np.ascontiguousarray(images))
+        outputs = []
+        for start in range(0, len(images), batch):
+            chunk = images[start:start + batch]
+            filled = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
+            outputs.append(self.backend.run(self.session, np.ascontiguousarray(filled))[:len(chunk)])
+        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32)
 
 
 def load_artifact(path: Path | str, threads: int | None = None, precision: str | None = None) -> Artifact:
@@ -102,7 +117,7 @@ def _exported_with(path: Path, fmt: str) -> str:
 def _parse_metadata(path: Path, session: Session) -> dict[str, Any]:
     shape = session.input_shape
     if session.input_type != "uint8" or len(shape) != 4 or shape[3] != 3 \
-            or not all(isinstance(s, int) and s > 0 for s in shape[1:3]):
+            or not all(isinstance(s, int) and s > 0 for s in shape[1:3]) or shape[0] == 0:
         raise ArtifactError(f"{path} does not take uint8 [N, H, W, 3] images of a fixed size (it takes "
                             f"{session.input_type} {shape}): not an edgecifar export")
     meta: dict[str, Any] = dict(session.metadata)
@@ -205,16 +220,14 @@ def _decoded(path: Path, data: bytes | None, error: str | None,
 
 def image_paths(paths: Sequence[Path | str]) -> list[Path]:
     """The paths as given, each folder replaced by the image files in it (sorted; hidden files, macOS
-    "._" companions and subfolders left out). An image file is one whose extension Pillow opens; a folder
-    with none stays in the list, to be reported as such."""
-    from PIL import Image
-
-    opens = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    "._" companions and subfolders left out). An image file is one whose name is an image's (images.image_name:
+    a format that cannot be decoded here is kept, to be reported by name); a folder with none stays in the
+    list, to be reported as such."""
     found: list[Path] = []
     for path in map(Path, paths):
         try:
             members = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith(".")
-                             and f.suffix.lower() in opens) if path.is_dir() else []
+                             and image_name(f.name)) if path.is_dir() else []
         except OSError:  # an unreadable folder: reported as such when it is read
             members = []
         found += members or [path]
