@@ -44,3 +44,31 @@ def test_relu_airnets_are_their_originals_with_edge_ops(name):
     check_modules(variant)
     with pytest.raises(UsageError, match="GELU"):
         check_modules(original)
+
+
+@pytest.mark.parametrize("act", ["GELU", "ReLU"])
+def test_export_reports_which_accelerators_take_every_op(act, tmp_path):
+    """ONNX Runtime's own checker on the ONNX file: NNAPI lacks the airnets' Gelu and their global pool's ReduceMax,
+    and takes every op of the ReLU variant (ReLU, whole-map MaxPool)."""
+    import json
+
+    import torch
+    from torch import nn
+
+    from edgecifar.backends import BACKENDS
+    from edgecifar.edge_targets import edge_targets
+    from edgecifar.models import EdgeModel, create_model
+    from edgecifar.nets import AirbenchNet, GlobalMaxPool
+
+    pytest.importorskip("onnxruntime.tools.mobile_helpers.usability_checker")
+    torch.manual_seed(0)
+    backbone = (AirbenchNet((8, 8, 8), 10) if act == "GELU" else
+                AirbenchNet((8, 8, 8), 10, act=nn.ReLU, pool=GlobalMaxPool))
+    model = EdgeModel(backbone, dict(create_model("airnet_t").meta)).eval()
+    path = tmp_path / "net-fp32.onnx"
+    BACKENDS["onnx"].export(model, path, "fp32", None, {"classes": json.dumps(list("abcdefghij"))})
+    nnapi = edge_targets(path)["NNAPI"]
+    if act == "GELU":
+        assert not nnapi["all_ops"] and {"Gelu", "ReduceMax"} <= set(nnapi["lacking"]), nnapi
+    else:
+        assert nnapi["all_ops"] and nnapi["partitions"] == 1, nnapi

@@ -167,6 +167,7 @@ def test_export_and_bench_report_the_microcontroller_figures(tmp_path):
     run = make_run(tmp_path / "runs" / "tiny", data, tmp_path / "cache", steps=3)
     entries = export_run(run, "tflm", "all", out_dir=tmp_path / "exported", calib_size=8, verify_size=12)
     assert [(e["format"], e["precision"], e["path"]) for e in entries] == [("tflm", "int8", "tiny/tiny-int8.micro.tflite")]
+    assert entries[0]["edge_targets"] == {"TFLite Micro": {"all_ops": True, "lacking": []}}
     rows = bench([tmp_path / "exported"], threads=(1,), batch_size=4, out_dir=tmp_path / "results",
                  runs_dir=tmp_path / "runs", baseline=False, latency_seconds=0.05, throughput_seconds=0.05)
     (row,) = rows
