@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .errors import DiskFullError, EdgecifarError
-from .utils import NO_ROOM, no_room
+from .utils import NO_ROOM, no_room, writable_homes
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, export and benchmark small CIFAR-10 classifiers for edge CPUs.")
@@ -32,6 +32,7 @@ def handle_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            writable_homes()  # before any library picks its cache or settings folder under an unwritable HOME
             return fn(*args, **kwargs)
         except EdgecifarError as e:
             error_line(str(e))
@@ -39,6 +40,11 @@ def handle_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP (utils.Terminated): 128 + the signal
             err_console.print("[yellow]interrupted[/yellow]")
             raise typer.Exit(128 + getattr(e, "signum", 2))
+        except PermissionError as e:  # a folder we may not write, where no library call said so itself
+            where = f" {e.filename}" if e.filename else ""
+            error_line(f"permission denied:{where}: run where you can write, or point the option or variable "
+                       f"that names that folder elsewhere (--out, --cache-dir, TMPDIR, XDG_CACHE_HOME)")
+            raise typer.Exit(1)
         except OSError as e:  # a full disk where no library call said so itself
             if (full := no_room(e)) is None:
                 raise

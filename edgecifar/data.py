@@ -34,7 +34,7 @@ from .discovery import ImageFolder, Reader, Tree, find_root, image_folder, read_
 from .contract import DEFAULT_SIZE, Size, parse_size, size_text
 from .errors import DataError, EdgecifarError
 from .images import DECODER_VERSION, decode_image, readable_formats, resize
-from .utils import atomic_path, default_cache_dir
+from .utils import CACHE_FIX, atomic_path, default_cache_dir, usable_dir
 
 CACHE_VERSION = f"d{DECODER_VERSION}r3"  # decoder and discovery rule: a change to either makes a new cache
 OFFLINE_HINT = ("pass --data PATH: a cifar-10-batches-py folder or cifar-10-python.tar.gz, an ImageFolder root "
@@ -130,7 +130,7 @@ def load_data(source: str = "cifar10", cache_dir: Path | str | None = None, val_
     size = parse_size(input_size) if input_size is not None else None
     if not 0.0 <= val_split < 1.0:
         raise DataError(f"--val-split must be in [0, 1), got {val_split}")
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = usable_dir(Path(cache_dir) if cache_dir else default_cache_dir(), "cache folder", CACHE_FIX)
     if source == "cifar10":
         splits = _cached(_torchvision_cifar10(cache), cache, size)
         splits.source, splits.fingerprint = "cifar10", "torchvision-cifar10"

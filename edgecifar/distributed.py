@@ -25,6 +25,7 @@ import contextlib
 import io
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -83,22 +84,50 @@ class Ranks:
                 "sync_batchnorm": sync_batchnorm}
 
 
+# what torchrun (and the launchers built on it) set for each process it starts; TORCHELASTIC_RUN_ID only it sets
+RENDEZVOUS_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                   "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+WAIT_NOTICE_S = 5.0  # a rendezvous that takes longer says what it waits for
+RENDEZVOUS_TIMEOUT_S = 300.0  # and gives up after this (EDGECIFAR_RENDEZVOUS_TIMEOUT, seconds, overrides it)
+
+
 def from_environment() -> Ranks:
-    """The ranks torchrun (or any launcher that sets the same variables) gave this process; one process
-    when WORLD_SIZE is unset or 1."""
+    """The ranks torchrun (or any launcher built on it) gave this process; one process when WORLD_SIZE is
+    unset or 1. UsageError, in one line that names what is set and how to clear it, for a distributed
+    environment that no torchrun started (variables left in a shell, a notebook, a job script) or that
+    contradicts itself: joining it would wait for processes that never come."""
+    env = os.environ
+    set_vars = [k for k in RENDEZVOUS_VARS if k in env]
+    shown = ", ".join(f"{k}={env[k]}" for k in set_vars)
+    fix = f"`unset {' '.join(set_vars)}` to train on one process, or start the processes with torchrun " \
+          f"(or `edgecifar train --nproc N`)"
     try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        world = int(env.get("WORLD_SIZE", "1"))
         if world <= 1:
             return Ranks()
-        return Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+        rank, local = int(env["RANK"]), int(env.get("LOCAL_RANK", "0"))
+        local_world = int(env.get("LOCAL_WORLD_SIZE", str(world)))
     except (KeyError, ValueError) as e:
-        raise UsageError(f"WORLD_SIZE is set but RANK/LOCAL_RANK are not whole numbers ({e}): start the "
-                         f"processes with torchrun") from None
+        raise UsageError(f"WORLD_SIZE is set but RANK/LOCAL_RANK are not whole numbers ({e}; {shown}): {fix}") \
+            from None
+    if "TORCHELASTIC_RUN_ID" not in env:
+        raise UsageError(f"the environment says this is process {rank} of {world} ({shown}), but no torchrun "
+                         f"started it (TORCHELASTIC_RUN_ID is not set): {fix}")
+    wrong = [text for bad, text in ((not 0 <= rank < world, f"RANK {rank} is not below WORLD_SIZE {world}"),
+                                    (not 0 <= local < local_world, f"LOCAL_RANK {local} is not below "
+                                                                   f"LOCAL_WORLD_SIZE {local_world}"),
+                                    ("MASTER_ADDR" not in env or "MASTER_PORT" not in env,
+                                     "MASTER_ADDR and MASTER_PORT are needed")) if bad]
+    if wrong:
+        raise UsageError(f"the distributed environment contradicts itself ({'; '.join(wrong)}; {shown}): {fix}")
+    return Ranks(rank, world, local)
 
 
 @contextlib.contextmanager
 def process_group() -> Iterator[Ranks]:
-    """Join the training processes' group for the block (nothing to join on one process)."""
+    """Join the training processes' group for the block (nothing to join on one process). The rendezvous is
+    bounded (`rendezvous`): it says what it waits for, gives up with a TrainingError, and Ctrl-C or SIGTERM
+    stop it."""
     ranks = from_environment()
     if not ranks.distributed:
         yield ranks
@@ -107,11 +136,51 @@ def process_group() -> Iterator[Ranks]:
 
     # gloo carries CPU tensors, NCCL CUDA ones: the device can then be chosen (or changed by a resume) later
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
+    rendezvous(lambda: dist.init_process_group(backend), ranks)
     try:
         yield Ranks(ranks.rank, ranks.world_size, ranks.local_rank, backend)
     finally:
         dist.destroy_process_group()
+
+
+def rendezvous(join: Callable[[], None], ranks: Ranks, timeout: float | None = None,
+               notice: Callable[[str], None] | None = None) -> None:
+    """Run `join` (torch's rendezvous, which blocks in C++ where no signal handler runs and waits up to 30
+    minutes) on a helper thread, so that this one keeps handling Ctrl-C and SIGTERM. After WAIT_NOTICE_S a line
+    says what it waits for; after `timeout` seconds (default: EDGECIFAR_RENDEZVOUS_TIMEOUT, else
+    RENDEZVOUS_TIMEOUT_S) it raises TrainingError. `join`'s own errors are raised here."""
+    import threading
+    import time
+
+    limit = timeout if timeout is not None else float(os.environ.get("EDGECIFAR_RENDEZVOUS_TIMEOUT",
+                                                                     RENDEZVOUS_TIMEOUT_S))
+    notice = notice or (lambda line: print(line, file=sys.stderr, flush=True))
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            join()
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            failed.append(e)
+
+    helper = threading.Thread(target=run, name="edgecifar-rendezvous", daemon=True)  # never keeps us alive
+    started = time.monotonic()
+    helper.start()
+    where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    said = False
+    while helper.is_alive():
+        helper.join(0.2)  # short waits: signal handlers run between them
+        waited = time.monotonic() - started
+        if not said and waited > WAIT_NOTICE_S and helper.is_alive():
+            said = True
+            notice(f"process {ranks.rank} of {ranks.world_size} is waiting for the others at {where} (up to "
+                   f"{limit:.0f} s; EDGECIFAR_RENDEZVOUS_TIMEOUT sets it)")
+        if waited > limit and helper.is_alive():
+            raise TrainingError(f"process {ranks.rank} of {ranks.world_size} waited {limit:.0f} s at {where} and "
+                                f"the other processes did not come: start all {ranks.world_size} (torchrun on "
+                                f"every machine), or `unset RANK WORLD_SIZE` to train on one process")
+    if failed:
+        raise failed[0]
 
 
 @contextlib.contextmanager

@@ -68,7 +68,7 @@ def finetune(cfg: QatConfig, show_progress: bool = False, log=print) -> Path:
     run cannot take, and ExportError when NNCF cannot quantize the model. Stopped early (an error, Ctrl-C), it
     leaves no run folder.
     """
-    from .runs import choose_run_dir, claim_run_dir, is_run, load_run, read_config
+    from .runs import choose_run_dir, claim_run_dir, is_run, load_run, read_config, release_run_dir
     from .train import evaluate, teacher_logits
     from .utils import remove_tree
 
@@ -101,6 +101,8 @@ def finetune(cfg: QatConfig, show_progress: bool = False, log=print) -> Path:
         if created and not is_run(out):
             remove_tree(out)
         raise
+    finally:
+        release_run_dir(out)  # taken by claim_run_dir
     log(f"test top-1: {before:.2%} before, {latent:.2%} after in float"
         + (f"; fake-quantized {ptq:.2%} before (PTQ), {simulated:.2%} after" if cfg.fake_quant else "")
         + f"; run saved in {out}")

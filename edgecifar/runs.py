@@ -2,7 +2,12 @@
 resumable `checkpoint.pt` (tensors and plain containers only: loaded with weights_only=True).
 
 A folder is a run once it holds a checkpoint or weights; until then it is not (a run stopped before its first
-epoch ended leaves nothing worth keeping)."""
+epoch ended leaves nothing worth keeping).
+
+One process at a time writes a run folder: `claim_run_dir` makes it and takes it (an flock on LOCK inside it,
+which says who holds it) before anything in it changes, and `release_run_dir` lets it go; the system releases it
+too when the process ends in any way (a crash, SIGKILL). A second training, resume or fine-tuning into a folder
+that is taken stops at once with one line naming the folder and the process that holds it."""
 
 from __future__ import annotations
 
@@ -16,12 +21,13 @@ import torch
 from .contract import model_size
 from .errors import CheckpointError, EdgecifarError
 from .models import EdgeModel, create_model
-from .utils import atomic_path, read_json, sha256_file, write_json
+from .utils import atomic_path, folder_holder, read_json, release_folder, sha256_file, take_folder, write_json
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
+LOCK = ".edgecifar-lock"  # held (flock) by the process writing the run; says which one it is
 _OURS = (WEIGHTS, CONFIG, METRICS, CHECKPOINT)
 
 
@@ -56,14 +62,17 @@ def leftovers(folder: Path) -> list[Path] | None:
     if is_run(folder):
         return None
     found = list(folder.iterdir())
-    ours = [f for f in found if f.is_file() and (f.name in _OURS or f.name == ".write-test"
+    ours = [f for f in found if f.is_file() and (f.name in _OURS or f.name in (".write-test", LOCK)
                                                  or any(f.name.startswith(f".{n}.") for n in _OURS))]
     return ours if len(ours) == len(found) else None
 
 
 def choose_run_dir(out: str | None, model: str) -> Path:
-    """`out`, or runs/<model>, runs/<model>-2, ... (the first that holds no run and nothing else)."""
+    """`out`, or runs/<model>, runs/<model>-2, ... (the first that holds no run and nothing else, and that no
+    other process holds). EdgecifarError when `out` is held by another process, holds a run or other files."""
     if out:
+        if (holder := held_by_another(Path(out))) is not None:
+            raise EdgecifarError(_in_use(Path(out), holder))
         if is_run(Path(out)):
             raise EdgecifarError(f"{out} already holds a run: pass --resume to continue it, or another --out")
         if leftovers(Path(out)) is None:
@@ -71,27 +80,47 @@ def choose_run_dir(out: str | None, model: str) -> Path:
         return Path(out)
     base = Path("runs") / model
     found, n = base, 1
-    while leftovers(found) is None:
+    while leftovers(found) is None or held_by_another(found) is not None:
         n += 1
         found = base.with_name(f"{model}-{n}")
     return found
 
 
 def claim_run_dir(out: Path) -> bool:
-    """Make `out` ready to train in, removing what a run stopped before its first epoch left there; returns
-    whether the folder is this run's to remove again should it stop before its first epoch ends too."""
-    stale = leftovers(out)
+    """Make `out` ready to train in and take it for this process (until release_run_dir or the process ends),
+    then remove what a run stopped before its first epoch left there; returns whether the folder is this run's
+    to remove again should it stop before its first epoch ends too. EdgecifarError, naming the other process,
+    when another one holds it; one that cannot be written."""
+    existed, crashed = out.exists(), (out / LOCK).exists()  # a lock file nobody holds: a crashed run's
     try:
-        created = not out.exists() or bool(stale)
-        for f in stale or []:
-            f.unlink()
         out.mkdir(parents=True, exist_ok=True)
+        if (holder := take_folder(out, LOCK)) is not None:
+            raise EdgecifarError(_in_use(out, holder))
+        stale = [f for f in leftovers(out) or [] if f.name != LOCK]  # read once taken: nobody writes them now
+        created = not existed or crashed or bool(stale)
+        for f in stale:
+            f.unlink()
         probe = out / ".write-test"
         probe.write_text("")
         probe.unlink()
         return created
     except OSError as e:
         raise EdgecifarError(f"cannot write to {out}: {e.strerror or e}") from e
+
+
+def release_run_dir(out: Path) -> None:
+    """Let go of a run folder this process holds (its lock file is removed); nothing if it holds none."""
+    release_folder(out, LOCK)
+
+
+def held_by_another(out: Path) -> str | None:
+    """Who holds run folder `out` ("pid 1234 on host, `edgecifar train ...`, since ..."), when a process other
+    than this one does; else None."""
+    return folder_holder(out, LOCK)
+
+
+def _in_use(out: Path, holder: str) -> str:
+    return f"{out} is in use by another process ({holder}): wait for it to end, or choose another --out"
 
 
 def kept_message(out: Path) -> str:

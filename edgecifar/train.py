@@ -23,8 +23,8 @@ from .errors import DiskFullError, EdgecifarError, TrainingError
 from .models import EdgeModel, count_params, create_model, freeze_stages, get_spec, predict_logits
 from .optim import EMA, make_optimizer, make_scheduler
 from .resume import check_same_data, find_checkpoint, restore_state, resume_config, saved_config
-from .runs import (choose_run_dir, claim_run_dir, is_run, kept_message, nonfinite_tensors, save_checkpoint,
-                   save_weights, write_config, write_metrics)
+from .runs import (choose_run_dir, claim_run_dir, is_run, kept_message, nonfinite_tensors, release_run_dir,
+                   save_checkpoint, save_weights, write_config, write_metrics)
 from .utils import cpu_has_bf16, library_versions, remove_tree, terminate_as_interrupt
 
 
@@ -147,6 +147,8 @@ def train(cfg: TrainConfig, show_progress: bool = False, log=print) -> Path:
                 log(f"interrupted: {kept_message(out)}")
                 raise
             raise type(e)(f"{e}; {kept_message(out)}") from e
+        finally:
+            release_run_dir(out)  # taken by claim_run_dir: the next training or resume may write it
 
 
 def _options(cfg: TrainConfig, log, ranks: Ranks) -> tuple[TrainConfig, dict[str, Any] | None, dict[str, list]]:

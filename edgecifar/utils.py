@@ -11,9 +11,12 @@ import math
 import os
 import shutil
 import signal
+import socket
+import stat
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -184,6 +187,93 @@ def _remove_if_free(folder: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+_HELD: dict[Path, int] = {}  # folders this process holds (take_folder) -> the descriptor of their lock file
+
+
+def take_folder(folder: Path, lock: str) -> str | None:
+    """Hold `folder` for this process: an exclusive flock on folder/`lock` (made if missing), which records who
+    holds it, until release_folder or the end of the process in any way (the system drops the lock, SIGKILL
+    included). Taking a folder this process holds is a no-op. Returns None once held, or, when another process
+    holds it, what its lock file says ("pid 1234 on host, `edgecifar train ...`, since ..."). POSIX; elsewhere
+    nothing is locked."""
+    key = folder.resolve()
+    if key in _HELD:
+        if _same_file(_HELD[key], folder / lock):
+            return None
+        os.close(_HELD.pop(key))  # the folder was removed (and made again) since: its old lock is gone
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    while True:
+        fd = os.open(folder / lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder_text(fd)
+            os.close(fd)
+            return holder
+        if _same_file(fd, folder / lock):
+            break
+        os.close(fd)  # its holder removed it as we opened it: take the new one
+    os.ftruncate(fd, 0)
+    program = "edgecifar" if Path(sys.argv[0]).name in ("edgecifar", "__main__.py") else Path(sys.argv[0]).name
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, `{' '.join([program, *sys.argv[1:]])[:300]}`, "
+                 f"since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n".encode())
+    _HELD[key] = fd
+    return None
+
+
+def release_folder(folder: Path, lock: str) -> None:
+    """Let go of a folder this process holds (take_folder): its lock file is removed, then unlocked, so that
+    nobody can take a lock file about to disappear. Nothing if this process does not hold it."""
+    fd = _HELD.pop(folder.resolve(), None)
+    if fd is None:
+        return
+    try:
+        if _same_file(fd, folder / lock):
+            (folder / lock).unlink()
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def folder_holder(folder: Path, lock: str) -> str | None:
+    """What the lock file of `folder` says of its holder when a process other than this one holds it; else None."""
+    if folder.resolve() in _HELD or not (folder / lock).is_file():
+        return None
+    try:
+        import fcntl
+
+        fd = os.open(folder / lock, os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # granted only while nobody holds it
+        return None
+    except BlockingIOError:
+        return _holder_text(fd)
+    finally:
+        os.close(fd)  # closing drops this probe's shared lock
+
+
+def _holder_text(fd: int) -> str:
+    try:
+        text = os.pread(fd, 1000, 0).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or "a process that has not said which yet"
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def data_source(config: dict[str, Any], data: str | None = None) -> str:
     """The data a trained run is exported, evaluated or benched with: `data` if given, else the source its
     training recorded. DataError, naming --data, if none is recorded or the recorded one is gone."""
@@ -226,12 +316,94 @@ def library_versions(*names: str) -> dict[str, str]:
     return found
 
 
+CACHE_FIX = "pass --cache-dir DIR, or set EDGECIFAR_CACHE (or XDG_CACHE_HOME), to a folder you can write"
+
+
 def default_cache_dir() -> Path:
+    """Where downloads and decoded data are cached without --cache-dir: EDGECIFAR_CACHE, else
+    $XDG_CACHE_HOME/edgecifar, else ~/.cache/edgecifar, else (no writable home: `docker run --user`, a service
+    account) a private folder in the temporary folder (writable_homes). DataError, one line naming the paths
+    and CACHE_FIX, when none can be written."""
     env = os.environ.get("EDGECIFAR_CACHE")
     if env:
         return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    writable_homes()
+    base = os.environ.get("XDG_CACHE_HOME") or (str(home / ".cache") if (home := _home()) else None)
+    if base is None:
+        raise DataError(f"no folder to cache data in: HOME is {_home_text()} and no temporary folder can be "
+                        f"written; {CACHE_FIX}")
     return Path(base) / "edgecifar"
+
+
+def usable_dir(folder: Path, what: str, fix: str) -> Path:
+    """`folder`, made if missing, once a file can be written in it; DataError naming it, why and `fix` else."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise DataError(f"cannot write to the {what} {folder} ({e.strerror or type(e).__name__}): {fix}") from None
+    return folder
+
+
+_HOMES = (("XDG_CACHE_HOME", ".cache"), ("XDG_CONFIG_HOME", ".config"))
+
+
+def writable_homes() -> None:
+    """Make the per-user folders that edgecifar and its libraries write by default usable: when
+    XDG_CACHE_HOME / XDG_CONFIG_HOME are unset and ~/.cache / ~/.config cannot be written (no home, or a
+    read-only one), point them at a private folder in the temporary folder, and say so once on stderr.
+    Through them go edgecifar's cache, torch hub's and timm's (Hugging Face) downloads, torch's compiled
+    extensions (NNCF's) and matplotlib's settings. Where even that cannot be made, nothing changes: the
+    folder that is needed is refused by name where it is used (default_cache_dir, usable_dir)."""
+    home, moved = _home(), []
+    for var, default in _HOMES:
+        if os.environ.get(var) or (home is not None and _writable(home / default)):
+            continue
+        fallback = _private_temp()
+        if fallback is None:
+            return
+        os.environ[var] = str(fallback / default.lstrip("."))
+        moved.append(f"{var}={os.environ[var]}")
+    if moved:
+        print(f"note: HOME ({_home_text()}) cannot be written: caches and settings go to {', '.join(moved)}; set "
+              f"them (or pass --cache-dir) to keep them elsewhere", file=sys.stderr)
+
+
+def _home() -> Path | None:
+    """HOME, else the password database's home; None when neither names one."""
+    try:
+        return Path.home()
+    except (RuntimeError, KeyError):  # no HOME and no passwd entry for this uid (`docker run --user 1234`)
+        return None
+
+
+def _home_text() -> str:
+    return os.environ["HOME"] if os.environ.get("HOME") else "unset"
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            return True
+    except OSError:
+        return False
+
+
+def _private_temp() -> Path | None:
+    """A folder of this user's in the temporary folder (mode 700, owned by us: another user's folder of the
+    name is never used), or None when none can be made."""
+    try:
+        folder = Path(tempfile.gettempdir()) / f"edgecifar-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o700)
+        st = folder.lstat()  # not a link, and ours
+        if not stat.S_ISDIR(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+            folder = Path(tempfile.mkdtemp(prefix="edgecifar-"))
+        return folder
+    except OSError:  # tempfile.gettempdir raises FileNotFoundError when no temporary folder is writable
+        return None
 
 
 def _cpuinfo(field: str) -> str | None:

@@ -151,3 +151,82 @@ def test_rank_0_speaks_for_the_run():
         raise KeyboardInterrupt
     with pytest.raises(RuntimeError), follower_errors(Ranks(0, 2)):  # rank 0 shows a bug's traceback
         raise RuntimeError("a bug")
+
+
+# ---------------------------------------------------------------- a distributed environment nobody launched (H7)
+
+STALE = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"}
+
+
+def test_torchrun_variables_left_in_the_shell_are_one_line(image_tree, tmp_path, monkeypatch):
+    for key, value in STALE.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    result = CliRunner().invoke(app, ["train", "--data", str(image_tree), "--epochs", "1",
+                                      "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "process 0 of 2 (RANK=0, WORLD_SIZE=2, LOCAL_RANK=0, MASTER_ADDR=127.0.0.1, MASTER_PORT=29511)" \
+        in result.output and "no torchrun started it" in result.output
+    assert "`unset RANK WORLD_SIZE LOCAL_RANK MASTER_ADDR MASTER_PORT`" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RANK": "2"}, "RANK 2 is not below WORLD_SIZE 2"),
+    ({"LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "2"}, "LOCAL_RANK 3 is not below LOCAL_WORLD_SIZE 2"),
+    ({"MASTER_PORT": None}, "MASTER_ADDR and MASTER_PORT are needed"),
+    ({"RANK": "zero"}, "not whole numbers"),
+])
+def test_a_distributed_environment_that_contradicts_itself(monkeypatch, env, message):
+    for key, value in {**STALE, "TORCHELASTIC_RUN_ID": "job", **env}.items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    with pytest.raises(EdgecifarError, match=message) as error:
+        distributed.from_environment()
+    assert "unset" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_one_process_ignores_a_lone_rank(monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.from_environment() == Ranks()
+
+
+def test_a_rendezvous_that_never_completes_is_bounded(monkeypatch):
+    import threading
+
+    monkeypatch.setattr(distributed, "WAIT_NOTICE_S", 0.0)
+    said = []
+    with pytest.raises(TrainingError, match=r"process 0 of 2 waited 1 s at .* did not come"):
+        distributed.rendezvous(threading.Event().wait, Ranks(0, 2), timeout=0.6, notice=said.append)
+    assert len(said) == 1 and "is waiting for the others" in said[0]
+
+    def refused():
+        raise RuntimeError("connection refused")
+
+    with pytest.raises(RuntimeError, match="connection refused"):
+        distributed.rendezvous(refused, Ranks(0, 2), timeout=60)
+
+
+@pytest.mark.parametrize("signum", [2, 15], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_a_waiting_rendezvous(image_tree, tmp_path, signum):
+    """A real rendezvous (torch's TCPStore, one process of two): Ctrl-C and SIGTERM end it, with their code."""
+    import signal
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, **STALE, "MASTER_PORT": str(port), "TORCHELASTIC_RUN_ID": "test", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "edgecifar", "train", *command_line(
+        image_tree, tmp_path / "cache", tmp_path / "run", epochs=1)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()  # the first line it says: that it waits
+        assert "process 0 of 2 is waiting for the others" in line, line
+        proc.send_signal(signum)
+        assert proc.wait(timeout=60) == 128 + signum
+    finally:
+        proc.kill()
+        proc.wait()

@@ -321,3 +321,75 @@ def test_any_command_says_the_disk_is_full(monkeypatch, tmp_path):
     result = CliRunner().invoke(app, ["evaluate", str(tmp_path)])
     assert result.exit_code == DiskFullError.exit_code
     assert result.output.strip() == f"error: the disk is full: could not write {tmp_path / 'confusion.png'}"
+
+
+# ---------------------------------------------------------------- one process per run folder (H6)
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from edgecifar.utils import take_folder
+Path(sys.argv[1]).mkdir()
+take_folder(Path(sys.argv[1]), sys.argv[2])  # what claim_run_dir takes (without importing torch here)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def held(tmp_path):
+    """A run folder taken by another real process (which claim_run_dir left holding it), and that process."""
+    out = tmp_path / "dual"
+    from edgecifar.runs import LOCK
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out), LOCK], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "held\n"
+    yield out, proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_folder_held_by_another_process_is_refused_at_once(image_tree, tmp_path, held):
+    from edgecifar.runs import choose_run_dir, claim_run_dir
+
+    out, proc = held
+    (out / "config.json").write_text('{"train": "the other run\'s"}')  # what it wrote so far: never touched
+    before = snapshot(out)
+    for attempt in (lambda: choose_run_dir(str(out), "scratch_cnn"), lambda: claim_run_dir(out),
+                    lambda: train(tiny(image_tree, out, cache_dir=str(tmp_path / "c"), epochs=1), **QUIET),
+                    lambda: train(tiny(image_tree, out, cache_dir=str(tmp_path / "c"), epochs=1, resume=True),
+                                  **QUIET)):
+        with pytest.raises(EdgecifarError, match=rf"{out} is in use by another process \(pid {proc.pid} on "):
+            attempt()
+    result = CliRunner().invoke(app, ["train", "--data", str(image_tree), "--epochs", "1", "--cache-dir",
+                                      str(tmp_path / "c"), "--out", str(out)])
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and f"pid {proc.pid}" in result.output
+    assert snapshot(out) == before
+
+
+def test_a_killed_holder_releases_the_folder(image_tree, tmp_path, held):
+    out, proc = held
+    proc.kill()  # SIGKILL: no cleanup ran, the lock file stays, the system released the lock
+    proc.wait()
+    assert (out / ".edgecifar-lock").is_file()
+    run = train(tiny(image_tree, out, cache_dir=str(tmp_path / "c"), epochs=1), **QUIET)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "metrics.json",
+                                                      "model.safetensors"]  # its lock file gone with its end
+
+
+def test_unnamed_runs_pass_a_held_folder_by(tmp_path, held, monkeypatch):
+    from edgecifar.runs import choose_run_dir
+
+    out, _ = held
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    out.rename(tmp_path / "runs" / "scratch_cnn")  # the lock moves with its folder
+    assert choose_run_dir(None, "scratch_cnn") == tmp_path.joinpath("runs", "scratch_cnn-2").relative_to(tmp_path)
+
+
+def test_a_finished_training_lets_the_folder_go(image_tree, tmp_path):
+    run = train(tiny(image_tree, tmp_path / "run", cache_dir=str(tmp_path / "c"), epochs=1), **QUIET)
+    code = ("import sys; from pathlib import Path; from edgecifar.utils import take_folder; "
+            "print(take_folder(Path(sys.argv[1]), '.edgecifar-lock') or 'taken')")
+    taken = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True)
+    assert taken.stdout == "taken\n", taken.stderr
