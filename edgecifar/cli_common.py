@@ -66,6 +66,21 @@ def note(message: str) -> None:
     err_console.print(message, style=style, markup=False, highlight=False, soft_wrap=True)
 
 
+def short_paths(paths: list[str]) -> tuple[list[str], str | None]:
+    """File paths as a narrow table shows them: relative to the folder they all share (returned, None when they
+    share none), so that what tells them apart (their file names) is what is shown."""
+    import os
+
+    folders = [os.path.dirname(os.path.abspath(p)) for p in paths]
+    try:
+        common = os.path.commonpath(folders) if folders else ""
+    except ValueError:  # different drives
+        common = ""
+    if common in ("", os.sep):
+        return list(paths), None
+    return [os.path.relpath(os.path.abspath(p), common) for p in paths], common
+
+
 def say(message: str) -> None:
     """A result line on stdout, taken literally."""
     console.print(message, markup=False, highlight=False, soft_wrap=True)

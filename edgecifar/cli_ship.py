@@ -148,6 +148,7 @@ def predict(
     Every readable image gets its answer; each one that cannot be read gets an error line, and the exit code
     is then non-zero."""
     from .runtime import predict as run_predict
+    from .cli_common import short_paths
 
     results = run_predict(images, model, topk, threads, on_warning=note,
                           allow_checksum_mismatch=allow_checksum_mismatch)
@@ -162,13 +163,14 @@ def predict(
     elif answered:
         from rich.table import Table
 
-        table = Table(title=escape(f"{model} (checksum: {answered[0]['checksum']})"))
-        table.add_column("image")
+        names, folder = short_paths([r["image"] for r in answered])  # narrow terminals: the file names show
+        table = Table(title=escape(f"{model} (checksum: {answered[0]['checksum']})"),
+                      caption=escape(f"images in {folder}") if folder else None)
+        table.add_column("image", overflow="fold")
         for i in range(len(answered[0]["predictions"])):
             table.add_column(f"#{i + 1}")
-        for r in answered:
-            table.add_row(escape(r["image"]), *(escape(f"{p['class']} {p['probability']:.1%}")
-                                                for p in r["predictions"]))
+        for r, name in zip(answered, names):
+            table.add_row(escape(name), *(escape(f"{p['class']} {p['probability']:.1%}") for p in r["predictions"]))
         console.print(table)
     if len(answered) < len(results):
         raise typer.Exit(DataError.exit_code)

@@ -113,3 +113,25 @@ def test_ours_is_marked_and_older_or_broken_ones_are_still_ours(tmp_path):
     assert check["status"] == "invalid-manifest" and "corrupt manifest" in check["detail"]
     (tmp_path / "exp" / "manifest.json").write_text('{"generator": "edgecifar", "version": 1}')
     assert "no 'artifacts' list" in check_artifact(model)["detail"]
+
+
+# ---------------------------------------------------------------- the predict table at 80 columns
+
+def test_predict_at_80_columns_shows_what_tells_the_images_apart(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    model = tiny_onnx(tmp_path / "m.onnx")
+    deep = tmp_path / "a-rather-long-folder-name" / "another-long-folder-name-of-a-photo-library" / "2026-12"
+    images = colour_images(deep, 3)
+    env = {**os.environ, "COLUMNS": "80"}
+    done = subprocess.run([sys.executable, "-m", "edgecifar", "predict", *map(str, images), "--model", str(model),
+                           "--topk", "3"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(map(len, lines)) <= 80
+    rows = [line for line in lines if "%" in line]
+    for i, row in enumerate(rows):  # one row per image, its file name whole
+        assert f"img{i}.png" in row and CLASSES[i] in row
+    assert "images in" in done.stdout and "2026-12" in done.stdout  # the folder they share, said once
