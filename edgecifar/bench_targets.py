@@ -15,8 +15,9 @@ from typing import Any, Sequence
 from .backends import BACKENDS, check_threads, git_lfs_pointer, unavailable
 from .contract import DEFAULT_SIZE, Size, size_of, size_text
 from .errors import ArtifactError, DataError, UsageError
+from .isa import cpu_has_bf16
 from .manifest import MANIFEST, entry_files, find_manifest, listed_paths, read_entries
-from .utils import cpu_has_bf16, data_source, read_json, sha256_file
+from .utils import data_source, read_json, sha256_file
 
 FORMAT_NAMES = {"pytorch": "PyTorch", **{name: b.label for name, b in BACKENDS.items()}}
 ARTIFACT_SUFFIXES = {b.suffixes[0]: name for name, b in BACKENDS.items()}

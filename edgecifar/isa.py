@@ -14,6 +14,12 @@ rule; the weight bits a file records are those of the weights on the int16-pair 
 runs such a graph natively and under QEMU's Haswell; EfficientNet-Lite0's INT8 ONNX file gained 0.15 points
 (89.83 -> 89.98 %, FP32 90.16 %).
 
+Every decision that depends on the CPU's features (the INT8 path, the VNNI warning, training's bf16 autocast,
+the bench's bf16 rows) reads them through `cpu_flags` here, so that EDGECIFAR_CPU_FLAGS, a list of flags as
+Linux names them (e.g. "avx2 fma" for an AVX2-only Zen 3), makes the code believe it runs on another CPU: tests
+take both sides of every such decision on any machine. It changes what edgecifar decides, not the kernels the
+libraries pick (ONEDNN_MAX_CPU_ISA and ATEN_CPU_CAPABILITY do that).
+
 Device side: no heavy imports here; the runtime's predict path uses `isa_warning`.
 """
 
@@ -25,7 +31,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from .errors import UsageError
-from .utils import _cpuinfo, cpu_flags
+from .utils import _cpuinfo
+from .utils import cpu_flags as _cpuinfo_flags
 
 # export setting (--int8-isa): "x86" is exact on every x86 CPU (7-bit weights where the kernels sum pairs in
 # int16: ORT's reduce_range, nncf's OverflowFix.ENABLE); "vnni" keeps 8-bit weights, exact only with VNNI or AMX
@@ -34,11 +41,33 @@ DEFAULT_INT8_ISA = "x86"
 WEIGHT_BITS = {"x86": 7, "vnni": 8}
 ISA_KEY, WEIGHT_BITS_KEY = "int8_isa", "int8_weight_bits"  # keys in each INT8 file's metadata
 
+FLAGS_ENV = "EDGECIFAR_CPU_FLAGS"  # the CPU's flags as edgecifar believes them, in place of /proc/cpuinfo's
+_BF16 = {"avx512_bf16", "amx_bf16"}
 _VNNI = {"avx512_vnni", "avx_vnni"}
 _AVX512 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512ifma",
            "avx512vbmi", "avx512_vbmi2", "avx512_bitalg", "avx512_vpopcntdq", "avx512_fp16"}
 _AMX = {"amx_int8", "amx_bf16", "amx_tile", "amx_fp16"}
 SHOWN_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux names them: EDGECIFAR_CPU_FLAGS's (space- or comma-separated) when it is
+    set, else /proc/cpuinfo's (empty where there is none)."""
+    believed = os.environ.get(FLAGS_ENV)
+    if believed is not None:
+        return set(believed.replace(",", " ").split())
+    return _cpuinfo_flags()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX-512 bf16 or AMX); elsewhere bf16 is emulated."""
+    return bool(_BF16 & cpu_flags())
+
+
+def cpu_model() -> str:
+    """The CPU's model name, marked when EDGECIFAR_CPU_FLAGS stands in for its flags."""
+    model = _cpuinfo("model name") or "unknown CPU"
+    return f"{model} (flags from {FLAGS_ENV})" if os.environ.get(FLAGS_ENV) is not None else model
 
 
 @dataclass(frozen=True)
@@ -69,8 +98,7 @@ class CpuIsa:
                 "flags": [f for f in SHOWN_FLAGS if f in self.flags], "cap": self.cap}
 
 
-def read_cpu_isa(flags: Callable[[], set[str]] = cpu_flags,
-                 model: Callable[[], str | None] = lambda: _cpuinfo("model name")) -> CpuIsa:
+def read_cpu_isa(flags: Callable[[], set[str]] = cpu_flags, model: Callable[[], str | None] = cpu_model) -> CpuIsa:
     """This CPU's INT8-relevant flags (readers injectable: tests fake a CPU)."""
     return CpuIsa(model=model() or "unknown CPU", flags=frozenset(flags()))
 

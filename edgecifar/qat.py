@@ -32,6 +32,9 @@ from typing import Any
 from .contract import model_size
 from .errors import EdgecifarError, UsageError
 from .isa import INT8_ISAS
+from .quiet import quiet_libraries
+
+quiet_libraries()  # before nncf loads (edgecifar.quiet)
 
 NNCF_PREFIX = "__nncf"  # state-dict keys of NNCF's quantizers (scales, ranges), beside the model's own
 
@@ -77,7 +80,7 @@ def finetune(cfg: QatConfig, show_progress: bool = False, log=print) -> Path:
     if cfg.int8_isa not in INT8_ISAS:
         raise UsageError(f"unknown --int8-isa '{cfg.int8_isa}': use one of {', '.join(INT8_ISAS)}")
     config = read_config(cfg.run)
-    tcfg, device = _recipe(cfg, config, log)
+    tcfg, device, autocast_note = _recipe(cfg, config)
     source = load_run(cfg.run).to(device)
     (train_x, train_y), test = _tensors(cfg, config, source.meta, device)
     out = choose_run_dir(cfg.out, f"{Path(cfg.run).name}-{'qat' if cfg.fake_quant else 'ft'}")
@@ -88,7 +91,8 @@ def finetune(cfg: QatConfig, show_progress: bool = False, log=print) -> Path:
         student = _fake_quantized(source, train_x, cfg) if cfg.fake_quant else source
         ptq = evaluate(student, *test) if cfg.fake_quant else None  # nncf's PTQ: where QAT starts
         log(f"{'quantization-aware' if cfg.fake_quant else 'float'} fine-tuning of {cfg.run} ({before:.2%} test "
-            f"top-1) for {cfg.epochs} epoch(s) on {len(train_y):,} images, {device} -> {out}")
+            f"top-1) for {cfg.epochs} epoch(s) on {len(train_y):,} images, {device}"
+            f"{', ' + autocast_note if autocast_note else ''} -> {out}")
         history = _fit(student, taught, tcfg, train_x, train_y, show_progress, log)
         if cfg.fake_quant and cfg.int8_isa == "x86":  # after the last step too
             for quantizer, weight in weight_quantizers(student):
@@ -109,17 +113,20 @@ def finetune(cfg: QatConfig, show_progress: bool = False, log=print) -> Path:
     return out
 
 
-def _recipe(cfg: QatConfig, config: dict[str, Any], log) -> tuple[Any, Any]:
+def _recipe(cfg: QatConfig, config: dict[str, Any]) -> tuple[Any, Any, str]:
     """The run's own training recipe (augmentation, batch size, label smoothing, distillation weights, bf16
-    where native) with this fine-tuning's epochs, learning rate and seed; and the device."""
-    from .train import TrainConfig, _bf16_where_native, pick_device
+    where the run had it and this machine computes in it) with this fine-tuning's epochs, learning rate and
+    seed; the device; and what the summary line says about the autocast ("" when nothing)."""
+    from .train import TrainConfig, autocast_choice, pick_device
 
     known = {f.name for f in fields(TrainConfig)}
     recorded = TrainConfig(**{k: v for k, v in config["train"].items() if k in known}).resolved()
+    # a bf16 run decides again here, as its resume would: never emulated on a CPU without bf16
     tcfg = replace(recorded, epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed, teacher=None, resume=False,
-                   batch_size=cfg.batch_size or recorded.batch_size)
+                   batch_size=cfg.batch_size or recorded.batch_size, bf16=None if recorded.bf16 else False)
     device = pick_device(cfg.device)
-    return _bf16_where_native(tcfg, device, log), device
+    tcfg, autocast = autocast_choice(tcfg, device)
+    return tcfg, device, autocast["note"]
 
 
 def _tensors(cfg: QatConfig, config: dict[str, Any], meta: dict[str, Any], device: Any) -> tuple[tuple, tuple]:
@@ -199,6 +206,7 @@ def quantized_model(model: Any, config: dict[str, Any]) -> Any:
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from nncf.torch import load_from_config
 
+    quantize_with_torch_ops()
     try:
         return load_from_config(model, config, allowed_modules=(_QUANTIZERS_MODULE,))
     except Exception as e:
@@ -222,6 +230,7 @@ def _fake_quantized(model: Any, train_x: Any, cfg: QatConfig) -> Any:
     from .errors import ExportError
 
     nncf.set_log_level(logging.ERROR)
+    quantize_with_torch_ops()
     pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.calib_size]
     batches = list(train_x[pick.to(train_x.device)].split(16))
     settings, advanced = openvino_ptq_parameters(cfg.int8_isa, len(batches))
@@ -235,6 +244,27 @@ def _fake_quantized(model: Any, train_x: Any, cfg: QatConfig) -> Any:
         for quantizer, _ in weight_quantizers(quantized):
             quantizer.register_forward_pre_hook(lambda q, args: _within_x86_steps(q, args[0]))
     return quantized
+
+
+def quantize_with_torch_ops() -> None:
+    """Make NNCF's quantizers compute on the CPU with torch's own ops (NNCF's reference functions, run eagerly)
+    instead of the C++ extension NNCF compiles on first use.
+
+    That extension needs g++ and ninja, and on a fresh machine its first build took 227 s on 2 busy cores, past
+    NNCF's 60 s limit (NNCF_EXTENSION_LOAD_TIMEOUT): `edgecifar qat` then failed. Its source
+    (nncf/torch/extensions/src/quantization/cpu/functions_cpu.cpp) is the same ATen ops as the reference
+    (clamp to the range, shift by the zero point, round, rescale; the straight-through gradient): measured on a
+    [128, 64, 16, 16] tensor, both give bitwise-equal outputs and gradients in the same time (0.50-0.66 s against
+    0.53-0.55 s a forward and backward on 2 busy cores). NNCF itself falls back to the reference where the build
+    fails, though through torch.compile, a compiler again. An extension this process already loaded is kept."""
+    from types import SimpleNamespace
+
+    from nncf.torch.quantization import extensions
+    from nncf.torch.quantization.reference import ReferenceBackendType, ReferenceQuantize
+
+    ops = ReferenceQuantize(ReferenceBackendType.TORCH)
+    reference = SimpleNamespace(Quantize_forward=ops.forward, Quantize_backward=ops.backward)
+    extensions.QuantizedFunctionsCPULoader.load = classmethod(lambda cls: reference)
 
 
 X86_WEIGHT_STEPS = 64  # --int8-isa x86: weights within +-64 steps of their grid (7 bits; edgecifar.isa)

@@ -20,12 +20,13 @@ from .data import Splits, load_data
 from .distill import distillation_loss, teacher_logits
 from .distributed import Ranks
 from .errors import DiskFullError, EdgecifarError, TrainingError
+from .isa import cpu_has_bf16
 from .models import EdgeModel, count_params, create_model, freeze_stages, get_spec, predict_logits
 from .optim import EMA, make_optimizer, make_scheduler
 from .resume import check_same_data, find_checkpoint, restore_state, resume_config, saved_config
 from .runs import (choose_run_dir, claim_run_dir, is_run, kept_message, nonfinite_tensors, release_run_dir,
                    save_checkpoint, save_weights, write_config, write_metrics)
-from .utils import cpu_has_bf16, library_versions, remove_tree, terminate_as_interrupt
+from .utils import library_versions, remove_tree, terminate_as_interrupt
 
 
 @dataclass
@@ -85,20 +86,28 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _bf16_where_native(cfg: TrainConfig, device: torch.device, log) -> TrainConfig:
-    """Resolve the recipe; a recipe's bf16 autocast applies only where the hardware computes in bf16.
+def autocast_choice(cfg: TrainConfig, device: torch.device) -> tuple[TrainConfig, dict[str, Any]]:
+    """The resolved config, and the record of its autocast (config.json's "autocast"): {"bf16": used,
+    "native_bf16": whether the device computes in bf16, "by": "option" | "recipe", "note": what the run's summary
+    line says, or ""}.
 
-    Emulated on a CPU without it (AVX2 only), an edge_small epoch had not ended after 6 minutes, against
-    35 s in fp32; an explicit `--bf16` is still obeyed.
+    A recipe's bf16 autocast applies only where the hardware computes in bf16: emulated on a CPU without it (AVX2
+    only), an edge_small epoch had not ended after 6 minutes, against 35 s in fp32. An explicit `--bf16` is obeyed
+    (and said to be emulated where it is). Nothing is printed here: the note goes in the summary line, after the
+    options and the data are known good, so that bad input stays one line on every CPU.
     """
     resolved = cfg.resolved()
-    if not resolved.bf16 or cfg.bf16 is not None:
-        return resolved
-    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu" and cpu_has_bf16()
-    if native:
-        return resolved
-    log(f"bf16 autocast off: {device.type} has no native bf16 (AVX-512 bf16 / AMX on CPUs); --bf16 forces it")
-    return replace(resolved, bf16=False)
+    native = bool(torch.cuda.is_bf16_supported()) if device.type == "cuda" else device.type == "cpu" and cpu_has_bf16()
+    record = {"bf16": bool(resolved.bf16), "native_bf16": native, "by": "recipe" if cfg.bf16 is None else "option",
+              "note": ""}
+    if resolved.bf16 and not native:
+        if cfg.bf16 is None:
+            resolved = replace(resolved, bf16=False)
+            record.update(bf16=False, note=f"fp32: the recipe's bf16 autocast is off, this {device.type} has no native "
+                                           f"bf16 (--bf16 forces it)")
+        else:
+            record["note"] = f"bf16 autocast emulated: this {device.type} has no native bf16 (slow)"
+    return resolved, record
 
 
 def absolute_data(source: str) -> str:
@@ -122,7 +131,7 @@ def train(cfg: TrainConfig, show_progress: bool = False, log=print) -> Path:
             return _follow_rank0(ranks)
         cfg, checkpoint, changes = _options(cfg, log, ranks)
         device = distributed.local_device(pick_device(cfg.device), ranks)
-        cfg = _bf16_where_native(cfg, device, log)
+        cfg, autocast = autocast_choice(cfg, device)
         if cfg.flip not in ("random", "alternating"):
             raise EdgecifarError(f"unknown flip '{cfg.flip}': use random or alternating")
         if cfg.eval_every < 0:
@@ -137,7 +146,7 @@ def train(cfg: TrainConfig, show_progress: bool = False, log=print) -> Path:
             with distributed.lost_peers(ranks):
                 distributed.broadcast([asdict(cfg), checkpoint, changes, str(out)], ranks)
                 distributed.node_first(lambda: data, ranks)
-                return _train(cfg, data, device, out, checkpoint, changes, show_progress, log, ranks)
+                return _train(cfg, data, device, out, checkpoint, changes, show_progress, log, ranks, autocast)
         except BaseException as e:
             if created and not is_run(out):
                 remove_tree(out)  # nothing worth resuming: leave no half-written run folder
@@ -199,7 +208,8 @@ def _subset(x, y, limit: int | None, seed: int):
 
 
 def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, checkpoint: dict[str, Any] | None,
-           changes: dict[str, list], show_progress: bool, log, ranks: Ranks) -> Path:
+           changes: dict[str, list], show_progress: bool, log, ranks: Ranks,
+           autocast: dict[str, Any] | None = None) -> Path:
     torch.manual_seed(cfg.seed)
     train_x, train_y = (torch.from_numpy(a).to(device) for a in _subset(data.train_x, data.train_y, cfg.max_train,
                                                                        cfg.seed))
@@ -227,13 +237,14 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
     config = {"model": model.meta, "train": asdict(cfg), "data": data.describe(), "device": str(device),
               "distributed": ranks.describe(cfg.batch_size, cfg.lr, synced_bn),
               "params": count_params(model), "trainable_params": trainable,
+              "autocast": autocast or {"bf16": bool(cfg.bf16)},
               "versions": {"edgecifar": __version__, "python": platform.python_version(),
                            **library_versions("torch", "torchvision", "timm")},
               "resumed": _resumes(checkpoint, start_epoch, changes)}
     for line in data.summary():  # classes, images per split and class, skipped files, warnings
         log(line)
     log(f"training {cfg.model} ({config['params']:,} params, {trainable:,} trainable) on {len(train_y):,} images, "
-        f"{device}{ranks.summary(cfg.batch_size, synced_bn)}, -> {out}"
+        f"{device}{ranks.summary(cfg.batch_size, synced_bn)}, {(autocast or {}).get('note') or _precision(cfg)}, -> {out}"
         + (f", from epoch {start_epoch + 1}" if start_epoch else "")
         + "".join(f", {k} {was} -> {now}" for k, (was, now) in changes.items()))
 
@@ -274,6 +285,10 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
                         "threads": torch.get_num_threads(), "processes": ranks.world_size})
     log(f"test accuracy {test_acc:.2%} after {train_seconds / 60:.1f} min of training; run saved in {out}")
     return out
+
+
+def _precision(cfg: TrainConfig) -> str:
+    return "bf16 autocast" if cfg.bf16 else "fp32"
 
 
 def _evaluates_after(epoch: int, cfg: TrainConfig) -> bool:

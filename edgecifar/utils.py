@@ -418,13 +418,9 @@ def _cpuinfo(field: str) -> str | None:
 
 
 def cpu_flags() -> set[str]:
-    """The CPU's feature flags (empty where /proc/cpuinfo is not)."""
+    """The CPU's feature flags (empty where /proc/cpuinfo is not). Decisions read them through edgecifar.isa's
+    `cpu_flags`, which a test or a user can override."""
     return set((_cpuinfo("flags") or "").split())
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes in bfloat16 natively (AVX-512 bf16 or AMX); elsewhere bf16 is emulated."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")

@@ -259,3 +259,21 @@ def test_a_qat_section_missing_its_keys_is_one_clear_error(qat_run, tmp_path):
     for call in (lambda: load_run(bad), lambda: export_run(bad, out_dir=tmp_path / "out")):
         with pytest.raises(CheckpointError, match="QAT section must hold"):
             call()
+
+
+def test_qat_needs_no_compiled_extension(tiny_run, tmp_path, monkeypatch):
+    """NNCF's quantizers compute with torch's own ops, so a fresh machine compiles nothing: NNCF's C++ extension
+    took 227 s to build on 2 busy cores, past NNCF's 60 s limit, and every first `qat` failed."""
+    import torch
+    from nncf.torch.quantization.extensions import QuantizedFunctionsCPU
+    from nncf.torch.quantization.reference import ReferenceQuantize
+
+    from edgecifar.qat import QatConfig, _fake_quantized
+    from edgecifar.runs import load_run
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    images = torch.from_numpy(_images(16))
+    model = _fake_quantized(load_run(tiny_run), images, QatConfig(run=str(tiny_run), calib_size=16)).train()
+    model(images).float().sum().backward()  # the quantizers' forward and backward
+    assert QuantizedFunctionsCPU.get("Quantize_forward").__func__ is ReferenceQuantize.forward
+    assert not (tmp_path / "extensions").exists()

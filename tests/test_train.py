@@ -217,12 +217,15 @@ def test_frozen_stages_keep_their_pretrained_weights(image_tree, tmp_path):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_recipe_bf16_only_where_the_cpu_has_it(native, monkeypatch):
-    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: native)
-    said = []
-    recipe = train_module._bf16_where_native(TrainConfig(model="edge_tiny"), torch.device("cpu"), said.append)
+    """About the CPU's bf16, both sides on any machine: EDGECIFAR_CPU_FLAGS makes the code believe it has it or not."""
+    monkeypatch.setenv("EDGECIFAR_CPU_FLAGS", "avx2 avx512f avx512_bf16" if native else "avx2 fma")
+    cpu = torch.device("cpu")
+    recipe, record = train_module.autocast_choice(TrainConfig(model="edge_tiny"), cpu)
     assert recipe.bf16 is native and recipe.epochs == 60  # the rest of the recipe is resolved either way
-    assert bool(said) is not native and (native or "--bf16" in said[0])
-    forced = train_module._bf16_where_native(TrainConfig(model="edge_tiny", bf16=True), torch.device("cpu"), said.append)
-    assert forced.bf16 is True  # an explicit --bf16 is obeyed
-    fp32 = train_module._bf16_where_native(TrainConfig(model="efficientnet_lite0"), torch.device("cpu"), said.append)
-    assert fp32.bf16 is False  # a recipe without bf16 stays fp32 on any CPU
+    assert record == {"bf16": native, "native_bf16": native, "by": "recipe", "note": record["note"]}
+    assert bool(record["note"]) is not native and (native or "--bf16" in record["note"])
+    forced, record = train_module.autocast_choice(TrainConfig(model="edge_tiny", bf16=True), cpu)
+    assert forced.bf16 is True and record["by"] == "option"  # an explicit --bf16 is obeyed
+    assert ("emulated" in record["note"]) is not native
+    fp32, record = train_module.autocast_choice(TrainConfig(model="efficientnet_lite0"), cpu)
+    assert fp32.bf16 is False and not record["note"]  # a recipe without bf16 stays fp32 on any CPU
