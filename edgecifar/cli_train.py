@@ -39,6 +39,9 @@ def train(
         "--backbone-size", "--img-size",
         help="resolution a transfer model's backbone runs at, resized to inside the model (e.g. 64 to upsample "
              "32 px images); not the input size. --img-size is its old name")] = None,
+    allow_upsample: Annotated[bool, typer.Option(help="decode at an --input-size with more than 4x the pixels of "
+                                                      "the images' own size (refused otherwise: see "
+                                                      "--backbone-size)")] = False,
     cutout: Annotated[Optional[int], typer.Option(help="cutout square size in pixels (0: off)")] = None,
     ema: Annotated[Optional[float], typer.Option(help="EMA decay of the weights (0: off)")] = None,
     bf16: Annotated[Optional[bool], typer.Option(help="bfloat16 autocast")] = None,
@@ -81,7 +84,8 @@ def train(
                       weights=str(weights) if weights else None, epochs=epochs, batch_size=batch_size, lr=lr,
                       optimizer=optimizer.value if optimizer else None, weight_decay=weight_decay,
                       label_smoothing=label_smoothing, img_size=img_size,
-                      input_size=list(parse_size(input_size)) if input_size is not None else None, cutout=cutout,
+                      input_size=list(parse_size(input_size)) if input_size is not None else None,
+                      allow_upsample=allow_upsample, cutout=cutout,
                       ema=ema, bf16=bf16,
                       freeze=freeze, schedule=schedule.value if schedule else None, translate=translate,
                       flip=flip.value if flip else None, teacher=str(teacher) if teacher else None,

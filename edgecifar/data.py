@@ -121,24 +121,27 @@ def _names(names: list[str], shown: int = 10) -> str:
 
 
 def load_data(source: str = "cifar10", cache_dir: Path | str | None = None, val_split: float = 0.0,
-              seed: int = 0, input_size: Size | int | str | None = None) -> Splits:
+              seed: int = 0, input_size: Size | int | str | None = None,
+              max_upsample: float | None = None) -> Splits:
     """Load a data source as uint8 arrays (decoding and caching it on first use); DataError for anything wrong.
 
     val_split: the fraction of each class's training images held out as validation (seeded, stratified).
     input_size: (H, W) to decode to (an int or "HxW" text too); None: the source's default (module docstring).
+    max_upsample: refuse (DataError) a given input size with more than this many times the pixels of the
+    images' own (median) size before anything is decoded; None: no bound.
     """
     size = parse_size(input_size) if input_size is not None else None
     if not 0.0 <= val_split < 1.0:
         raise DataError(f"--val-split must be in [0, 1), got {val_split}")
     cache = usable_dir(Path(cache_dir) if cache_dir else default_cache_dir(), "cache folder", CACHE_FIX)
     if source == "cifar10":
-        splits = _cached(_torchvision_cifar10(cache), cache, size)
+        splits = _cached(_torchvision_cifar10(cache), cache, size, max_upsample)
         splits.source, splits.fingerprint = "cifar10", "torchvision-cifar10"
     else:
         path = Path(source).expanduser()
         if not path.exists():
             raise DataError(f"data path not found: {path}")
-        splits = _cached(path, cache, size)
+        splits = _cached(path, cache, size, max_upsample)
     trained = len(np.unique(splits.train_y))
     if len(splits.classes) < 2 or trained < 2:
         raise DataError(f"{splits.source}: only one class with training images ({_names(splits.classes)}); a "
@@ -189,7 +192,7 @@ def _torchvision_cifar10(cache: Path) -> Path:
 
 # ---------------------------------------------------------------- caching
 
-def _cached(path: Path, cache: Path, size: Size | None) -> Splits:
+def _cached(path: Path, cache: Path, size: Size | None, max_upsample: float | None = None) -> Splits:
     tree = None if path.is_file() else read_tree(path)  # a folder's walk gives its fingerprint
     key = _fingerprint(path, tree)
     # what can be decoded here (pillow-heif installed since?) decides which files are images: part of the key
@@ -200,6 +203,8 @@ def _cached(path: Path, cache: Path, size: Size | None) -> Splits:
         size, note, tree = _default_size(path, tree, record)
     # the size is part of the key; 32x32 keeps the name caches had before input sizes existed
     npz = stem.with_name(stem.name + ("" if size == DEFAULT_SIZE else f"-{size_text(size)}") + ".npz")
+    if max_upsample is not None and not chosen and not npz.exists():  # before the cost is paid
+        tree = _refuse_upsampling(path, tree, record, size, max_upsample)
     if npz.exists():
         with np.load(npz, allow_pickle=False) as z:
             info = json.loads(str(z["info"]))
@@ -250,6 +255,23 @@ def _default_size(path: Path, tree: Tree | None, record: Path) -> tuple[Size, st
         tree.skipped = skipped
         size, note = _median_size(tree, [(p, r) for _, p, r in train])
     return size, note, tree
+
+
+def _refuse_upsampling(path: Path, tree: Tree | None, record: Path, size: Size, limit: float) -> Tree | None:
+    """DataError when `size` has more than `limit` times the pixels of the source's own images (their
+    default size; images larger than DEFAULT_CAP are not upsampled by any size up to it, and are let through).
+    Returns the tree it read, for the decoding that follows."""
+    native, _, tree = _default_size(path, tree, record)
+    ratio = size[0] * size[1] / (native[0] * native[1])
+    if ratio <= limit or max(native) >= DEFAULT_CAP:
+        return tree
+    per_image = size[0] * size[1] * 3
+    raise DataError(
+        f"--input-size {size_text(size)} upsamples these {size_text(native)} images {ratio ** 0.5:.1f}x per side: "
+        f"{per_image / 1e3:,.0f} KB per decoded image ({per_image * 60_000 / 1e9:.1f} GB for 60,000, CIFAR-10's "
+        f"count) and about {ratio:.0f}x the compute per training step. A pretrained backbone runs at {size[0]} px "
+        f"with --backbone-size {size[0]} (resized inside the model; the cache stays at {size_text(native)}); "
+        f"--allow-upsample decodes at {size_text(size)} anyway")
 
 
 def _median_size(tree: Tree, files: list[tuple[str, Reader]]) -> tuple[Size, str]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -315,9 +314,9 @@ def _fit(model: Any, taught: Any, tcfg: Any, train_x: Any, train_y: Any, show_pr
     own augmentation and batch size; every parameter trains, the quantizers' scales too."""
     import torch
 
-    from .train import _train_epoch
+    from .train import _train_epoch, batch_bounds
 
-    steps = tcfg.epochs * math.ceil(len(train_y) / tcfg.batch_size)
+    steps = tcfg.epochs * len(batch_bounds(len(train_y), tcfg.batch_size))
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     history = []

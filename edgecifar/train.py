@@ -60,6 +60,7 @@ class TrainConfig:
     val_split: float = 0.0
     max_train: int | None = None  # cap the training images (quick runs, tests)
     max_test: int | None = None
+    allow_upsample: bool = False  # decode at an --input-size far above the images' own size (UPSAMPLE_LIMIT)
     eval_every: int = 1  # evaluate after every N-th epoch and the last; 0: after the last only (no learning curve)
     seed: int = 0
     device: str = "auto"
@@ -74,6 +75,12 @@ class TrainConfig:
             if values.get(key) is None:
                 values[key] = default
         return TrainConfig(**values)
+
+
+# an --input-size with more than this many times the pixels of the images' own size is refused before anything is
+# decoded, unless --allow-upsample: 224 px on CIFAR's 32 px is 49x the cache (8.8 GB) and the compute per step, where
+# --backbone-size 224 resizes inside the model and keeps the cache at 32 px; 2x per side (64 px) passes
+UPSAMPLE_LIMIT = 4.0
 
 
 def pick_device(name: str) -> torch.device:
@@ -136,7 +143,8 @@ def train(cfg: TrainConfig, show_progress: bool = False, log=print) -> Path:
             raise EdgecifarError(f"unknown flip '{cfg.flip}': use random or alternating")
         if cfg.eval_every < 0:
             raise EdgecifarError(f"eval_every {cfg.eval_every}: use 0 (after the last epoch only) or more")
-        data = load_data(cfg.data, cfg.cache_dir, cfg.val_split, cfg.seed, cfg.input_size)
+        data = load_data(cfg.data, cfg.cache_dir, cfg.val_split, cfg.seed, cfg.input_size,
+                         max_upsample=None if cfg.allow_upsample else UPSAMPLE_LIMIT)
         cfg = replace(cfg, input_size=list(data.input_size))  # recorded: the run's input contract
         if checkpoint is not None:
             check_same_data(saved_config(checkpoint, Path(cfg.out)), data, log)
@@ -224,7 +232,7 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
     taught = teacher_logits(cfg.teacher, train_x, model.meta["classes"], cfg.teacher_tta) if cfg.teacher else None
     teacher_seconds = time.perf_counter() - teacher_started
 
-    steps_per_epoch = math.ceil(len(train_y) / cfg.batch_size)
+    steps_per_epoch = len(batch_bounds(len(train_y), cfg.batch_size, ranks.world_size))
     optimizer = make_optimizer(model, cfg)
     peaks = [g["lr"] for g in optimizer.param_groups]  # each group's peak, before a resume restores its state
     ema = EMA(model, cfg.ema) if cfg.ema else None
@@ -243,6 +251,10 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
               "resumed": _resumes(checkpoint, start_epoch, changes)}
     for line in data.summary():  # classes, images per split and class, skipped files, warnings
         log(line)
+    if (left := len(train_y) % cfg.batch_size) and len(train_y) > cfg.batch_size and left < 2 * ranks.world_size:
+        log(f"note: {len(train_y):,} training images leave {left} in the last batch of {cfg.batch_size}: "
+            f"{'it joins' if left == 1 else 'they join'} the batch before it each epoch (batch norm cannot train "
+            f"on one image)")
     log(f"training {cfg.model} ({config['params']:,} params, {trainable:,} trainable) on {len(train_y):,} images, "
         f"{device}{ranks.summary(cfg.batch_size, synced_bn)}, {(autocast or {}).get('note') or _precision(cfg)}, -> {out}"
         + (f", from epoch {start_epoch + 1}" if start_epoch else "")
@@ -352,9 +364,10 @@ def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, 
     columns = [TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.3f}  {task.fields[ips]:.0f} img/s"), TimeRemainingColumn()]
     with Progress(*columns, disable=not show_progress, transient=True) as progress:
-        steps = len(order) // cfg.batch_size + bool(len(order) % cfg.batch_size)
+        bounds = batch_bounds(len(order), cfg.batch_size, ranks.world_size)
+        steps = len(bounds)
         task = progress.add_task("train", total=steps, loss=0.0, ips=0.0)
-        for step, idx in enumerate(order.split(cfg.batch_size), 1):
+        for step, idx in enumerate((order[start:stop] for start, stop in bounds), 1):
             # every process augments the whole global batch as one process would, then trains on its part
             images = random_crop(x[idx], cfg.translate, gen)
             if mirrored is not None:
@@ -380,6 +393,17 @@ def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, 
     seconds = time.perf_counter() - started
     return {"epoch": epoch + 1, "loss": total_loss / seen, "train_acc": correct / seen, "seconds": seconds,
             "images_per_s": seen / seconds, "lr": scheduler.get_last_lr()[0]}
+
+
+def batch_bounds(n: int, batch_size: int, processes: int = 1) -> list[tuple[int, int]]:
+    """(start, stop) of each batch of an epoch of `n` images. A last batch that would leave a process fewer than
+    2 images is folded into the batch before it (so one batch is larger, never an image dropped): batch norm in
+    training cannot normalize a single value per channel (ResNet18 at 32 px reaches 1x1 maps: 17 images in
+    batches of 8 ended epoch 1 in a ValueError), and one image is a noisy step anyway."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] < 2 * processes:
+        starts.pop()
+    return list(zip(starts, [*starts[1:], n]))
 
 
 def train_step(model, ema, optimizer, scheduler, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,

@@ -229,3 +229,46 @@ def test_recipe_bf16_only_where_the_cpu_has_it(native, monkeypatch):
     assert ("emulated" in record["note"]) is not native
     fp32, record = train_module.autocast_choice(TrainConfig(model="efficientnet_lite0"), cpu)
     assert fp32.bf16 is False and not record["note"]  # a recipe without bf16 stays fp32 on any CPU
+
+
+@pytest.mark.parametrize("n, batch, processes, expected", [
+    (17, 8, 1, [(0, 8), (8, 17)]),  # a last batch of one joins the one before
+    (18, 8, 1, [(0, 8), (8, 16), (16, 18)]),
+    (16, 8, 1, [(0, 8), (8, 16)]),
+    (1, 8, 1, [(0, 1)]),  # a single batch stays what it is
+    (19, 8, 2, [(0, 8), (8, 19)]),  # 3 left for 2 processes: one of them would get a single image
+    (20, 8, 2, [(0, 8), (8, 16), (16, 20)]),
+])
+def test_a_last_batch_too_small_for_batch_norm_is_folded(n, batch, processes, expected):
+    assert train_module.batch_bounds(n, batch, processes) == expected
+
+
+def test_batch_norm_trains_when_the_last_batch_would_hold_one_image(tmp_path):
+    """17 images in batches of 8 through ResNet18 at 32 px, whose last stage runs at 1x1: batch norm cannot train on
+    one image (a ValueError at the end of epoch 1); the last image joins the batch before, and the log says so."""
+    from conftest import small_tree
+
+    data = small_tree(tmp_path / "data", {"cat": (9, 2), "dog": (8, 2)})
+    said = []
+    run = train(TrainConfig(model="resnet18", img_size=32, data=str(data), cache_dir=str(tmp_path / "c"), epochs=1,
+                            batch_size=8, out=str(tmp_path / "run")), log=said.append)
+    assert (run / "model.safetensors").is_file()
+    assert [line for line in said if "leave 1 in the last batch of 8" in line and "joins the batch before" in line]
+    epochs = json.loads((run / "metrics.json").read_text())["epochs"]
+    assert epochs[0]["images_per_s"] > 0
+
+
+def test_an_input_size_far_above_the_images_is_refused_before_decoding(image_tree, tmp_path):
+    """--input-size 224 on 32 px images would decode a 49x cache and train 49x slower: refused with the figures and
+    --backbone-size, before anything is decoded or a run folder made; --allow-upsample insists."""
+    from edgecifar.data import load_data
+    from edgecifar.errors import DataError
+
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match=r"upsamples these 32x32 images 7\.0x per side.*--backbone-size 224.*"
+                                        r"--allow-upsample"):
+        train(TrainConfig(data=str(image_tree), cache_dir=str(cache), input_size=[224, 224], epochs=1,
+                          out=str(tmp_path / "run")), log=lambda *a: None)
+    assert not (tmp_path / "run").exists() and not list(cache.rglob("*.npz"))
+    assert load_data(str(image_tree), cache, input_size=64, max_upsample=train_module.UPSAMPLE_LIMIT).input_size == (64, 64)
+    assert load_data(str(image_tree), cache, input_size=96, max_upsample=None).input_size == (96, 96)  # insisted
