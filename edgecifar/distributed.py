@@ -99,8 +99,8 @@ def from_environment() -> Ranks:
     env = os.environ
     set_vars = [k for k in RENDEZVOUS_VARS if k in env]
     shown = ", ".join(f"{k}={env[k]}" for k in set_vars)
-    fix = f"`unset {' '.join(set_vars)}` to train on one process, or start the processes with torchrun " \
-          f"(or `edgecifar train --nproc N`)"
+    fix = (f"`unset {' '.join(set_vars)}` to train on one process, or start the processes with torchrun "
+           f"(or `edgecifar train --nproc N`)")
     try:
         world = int(env.get("WORLD_SIZE", "1"))
         if world <= 1:

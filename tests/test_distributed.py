@@ -213,7 +213,6 @@ def test_a_rendezvous_that_never_completes_is_bounded(monkeypatch):
 @pytest.mark.parametrize("signum", [2, 15], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_a_waiting_rendezvous(image_tree, tmp_path, signum):
     """A real rendezvous (torch's TCPStore, one process of two): Ctrl-C and SIGTERM end it, with their code."""
-    import signal
     import socket
 
     with socket.socket() as s:
