@@ -5,6 +5,14 @@ Plan per artifact: the first process runs at the largest thread count and counts
 test set (accuracy does not depend on threads; that pass at --batch-size is also its throughput); every other
 thread setting gets its own fresh process for throughput (a timed loop) and batch-1 latency. Results go to
 `<out>/bench.{json,csv,md,png}`, all four or none.
+
+What makes a row's figures comparable (edgecifar.stats, docs/statistics.md): top-1 with its Wilson 95 %
+interval; which test images the file got right (packed bits) with the test set's fingerprint, so that any two
+rows can be compared later with a paired test; batch-1 latency from `latency_trials` independent trials (a fresh
+session each), the median of the trials with their min-max; the CPU model and ISA of every row.
+
+Stopping: Ctrl-C, SIGTERM and SIGHUP stop the bench and its running worker at once (one line, no result file);
+a worker also dies with its bench if that is killed outright (Linux).
 """
 
 from __future__ import annotations
@@ -26,11 +34,13 @@ from .bench_targets import Target, check_device, parse_threads, resolve_targets
 from .contract import Size, size_text
 from .errors import BenchError, DataError, UsageError
 from .isa import cap_command, current_isa, emulated, isa_variants, parse_isa
-from .utils import library_versions, machine_info, read_json, threads_warning
+from .stats import per_image_record, spread, test_set_fingerprint, wilson_interval
+from .utils import library_versions, machine_info, read_json, terminate_as_interrupt, threads_warning
 
 DEFAULT_OUT = Path("benchmarks/results")
 VERSIONED = tuple(dict.fromkeys(("edgecifar", "numpy", "torch", "timm",
                                  *(lib for b in BACKENDS.values() for lib in b.libraries))))
+LATENCY_TRIALS = 5  # independent batch-1 trials per row (a fresh session each): the spread a row reports
 STARTUP_S = {"pytorch": 3.0, **{name: b.startup_s for name, b in BACKENDS.items()}}  # for the ETA only
 Log = Callable[[str], None]
 
@@ -48,25 +58,28 @@ def bench(paths: Sequence[Path | str] | Path | str = ("exported",), device: str 
           data: str | None = None, cache_dir: Path | str | None = None, runs_dir: Path | str | None = "runs",
           baseline: bool = True, bf16: bool = False, max_images: int | None = None,
           latency_seconds: float = 1.5, throughput_seconds: float = 1.0, reuse: bool = False,
-          show_progress: bool = False, isa: Sequence[str] | str = ("native",), log: Log | None = None) -> BenchResult:
+          show_progress: bool = False, isa: Sequence[str] | str = ("native",), log: Log | None = None,
+          latency_trials: int = LATENCY_TRIALS, notes: Sequence[str] = ()) -> BenchResult:
     """Measure every artifact of the manifests/files in `paths` and write the reports into `out_dir`.
 
     reuse: when `out_dir` already holds a complete result for exactly these files and settings, return it
     without measuring (the pipeline's skip). isa: "native" and/or a narrower INT8 path (edgecifar.isa.CAPS,
     "avx2"): each artifact gets a row per path; every row records the ISA it ran on. What is left out
     (invalid manifest entries, files no manifest lists, artifacts not in this checkout) and thread counts above the cores available are logged as
-    warnings and kept in the header's `notes`. Raises UsageError for bad options, BenchError when nothing
-    could be measured.
+    warnings and kept in the header's `notes`; `notes` adds the caller's own (e.g. "measured on a shared CPU").
+    latency_seconds: batch-1 timing per row, shared by its `latency_trials` trials. Raises UsageError for bad
+    options, BenchError when nothing could be measured, KeyboardInterrupt (utils.Terminated for SIGTERM/SIGHUP)
+    when stopped, after stopping the worker.
     """
-    from .report import write_reports
-
     log = log or (lambda _msg: None)
     check_device(device)
     thread_list = parse_threads(threads)
-    if batch_size < 1 or (max_images is not None and max_images < 1) or latency_seconds <= 0 or throughput_seconds <= 0:
-        raise UsageError("--batch-size, --max-images and the timing budgets must be positive")
+    if batch_size < 1 or (max_images is not None and max_images < 1) or latency_seconds <= 0 or throughput_seconds <= 0 \
+            or latency_trials < 1:
+        raise UsageError("--batch-size, --max-images, --latency-trials and the timing budgets must be positive")
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    targets, notes = resolve_targets(paths, runs_dir, baseline, bf16, data, cache_dir)
+    targets, found_notes = resolve_targets(paths, runs_dir, baseline, bf16, data, cache_dir)
+    notes = [*notes, *found_notes]
     isa_paths = parse_isa(isa)
     targets += isa_variants(targets, [p for p in isa_paths if p != "native"])
     notes += [w for n in thread_list if (w := threads_warning(n))]
@@ -78,36 +91,45 @@ def bench(paths: Sequence[Path | str] | Path | str = ("exported",), device: str 
     out_dir = Path(out_dir)
     settings = {"device": device, "threads": list(thread_list), "isa": isa_paths, "batch_size": batch_size,
                 "max_images": max_images,
-                "latency_seconds": latency_seconds, "throughput_seconds": throughput_seconds, "data": data}
+                "latency_seconds": latency_seconds, "latency_trials": latency_trials,
+                "throughput_seconds": throughput_seconds, "data": data}
     key = _request_key(targets, settings)
     if reuse and (previous := _previous_result(out_dir, key)) is not None:
         log(f"bench: {out_dir / 'bench.json'} is current for these files and settings; not measured again")
         return previous
     created = _check_writable(out_dir)
     try:
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="edgecifar-bench-") as tmp:
-            test_sets = _prepare_data(targets, max_images, Path(tmp))
-            for test_set in test_sets.values():
-                if test_set["empty_classes"]:
-                    notes.append(f"the test set {test_set['source']} has no images of "
-                                 f"{', '.join(map(repr, test_set['empty_classes']))}: per-class accuracy n/a")
-                    log(f"warning: {notes[-1]}")
-            measured = _measure_all(targets, thread_list, settings, test_sets, show_progress, log)
-        rows = _rows(targets, thread_list, measured, test_sets, settings)
-        if not any(r["status"] == "ok" for r in rows):
-            reasons = list(dict.fromkeys(f"{r['model']} {r['variant']}: {r['reason']}" for r in rows))
-            more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
-            raise BenchError(f"nothing could be measured: {'; '.join(reasons[:3])}{more}")
-        header = _header(settings, key, time.perf_counter() - started, notes)
-        result = BenchResult(rows)
-        result.header, result.files = header, write_reports(header, rows, out_dir)
-        return result
+        with terminate_as_interrupt():  # SIGTERM/SIGHUP as Ctrl-C: the worker is stopped, nothing is written
+            return _measure_and_write(targets, thread_list, settings, key, notes, out_dir, show_progress, log)
     except BaseException:
         for folder in reversed(created):  # leave no empty result folders behind
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         raise
+
+
+def _measure_and_write(targets: list[Target], thread_list: tuple[int, ...], settings: dict[str, Any], key: str,
+                       notes: list[str], out_dir: Path, show_progress: bool, log: Log) -> BenchResult:
+    from .report import write_reports
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgecifar-bench-") as tmp:
+        test_sets = _prepare_data(targets, settings["max_images"], Path(tmp))
+        for test_set in test_sets.values():
+            if test_set["empty_classes"]:
+                notes.append(f"the test set {test_set['source']} has no images of "
+                             f"{', '.join(map(repr, test_set['empty_classes']))}: per-class accuracy n/a")
+                log(f"warning: {notes[-1]}")
+        measured = _measure_all(targets, thread_list, settings, test_sets, show_progress, log)
+    rows = _rows(targets, thread_list, measured, test_sets, settings)
+    if not any(r["status"] == "ok" for r in rows):
+        reasons = list(dict.fromkeys(f"{r['model']} {r['variant']}: {r['reason']}" for r in rows))
+        more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
+        raise BenchError(f"nothing could be measured: {'; '.join(reasons[:3])}{more}")
+    header = _header(settings, key, time.perf_counter() - started, notes)
+    result = BenchResult(rows)
+    result.header, result.files = header, write_reports(header, rows, out_dir)
+    return result
 
 
 def _check_writable(out_dir: Path) -> list[Path]:
@@ -171,6 +193,7 @@ def _prepare_data(targets: list[Target], max_images: int | None, tmp: Path) -> d
             counts = np.bincount(y, minlength=len(splits.classes))
             sets[key] = {"file": str(file), "classes": list(splits.classes), "images": int(len(y)),
                          "source": splits.source, "fingerprint": splits.fingerprint,
+                         "test_set": test_set_fingerprint(y, x, splits.classes),
                          "empty_classes": [c for c, n in zip(splits.classes, counts) if n == 0]}
         if sets[key]["classes"] != target.classes:
             target.skip(f"the test set {target.data} has classes {sets[key]['classes']}, the model {target.classes}")
@@ -195,7 +218,8 @@ def _jobs(targets: list[Target], threads: tuple[int, ...], settings: dict[str, A
                 # the manifest's labels, checked against the file's own metadata by the worker
                 "expect": {"model": target.model, "format": target.format, "precision": target.precision},
                 "accuracy": i == 0, "batch_size": settings["batch_size"],
-                "latency_seconds": settings["latency_seconds"], "throughput_seconds": settings["throughput_seconds"],
+                "latency_seconds": settings["latency_seconds"], "latency_trials": settings["latency_trials"],
+                "throughput_seconds": settings["throughput_seconds"],
                 "warmup_seconds": 0.2, "images": test_set["images"]}))
     return jobs
 
@@ -203,7 +227,7 @@ def _jobs(targets: list[Target], threads: tuple[int, ...], settings: dict[str, A
 def _estimate(job: dict[str, Any], target: Target) -> float:
     """Expected seconds of a job: the weights of the progress bar, from which the remaining time is estimated."""
     work = job["images"] / 1500 if job["accuracy"] else job["throughput_seconds"]
-    return STARTUP_S.get(target.format, 1.0) + 0.6 + job["latency_seconds"] + work
+    return STARTUP_S.get(target.format, 1.0) + 0.6 * job["latency_trials"] + job["latency_seconds"] + work
 
 
 def _measure_all(targets: list[Target], threads: tuple[int, ...], settings: dict[str, Any],
@@ -235,6 +259,7 @@ def run_worker(job: dict[str, Any], threads: int) -> dict[str, Any]:
         env[var] = str(threads)
     package_root = str(Path(__file__).resolve().parents[1])  # the same edgecifar, wherever we run from
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env["EDGECIFAR_BENCH_PARENT"] = str(os.getpid())  # the worker dies with this process (bench_worker.main)
     timeout = 120 + 10 * (job["latency_seconds"] + job["throughput_seconds"]) + 0.03 * job["images"]
     prefix: list[str] = []
     if job.get("isa_cap"):
@@ -245,7 +270,7 @@ def run_worker(job: dict[str, Any], threads: int) -> dict[str, Any]:
         how = " ".join(f"{k}={v}" for k, v in cap_env.items()) or " ".join([Path(prefix[0]).name, *prefix[1:]])
         env.update(cap_env, EDGECIFAR_ISA_CAP=job["isa_cap"], EDGECIFAR_ISA_CAP_HOW=how)
         timeout *= 200 if slow else 1  # QEMU's user-mode emulation runs this code 100-150x slower
-    try:
+    try:  # on any exception here (Ctrl-C, utils.Terminated) subprocess.run kills the worker and waits for it
         proc = subprocess.run([*prefix, sys.executable, "-m", "edgecifar.bench_worker"], input=json.dumps(job),
                               capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -316,7 +341,8 @@ def _rows(targets: list[Target], threads: tuple[int, ...], measured: dict, test_
             row = {"model": target.model, "variant": target.variant, "format": target.format,
                    "precision": target.precision, "exec_precision": target.exec_precision or _default_exec(target),
                    "threads": n, "status": status, "reason": reason,
-                   **_accuracy_fields(accuracy if status == "ok" else None, target.classes),
+                   **_accuracy_fields(accuracy if status == "ok" else None, target.classes,
+                                      test_set.get("test_set")),
                    "size_bytes": target.bytes, "size_mb": round(target.bytes / 1e6, 4) if target.bytes else None,
                    **stats.get(target.source_run, {"params": None, "macs": None}),
                    **_timing_fields(timing), **(first.get("device") or {}), "batch_size": settings["batch_size"],
@@ -335,20 +361,33 @@ def _default_exec(target: Target) -> str:
     return "f32" if target.format == "pytorch" else BACKENDS[target.format].exec_precision
 
 
-def _accuracy_fields(acc: dict[str, Any] | None, classes: list[str]) -> dict[str, Any]:
+def _accuracy_fields(acc: dict[str, Any] | None, classes: list[str], test_set: str | None) -> dict[str, Any]:
+    """Top-1 with its Wilson 95 % interval (stats.wilson_interval), per-class top-1 and the per-image results."""
     if not acc:
-        return {"accuracy": None, "correct": None, "images": None, "per_class": None}
+        return {"accuracy": None, "accuracy_low": None, "accuracy_high": None, "correct": None, "images": None,
+                "test_set": None, "per_class": None, "per_image": None}
+    from .stats import unpack_hits
+
     per_class = {c: (hit / total if total else None)
                  for c, hit, total in zip(classes, acc["per_class_correct"], acc["per_class_total"], strict=True)}
-    return {"accuracy": acc["correct"] / acc["images"], "correct": acc["correct"], "images": acc["images"],
-            "per_class": per_class}
+    low, high = wilson_interval(acc["correct"], acc["images"])
+    return {"accuracy": acc["correct"] / acc["images"], "accuracy_low": low, "accuracy_high": high,
+            "correct": acc["correct"], "images": acc["images"], "test_set": test_set, "per_class": per_class,
+            "per_image": per_image_record(unpack_hits(acc["hits"], acc["images"]), test_set or "")}
 
 
 def _timing_fields(res: dict[str, Any]) -> dict[str, Any]:
+    """Latency: the median over trials of each percentile, the p50's min-max over trials, and every trial's
+    p50 and p99 (what stats.latency_ratio compares)."""
     lat = res.get("latency") or {}
-    return {"latency_p50_ms": lat.get("p50_ms"), "latency_p90_ms": lat.get("p90_ms"),
-            "latency_p99_ms": lat.get("p99_ms"), "latency_mean_ms": lat.get("mean_ms"),
-            "latency_iterations": lat.get("iterations"), "throughput_ips": res.get("throughput_ips"),
+    trials = lat.get("trials") or []
+    p50s = [t["p50_ms"] for t in trials]
+    _, low, high = spread(p50s) if p50s else (None, None, None)
+    return {"latency_p50_ms": lat.get("p50_ms"), "latency_p50_min_ms": low, "latency_p50_max_ms": high,
+            "latency_p90_ms": lat.get("p90_ms"), "latency_p99_ms": lat.get("p99_ms"),
+            "latency_mean_ms": lat.get("mean_ms"), "latency_iterations": lat.get("iterations"),
+            "latency_trials": len(trials) or None, "latency_trial_p50_ms": p50s or None,
+            "latency_trial_p99_ms": [t["p99_ms"] for t in trials] or None, "throughput_ips": res.get("throughput_ips"),
             "throughput_source": res.get("throughput_source"), "load_s": res.get("load_s"),
             "import_s": res.get("import_s"), "threads_runtime": res.get("threads_runtime")}
 

@@ -10,10 +10,16 @@ baseline does.
 Job (JSON on stdin): kind ("artifact" | "pytorch"), path (artifact) or run_dir (pytorch), threads,
 exec_precision (OpenVINO hint or null), classes, expect (the manifest's model, format and precision, checked
 against the file's metadata), data (an .npz with test_x/test_y, or null), accuracy (bool), batch_size,
-latency_seconds, throughput_seconds, warmup_seconds.
-Result (JSON on stdout): ok, error, import_s, load_s, latency {p50_ms, p90_ms, p99_ms, mean_ms, iterations},
-throughput_ips, accuracy {correct, images, per_class_correct, per_class_total, seconds} or null,
-threads_runtime, metadata, torch_imported.
+latency_seconds (all trials together), latency_trials, throughput_seconds, warmup_seconds.
+Result (JSON on stdout): ok, error, import_s, load_s, latency {p50_ms, p90_ms, p99_ms, mean_ms, iterations,
+trials: [{p50_ms, p90_ms, p99_ms, mean_ms, iterations}]}, throughput_ips, accuracy {correct, images,
+per_class_correct, per_class_total, seconds, hits (stats.pack_hits)} or null, threads_runtime, metadata,
+torch_imported.
+
+Latency is measured in `latency_trials` independent trials, each on a freshly loaded session (its own warm-up,
+its own kernel choices and allocations) for an equal share of latency_seconds; the row's figures are the
+medians of the trials' percentiles, and the trials are kept so that the spread and any ratio can be given
+(edgecifar.stats).
 """
 
 from __future__ import annotations
@@ -35,11 +41,14 @@ Runner = Callable[[np.ndarray], np.ndarray]
 def measure(job: dict[str, Any]) -> dict[str, Any]:
     """Load, (optionally) count accuracy over the test set, time batch-1 latency and batch throughput."""
     threads = int(job["threads"])
-    if job["kind"] == "pytorch":
-        run, info = _load_pytorch(job["run_dir"], threads)
-    else:
-        run, info = _load_artifact(job["path"], threads, job.get("exec_precision"), job.get("classes"),
-                                   job.get("expect") or {})
+
+    def load() -> tuple[Runner, dict[str, Any]]:
+        if job["kind"] == "pytorch":
+            return _load_pytorch(job["run_dir"], threads)
+        return _load_artifact(job["path"], threads, job.get("exec_precision"), job.get("classes"),
+                              job.get("expect") or {})
+
+    run, info = load()
     x, y = _load_data(job.get("data"))
     batch = int(job["batch_size"])
     result: dict[str, Any] = {"ok": True, **info, "accuracy": None, **_isa_fields(info["metadata"])}
@@ -55,8 +64,27 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         result["throughput_ips"] = throughput(run, _batch_of(x, batch), float(job["throughput_seconds"]), warmup)
         result["throughput_source"] = "timed loop"
     samples = [np.ascontiguousarray(x[i:i + 1]) for i in range(min(len(x), 64))]  # real images, batch 1
-    result["latency"] = latency(run, samples, float(job["latency_seconds"]), warmup)
+    trials = max(1, int(job.get("latency_trials", 1)))
+    share = float(job["latency_seconds"]) / trials
+    found = []
+    for k in range(trials):
+        if k:  # a fresh session: its own warm-up, kernel choices and allocations
+            del run
+            run = load()[0]
+        found.append(latency(run, samples, share, warmup))
+    result["latency"] = combine_trials(found)
     return result
+
+
+def combine_trials(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row's latency: the median over trials of each percentile (the middle trial, robust to one
+    disturbed trial), the calls counted over all trials, and the trials themselves."""
+    merged: dict[str, Any] = {key: float(np.median([t[key] for t in trials]))
+                              for key in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")}
+    merged["min_ms"] = float(min(t["min_ms"] for t in trials))
+    merged["iterations"] = int(sum(t["iterations"] for t in trials))
+    merged["trials"] = trials
+    return merged
 
 
 def _isa_fields(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -108,9 +136,11 @@ def _load_pytorch(run_dir: str, threads: int) -> tuple[Runner, dict[str, Any]]:
     started = time.perf_counter()
     import torch
 
-    # both pools, before any parallel work: the interop pool can only be sized once per process
+    # both pools, before any parallel work: the interop pool can only be sized once per process (a later
+    # trial's fresh load finds it sized)
     torch.set_num_threads(threads)
-    torch.set_num_interop_threads(threads)
+    if torch.get_num_interop_threads() != threads:
+        torch.set_num_interop_threads(threads)
     from .runs import load_run
 
     imported = time.perf_counter()
@@ -142,15 +172,18 @@ def _batch_of(x: np.ndarray, batch: int) -> np.ndarray:
 
 
 def accuracy_pass(run: Runner, x: np.ndarray, y: np.ndarray, batch: int, num_classes: int) -> dict[str, Any]:
-    """Top-1 over every image, per-class counts, and the seconds the timed pass took."""
+    """Top-1 over every image, per-class counts, which images were right (packed bits, in test-set order),
+    and the seconds the timed pass took."""
     run(_batch_of(x, batch))  # warm-up: first calls allocate and pick kernels
     started = time.perf_counter()
     preds = np.concatenate([run(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
     seconds = time.perf_counter() - started
     hits = preds == y
+    from .stats import pack_hits
+
     return {"correct": int(hits.sum()), "images": int(len(y)), "seconds": seconds,
             "per_class_correct": np.bincount(y[hits], minlength=num_classes).tolist(),
-            "per_class_total": np.bincount(y, minlength=num_classes).tolist()}
+            "per_class_total": np.bincount(y, minlength=num_classes).tolist(), "hits": pack_hits(hits)}
 
 
 def throughput(run: Runner, images: np.ndarray, seconds: float, warmup: float) -> float:
@@ -192,7 +225,26 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {error_text(error)}"
 
 
+def die_with_parent() -> None:
+    """Linux: have the kernel kill this worker when the bench that started it dies, however it dies (even by
+    SIGKILL, which the bench cannot catch), instead of measuring on as an orphan. The bench names itself in
+    EDGECIFAR_BENCH_PARENT; if it is already gone, exit now."""
+    parent = os.environ.get("EDGECIFAR_BENCH_PARENT")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != parent:  # the parent died before the request took effect
+        os._exit(128 + signal.SIGKILL)
+
+
 def main() -> int:
+    die_with_parent()
     # runtimes and plugins may print; the result must be the only thing on stdout
     result_fd = os.dup(1)
     os.dup2(2, 1)

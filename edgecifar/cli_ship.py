@@ -1,5 +1,5 @@
 """The shipping side of the `edgecifar` command: export (and QAT for it), quant-report, predict, bench,
-recommend, pipeline, doctor."""
+compare, recommend, pipeline, doctor."""
 
 from __future__ import annotations
 
@@ -195,7 +195,10 @@ def bench(
     baseline: Annotated[bool, typer.Option(help="also bench each source run's PyTorch model")] = True,
     bf16: Annotated[bool, typer.Option(help="add rows of the OpenVINO FP32 files executed in bf16")] = False,
     max_images: Annotated[Optional[int], typer.Option(min=1, help="count accuracy on a seeded subset")] = None,
-    latency_seconds: Annotated[float, typer.Option(min=0.01, help="batch-1 timing per setting")] = 1.5,
+    latency_seconds: Annotated[float, typer.Option(min=0.01, help="batch-1 timing per setting, all trials "
+                                                                  "together")] = 1.5,
+    latency_trials: Annotated[int, typer.Option(min=1, help="independent batch-1 trials per setting, each on a "
+                                                            "fresh session: the spread each row reports")] = 5,
     throughput_seconds: Annotated[float, typer.Option(min=0.01, help="batch timing per extra setting")] = 1.0,
     isa: Annotated[str, typer.Option(help="INT8 paths, comma-separated: native (this CPU's) and/or avx2 (OpenVINO: "
                                           "oneDNN capped to AVX2; ONNX Runtime: under qemu-x86_64 -cpu Haswell, "
@@ -208,11 +211,32 @@ def bench(
     rows = run_bench(artifacts or [Path("exported")], device=device, threads=threads, batch_size=batch_size,
                      out_dir=out, data=data or None, cache_dir=cache_dir, runs_dir=runs, baseline=baseline, bf16=bf16,
                      max_images=max_images, latency_seconds=latency_seconds, throughput_seconds=throughput_seconds,
-                     show_progress=sys.stderr.isatty(), isa=isa, log=note)
+                     show_progress=sys.stderr.isatty(), isa=isa, log=note, latency_trials=latency_trials)
     machine = rows.header["machine"]
     console.print(rich_table(rows, escape(f"bench on {machine['cpu']} ({machine['cores']} cores), "
                                           f"{rows.header['bench_seconds']:.0f} s")))
     say(f"results: {', '.join(str(p) for p in rows.files.values())}")
+
+
+@app.command()
+@handle_errors
+def compare(
+    a: Annotated[str, typer.Argument(help=f"a model file ({MODEL_FILES}), or with --bench a row: its file path "
+                                          "or 'MODEL VARIANT'; or seed runs: a <out>-seeds.json or RUN,RUN,...")],
+    b: Annotated[str, typer.Argument(help="the other one, the same way")],
+    bench: Annotated[Optional[Path], typer.Option(help="a bench.json (or its folder) holding both rows: compared "
+                                                       "from its per-image results, nothing run")] = None,
+    data: Annotated[str, typer.Option("--data", help="the test set both files are run on (without --bench)")] = "",
+    cache_dir: CacheOpt = None,
+    alpha: Annotated[float, typer.Option(help="significance level of the verdict")] = 0.05,
+) -> None:
+    """Are two files' accuracies different? Both top-1s, the discordant images, the exact McNemar p-value and a
+    paired bootstrap interval of the difference, on the same test images (refused, exit 2, on different ones).
+    Two groups of seed runs: the difference of their mean accuracies with Welch's interval."""
+    from .compare import compare as run_compare
+
+    for line in run_compare(a, b, bench=bench, data=data or None, cache_dir=cache_dir, alpha=alpha)["lines"]:
+        say(line)
 
 
 class Percentile(str, Enum):
@@ -230,14 +254,20 @@ def recommend(
     min_accuracy: Annotated[Optional[float], typer.Option(help="top-1 in percent, e.g. 85 (not 0.85)")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="only rows at this thread count")] = None,
     percentile: Annotated[Percentile, typer.Option(help="which latency the limit applies to")] = Percentile.p50,
+    alpha: Annotated[float, typer.Option(help="significance level: a file less accurate than the best with "
+                                              "McNemar p >= alpha is tied with it")] = 0.05,
 ) -> None:
-    """The best benchmarked artifact under the constraints and why, or which constraint fails and by how much."""
+    """The artifact to ship under the constraints and why: the smallest, then fastest, of the files tied on
+    accuracy with the most accurate one; or which constraint fails and by how much."""
     from .recommend import recommend as pick
 
     found = pick(result, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb, min_accuracy=min_accuracy,
-                 threads=threads, percentile=percentile.value)
+                 threads=threads, percentile=percentile.value, alpha=alpha)
     for line in found["ignored"]:
         note(f"warning: {line}")
+    note(found["machine"])
+    if found["machine_warning"]:
+        note(found["machine_warning"])
     if not found["met"]:
         err_console.print(Text.assemble(("no artifact meets the constraints:", "red"), " ", found["reason"]),
                           highlight=False, soft_wrap=True)

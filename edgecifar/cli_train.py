@@ -58,6 +58,8 @@ def train(
     eval_every: Annotated[int, typer.Option(min=0, help="evaluate after every N-th epoch and the last (0: the "
                                                         "last only)")] = 1,
     seed: int = 0,
+    seeds: Annotated[Optional[int], typer.Option(min=1, help="train N seeds of this recipe (--seed, --seed + 1, ...) "
+                                                          "into <out>-s<seed>, summarized in <out>-seeds.json")] = None,
     device: Annotated[Device, typer.Option()] = Device.auto,
     out: Annotated[Optional[Path], typer.Option(help="run folder [default: runs/<model>]")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last finished epoch")] = False,
@@ -76,8 +78,8 @@ def train(
         raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
     ranks = from_environment()
     if nproc and nproc > 1:
-        if ranks.distributed:
-            raise UsageError("--nproc starts torchrun itself: under torchrun, leave it out")
+        if ranks.distributed or seeds is not None:
+            raise UsageError("--nproc starts torchrun itself: under torchrun (or with --seeds), leave it out")
         launch(nproc, given_options(ctx, leave_out={"nproc"}))
         return
     cfg = TrainConfig(model=model, data=data, cache_dir=str(cache_dir) if cache_dir else None, pretrained=pretrained,
@@ -92,6 +94,13 @@ def train(
                       teacher_tta=teacher_tta, val_split=val_split,
                       max_train=max_train, max_test=max_test, eval_every=eval_every, seed=seed,
                       device=device.value, out=str(out) if out else None, resume=resume)
+    if seeds is not None:  # several runs of one recipe, each an ordinary training (edgecifar.seeds)
+        from .seeds import train_seeds
+
+        if ranks.distributed:
+            raise UsageError("--seeds runs its trainings one after another: leave out torchrun and --nproc")
+        train_seeds(cfg, seeds, show_progress=sys.stderr.isatty(), log=say)
+        return
     with follower_errors(ranks):  # rank 0 speaks for the run
         train_model(cfg, show_progress=sys.stderr.isatty() and ranks.main, log=say)
 

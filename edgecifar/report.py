@@ -1,6 +1,10 @@
 """Bench reports: bench.json (header + rows), bench.csv (one flat row per artifact and thread setting),
 bench.md (tables for people) and bench.png (accuracy against latency, with the Pareto front).
 
+Every accuracy is shown with its Wilson 95 % interval and every p50 latency with its min-max over the latency
+trials (error bars in the plot); the Pareto front is the one recommend.significant_front marks, where a file
+leaves the front only to one that beats it beyond the noise (docs/statistics.md).
+
 All four are written together or not at all: each goes to a temporary file beside its final name, and the
 renames happen only after every one of them was written.
 """
@@ -55,8 +59,12 @@ def load_result(path: Path | str) -> dict[str, Any]:
 # ---------------------------------------------------------------- CSV
 
 def flat_row(row: dict[str, Any]) -> dict[str, Any]:
-    """CSV form: per-class accuracy left to the JSON, library versions as version_<name> columns."""
-    flat = {k: v for k, v in row.items() if k not in ("per_class", "versions")}
+    """CSV form: per-class accuracy and per-image results left to the JSON, lists (the latency trials) as
+    space-separated numbers, the ISA record as isa_<field> columns, library versions as version_<name> columns."""
+    flat = {k: (" ".join(f"{x:.6g}" for x in v) if isinstance(v, list) else v) for k, v in row.items()
+            if k not in ("per_class", "per_image", "versions", "isa")}
+    isa = row.get("isa") or {}
+    flat.update({f"isa_{k}": (" ".join(v) if isinstance(v, list) else v) for k, v in isa.items() if k != "cpu"})
     flat.update({f"version_{name}": v for name, v in (row.get("versions") or {}).items()})
     return flat
 
@@ -97,14 +105,34 @@ def model_shown(row: dict[str, Any]) -> str:
     return run if run and run != row["model"] else row["model"]
 
 
+def accuracy_shown(row: dict[str, Any]) -> str:
+    """"90.22 (89.63-90.79)": top-1 in percent with its 95 % interval, where the row has one."""
+    if row.get("accuracy") is None:
+        return "-"
+    low, high = row.get("accuracy_low"), row.get("accuracy_high")
+    text = f"{100 * row['accuracy']:.2f}"
+    return text + (f" ({100 * low:.2f}-{100 * high:.2f})" if low is not None and high is not None else "")
+
+
+def latency_shown(row: dict[str, Any]) -> str:
+    """"0.512 (0.498-0.530)": the median over trials of the p50s with their min-max, where the row has trials."""
+    if row.get("latency_p50_ms") is None:
+        return "-"
+    low, high = row.get("latency_p50_min_ms"), row.get("latency_p50_max_ms")
+    text = f"{row['latency_p50_ms']:.3f}"
+    return text + (f" ({low:.3f}-{high:.3f})" if low is not None and high is not None and (row.get("latency_trials")
+                                                                                         or 0) > 1 else "")
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The measured rows as a Markdown table (the README embeds this one)."""
-    lines = ["| model | variant | threads | top-1 % | size MB | params | MMACs | p50 ms | p90 ms | p99 ms | "
-             "img/s | load s |", "|" + "---|" * 12]
+    """The measured rows as a Markdown table (the README embeds this one): top-1 with its Wilson 95 % interval,
+    p50 with its min-max over trials."""
+    lines = ["| model | variant | threads | top-1 % (95 % CI) | size MB | params | MMACs | p50 ms (trials min-max) | "
+             "p90 ms | p99 ms | img/s | load s |", "|" + "---|" * 12]
     for r in rows:
-        lines.append(f"| {model_shown(r)} | {r['variant']} | {threads_shown(r)} | {_fmt(r['accuracy'], '.2f', 100)} | "
+        lines.append(f"| {model_shown(r)} | {r['variant']} | {threads_shown(r)} | {accuracy_shown(r)} | "
                      f"{_fmt(r['size_mb'], '.2f')} | {_fmt(r['params'], ',')} | {_fmt(r['macs'], '.1f', 1e-6)} | "
-                     f"{_fmt(r['latency_p50_ms'], '.3f')} | {_fmt(r['latency_p90_ms'], '.3f')} | "
+                     f"{latency_shown(r)} | {_fmt(r['latency_p90_ms'], '.3f')} | "
                      f"{_fmt(r['latency_p99_ms'], '.3f')} | {_fmt(r['throughput_ips'], ',.0f')} | "
                      f"{_fmt(r['load_s'], '.2f')} |")
     return "\n".join(lines)
@@ -123,18 +151,22 @@ def markdown(header: dict[str, Any], rows: list[dict[str, Any]], image: str | No
              f"{', at ' + ok[0]['input_size'] if ok and ok[0].get('input_size') else ''}), top-1 through each "
              f"file's own "
              f"runtime; device {settings['device']}",
-             f"- Latency: batch 1, percentiles over about {settings['latency_seconds']} s of calls after a warm-up; "
+             "- Top-1: with its 95 % Wilson interval; per-image results kept in bench.json (`edgecifar compare` "
+             "pairs any two rows)",
+             f"- Latency: batch 1, {settings.get('latency_trials', 1)} trial(s) each on a fresh session over about "
+             f"{settings['latency_seconds']} s of calls in all, after a warm-up: the median of the trials' "
+             f"percentiles, the p50's min-max over trials in brackets; "
              f"throughput at batch {settings['batch_size']}; each artifact and thread setting in a fresh process "
              f"with the runtime's threads pinned",
              f"- Took {header['bench_seconds']} s", ""]
     for n in settings["threads"]:
         measured = [r for r in ok if r["threads"] == n]
         if measured:
-            timed = [r for r in measured if r["latency_p50_ms"] is not None]  # emulated rows have no timings
-            front = pareto_front([(r["latency_p50_ms"], r["accuracy"]) for r in timed])
+            front = _front(measured)  # emulated rows have no timings, and no place on it
             parts += [f"## {n} thread{'s' if n > 1 else ''}", "", markdown_table(measured), "",
-                      "Pareto front (no other row is both faster and more accurate): "
-                      + ", ".join(f"{model_shown(timed[i])} {timed[i]['variant']}" for i in front), ""]
+                      "Pareto front (no other row is faster and not less accurate, or more accurate and not "
+                      "slower, beyond the noise: exact McNemar at 0.05, latency ratio's 95 % interval): "
+                      + ", ".join(f"{model_shown(r)} {r['variant']}" for r in front), ""]
     parts += _isa_lines(ok)
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
@@ -165,20 +197,16 @@ def _isa_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 # ---------------------------------------------------------------- Pareto plot
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the (latency, accuracy) points no other point beats on both, fastest first."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], float("-inf")
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
+def _front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from .recommend import significant_front
+
+    return significant_front([r for r in rows if r.get("latency_p50_ms") is not None and r.get("accuracy") is not None])
 
 
 def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """Accuracy against p50 latency, one panel per thread setting: colour per model, marker per format, marker
-    area by file size, the Pareto front as a step line."""
+    area by file size, error bars (top-1's Wilson 95 % interval; the p50's min-max over trials), the Pareto
+    front (significant_front) as a step line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,12 +223,13 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
     for ax, n in zip(axes[0], threads, strict=True):
         measured = [r for r in ok if r["threads"] == n]
         for r in measured:
+            _error_bars(ax, r, colours[model_shown(r)])
             ax.scatter(r["latency_p50_ms"], 100 * r["accuracy"], s=30 + 470 * (r["size_mb"] or 0) / biggest,
                        color=colours[model_shown(r)], marker=FORMAT_MARKERS.get(r["format"], "o"), alpha=0.75,
                        edgecolors="black", linewidths=0.5)
             ax.annotate(r["variant"], (r["latency_p50_ms"], 100 * r["accuracy"]), fontsize=6,
                         xytext=(4, 3), textcoords="offset points")
-        front = [measured[i] for i in pareto_front([(r["latency_p50_ms"], r["accuracy"]) for r in measured])]
+        front = _front(measured)
         if front:
             ax.plot([r["latency_p50_ms"] for r in front], [100 * r["accuracy"] for r in front], color="grey",
                     linestyle="--", drawstyle="steps-post", linewidth=1, label="Pareto front")
@@ -214,13 +243,26 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
     handles = [Line2D([], [], color=colours[m], marker="o", linestyle="", label=m) for m in models]
     handles += [Line2D([], [], color="grey", marker=FORMAT_MARKERS[f], linestyle="", label=f)
                 for f in dict.fromkeys(r["format"] for r in ok) if f in FORMAT_MARKERS]
-    handles.append(Line2D([], [], color="grey", linestyle="--", label="Pareto front"))
+    handles.append(Line2D([], [], color="grey", linestyle="--", label="Pareto front (beyond the noise)"))
     axes[0][-1].legend(handles=handles, fontsize=7, loc="lower right", title="marker area: file size",
                        title_fontsize=7)
     fig.suptitle(f"accuracy against latency ({title})" if title else "accuracy against latency", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
+
+
+def _error_bars(ax, row: dict[str, Any], colour) -> None:
+    """The row's top-1 interval (vertical) and p50 min-max over trials (horizontal), where it has them."""
+    x, y = row["latency_p50_ms"], 100 * row["accuracy"]
+    yerr = xerr = None
+    if row.get("accuracy_low") is not None and row.get("accuracy_high") is not None:
+        yerr = [[y - 100 * row["accuracy_low"]], [100 * row["accuracy_high"] - y]]
+    if row.get("latency_p50_min_ms") is not None and row.get("latency_p50_max_ms") is not None:
+        xerr = [[x - row["latency_p50_min_ms"]], [row["latency_p50_max_ms"] - x]]
+    if yerr or xerr:
+        ax.errorbar(x, y, yerr=yerr, xerr=xerr, fmt="none", ecolor=colour, elinewidth=0.7, capsize=1.5, alpha=0.6,
+                    zorder=1)
 
 
 def _leading_digit(value: float) -> int:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from edgecifar import stats
 from edgecifar.bench import bench, run_worker
 from edgecifar.cli import app
 from edgecifar.errors import ArtifactError, BenchError, UsageError
@@ -22,7 +23,7 @@ from export_fixtures import CLASSES, VARIANTS, edit_manifest, listed_path  # noq
 
 pytest_plugins = ["export_fixtures"]  # tiny_run, exported: the session-wide export shared with test_export.py
 
-FAST = {"latency_seconds": 0.05, "throughput_seconds": 0.05}
+FAST = {"latency_seconds": 0.05, "throughput_seconds": 0.05, "latency_trials": 2}
 REPORTS = ("bench.json", "bench.csv", "bench.md", "bench.png")
 
 
@@ -71,6 +72,12 @@ def test_fields_present_and_sane(benched):
     assert len(params) == len(macs) == 1 and params.pop() > 0 and macs.pop() > 0  # one architecture
     for r in rows:
         assert 0 < r["latency_p50_ms"] <= r["latency_p90_ms"] <= r["latency_p99_ms"]
+        # two trials, each a fresh session: the row's p50 is their median, with their min-max
+        assert r["latency_trials"] == 2 and len(r["latency_trial_p50_ms"]) == len(r["latency_trial_p99_ms"]) == 2
+        assert r["latency_p50_min_ms"] <= r["latency_p50_ms"] <= r["latency_p50_max_ms"]
+        assert r["latency_p50_ms"] == pytest.approx(float(np.median(r["latency_trial_p50_ms"])))
+        assert r["accuracy_low"] <= r["accuracy"] <= r["accuracy_high"]  # Wilson 95 %
+        assert r["isa"]["cpu"] == r["cpu"] and isinstance(r["isa"]["flags"], list)
         assert r["latency_iterations"] >= 20 and r["throughput_ips"] > 0 and r["load_s"] >= 0
         assert r["threads_runtime"] == r["threads"]  # the runtime reports the pinned count
         assert r["images"] == 3 * 70 and list(r["per_class"]) == CLASSES
@@ -94,8 +101,13 @@ def test_accuracy_equals_an_independent_count(benched, exported, tiny_run):
     out_dir, entries = exported
     config = read_config(tiny_run)
     splits = load_data(config["data"]["source"], config["train"]["cache_dir"])
+    fingerprint = stats.test_set_fingerprint(splits.test_y, splits.test_x, splits.classes)
     for e in entries:
         preds = load_artifact(out_dir / e["path"]).run(splits.test_x).argmax(1)
+        for r in (r for r in rows if r["format"] == e["format"] and r["precision"] == e["precision"]):
+            # which images it got right, kept per row with the test set's fingerprint
+            assert stats.row_hits(r)[0] == r["test_set"] == fingerprint
+            assert np.array_equal(stats.row_hits(r)[1], preds == splits.test_y)
         hits = int((preds == splits.test_y).sum())
         # per class: the share of that class's test images predicted as that class
         per_class = {c: float(np.mean(preds[splits.test_y == i] == i)) for i, c in enumerate(CLASSES)}
@@ -117,7 +129,14 @@ def test_report_files(benched):
         table = list(csv.DictReader(f))
     assert len(table) == len(rows)
     assert {"cpu", "cores", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput_ips", "load_s", "params",
-            "macs", "size_bytes", "accuracy", "threads", "version_onnxruntime", "version_openvino"} <= set(table[0])
+            "macs", "size_bytes", "accuracy", "threads", "version_onnxruntime", "version_openvino", "accuracy_low",
+            "accuracy_high", "latency_p50_min_ms", "latency_p50_max_ms", "test_set", "isa_int8_path",
+            "isa_flags"} <= set(table[0])
+    assert "per_image" not in table[0] and len(table[0]["latency_trial_p50_ms"].split()) == 2
+    md = (results / "bench.md").read_text()
+    row = next(r for r in rows if r["threads"] == 1)
+    shown = f"{100 * row['accuracy']:.2f} ({100 * row['accuracy_low']:.2f}-{100 * row['accuracy_high']:.2f})"
+    assert shown in md and "p50 ms (trials min-max)" in md
     md = (results / "bench.md").read_text()
     assert "## 1 thread" in md and "## 2 threads" in md and "Pareto front" in md and "bench.png" in md
     assert all(f"| {v} |" in md for v in VARIANTS)
@@ -356,3 +375,67 @@ def test_committed_manifest_lists_committed_files_or_how_to_regenerate_them():
     targets, notes = resolve_targets([root / "exported"], runs_dir=None, baseline=False, data="unused")
     assert [t.checksum for t in targets] == ["ok"] * len(targets)
     assert all("not in this checkout" in n for n in notes), notes
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append((int(stat.parent.name), (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from Linux's /proc")
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT", "SIGHUP", "SIGKILL"])
+def test_a_signal_stops_bench_and_its_worker_at_once(signame, exported, tiny_run, tmp_path):
+    """H14: a real `edgecifar bench` process, its worker caught while measuring (seen in the process table, not
+    waited for by a sleep), then signalled: the bench exits with one line and 128 + the signal, its worker is gone
+    with it (also when the bench is killed outright), the previous report is untouched."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out_dir, _ = exported
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "bench.json").write_text('{"previous": "report"}')
+    proc = subprocess.Popen([sys.executable, "-m", "edgecifar", "bench", str(out_dir), "--runs", str(tiny_run.parent),
+                             "--no-baseline", "--threads", "1", "--latency-seconds", "900", "--out", str(results)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        worker = None
+        deadline = time.monotonic() + 300  # a guard against a hung test only: the worker shows up in seconds
+        while worker is None and proc.poll() is None and time.monotonic() < deadline:
+            worker = next((pid for pid, cmd in _children(proc.pid) if "edgecifar.bench_worker" in cmd), None)
+            time.sleep(0.05)
+        assert worker is not None, f"no worker started: {proc.poll()}"
+        proc.send_signal(getattr(signal, signame))
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    signum = getattr(signal, signame)
+    if signame == "SIGKILL":  # the bench cannot act; the kernel stops the worker with it (PR_SET_PDEATHSIG)
+        assert proc.returncode == -signum
+        deadline = time.monotonic() + 60
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    else:
+        assert proc.returncode == 128 + signum, err
+        assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, err
+    assert not _alive(worker)
+    assert [p.name for p in results.iterdir()] == ["bench.json"]
+    assert (results / "bench.json").read_text() == '{"previous": "report"}'
