@@ -297,6 +297,8 @@ def pipeline(
         help="MODEL=RUN_DIR[,...]: distil MODEL (run MODEL-kd) from the run's flip-averaged logits; the run must "
              "have been trained on --data. 'none': no teacher \\[default: "
              + ",".join(f"{m}={r}" for m, r in DEFAULT_TEACHERS.items()) + ", where trained on --data]")] = None,
+    keep_low_agreement: Annotated[bool, typer.Option(help="keep FP16/INT8 files under export's agreement floor "
+                                                          "(--quick keeps them, saying why)")] = False,
 ) -> None:
     """The main job: train the scratch and transfer models, export each to every format and precision, bench, report."""
     from rich.table import Table
@@ -306,7 +308,8 @@ def pipeline(
 
     done = run_pipeline([m.strip() for m in models.split(",") if m.strip()], data=data, cache_dir=cache_dir,
                         quick=quick, force=force, root=root, threads=threads, batch_size=batch_size, bf16=bf16,
-                        teachers=parse_teachers(teacher), show_progress=sys.stderr.isatty(), log=note)
+                        teachers=parse_teachers(teacher), show_progress=sys.stderr.isatty(),
+                        keep_low_agreement=keep_low_agreement, log=note)
     steps = Table(title="pipeline steps")
     for col in ("step", "target", "status", "seconds", "detail"):
         steps.add_column(col, justify="right" if col == "seconds" else "left")

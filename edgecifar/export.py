@@ -41,6 +41,8 @@ WARN_AGREEMENT = 0.99  # FP16 / INT8 below this get a warning (kept: reduced pre
 # weights overflowed on a CPU without VNNI lost 11.4 and 22.9 points of accuracy, so agreed on at most 88.6 %
 # and 77.1 % (every lost point is a changed prediction)
 MIN_AGREEMENT = 0.90
+KEEP_OPTION = "--keep-low-agreement"  # every command that exports (export, pipeline) has it
+KEEP_HINT = f"{KEEP_OPTION} keeps such a file"
 VERIFY_BATCH = 100
 
 Log = Callable[[str], None]
@@ -50,7 +52,7 @@ def export_run(run_dir: Path | str, formats: Iterable[str] | str = "all", precis
                out_dir: Path | str = "exported", calib_size: int = 512, calib_method: str = "minmax",
                data: str | None = None, cache_dir: Path | str | None = None, seed: int = 0, verify_size: int = 500,
                keep_low_agreement: bool = False, int8_isa: str = DEFAULT_INT8_ISA, max_drop: float | None = None,
-               control_size: int = 2000, log: Log | None = None) -> list[dict[str, Any]]:
+               control_size: int = 2000, kept_because: str = "", log: Log | None = None) -> list[dict[str, Any]]:
     """Export a run to every (format, precision) asked for; returns their manifest entries.
 
     Calibration images (INT8) are a seeded draw of `calib_size` from the training split (all of it when it is
@@ -61,16 +63,18 @@ def export_run(run_dir: Path | str, formats: Iterable[str] | str = "all", precis
     weights, exact on every x86 CPU) or "vnni" (8-bit, exact only with VNNI/AMX), recorded in each INT8 file.
     max_drop: keep each INT8 file's top-1 drop under this many points on `control_size` held-out training images
     (edgecifar.accuracy_control), leaving the most sensitive layers in float; ExportError if it cannot.
+    kept_because: why a file kept under MIN_AGREEMENT (keep_low_agreement) is expected to agree less, said in
+    the log and recorded in its verification (the pipeline's quick profile: a model near chance).
     """
     with terminate_as_interrupt():  # SIGTERM cleans up the staging folder as Ctrl-C does
         return _export_run(run_dir, formats, precisions, out_dir, calib_size, calib_method, data, cache_dir, seed,
-                           verify_size, keep_low_agreement, int8_isa, max_drop, control_size,
+                           verify_size, keep_low_agreement, int8_isa, max_drop, control_size, kept_because,
                            log or (lambda _msg: None))
 
 
 def _export_run(run_dir, formats, precisions, out_dir, calib_size: int, calib_method: str, data, cache_dir,
                 seed: int, verify_size: int, keep_low_agreement: bool, int8_isa: str, max_drop: float | None,
-                control_size: int, log: Log) -> list[dict[str, Any]]:
+                control_size: int, kept_because: str, log: Log) -> list[dict[str, Any]]:
     from .qat import qat_section
     from .runs import load_run, read_config
 
@@ -107,7 +111,7 @@ def _export_run(run_dir, formats, precisions, out_dir, calib_size: int, calib_me
             log(f"note: INT8 calibration uses all {len(calibration.images)} training images, fewer than "
                 f"--calib-size {calib_size}")
     floor = 0.0 if keep_low_agreement else MIN_AGREEMENT
-    return _export_all(model, jobs, out_dir, run_name, calibration, check, seed, calib_size, floor, log)
+    return _export_all(model, jobs, out_dir, run_name, calibration, check, seed, calib_size, floor, kept_because, log)
 
 
 def _for_qat(qat: dict[str, Any], backends: list[Backend], precisions: list[str], named_formats: bool,
@@ -257,7 +261,7 @@ def metadata_for(meta: dict[str, Any], backend: Backend, precision: str) -> dict
 
 def _export_all(model, jobs: list[tuple[Backend, str]], out_dir: Path, run_name: str,
                 calibration: Calibration | None, check: dict[str, Any], seed: int, calib_size: int, floor: float,
-                log: Log) -> list[dict[str, Any]]:
+                kept_because: str, log: Log) -> list[dict[str, Any]]:
     target = out_dir / run_name
     created = _missing_dirs(target)
     doing = "the export"  # what a full disk stopped, should the error not name its file
@@ -267,7 +271,7 @@ def _export_all(model, jobs: list[tuple[Backend, str]], out_dir: Path, run_name:
             for backend, precision in jobs:
                 doing = f"the {backend.name} {precision} file"
                 main = staging / f"{run_name}-{precision}{backend.suffixes[0]}"
-                entry = _export_one(model, backend, precision, main, calibration, check, floor, log)
+                entry = _export_one(model, backend, precision, main, calibration, check, floor, kept_because, log)
                 entry["path"] = f"{run_name}/{main.name}"  # paths in the manifest are relative to it
                 entry["files"] = {f"{run_name}/{name}": sha for name, sha in entry["files"].items()}
                 if calibration is not None and precision == "int8":
@@ -332,7 +336,7 @@ def _missing_dirs(folder: Path) -> list[Path]:
 
 
 def _export_one(model, backend: Backend, precision: str, main: Path, calibration: Calibration | None,
-                check: dict[str, Any], floor: float, log: Log) -> dict[str, Any]:
+                check: dict[str, Any], floor: float, kept_because: str, log: Log) -> dict[str, Any]:
     started = time.perf_counter()
     metadata = metadata_for(model.meta, backend, precision)
     if precision == "int8" and calibration is not None and backend.int8_isa_rule:
@@ -352,11 +356,14 @@ def _export_one(model, backend: Backend, precision: str, main: Path, calibration
     what = f"{backend.name} {precision}"
     needed = FP32_MIN_AGREEMENT if precision == "fp32" else floor
     if agreement < needed:
-        keep = "" if precision == "fp32" else " (--keep-low-agreement keeps such a file)"
+        keep = "" if precision == "fp32" else f" ({KEEP_HINT})"
         raise ExportError(f"{what} failed verification: top-1 agrees with PyTorch on {agreement:.2%} of "
                           f"{verification['images']} test images (needs >= {needed:.1%}{keep}), max |logit "
                           f"diff| {verification['max_abs_logit_diff']:.3g}; nothing was written")
-    if agreement < WARN_AGREEMENT:
+    if agreement < MIN_AGREEMENT and kept_because:
+        verification["warning"] = f"top-1 agreement {agreement:.2%} is under {MIN_AGREEMENT:.0%}, kept: {kept_because}"
+        log(f"note: {what}: {verification['warning']}")
+    elif agreement < WARN_AGREEMENT:
         verification["warning"] = f"top-1 agreement {agreement:.2%} is under {WARN_AGREEMENT:.0%}"
         log(f"warning: {what}: {verification['warning']}")
     log(f"{what}: {sum(f.stat().st_size for f in files) / 1e6:.2f} MB, agreement {agreement:.2%}, "

@@ -160,3 +160,57 @@ def test_litert_int8_logits_are_in_scale(exported):
     out, entries = exported
     e = next(e for e in entries if (e["format"], e["precision"]) == ("litert", "int8"))
     assert e["verification"]["max_abs_logit_diff"] < 5
+
+
+def _interpreter_logits(data: bytes, images: np.ndarray) -> np.ndarray:
+    """The file's logits for the whole batch at once, straight from the LiteRT interpreter (no fallback)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=data)
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, list(images.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, images)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+@pytest.mark.skipif(bool(unavailable(BACKENDS["litert"], export=True)), reason="needs litert-torch")
+def test_litert_files_take_any_batch(exported):
+    """scratch_cnn flattens before its classifier: its .tflite files still take a batch of 3 in one call."""
+    images = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    for precision in ("fp32", "fp16", "int8"):
+        path = artifact(exported, "litert", precision)
+        together = _interpreter_logits(path.read_bytes(), images)
+        alone = np.concatenate([_interpreter_logits(path.read_bytes(), images[i:i + 1]) for i in range(3)])
+        np.testing.assert_allclose(together, alone, atol=1e-4)
+
+
+@pytest.mark.skipif(bool(unavailable(BACKENDS["litert"], export=True)), reason="needs litert-torch")
+def test_a_flatten_before_a_linear_does_not_fix_the_batch():
+    """litert-torch converts a conv + flatten + linear at batch 1 into RESHAPE [1, N]: the export's check refuses
+    that graph, and `batch_free` makes it take a batch of 3 with the same logits."""
+    import torch
+
+    from edgecifar.backends.litert import _quiet, batch_free, check_any_batch
+    from edgecifar.errors import ExportError
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 8 * 8, 5)).eval()
+
+    class Nhwc(torch.nn.Module):
+        def forward(self, x):
+            return net(x.permute(0, 3, 1, 2).float())
+
+    with _quiet():
+        import litert_torch
+
+        fixed = litert_torch.convert(Nhwc(), (torch.zeros(1, 32, 32, 3, dtype=torch.uint8),)).model_content()
+    with pytest.raises(ExportError, match="fixes its batch at 1"):
+        check_any_batch(fixed, (32, 32, 3))
+    free = batch_free(fixed)
+    check_any_batch(free, (32, 32, 3))
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    expected = Nhwc()(torch.from_numpy(images)).detach().numpy()
+    np.testing.assert_allclose(_interpreter_logits(free, images), expected, rtol=1e-4, atol=1e-4)

@@ -528,3 +528,76 @@ except KeyboardInterrupt:
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "cleaned up", (done.returncode, done.stderr[-500:])
+
+
+# what the libraries say on their own, which an export's output must not carry (edgecifar.quiet)
+LIBRARY_NOISE = ("cpuinfo", "XNNPACK", "os.fork()", "out-of-range for weight", "absl::InitializeLog",
+                 "oneDNN custom operations", "threadpool", "Traceback", "_pytree")
+
+
+def test_an_export_prints_only_our_lines(tiny_run, tmp_path):
+    """Every format's INT8 file, exported in a fresh process (the libraries' import-time output counts): stdout
+    and stderr hold edgecifar's lines and none of its libraries' (TensorFlow, LiteRT, ExecuTorch, JAX, ONNX
+    Runtime's quantizer)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "edgecifar", "export", str(tiny_run), "--precision", "int8",
+                           "--out", str(tmp_path / "exp"), "--calib-size", str(CALIB_SIZE), "--verify-size",
+                           str(VERIFY_SIZE), "--keep-low-agreement"], capture_output=True, text=True, cwd=root,
+                          env={**os.environ, "COLUMNS": "200"}, timeout=900)
+    assert done.returncode == 0, done.stderr
+    said = done.stdout + done.stderr
+    assert not [line for line in said.splitlines() if any(n in line for n in LIBRARY_NOISE)], said
+    assert "int8:" in done.stderr  # our own lines are still there
+
+
+def test_openvino_and_nncf_take_their_no_telemetry_path():
+    """OpenVINO's converter and NNCF send usage telemetry through openvino_telemetry where it is installed (its
+    sender printed a traceback on a machine without network); edgecifar's process takes the path both take
+    without it."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import edgecifar.backends\n"
+            "import openvino.tools.ovc.convert_impl as ovc\n"
+            "import nncf.telemetry.wrapper as nncf\n"
+            "print(ovc.tm.__name__, type(nncf.telemetry).__name__)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1], env={k: v for k, v in os.environ.items()
+                                                                        if k not in ("NNCF_CI", "NNCF_DEV")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["openvino.tools.ovc.telemetry_stub", "MagicMock"], done.stdout
+
+
+@pytest.mark.parametrize("command", ["export", "pipeline"])
+def test_the_low_agreement_hint_names_an_option_the_command_has(command):
+    """export's refusal of a file under the agreement floor names --keep-low-agreement: every command that
+    exports has it."""
+    import typer
+
+    from edgecifar.export import KEEP_HINT, KEEP_OPTION
+
+    click_command = typer.main.get_command(app).commands[command]
+    assert KEEP_OPTION in KEEP_HINT
+    assert any(KEEP_OPTION in p.opts for p in click_command.params)
+
+
+def test_the_quick_profile_keeps_a_near_chance_int8_file_and_says_why(monkeypatch, tiny_run, tmp_path):
+    """What the pipeline's quick profile exports with: a 1-epoch model near chance flips under INT8 rounding, so
+    a file under the floor is kept, with a note saying so (the full profile still refuses it)."""
+    from edgecifar.pipeline import export_options
+
+    corrupt_run(monkeypatch, "onnx", None)  # every top-1 changed: 0 % agreement
+    with pytest.raises(ExportError, match="--keep-low-agreement"):
+        export_run(tiny_run, "onnx", "int8", out_dir=tmp_path / "full", **export_options(quick=False))
+    said = []
+    (e,) = export_run(tiny_run, "onnx", "int8", out_dir=tmp_path / "quick", log=said.append,
+                      **export_options(quick=True))
+    assert e["verification"]["agreement"] == 0.0 and "near chance" in e["verification"]["warning"]
+    assert [line for line in said if line.startswith("note: onnx int8") and "kept" in line]
+    (e,) = export_run(tiny_run, "onnx", "int8", out_dir=tmp_path / "asked", **export_options(False, True))
+    assert e["verification"]["agreement"] == 0.0  # pipeline --keep-low-agreement

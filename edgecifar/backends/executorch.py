@@ -20,6 +20,7 @@ import numpy as np
 
 from ..contract import model_size
 from ..errors import ArtifactError, ExportError
+from ..quiet import c_stderr_filtered
 from . import Calibration, Session, error_text, float_graph
 from .pt2e import calibrated, global_max_pools_as_amax, quantizer_with_fused_relu6, with_minmax_activations
 
@@ -90,13 +91,16 @@ class ExecuTorchBackend:
         if precision not in (None, "f32"):
             raise ArtifactError(f"the ExecuTorch runtime takes no precision hint ('{precision}')")
         try:
-            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+            from executorch.extension.pybindings.portable_lib import (_threadpool_get_thread_count,
+                                                                      _unsafe_reset_threadpool)
             from executorch.runtime import Runtime
         except ImportError as e:
             raise ArtifactError(f"executorch is not installed: {self.install}") from e
         _check_whole(path)
-        if threads is not None:
-            _unsafe_reset_threadpool(int(threads))  # XNNPACK's pool: one per process
+        with c_stderr_filtered():  # the pool's creation logs its cpuinfo probing (edgecifar.quiet)
+            _threadpool_get_thread_count()
+            if threads is not None:
+                _unsafe_reset_threadpool(int(threads))  # XNNPACK's pool: one per process
         try:
             # from the path: loading a program from bytes in memory crashed the process here
             program = Runtime.get().load_program(Path(path))

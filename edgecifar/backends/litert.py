@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -20,10 +19,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, ExportError
+from ..quiet import c_stderr_filtered, quiet_libraries
 from . import Calibration, Session, error_text, float_graph
 from .pt2e import calibrated, global_max_pools_as_amax, quantizer_with_fused_relu6, with_minmax_activations
 
 METADATA_NAME = "edgecifar"
+quiet_libraries()
 
 
 class LiteRtBackend:
@@ -62,6 +63,7 @@ class LiteRtBackend:
             data = with_metadata(_int8(*float_graph(model), calibration), metadata)
         else:
             raise ExportError(f"litert: unknown precision '{precision}'")
+        check_any_batch(data, _example(model)[0].shape[1:])
         path.write_bytes(data)
         return [path]
 
@@ -77,8 +79,9 @@ class LiteRtBackend:
         data = path.read_bytes()
         metadata = read_metadata(path, data)  # also checks, in Python, that the flatbuffer is whole
         try:
-            interpreter = Interpreter(model_content=data, num_threads=threads)
-            interpreter.allocate_tensors()
+            with c_stderr_filtered():  # the XNNPACK delegate's INFO line
+                interpreter = Interpreter(model_content=data, num_threads=threads)
+                interpreter.allocate_tensors()
         except Exception as e:  # ValueError/RuntimeError with the interpreter's own words
             raise ArtifactError(f"cannot load {path} with ai-edge-litert: {error_text(e)}") from e
         inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
@@ -95,7 +98,7 @@ class LiteRtBackend:
     def run(self, session: Session, images: np.ndarray) -> np.ndarray:
         extra = session.extra
         if extra["batch"] != len(images) and not _resize(session.handle, extra, len(images)):
-            # a graph whose reshapes hold batch 1 (a flatten before the classifier) runs image by image
+            # a graph whose reshapes hold batch 1 (a file made elsewhere, or before `batch_free`) runs image by image
             return np.concatenate([self._invoke(session, images[i:i + 1]) for i in range(len(images))])
         return self._invoke(session, images)
 
@@ -178,10 +181,9 @@ def _name(name: Any) -> str:
 @contextlib.contextmanager
 def _quiet():
     """litert-torch reports progress on stdout/stderr and TensorFlow's C++ logs at import: keep the CLI's
-    output ours."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    output ours (edgecifar.quiet)."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
+            contextlib.redirect_stderr(io.StringIO()), c_stderr_filtered():
         warnings.simplefilter("ignore")
         yield
 
@@ -206,6 +208,72 @@ def _fp32(model: Any) -> bytes:
     return _FP32_CACHE[key]
 
 
+def check_any_batch(data: bytes, image_shape: Any, batch: int = 3) -> None:
+    """Refuse (ExportError) a .tflite file that cannot take `batch` images at once, or gives them other logits
+    than one by one: every file's metadata says its input is [N, H, W, 3]."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch, *image_shape), dtype=np.uint8)
+    try:
+        with c_stderr_filtered():
+            interpreter = Interpreter(model_content=data, num_threads=1)
+            interpreter.allocate_tensors()
+        extra = {"input": interpreter.get_input_details()[0]["index"], "image_shape": list(image_shape), "batch": 1,
+                 "output": interpreter.get_output_details()[0]["index"], "output_quantization": (0.0, 0)}
+        session = Session(handle=interpreter, metadata={}, input_type="uint8", input_shape=[], output_shape=[],
+                          extra=extra)
+        alone = np.concatenate([LiteRtBackend._invoke(session, images[i:i + 1]) for i in range(batch)])
+        resized = _resize(interpreter, extra, batch)
+        together = LiteRtBackend._invoke(session, images) if resized else None
+    except Exception as e:
+        raise ExportError(f"the converted .tflite file does not run: {error_text(e)}") from e
+    if together is None or together.shape != alone.shape or not np.allclose(together, alone, atol=1e-4):
+        raise ExportError(f"the converted .tflite file fixes its batch at 1 (a batch of {batch} "
+                          f"{'fails' if together is None else 'gives other logits'}), while its metadata says "
+                          f"[N, {', '.join(map(str, image_shape))}]; nothing was written")
+
+
+def batch_free(data: bytes) -> bytes:
+    """The .tflite bytes with each RESHAPE that only flattens into a FULLY_CONNECTED removed, that FULLY_CONNECTED
+    flattening its input itself (keep_num_dims off: [-1, in_features], the same row-major order).
+
+    Why: litert-torch converts at a fixed batch of 1 (its JAX lowering asserts on a dynamic batch dimension), so
+    a flatten before a classifier (scratch_cnn's) becomes RESHAPE to [1, 2048], and the file fails at any other
+    batch ("XNNPack delegate failed to reshape"). Without it every op of these graphs takes any batch, as the
+    interpreter is resized to it. A RESHAPE keeps its tensor's quantization, so the file computes the same."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    changed = False
+    for graph in model.subgraphs:
+        readers: dict[int, list[Any]] = {}
+        for op in graph.operators:
+            for tensor in op.inputs:
+                readers.setdefault(int(tensor), []).append(op)
+        for op in list(graph.operators):
+            if codes[op.opcodeIndex] != schema.BuiltinOperator.RESHAPE:
+                continue
+            out, users = int(op.outputs[0]), readers.get(int(op.outputs[0]), [])
+            if (out in set(map(int, graph.outputs)) or not users or len(graph.tensors[out].shape) != 2
+                    or any(codes[u.opcodeIndex] != schema.BuiltinOperator.FULLY_CONNECTED or int(u.inputs[0]) != out
+                           for u in users)):
+                continue
+            for user in users:
+                user.inputs[0] = op.inputs[0]
+                user.builtinOptions.keepNumDims = False
+            graph.operators.remove(op)
+            changed = True
+    if not changed:
+        return data
+    import flatbuffers
+
+    builder = flatbuffers.Builder(len(data) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 def _convert(module: Any, example: Any, quant_config: Any = None) -> bytes:
     import torch
 
@@ -217,7 +285,7 @@ def _convert(module: Any, example: Any, quant_config: Any = None) -> bytes:
             edge.export(str(Path(tmp) / "model.tflite"))
         except Exception as e:
             raise ExportError(f"litert-torch conversion failed: {error_text(e)}") from e
-        return (Path(tmp) / "model.tflite").read_bytes()
+        return batch_free((Path(tmp) / "model.tflite").read_bytes())
 
 
 def _fp16_weights(fp32: bytes) -> bytes:

@@ -15,7 +15,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, ExportError
+from ..quiet import quiet_libraries
 from . import INPUT_NAME, OUTPUT_NAME, Calibration, Session, error_text, float_graph
+
+quiet_libraries()  # before onnxruntime's quantizer loads (edgecifar.quiet)
 
 OPSET = 20  # >= 20: GELU is one Gelu node (opset 18 wrote Div, Erf, Add, Mul, Mul: airnet_m-kd INT8 0.552 -> 0.496 ms); torch's exporter writes it natively
 

@@ -14,7 +14,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, ExportError
+from ..quiet import quiet_libraries
 from . import INPUT_NAME, OUTPUT_NAME, Calibration, Session, error_text
+
+quiet_libraries()  # before openvino or nncf load (edgecifar.quiet)
 
 RT_SECTION = "edgecifar"  # our metadata lives under rt_info/edgecifar/<key>
 METADATA_KEYS = ("edgecifar_version", "format", "precision", "model", "classes", "num_classes", "img_size",
