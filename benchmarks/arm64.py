@@ -128,12 +128,26 @@ def _install_wheels() -> None:
                     *(f"{name}=={v}" for name, v in _versions().items())], check=True)
 
 
+def core_root(core: str) -> Path:
+    """The sysroot as `core` sees it: a hard-linked copy of SYSROOT (seconds, no space) with that core's
+    /proc/cpuinfo, so that runs on two cores at once never read each other's."""
+    root = CACHE / f"sysroot-{core}"
+    if not (root / READY.name).is_file():
+        if root.exists():
+            shutil.rmtree(root)
+        subprocess.run(["cp", "-al", str(SYSROOT), str(root)], check=True)
+    info = root / "proc" / "cpuinfo"
+    info.unlink(missing_ok=True)  # a hard link would write through to SYSROOT's
+    info.write_text(cpuinfo(core))
+    return root
+
+
 def qemu_python(core: str) -> list[str]:
     """The command that runs the sysroot's python3.11 on `core`, its /proc/cpuinfo set to that core's."""
     if core == "max":
         raise ValueError("-cpu max corrupts LiteRT INT8 results: name a core")
-    (SYSROOT / "proc" / "cpuinfo").write_text(cpuinfo(core))
-    return [QEMU, "-cpu", core, "-L", str(SYSROOT), str(SYSROOT / "usr" / "bin" / f"python{PYTHON}")]
+    root = core_root(core)
+    return [QEMU, "-cpu", core, "-L", str(root), str(root / "usr" / "bin" / f"python{PYTHON}")]
 
 
 def qemu_env() -> dict[str, str]:
@@ -263,10 +277,17 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"error: the x86 reference run failed: {x86['error']}")
     results = []
     for core in cores:
+        done = work / f"rows-{core}.jsonl"  # each row as it is measured: an interrupted run resumes
+        known = {(r["file"], r["sha256"], r["images"]): r for r in map(json.loads, done.read_text().splitlines())
+                 } if done.is_file() else {}
         for i, (entry, file) in enumerate(zip(entries, files)):
+            if (row := known.get((entry["path"], entry["sha256"], len(images)))) is not None:
+                results.append(row)
+                continue
             print(f"{core}: {entry['path']} ...", flush=True)
             arm = run([file], images_path, qemu_python(core), qemu_env(), work / f"{core}.npz", 3600)
-            row = {"file": entry["path"], "format": entry["format"], "bytes": entry["bytes"], "core": core,
+            row = {"file": entry["path"], "sha256": entry["sha256"], "format": entry["format"], "bytes": entry["bytes"],
+                   "core": core,
                    "images": len(images), "x86_top1": float((x86["outputs"][i].argmax(1) == labels).mean())}
             if "error" in arm:
                 row["error"] = arm["error"]
@@ -275,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
                 row["emulated_ms_per_image"] = round(1000 * arm["seconds"][0] / len(images), 1)
             results.append(row)
             print(f"  {json.dumps(row)}", flush=True)
+            if "error" not in row:
+                with open(done, "a") as f:
+                    f.write(json.dumps(row) + "\n")
     write_results(args.out, results, len(images), cores)
     return 0
 

@@ -187,6 +187,19 @@ class ConvGroup(nn.Module):
         return self.act(self.norm2(self.conv2(self.act(x))))
 
 
+class ActThenPoolGroup(ConvGroup):
+    """ConvGroup in the order conv, BN, act, 2x2 max-pool, conv, BN, act: in eval mode the same function as
+    ConvGroup's for an increasing activation (ReLU) and BN of positive scale (frozen at 1), since a per-channel
+    increasing map commutes with max-pooling. Quantized, it is what TFLite's MAX_POOL_2D needs: the same scale on its
+    input and output, which PT2E gives only when the pool sits between a fused conv-BN-ReLU and the next conv
+    (pool before BN, litert-torch stopped: "'tfl.max_pool_2d' op quantization parameters violate the same scale
+    constraint"). Same modules, so weights load either way."""
+
+    def forward(self, x):
+        x = self.pool(self.act(self.norm1(self.conv1(x))))
+        return self.act(self.norm2(self.conv2(x)))
+
+
 class GlobalMaxPool(nn.Module):
     """Global max-pool as a max-pool whose window is the whole feature map (fixed when exported): the values of
     nn.AdaptiveMaxPool2d(1), exported as ONNX MaxPool and TFLite MAX_POOL_2D, which NNAPI, CoreML and TFLite Micro
@@ -200,17 +213,18 @@ class AirbenchNet(nn.Module):
     """Patch-whitening stem (2x2, 24 channels, frozen; `init_from_data`), three ConvGroups of `widths`,
     global max-pool, bias-free linear head scaled by 1/width. Input: normalized NCHW float, any size >= 16.
     act: the activation (airbench's GELU; ReLU for targets without a GELU kernel); pool: the global max-pool
-    module (GlobalMaxPool for accelerators without ReduceMax). Neither has parameters: weights load either way."""
+    module (GlobalMaxPool for accelerators without ReduceMax); group: ConvGroup or ActThenPoolGroup. None of them
+    has parameters of its own: weights load either way."""
 
     def __init__(self, widths: tuple[int, int, int], num_classes: int, act: type[nn.Module] = nn.GELU,
-                 pool: type[nn.Module] = lambda: nn.AdaptiveMaxPool2d(1)):
+                 pool: type[nn.Module] = lambda: nn.AdaptiveMaxPool2d(1), group: type[ConvGroup] = ConvGroup):
         super().__init__()
         whiten_width = 2 * 3 * 2 * 2  # each eigenvector of the 12-dim 2x2x3 patch space, with both signs
         self.whiten = nn.Conv2d(3, whiten_width, 2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)
         groups, cin = [], whiten_width
         for width in widths:
-            groups.append(ConvGroup(cin, width, act))
+            groups.append(group(cin, width, act))
             cin = width
         self.layers = nn.Sequential(act(), *groups, pool(), nn.Flatten())
         self.head = nn.Linear(cin, num_classes, bias=False)
@@ -275,17 +289,17 @@ def airnet_t(num_classes: int = 10, pretrained: bool = False, weights: str | Non
 # ---------------------------------------------------------------- accelerator-friendly airnets (issue 28)
 # The airnets' GELU has no kernel in TFLite Micro, NNAPI or CoreML (ONNX Runtime's usability checker: NNAPI takes
 # 19 of airnet_m-kd's 95 nodes), and its global max-pool becomes ReduceMax, which NNAPI lacks. These variants are
-# the same nets with ReLU and a whole-map MaxPool: every op they use is a TFLite Micro builtin, an NNAPI and a
-# CoreML op. Same recipes as their GELU originals (not yet trained here: see docs/microcontrollers.md).
+# the same nets with ReLU, each group's max-pool after its first conv-BN-ReLU (ActThenPoolGroup) and a whole-map MaxPool
+# head: every op they use is a TFLite Micro builtin, an NNAPI and a CoreML op. Same recipes as their GELU originals (not yet trained here: see docs/microcontrollers.md).
 
 
 @register_model("airnet_t_relu", recipe=replace(AIRBENCH_RECIPE, epochs=40, lr=0.08))
 def airnet_t_relu(num_classes: int = 10, pretrained: bool = False, weights: str | None = None) -> nn.Module:
     """airnet_t (widths 16-40-56, 76 K params) with ReLU and a MaxPool head: runs in TFLite Micro, NNAPI, CoreML."""
-    return AirbenchNet((16, 40, 56), num_classes, act=nn.ReLU, pool=GlobalMaxPool)
+    return AirbenchNet((16, 40, 56), num_classes, act=nn.ReLU, pool=GlobalMaxPool, group=ActThenPoolGroup)
 
 
 @register_model("airnet_m_relu", recipe=replace(AIRBENCH_RECIPE, epochs=18))
 def airnet_m_relu(num_classes: int = 10, pretrained: bool = False, weights: str | None = None) -> nn.Module:
     """airnet_m (widths 48-192-192, 1.11 M params) with ReLU and a MaxPool head: every op on every edge target."""
-    return AirbenchNet((48, 192, 192), num_classes, act=nn.ReLU, pool=GlobalMaxPool)
+    return AirbenchNet((48, 192, 192), num_classes, act=nn.ReLU, pool=GlobalMaxPool, group=ActThenPoolGroup)

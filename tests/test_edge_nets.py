@@ -58,12 +58,12 @@ def test_export_reports_which_accelerators_take_every_op(act, tmp_path):
     from edgecifar.backends import BACKENDS
     from edgecifar.edge_targets import edge_targets
     from edgecifar.models import EdgeModel, create_model
-    from edgecifar.nets import AirbenchNet, GlobalMaxPool
+    from edgecifar.nets import ActThenPoolGroup, AirbenchNet, GlobalMaxPool
 
     pytest.importorskip("onnxruntime.tools.mobile_helpers.usability_checker")
     torch.manual_seed(0)
     backbone = (AirbenchNet((8, 8, 8), 10) if act == "GELU" else
-                AirbenchNet((8, 8, 8), 10, act=nn.ReLU, pool=GlobalMaxPool))
+                AirbenchNet((8, 8, 8), 10, act=nn.ReLU, pool=GlobalMaxPool, group=ActThenPoolGroup))
     model = EdgeModel(backbone, dict(create_model("airnet_t").meta)).eval()
     path = tmp_path / "net-fp32.onnx"
     BACKENDS["onnx"].export(model, path, "fp32", None, {"classes": json.dumps(list("abcdefghij"))})
@@ -72,3 +72,20 @@ def test_export_reports_which_accelerators_take_every_op(act, tmp_path):
         assert not nnapi["all_ops"] and {"Gelu", "ReduceMax"} <= set(nnapi["lacking"]), nnapi
     else:
         assert nnapi["all_ops"] and nnapi["partitions"] == 1, nnapi
+
+
+def test_act_then_pool_group_is_the_airbench_group_in_eval():
+    """ReLU and eval-mode BN of frozen (positive) scale commute with max-pooling: the reordered group computes the
+    same function as airbench's, with the same weights."""
+    import torch
+    from torch import nn
+
+    from edgecifar.nets import ActThenPoolGroup, ConvGroup
+
+    torch.manual_seed(0)
+    original, reordered = ConvGroup(6, 8, nn.ReLU), ActThenPoolGroup(6, 8, nn.ReLU)
+    for norm in (original.norm1, original.norm2):  # trained-looking statistics
+        norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2), norm.bias.data.uniform_(-1, 1)
+    reordered.load_state_dict(original.state_dict(), strict=True)
+    x = torch.randn(2, 6, 8, 8)
+    torch.testing.assert_close(reordered.eval()(x), original.eval()(x))
