@@ -101,13 +101,14 @@ def recommend(result: dict[str, Any] | Path | str, max_latency_ms: float | None 
         return {**base, "met": False, "choice": None, "best": None, "tied": [], "method": None,
                 "runner_up": None, "reason": reason, "shortfalls": missed}
     best = eligible[0]
-    tied = [t for t in (accuracy_tie(r, best, alpha) for r in eligible) if t.tied]
+    judged = [accuracy_tie(r, best, alpha) for r in eligible]
+    tied = [t for t in judged if t.tied]
     choice = min(tied, key=lambda t: (t.row["size_mb"], t.row[key])).row
     runner_up = next((r for r in eligible if r is not choice), None)
-    method = _method(eligible)
+    method = max((t.method for t in judged), key=METHODS.index)  # the weakest judgement made
     return {**base, "met": True, "choice": choice, "best": best, "tied": tied, "method": method,
             "runner_up": runner_up, "shortfalls": [],
-            "reason": _why(choice, best, tied, eligible, rows, cons, key, alpha, method)}
+            "reason": _why(choice, best, tied, judged, eligible, rows, cons, key, alpha)}
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class Tie:
 
 
 PAIRED, WILSON, TOP1 = "exact McNemar", "Wilson intervals", "top-1 only"
+METHODS = (PAIRED, WILSON, TOP1)  # strongest first
 
 
 def accuracy_tie(row: dict[str, Any], reference: dict[str, Any], alpha: float = stats.ALPHA) -> Tie:
@@ -194,14 +196,6 @@ def _wilson(correct: int, images: int) -> tuple[float, float]:
 def _counted(row: dict[str, Any]) -> str:
     ok = isinstance(row.get("correct"), int) and isinstance(row.get("images"), int) and row["images"] > 0
     return WILSON if ok and 0 <= row["correct"] <= row["images"] else TOP1
-
-
-def _method(rows: list[dict[str, Any]]) -> str:
-    """How this set of rows can be compared on accuracy: paired where all carry per-image results on one test set."""
-    found = [_hits(r) for r in rows]
-    if all(f is not None for f in found) and len({f[0] for f in found}) == 1:  # type: ignore[index]
-        return PAIRED
-    return WILSON if all(_counted(r) == WILSON for r in rows) else TOP1
 
 
 def _p(p: float | None) -> str:
@@ -286,8 +280,8 @@ def _joined(cons: list[Constraint]) -> str:
     return ", ".join(c.text() for c in cons) if cons else "no constraints"
 
 
-def _why(choice: dict, best: dict, tied: list[Tie], eligible: list[dict], rows: list[dict],
-         cons: list[Constraint], key: str, alpha: float, method: str) -> str:
+def _why(choice: dict, best: dict, tied: list[Tie], judged: list[Tie], eligible: list[dict], rows: list[dict],
+         cons: list[Constraint], key: str, alpha: float) -> str:
     """"X: tied with Y on accuracy (p = 0.62, -0.05 pt), 3.3x smaller and 1.8x faster", or the clear winner
     and how far ahead of the next row it is."""
     percentile = key.split("_")[1]
@@ -307,9 +301,12 @@ def _why(choice: dict, best: dict, tied: list[Tie], eligible: list[dict], rows: 
         if ahead is not None:
             text += (f"; the next, {name(ahead)} ({describe(ahead, key)}), is significantly less accurate "
                      f"({accuracy_tie(ahead, best, alpha).text()})")
-    if method != PAIRED:
-        text += (f" [ties judged by {'overlapping Wilson intervals, not a paired test' if method == WILSON else 'equal top-1 only'}"
-                 f": this bench has no per-image results for every row; bench again to pair them]")
+    unpaired = [t for t in judged if t.method != PAIRED]
+    if unpaired:
+        how = "overlapping Wilson intervals" if all(t.method == WILSON for t in unpaired) else \
+            "overlapping Wilson intervals or, without counts, equal top-1"
+        text += (f" [{len(unpaired)} of the {len(judged)} rows judged against {name(best)} by {how}, not a paired "
+                 f"test: no per-image results on one test set for them; bench again to pair them]")
     fastest = min(eligible, key=lambda r: r[key])
     if fastest is not choice and faster(fastest, choice, percentile):
         text += f"; the fastest that qualifies is {name(fastest)} ({describe(fastest, key)})"
