@@ -57,6 +57,12 @@ SECTIONS = (
                 Entry(("repeatability.json",),
                       "A second bench of the 2026-11-25 reference set: 40 of 42 rows' p50 within 10 %, top-1 equal.",
                       "uv run --extra edge python benchmarks/run_reference.py --repeat"),
+                Entry(("frontier",),
+                      "Scratch against transfer per budget, from the reference bench (docs/frontier.md): each "
+                      "family's best file within 0.25-4 ms (1 thread) and 128 KB-4 MB; scratch leads at every budget "
+                      "where both fit (by 0.04-0.17 points, one run each, not tested) and alone below 0.88 ms and "
+                      "3.67 MB; no crossover. Plot, fronts and every file with its Wilson interval.",
+                      "uv run edgecifar frontier benchmarks/results/bench.json --out benchmarks/results/frontier"),
                 Entry(("dominance",),
                       "An earlier comparison (2026-11-29) against the lost EfficientNet-Lite0 run's files; "
                       "`vnni_rule_bench.md`: `airnet_m`'s OpenVINO INT8 IR with 8-bit weights (90.13 %).",

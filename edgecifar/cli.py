@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import cli_train  # noqa: F401 - importing registers the commands, in the order of the help
 from . import cli_ship  # noqa: F401
+from . import cli_frontier  # noqa: F401 - frontier
 from .cli_common import app
 from .cli_ship import ExportFormat  # noqa: F401 - part of this module's interface (tests, scripts)
 

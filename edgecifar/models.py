@@ -266,7 +266,7 @@ class BundledWeights:
             spec = None
         if spec is None or not spec.submodule_search_locations:
             raise ModelError(f"package {self.package} is not installed (it ships the ImageNet weights)")
-        return Path(list(spec.submodule_search_locations)[0]) / self.file
+        return Path(next(iter(spec.submodule_search_locations))) / self.file
 
     def load(self) -> dict[str, torch.Tensor]:
         """The state dict, checked against the published hash prefix and read with weights_only=True."""
@@ -303,7 +303,7 @@ def load_checked_weights(path: Path | str, sha256_prefix: str | None = None) -> 
             state = torch.load(path, map_location="cpu", weights_only=True)
     except ModelError:
         raise
-    except Exception as e:  # OSError, or an unpickling refusal of anything that is not plain weights
+    except Exception as e:  # noqa: BLE001 - OSError, a truncated file, or weights_only refusing what is not weights
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot read weights from {path}: {first}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
