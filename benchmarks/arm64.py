@@ -317,7 +317,9 @@ def write_results(out: Path, rows: list[dict], images: int, cores: list[str]) ->
     lines = ["# INT8 files on emulated ARM64 cores against x86", "",
              f"{header['images']}; {qemu}; {header['sysroot']}; wheels "
              + ", ".join(f"{k} {v}" for k, v in header["wheels"].items()) + "; one thread. "
-             "`identical`: every output value bit for bit the x86 one. Emulated time is QEMU's, not a device's.", "",
+             "`identical`: every output value bit for bit the x86 one. `max abs diff`: in the file's own output units (float "
+             "logits for ONNX, int8 steps for .tflite files, whose outputs are int8). Emulated time (QEMU's, not a "
+             "device's) includes starting the interpreter and loading the file.", "",
              "| file | core | identical | top-1 agreement | max abs diff | top-1 (ARM) | top-1 (x86) | emulated ms/image |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
