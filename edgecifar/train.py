@@ -232,7 +232,7 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
     taught = teacher_logits(cfg.teacher, train_x, model.meta["classes"], cfg.teacher_tta) if cfg.teacher else None
     teacher_seconds = time.perf_counter() - teacher_started
 
-    steps_per_epoch = len(batch_bounds(len(train_y), cfg.batch_size, ranks.world_size))
+    steps_per_epoch = len(batch_bounds(len(train_y), cfg.batch_size))
     optimizer = make_optimizer(model, cfg)
     peaks = [g["lr"] for g in optimizer.param_groups]  # each group's peak, before a resume restores its state
     ema = EMA(model, cfg.ema) if cfg.ema else None
@@ -251,10 +251,9 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
               "resumed": _resumes(checkpoint, start_epoch, changes)}
     for line in data.summary():  # classes, images per split and class, skipped files, warnings
         log(line)
-    if (left := len(train_y) % cfg.batch_size) and len(train_y) > cfg.batch_size and left < 2 * ranks.world_size:
-        log(f"note: {len(train_y):,} training images leave {left} in the last batch of {cfg.batch_size}: "
-            f"{'it joins' if left == 1 else 'they join'} the batch before it each epoch (batch norm cannot train "
-            f"on one image)")
+    if len(train_y) % cfg.batch_size == 1 and len(train_y) > cfg.batch_size:
+        log(f"note: {len(train_y):,} training images leave 1 in the last batch of {cfg.batch_size}: it joins the "
+            f"batch before it each epoch (batch norm cannot train on one image)")
     log(f"training {cfg.model} ({config['params']:,} params, {trainable:,} trainable) on {len(train_y):,} images, "
         f"{device}{ranks.summary(cfg.batch_size, synced_bn)}, {(autocast or {}).get('note') or _precision(cfg)}, -> {out}"
         + (f", from epoch {start_epoch + 1}" if start_epoch else "")
@@ -364,7 +363,7 @@ def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, 
     columns = [TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.3f}  {task.fields[ips]:.0f} img/s"), TimeRemainingColumn()]
     with Progress(*columns, disable=not show_progress, transient=True) as progress:
-        bounds = batch_bounds(len(order), cfg.batch_size, ranks.world_size)
+        bounds = batch_bounds(len(order), cfg.batch_size)
         steps = len(bounds)
         task = progress.add_task("train", total=steps, loss=0.0, ips=0.0)
         for step, idx in enumerate((order[start:stop] for start, stop in bounds), 1):
@@ -395,13 +394,14 @@ def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, 
             "images_per_s": seen / seconds, "lr": scheduler.get_last_lr()[0]}
 
 
-def batch_bounds(n: int, batch_size: int, processes: int = 1) -> list[tuple[int, int]]:
-    """(start, stop) of each batch of an epoch of `n` images. A last batch that would leave a process fewer than
-    2 images is folded into the batch before it (so one batch is larger, never an image dropped): batch norm in
-    training cannot normalize a single value per channel (ResNet18 at 32 px reaches 1x1 maps: 17 images in
-    batches of 8 ended epoch 1 in a ValueError), and one image is a noisy step anyway."""
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, stop) of each batch of an epoch of `n` images. A last batch of one image is folded into the batch
+    before it (one batch is larger, no image dropped): batch norm in training cannot normalize a single value per
+    channel (ResNet18 at 32 px reaches 1x1 maps: 17 images in batches of 8 ended epoch 1 in a ValueError). The
+    same for any number of processes, so that a run trains the same on each (on several CPU processes, each
+    normalizing its own part of the global batch, a part of one image can remain: edgecifar.distributed)."""
     starts = list(range(0, n, batch_size))
-    if len(starts) > 1 and n - starts[-1] < 2 * processes:
+    if len(starts) > 1 and n - starts[-1] == 1:
         starts.pop()
     return list(zip(starts, [*starts[1:], n]))
 

@@ -231,16 +231,14 @@ def test_recipe_bf16_only_where_the_cpu_has_it(native, monkeypatch):
     assert fp32.bf16 is False and not record["note"]  # a recipe without bf16 stays fp32 on any CPU
 
 
-@pytest.mark.parametrize("n, batch, processes, expected", [
-    (17, 8, 1, [(0, 8), (8, 17)]),  # a last batch of one joins the one before
-    (18, 8, 1, [(0, 8), (8, 16), (16, 18)]),
-    (16, 8, 1, [(0, 8), (8, 16)]),
-    (1, 8, 1, [(0, 1)]),  # a single batch stays what it is
-    (19, 8, 2, [(0, 8), (8, 19)]),  # 3 left for 2 processes: one of them would get a single image
-    (20, 8, 2, [(0, 8), (8, 16), (16, 20)]),
+@pytest.mark.parametrize("n, batch, expected", [
+    (17, 8, [(0, 8), (8, 17)]),  # a last batch of one joins the one before
+    (18, 8, [(0, 8), (8, 16), (16, 18)]),
+    (16, 8, [(0, 8), (8, 16)]),
+    (1, 8, [(0, 1)]),  # a single batch stays what it is
 ])
-def test_a_last_batch_too_small_for_batch_norm_is_folded(n, batch, processes, expected):
-    assert train_module.batch_bounds(n, batch, processes) == expected
+def test_a_last_batch_of_one_image_is_folded(n, batch, expected):
+    assert train_module.batch_bounds(n, batch) == expected
 
 
 def test_batch_norm_trains_when_the_last_batch_would_hold_one_image(tmp_path):
