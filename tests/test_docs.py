@@ -214,3 +214,13 @@ def test_results_index_is_written_by_its_script_and_lists_every_result():
     written = (ROOT / "benchmarks" / "results" / "README.md").read_text(encoding="utf-8")
     assert written == index.render(), ("benchmarks/results/README.md differs from what its script writes: run "
                                        "`uv run python benchmarks/results_index.py`")
+
+
+def test_the_readme_lists_every_command():
+    """The README's command table names every command the app has, so a new command is documented when it lands."""
+    text = README.read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `edgecifar ([a-z][a-z0-9-]*)", text, re.M))
+    missing = sorted(set(GROUP.commands) - listed)
+    gone = sorted(listed - set(GROUP.commands))
+    assert not missing, f"README.md's command table lacks: {missing} (one line each, under '## Commands')"
+    assert not gone, f"README.md's command table lists commands the app does not have: {gone}"
