@@ -112,7 +112,7 @@ def _measure_and_write(targets: list[Target], thread_list: tuple[int, ...], sett
                        notes: list[str], out_dir: Path, show_progress: bool, log: Log) -> BenchResult:
     from .report import write_reports
 
-    started = time.perf_counter()
+    started, loads = time.perf_counter(), [_load_average()]
     with tempfile.TemporaryDirectory(prefix="edgecifar-bench-") as tmp:
         test_sets = _prepare_data(targets, settings["max_images"], Path(tmp))
         for test_set in test_sets.values():
@@ -126,7 +126,12 @@ def _measure_and_write(targets: list[Target], thread_list: tuple[int, ...], sett
         reasons = list(dict.fromkeys(f"{r['model']} {r['variant']}: {r['reason']}" for r in rows))
         more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
         raise BenchError(f"nothing could be measured: {'; '.join(reasons[:3])}{more}")
+    loads.append(_load_average())
+    if (busy := busy_note(loads, machine_info()["cores_available"])) is not None:
+        notes.append(busy)
+        log(f"warning: {busy}")
     header = _header(settings, key, time.perf_counter() - started, notes)
+    header["load_average"] = loads
     result = BenchResult(rows)
     result.header, result.files = header, write_reports(header, rows, out_dir)
     return result
@@ -260,7 +265,9 @@ def run_worker(job: dict[str, Any], threads: int) -> dict[str, Any]:
     package_root = str(Path(__file__).resolve().parents[1])  # the same edgecifar, wherever we run from
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     env["EDGECIFAR_BENCH_PARENT"] = str(os.getpid())  # the worker dies with this process (bench_worker.main)
-    timeout = 120 + 10 * (job["latency_seconds"] + job["throughput_seconds"]) + 0.03 * job["images"]
+    # a backend may say its runtime is slow per image (TFLite Micro's reference kernels: tens of ms)
+    per_image = getattr(backend_for(job["path"]), "seconds_per_image", 0.03) if job["kind"] == "artifact" else 0.03
+    timeout = 120 + 10 * (job["latency_seconds"] + job["throughput_seconds"]) + per_image * job["images"]
     prefix: list[str] = []
     if job.get("isa_cap"):
         try:
@@ -422,6 +429,25 @@ def _shown(path: Path) -> str:
         return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
     except ValueError:
         return str(path)
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (runnable processes), None where the OS does not say."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def busy_note(loads: Sequence[float | None], cores: int | None) -> str | None:
+    """A note for the header when the CPU was busy with other work while the bench ran (a 1-minute load average
+    above the cores available, at its start or end): its latencies are then the contention's as much as the
+    files'. None on a quiet machine, or where the load is not known."""
+    known = [x for x in loads if x is not None]
+    if not known or not cores or max(known) <= cores:
+        return None
+    return (f"the CPU was busy while this bench ran (load average up to {max(known):g} on {cores} cores): its "
+            f"latencies are contended, read them as such; accuracy is not affected")
 
 
 def _header(settings: dict[str, Any], key: str, seconds: float, notes: list[str]) -> dict[str, Any]:

@@ -295,8 +295,10 @@ def _why(choice: dict, best: dict, tied: list[Tie], judged: list[Tie], eligible:
         text = f"{name(choice)} ({describe(choice, key)}): the most accurate of {among}"
         others = [t for t in tied if t.row is not choice]
         if others:
-            text += (f"; {len(others)} more tied with it on accuracy (e.g. {name(others[0].row)}: "
-                     f"{others[0].text()}), none smaller")
+            other = others[0].row
+            text += (f"; {len(others)} more tied with it on accuracy, none smaller (e.g. {name(other)}: "
+                     f"{others[0].text()}; this one {_size_text(choice, other)} and "
+                     f"{stats.speed_text(choice, other, percentile)})")
         ahead = next((r for r in eligible if not any(t.row is r for t in tied)), None)
         if ahead is not None:
             text += (f"; the next, {name(ahead)} ({describe(ahead, key)}), is significantly less accurate "

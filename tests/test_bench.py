@@ -439,3 +439,11 @@ def test_a_signal_stops_bench_and_its_worker_at_once(signame, exported, tiny_run
     assert not _alive(worker)
     assert [p.name for p in results.iterdir()] == ["bench.json"]
     assert (results / "bench.json").read_text() == '{"previous": "report"}'
+
+
+def test_a_busy_cpu_is_said_in_the_header():
+    from edgecifar.bench import busy_note
+
+    assert busy_note([0.4, 1.2], 2) is None and busy_note([None, None], 2) is None
+    note = busy_note([3.1, 14.5], 2)
+    assert "load average up to 14.5 on 2 cores" in note and "latencies are contended" in note
