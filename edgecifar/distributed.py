@@ -85,8 +85,9 @@ class Ranks:
 
 
 # what torchrun (and the launchers built on it) set for each process it starts; TORCHELASTIC_RUN_ID only it sets
-RENDEZVOUS_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                   "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+RENDEZVOUS_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                   "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+                   "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE")
 WAIT_NOTICE_S = 5.0  # a rendezvous that takes longer says what it waits for
 RENDEZVOUS_TIMEOUT_S = 300.0  # and gives up after this (EDGECIFAR_RENDEZVOUS_TIMEOUT, seconds, overrides it)
 
@@ -120,7 +121,26 @@ def from_environment() -> Ranks:
                                      "MASTER_ADDR and MASTER_PORT are needed")) if bad]
     if wrong:
         raise UsageError(f"the distributed environment contradicts itself ({'; '.join(wrong)}; {shown}): {fix}")
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and _refused(env["MASTER_ADDR"], env["MASTER_PORT"]):
+        # the agent that started us hosts the group's store there: gone, it is a shell (or a notebook) that
+        # inherited its variables
+        raise UsageError(f"the torchrun that set this environment is gone (nothing listens at "
+                         f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}; {shown}): {fix}")
     return Ranks(rank, world, local)
+
+
+def _refused(host: str, port: str) -> bool:
+    """Whether a TCP connection to host:port is refused outright (nothing listens); False if it opens, or if
+    no answer comes within a second (a firewall: not known to be gone)."""
+    import socket
+
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 @contextlib.contextmanager

@@ -128,10 +128,11 @@ def test_nproc_passes_the_given_options_on_to_torchrun(monkeypatch):
 
 
 def test_nproc_under_torchrun_is_refused(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
+    for key, value in {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
+                       "TORCHELASTIC_RUN_ID": "job"}.items():  # what torchrun gives each process
+        monkeypatch.setenv(key, value)
     result = CliRunner().invoke(app, ["train", "--nproc", "2"])
-    assert result.exit_code == 2 and "under torchrun, leave it out" in result.output
+    assert result.exit_code == 2 and "--nproc starts torchrun itself: under torchrun" in result.output
 
 
 def test_rank_0_speaks_for_the_run():
@@ -229,3 +230,19 @@ def test_a_signal_stops_a_waiting_rendezvous(image_tree, tmp_path, signum):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_variables_of_a_torchrun_that_is_gone(monkeypatch):
+    """A shell or notebook started under torchrun keeps every variable its agent set, TORCHELASTIC_RUN_ID
+    included; the agent, which hosted the group's store at MASTER_ADDR:MASTER_PORT, is gone."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    for key, value in {**STALE, "MASTER_PORT": str(port), "TORCHELASTIC_RUN_ID": "none",
+                       "TORCHELASTIC_USE_AGENT_STORE": "True"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(EdgecifarError, match=rf"the torchrun that set this environment is gone \(nothing listens "
+                                             rf"at 127.0.0.1:{port}.*`unset RANK WORLD_SIZE LOCAL_RANK"):
+        distributed.from_environment()
