@@ -67,10 +67,12 @@ def note(message: str) -> None:
 
 
 def short_paths(paths: list[str]) -> tuple[list[str], str | None]:
-    """File paths as a narrow table shows them: relative to the folder they all share (returned, None when they
-    share none), so that what tells them apart (their file names) is what is shown."""
+    """File paths as a narrow table shows them: several relative to the folder they all share (returned; None
+    when they share none, and for one path, shown as given), so that what tells them apart is what is shown."""
     import os
 
+    if len(paths) < 2:
+        return list(paths), None
     folders = [os.path.dirname(os.path.abspath(p)) for p in paths]
     try:
         common = os.path.commonpath(folders) if folders else ""

@@ -164,8 +164,9 @@ def predict(
         from rich.table import Table
 
         names, folder = short_paths([r["image"] for r in answered])  # narrow terminals: the file names show
-        table = Table(title=escape(f"{model} (checksum: {answered[0]['checksum']})"),
-                      caption=escape(f"images in {folder}") if folder else None)
+        if folder:
+            say(f"images in {folder}:")
+        table = Table(title=escape(f"{model} (checksum: {answered[0]['checksum']})"))
         table.add_column("image", overflow="fold")
         for i in range(len(answered[0]["predictions"])):
             table.add_column(f"#{i + 1}")
