@@ -105,7 +105,8 @@ def claim_run_dir(out: Path) -> bool:
         probe.unlink()
         return created
     except OSError as e:
-        raise EdgecifarError(f"cannot write to {out}: {e.strerror or e}") from e
+        raise EdgecifarError(f"cannot write to {out}: {e.strerror or e}; pass --out with a folder you can "
+                             f"write") from e
 
 
 def release_run_dir(out: Path) -> None:
@@ -142,10 +143,18 @@ def read_config(run_dir: Path | str) -> dict[str, Any]:
         raise CheckpointError(f"{run_dir} has no {CONFIG}: not a run folder made by `edgecifar train`")
     try:
         config = read_json(run_dir / CONFIG)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"corrupt {run_dir / CONFIG}: {e}") from e
+    # config.json is a common name (a Hugging Face model folder has one): without our sections it is another
+    # tool's, not a corrupt run
+    if not isinstance(config, dict) or not {"model", "train"} & config.keys():
+        raise CheckpointError(f"{run_dir} is not a run folder made by `edgecifar train`: its {CONFIG} is another "
+                              f"tool's (no \"model\" or \"train\" section)")
+    try:
         config["model"]["model"]
         return config
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"corrupt {run_dir / CONFIG}: {e}") from e
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"corrupt {run_dir / CONFIG}: no model name ({type(e).__name__}: {e})") from e
 
 
 def load_run(run_dir: Path | str) -> EdgeModel:

@@ -393,3 +393,28 @@ def test_a_finished_training_lets_the_folder_go(image_tree, tmp_path):
             "print(take_folder(Path(sys.argv[1]), '.edgecifar-lock') or 'taken')")
     taken = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True)
     assert taken.stdout == "taken\n", taken.stderr
+
+
+def test_another_tools_config_json_is_not_a_corrupt_run(tmp_path):
+    from edgecifar.runs import read_config
+
+    hf = tmp_path / "bert-base"  # a Hugging Face model folder
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "hidden_size": 768}))
+    with pytest.raises(CheckpointError, match=r"bert-base is not a run folder made by `edgecifar train`: its "
+                                              r"config.json is another tool's"):
+        read_config(hf)
+    (hf / "config.json").write_text(json.dumps({"model": {"classes": []}, "train": {}}))  # ours, hand-edited
+    with pytest.raises(CheckpointError, match=r"corrupt .*config.json: no model name"):
+        read_config(hf)
+    (hf / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"corrupt .*config.json"):
+        read_config(hf)
+
+
+def test_an_unwritable_out_is_one_line_naming_the_option(tmp_path):
+    from edgecifar.runs import claim_run_dir
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(EdgecifarError, match=r"cannot write to .*file/run: .*pass --out with a folder you can write"):
+        claim_run_dir(tmp_path / "file" / "run")  # under a file: cannot be made, even by root
