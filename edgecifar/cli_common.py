@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .errors import DiskFullError, EdgecifarError
-from .utils import NO_ROOM, no_room, writable_homes
+from .utils import NO_ROOM, checked_thread_variables, no_room, writable_homes
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, export and benchmark small CIFAR-10 classifiers for edge CPUs.")
@@ -33,6 +33,7 @@ def handle_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             writable_homes()  # before any library picks its cache or settings folder under an unwritable HOME
+            checked_thread_variables()  # and before torch's OpenMP reads them
             return fn(*args, **kwargs)
         except EdgecifarError as e:
             error_line(str(e))

@@ -370,6 +370,23 @@ def writable_homes() -> None:
               f"them (or pass --cache-dir) to keep them elsewhere", file=sys.stderr)
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def checked_thread_variables() -> None:
+    """Remove thread-count variables that are not a whole number >= 1 ("abc", "0", "-3": a template left unfilled,
+    a job script's mistake) from the environment before a library reads them, with one note each: libgomp (loaded
+    with torch) prints "Invalid value for environment variable OMP_NUM_THREADS" and goes on with its default,
+    which is what happens here too, said in our words."""
+    for var in THREAD_VARIABLES:
+        value = os.environ.get(var)
+        if value is None or (value.strip().isdigit() and int(value) >= 1):
+            continue
+        del os.environ[var]
+        print(f"note: {var}={value!r} is not a whole number of threads (1 or more): ignored; unset it or set one",
+              file=sys.stderr)
+
+
 def _home() -> Path | None:
     """HOME, else the password database's home; None when neither names one."""
     try:

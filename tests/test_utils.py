@@ -138,3 +138,25 @@ def test_train_without_a_writable_home_trains(no_home, image_tree):
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "cannot be written: caches and settings go to" in done.stderr
     assert list((no_home / "tmp" / f"edgecifar-{os.getuid()}" / "cache" / "edgecifar" / "decoded").glob("*.npz"))
+
+
+@pytest.mark.parametrize("value", ["abc", "0"])
+def test_a_thread_count_that_is_no_number_is_one_note_not_a_library_warning(value):
+    """Before torch loads OpenMP (which would print "libgomp: Invalid value ..." and ignore it)."""
+    import subprocess
+    import sys
+
+    code = "from edgecifar.utils import checked_thread_variables; checked_thread_variables(); import torch"
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": value},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "libgomp" not in done.stderr
+    assert done.stderr == f"note: OMP_NUM_THREADS={value!r} is not a whole number of threads (1 or more): ignored; " \
+                          f"unset it or set one\n"
+
+
+def test_a_good_thread_count_is_kept(monkeypatch, capsys):
+    from edgecifar.utils import checked_thread_variables
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    checked_thread_variables()
+    assert os.environ["OMP_NUM_THREADS"] == "2" and capsys.readouterr().err == ""
