@@ -47,8 +47,12 @@ SECTIONS = (
                       "top-1 on the 10,000 test images of the JPEG copy through each file's own runtime, size, "
                       "parameters, MACs, p50/p90/p99 batch-1 latency, batch-64 throughput, load time, and the "
                       "accuracy-latency plot. `airnet_m-kd` INT8 against EfficientNet-Lite0 INT8: 90.15-90.22 % "
-                      "against 89.98-90.10 %, 1.14-1.19 MB against 3.67-4.02 MB, 0.43-0.51 ms against 0.88-1.15 ms.",
-                      "uv run --extra edge python benchmarks/run_reference.py"),
+                      "against 89.98-90.10 %, 1.14-1.19 MB against 3.67-4.02 MB, 0.43-0.51 ms against 0.88-1.15 ms. "
+                      "Since 2026-12-07 every row carries top-1's Wilson 95 % interval, and the 66 rows whose file is "
+                      "in the checkout their per-image results (a fresh accuracy pass, every count equal to the "
+                      "bench's; latencies kept from 2026-11-30).",
+                      "uv run --extra edge python benchmarks/run_reference.py",
+                      note="then `uv run --extra edge python benchmarks/refresh_accuracy.py` for the per-image results"),
                 Entry(("verify.json",),
                       "Each file re-evaluated by its runtime alone, against the bench's top-1 (tolerance 0.05 "
                       "points): 74 of 74 agree. From the bench of 2026-11-29 (the re-check of 2026-11-30 was stopped "
