@@ -224,3 +224,15 @@ def test_the_readme_lists_every_command():
     gone = sorted(listed - set(GROUP.commands))
     assert not missing, f"README.md's command table lacks: {missing} (one line each, under '## Commands')"
     assert not gone, f"README.md's command table lists commands the app does not have: {gone}"
+
+
+def test_the_code_map_names_every_module():
+    """Every module of the package has its line in the README's code map (a backend by its name in `backends/`'s)."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("Code map")
+    code_map = text[start:text.index("\n## ", start)]
+    package = ROOT / "edgecifar"
+    modules = [p for p in package.rglob("*.py") if p.stem not in ("__init__", "__main__")]
+    missing = [str(p.relative_to(package)) for p in modules
+               if f"`{p.stem}`" not in code_map and f"`{p.name}`" not in code_map]
+    assert not missing, f"README.md's code map lacks: {sorted(missing)} (one line each, under 'Code map')"
