@@ -63,9 +63,10 @@ SECTIONS = (
                       "uv run --extra edge python benchmarks/run_reference.py --repeat"),
                 Entry(("frontier",),
                       "Scratch against transfer per budget, from the reference bench (docs/frontier.md): each "
-                      "family's best file within 0.25-4 ms (1 thread) and 128 KB-4 MB; scratch leads at every budget "
-                      "where both fit (by 0.04-0.17 points, one run each, not tested) and alone below 0.88 ms and "
-                      "3.67 MB; no crossover. Plot, fronts and every file with its Wilson interval.",
+                      "family's best file within 0.25-4 ms (1 thread) and 128 KB-4 MB. Only scratch files fit below "
+                      "0.88 ms and 3.67 MB; at 1 ms and 4 MB the two best INT8 files are tied (scratch ahead by 0.17 "
+                      "and 0.12 points, exact McNemar p = 0.61 and 0.73); at 2 and 4 ms scratch leads Lite0's FP16 "
+                      "file by 0.04 points (one run, not tested); no crossover.",
                       "uv run edgecifar frontier benchmarks/results/bench.json --out benchmarks/results/frontier"),
                 Entry(("dominance",),
                       "An earlier comparison (2026-11-29) against the lost EfficientNet-Lite0 run's files; "

@@ -278,9 +278,13 @@ def build_frontier(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], alp
     fronts = {a: {f: pareto_front([p for p in points if p.family == f], a) for f in FAMILIES} for a in axes}
     budgets = {a: [budget_verdict(points, a, b, alpha) for b in sorted(bs)] for a, bs in axes.items()}
     cross = {a: crossovers(points, a) for a in axes}
-    if not any(p.hits for p in points):
+    paired = sum(p.hits is not None for p in points)
+    if not paired:
         notes.append("no per-image results in this bench: differences are one run each, not tested "
                      "(a bench by this version keeps them)")
+    elif paired < len(points):
+        notes.append(f"{paired} of {len(points)} files carry per-image results: a budget whose best files lack "
+                     f"them is one run each, not tested")
     return Frontier(points, fronts, budgets, cross, " | ".join(machines), notes, alpha)
 
 

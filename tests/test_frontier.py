@@ -121,6 +121,9 @@ def test_results_on_different_test_sets_are_not_paired():
                 test_set="set-b")]
     v = build_frontier(bench(rows), latency_budgets=(1.0,)).budgets["latency"][0]
     assert v.test == NOT_TESTED and v.p_value is None and v.winner == "transfer"
+    fr = build_frontier(bench([rows[0], TRANSFER_MID]), latency_budgets=(1.0,))
+    assert fr.budgets["latency"][0].test == NOT_TESTED  # one of the two lacks per-image results
+    assert "1 of 2 files carry per-image results" in " ".join(fr.notes)
 
 
 def test_the_crossover_is_named():
