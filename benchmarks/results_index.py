@@ -138,7 +138,19 @@ SECTIONS = (
                       "cortex-a76 (2026-12-07), first 50 test images: 100 % top-1 agreement with x86 everywhere, bit-identical "
                       "outputs for 20 files on both cores (`airnet_m-int8.tflite` 1 int8 step off, Lite0's ONNX "
                       "file up to 0.256 in logits). Emulated times are QEMU's, not a device's.",
-                      "uv run --extra edge python benchmarks/arm64.py"),
+                      "uv run --extra edge python benchmarks/arm64.py --images 50"),
+            )),
+    Section("Microcontrollers",
+            "The TFLite Micro files in TFLite Micro's own interpreter: [docs/microcontrollers.md]"
+            "(../../docs/microcontrollers.md).",
+            (
+                Entry(("tflm",),
+                      "edge_tiny, edge_small and scratch_cnn as full-integer `.micro.tflite` files (2026-12-07), full "
+                      "test set: top-1 84.26 / 86.55 / 85.35 %, flash 105,288 / 487,296 / 1,176,032 bytes, exact "
+                      "arena 58,560 / 29,520 / 49,992 bytes (`arena_bytes`, `arena_detail` in bench.json). Latencies "
+                      "are TFLite Micro's reference kernels on the shared x86 CPU, not a microcontroller's.",
+                      "uv run --extra edge edgecifar bench exported/*/*-int8.micro.tflite --threads 1 --no-baseline "
+                      "--runs runs/reference --latency-seconds 1 --latency-trials 1 --out benchmarks/results/tflm"),
             )),
     Section("Quantization-aware training",
             "QAT against post-training quantization: [docs/export-and-quantization.md]"
