@@ -236,3 +236,10 @@ def test_the_code_map_names_every_module():
     missing = [str(p.relative_to(package)) for p in modules
                if f"`{p.stem}`" not in code_map and f"`{p.name}`" not in code_map]
     assert not missing, f"README.md's code map lacks: {sorted(missing)} (one line each, under 'Code map')"
+
+
+def test_the_docs_index_links_every_page():
+    index = (ROOT / "docs" / "README.md").read_text(encoding="utf-8")
+    linked = set(re.findall(r"\]\(([\w.-]+\.md)", index))
+    missing = sorted(p.name for p in DOCS if p.name != "README.md" and p.name not in linked)
+    assert not missing, f"docs/README.md does not link: {missing}"
