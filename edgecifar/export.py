@@ -99,6 +99,8 @@ def _export_run(run_dir, formats, precisions, out_dir, calib_size: int, calib_me
     out_dir = Path(out_dir)
     read_manifest(out_dir / MANIFEST)  # a corrupt manifest stops us before any work, and is never overwritten
     model = load_run(run_dir)
+    for backend in dict.fromkeys(b for b, _ in jobs):  # a backend that cannot take the model says so before any work
+        getattr(backend, "check_model", lambda _model: None)(model)
     run_name = Path(run_dir).resolve().name
     model.meta["source_run"] = run_name
     splits = _load_splits(config, model.meta, data, cache_dir)

@@ -152,6 +152,10 @@ def test_gelu_is_refused_with_one_line_and_nothing_written(tmp_path):
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "GELU" in lines[0] and "layer backbone.layers.0" in lines[0], result.output
     assert not out.exists() or not any(out.rglob("*.tflite")) and not (out / "manifest.json").exists()
+    # before any data is read: a data path that does not exist is never reached
+    again = CliRunner().invoke(app, ["export", str(run), "--format", "tflm", "--out", str(out),
+                                     "--data", str(tmp_path / "nowhere")])
+    assert again.exit_code == 2 and "GELU" in again.output and "nowhere" not in again.output, again.output
 
 
 def test_export_and_bench_report_the_microcontroller_figures(tmp_path):

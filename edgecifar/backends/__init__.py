@@ -79,7 +79,8 @@ class Backend(Protocol):
     # (float_graph: the learned weight grids and activation ranges, in its own quantizer's layout), "": not
     # optional members: in_all (bool, default True: `--format all` includes it; see in_all()) and
     # device_figures(session) -> dict (figures bench adds to its rows, e.g. TFLite Micro's exact arena),
-    # seconds_per_image (float: how slow its runtime may be, for bench's time limit; default 0.03)
+    # seconds_per_image (float: how slow its runtime may be, for bench's time limit; default 0.03),
+    # check_model(model) (raises UsageError for a model it cannot take: export calls it before loading any data)
 
     def metadata(self) -> dict[str, str]:
         """Format facts every file of this backend carries besides edgecifar's own (e.g. its opset)."""

@@ -66,6 +66,10 @@ class TflmBackend:
     in_all = False  # `--format all` leaves it out: ask for it by name (its verification runs reference kernels)
     seconds_per_image = 0.3  # bench's time limit: reference kernels took 15-120 ms per image here, 10x that allowed
 
+    def check_model(self, model: Any) -> None:
+        """UsageError (exit 2) for a model with a layer TFLite Micro has no kernel for: export calls it first."""
+        check_modules(model)
+
     def metadata(self) -> dict[str, str]:
         return {"tflm_input": json.dumps({"dtype": "int8", "scale": INPUT_SCALE, "zero_point": INPUT_ZERO_POINT,
                                           "rule": INPUT_RULE})}
