@@ -76,7 +76,7 @@ def program_args(tokens: list[str]) -> tuple[str, ...] | None:
     at = tokens.index("edgecifar")
     before = tokens[:at]
     if at == 0 or before[-1] == "-m" or before[:2] == ["uv", "run"]:
-        return tuple(tokens[at + 1:])
+        return tuple(tokens[at + 1 :])
     return None
 
 
@@ -160,7 +160,9 @@ def test_documented_command_exists_with_its_options(command: Command):
     assert not found, f"{command.where}: {'; '.join(found)}\n    {command.text}"
     name = command.args[0] if command.args and not command.args[0].startswith("-") else None
     result = runner.invoke(app, [name, "--help"] if name else ["--help"])
-    assert result.exit_code == 0, f"{command.where}: `edgecifar {name or ''} --help` exited {result.exit_code}: {result.output}"
+    assert result.exit_code == 0, (
+        f"{command.where}: `edgecifar {name or ''} --help` exited {result.exit_code}: {result.output}"
+    )
 
 
 def test_the_checker_finds_what_does_not_exist():
@@ -209,17 +211,21 @@ def test_results_index_is_written_by_its_script_and_lists_every_result():
     index = load_results_index()
     missing, unlisted = index.check()
     assert not missing, f"benchmarks/results_index.py lists results that are not there: {missing}"
-    assert not unlisted, (f"results not in the index: {unlisted}; add an Entry to SECTIONS in "
-                          "benchmarks/results_index.py and run `uv run python benchmarks/results_index.py`")
+    assert not unlisted, (
+        f"results not in the index: {unlisted}; add an Entry to SECTIONS in "
+        "benchmarks/results_index.py and run `uv run python benchmarks/results_index.py`"
+    )
     written = (ROOT / "benchmarks" / "results" / "README.md").read_text(encoding="utf-8")
-    assert written == index.render(), ("benchmarks/results/README.md differs from what its script writes: run "
-                                       "`uv run python benchmarks/results_index.py`")
+    assert written == index.render(), (
+        "benchmarks/results/README.md differs from what its script writes: run "
+        "`uv run python benchmarks/results_index.py`"
+    )
 
 
 def test_the_readme_lists_every_command():
     """The README's command table names every command the app has, so a new command is documented when it lands."""
     text = README.read_text(encoding="utf-8")
-    listed = set(re.findall(r"^\| `edgecifar ([a-z][a-z0-9-]*)", text, re.M))
+    listed = set(re.findall(r"^\| `edgecifar ([a-z][a-z0-9-]*)", text, re.MULTILINE))
     missing = sorted(set(GROUP.commands) - listed)
     gone = sorted(listed - set(GROUP.commands))
     assert not missing, f"README.md's command table lacks: {missing} (one line each, under '## Commands')"
@@ -230,11 +236,12 @@ def test_the_code_map_names_every_module():
     """Every module of the package has its line in the README's code map (a backend by its name in `backends/`'s)."""
     text = README.read_text(encoding="utf-8")
     start = text.index("Code map")
-    code_map = text[start:text.index("\n## ", start)]
+    code_map = text[start : text.index("\n## ", start)]
     package = ROOT / "edgecifar"
     modules = [p for p in package.rglob("*.py") if p.stem not in ("__init__", "__main__")]
-    missing = [str(p.relative_to(package)) for p in modules
-               if f"`{p.stem}`" not in code_map and f"`{p.name}`" not in code_map]
+    missing = [
+        str(p.relative_to(package)) for p in modules if f"`{p.stem}`" not in code_map and f"`{p.name}`" not in code_map
+    ]
     assert not missing, f"README.md's code map lacks: {sorted(missing)} (one line each, under 'Code map')"
 
 
