@@ -39,8 +39,10 @@ def present(rows: list[dict]) -> list[Path]:
     return list(found)
 
 
-def refresh(bench_json: Path, data: Path, baseline: bool = False, log=print) -> tuple[dict, list[str]]:
-    """The bench result with intervals and per-image results added; and the rows whose fresh count differs."""
+def refresh(bench_json: Path, data: Path, baseline: bool = False, baseline_only: bool = False,
+            log=print) -> tuple[dict, list[str]]:
+    """The bench result with intervals and per-image results added; and the rows whose fresh count differs.
+    baseline_only: count the PyTorch rows (of the runs with a file here) and one file per run, no more."""
     from edgecifar.bench import bench
     from edgecifar.report import load_result
     from edgecifar.stats import wilson_interval
@@ -48,13 +50,16 @@ def refresh(bench_json: Path, data: Path, baseline: bool = False, log=print) -> 
     result = load_result(bench_json)
     rows = result["rows"]
     files = present(rows)
+    if baseline_only:  # one file per run brings its run's PyTorch row
+        by_run = {r["source_run"]: ROOT / r["path"] for r in rows if ROOT / str(r.get("path")) in files}
+        files, baseline = list(by_run.values()), True
     log(f"{len(files)} of the bench's files are in this checkout: counting them again")
     with tempfile.TemporaryDirectory() as tmp:
         fresh = bench(files, threads=(max(r["threads"] for r in rows),), out_dir=tmp, data=str(data),
                       runs_dir=ROOT / "runs" / "reference", baseline=baseline, latency_seconds=0.02, latency_trials=1,
                       throughput_seconds=0.02, log=log)
     counted = {(r["path"], r["exec_precision"]): r for r in fresh if r["status"] == "ok"}
-    differ, added = [], 0
+    differ = []
     for r in rows:
         if r.get("status") != "ok" or not isinstance(r.get("correct"), int):
             continue
@@ -66,16 +71,21 @@ def refresh(bench_json: Path, data: Path, baseline: bool = False, log=print) -> 
             differ.append(f"{r['model']} {r['variant']} @{r['threads']}: bench {r['correct']}, now {new['correct']}")
             continue
         r["test_set"], r["per_image"] = new["test_set"], new["per_image"]
-        added += 1
+    added = sum(1 for r in rows if r.get("per_image"))
+    pytorch = sum(1 for r in rows if r.get("per_image") and r.get("format") == "pytorch")
     header = result["header"]
+    before = header.get("refreshed") or {}
+    differ = list(before.get("counts_differ") or []) + differ
+    header["notes"] = [n for n in header.get("notes", []) if "refresh_accuracy.py" not in n]
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     header.setdefault("notes", []).append(
         f"{when}: Wilson 95 % intervals added to every row from its counts, and per-image results to the {added} "
-        f"rows whose file is in this checkout, from a fresh accuracy pass of each file through its runtime "
+        f"rows whose file is in this checkout ({pytorch} of them PyTorch rows), from a fresh accuracy pass of each "
+        f"file through its runtime "
         f"(benchmarks/refresh_accuracy.py; every fresh count equal to this bench's: "
         f"{'yes' if not differ else 'no, ' + str(len(differ)) + ' differ'}); latencies are this bench's own "
         f"({header.get('date', '')[:10]}, one stream of calls per row: no trials, so no latency interval); rows "
-        f"of files not in this checkout{'' if baseline else ' and the PyTorch rows'} have no per-image results")
+        f"of files not in this checkout{'' if pytorch else ' and the PyTorch rows'} have no per-image results")
     header["refreshed"] = {"date": when, "tool": "benchmarks/refresh_accuracy.py", "per_image_rows": added,
                            "counts_differ": differ}
     return result, differ
@@ -88,11 +98,12 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when a fresh count differs from the bench's")
     parser.add_argument("--baseline", action="store_true", help="count the PyTorch rows again too (slow: the "
                                                                 "PyTorch model of each run over the test set)")
+    parser.add_argument("--baseline-only", action="store_true", help="the PyTorch rows and one file per run only")
     args = parser.parse_args()
     os.chdir(ROOT)  # the bench's rows name their files relative to the repository
     from edgecifar.report import write_reports
 
-    result, differ = refresh(args.bench, args.data, args.baseline)
+    result, differ = refresh(args.bench, args.data, args.baseline, args.baseline_only)
     write_reports(result["header"], result["rows"], args.bench.parent)
     for line in differ:
         print(f"count differs: {line}")
