@@ -23,12 +23,14 @@ import tempfile
 from pathlib import Path
 
 PATCHES = [
-    ('@torch.compile\ndef zeropower_via_newtonschulz5', 'def zeropower_via_newtonschulz5'),
-    ('    model.compile(mode="max-autotune")\n', ''),
-    ('for run in range(200)', 'for run in range({runs})'),
-    ('    tta_val_acc = evaluate(model, test_loader, tta_level=2)\n',
-     '    tta_val_acc = evaluate(model, test_loader, tta_level=2)\n'
-     '    print("flip-only (TTA level 1) accuracy:", evaluate(model, test_loader, tta_level=1))\n'),
+    ("@torch.compile\ndef zeropower_via_newtonschulz5", "def zeropower_via_newtonschulz5"),
+    ('    model.compile(mode="max-autotune")\n', ""),
+    ("for run in range(200)", "for run in range({runs})"),
+    (
+        "    tta_val_acc = evaluate(model, test_loader, tta_level=2)\n",
+        "    tta_val_acc = evaluate(model, test_loader, tta_level=2)\n"
+        '    print("flip-only (TTA level 1) accuracy:", evaluate(model, test_loader, tta_level=1))\n',
+    ),
 ]
 
 
@@ -42,8 +44,10 @@ def write_data(source: str, folder: Path, cache: Path | None = None) -> None:
     data = load_data(source, cache)
     folder.mkdir(parents=True, exist_ok=True)
     for split, (x, y) in {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}.items():
-        torch.save({"images": torch.from_numpy(x), "labels": torch.from_numpy(y).long(), "classes": data.classes},
-                   folder / f"{split}.pt")
+        torch.save(
+            {"images": torch.from_numpy(x), "labels": torch.from_numpy(y).long(), "classes": data.classes},
+            folder / f"{split}.pt",
+        )
 
 
 def patched(script: str, runs: int) -> str:

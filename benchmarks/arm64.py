@@ -51,20 +51,24 @@ QEMU = "qemu-aarch64-static"
 RESULTS = ROOT / "benchmarks" / "results" / "arm64"
 
 # /proc/cpuinfo of each core as Linux prints it (implementer 0x41 = Arm; part 0xd08 = Cortex-A72, 0xd0b = A76)
-_FEATURES = {"cortex-a72": "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid",
-             "cortex-a76": "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc "
-                           "dcpop asimddp"}
+_FEATURES = {
+    "cortex-a72": "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid",
+    "cortex-a76": "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp",
+}
 _PART = {"cortex-a72": ("0x0", "0xd08", "3"), "cortex-a76": ("0x4", "0xd0b", "1")}
 
 
 def cpuinfo(core: str, cpus: int = 1) -> str:
     variant, part, revision = _PART[core]
-    block = (f"BogoMIPS\t: 108.00\nFeatures\t: {_FEATURES[core]}\nCPU implementer\t: 0x41\nCPU architecture: 8\n"
-             f"CPU variant\t: {variant}\nCPU part\t: {part}\nCPU revision\t: {revision}\n\n")
+    block = (
+        f"BogoMIPS\t: 108.00\nFeatures\t: {_FEATURES[core]}\nCPU implementer\t: 0x41\nCPU architecture: 8\n"
+        f"CPU variant\t: {variant}\nCPU part\t: {part}\nCPU revision\t: {revision}\n\n"
+    )
     return "".join(f"processor\t: {i}\n{block}" for i in range(cpus))
 
 
 # ---------------------------------------------------------------- set-up
+
 
 def ensure_qemu() -> str:
     """The path of qemu-aarch64-static, installed from Debian's qemu-user-static where missing (needs root)."""
@@ -81,10 +85,25 @@ def ensure_qemu() -> str:
 def _apt(*args: str) -> list[str]:
     """apt-get/apt-cache options for a private arm64 view of Debian: its own sources, state and cache folders."""
     apt = CACHE / "apt"
-    return [*args, "-o", "APT::Architecture=arm64", "-o", "APT::Architectures=arm64",
-            "-o", f"Dir::State={apt / 'state'}", "-o", f"Dir::State::status={apt / 'status'}",
-            "-o", f"Dir::Cache={apt / 'cache'}", "-o", f"Dir::Etc::SourceList={apt / 'sources.list'}",
-            "-o", "Dir::Etc::SourceParts=/dev/null", "-o", "Debug::NoLocking=1"]
+    return [
+        *args,
+        "-o",
+        "APT::Architecture=arm64",
+        "-o",
+        "APT::Architectures=arm64",
+        "-o",
+        f"Dir::State={apt / 'state'}",
+        "-o",
+        f"Dir::State::status={apt / 'status'}",
+        "-o",
+        f"Dir::Cache={apt / 'cache'}",
+        "-o",
+        f"Dir::Etc::SourceList={apt / 'sources.list'}",
+        "-o",
+        "Dir::Etc::SourceParts=/dev/null",
+        "-o",
+        "Debug::NoLocking=1",
+    ]
 
 
 def ensure_sysroot() -> None:
@@ -97,9 +116,24 @@ def ensure_sysroot() -> None:
     (apt / "status").touch()
     (apt / "sources.list").write_text(f"deb [arch=arm64] {MIRROR} {DEBIAN} main\n")
     subprocess.run(_apt("apt-get", "update"), check=True)
-    closure = subprocess.run(_apt("apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests",
-                                  "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", "--no-pre-depends",
-                                  *PACKAGES), check=True, capture_output=True, text=True).stdout
+    closure = subprocess.run(
+        _apt(
+            "apt-cache",
+            "depends",
+            "--recurse",
+            "--no-recommends",
+            "--no-suggests",
+            "--no-conflicts",
+            "--no-breaks",
+            "--no-replaces",
+            "--no-enhances",
+            "--no-pre-depends",
+            *PACKAGES,
+        ),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     names = sorted({ln.strip() for ln in closure.splitlines() if ln and not ln.startswith((" ", "<"))})
     subprocess.run(_apt("apt-get", "download", *names), check=True, cwd=apt / "debs")
     if SYSROOT.exists():
@@ -123,9 +157,23 @@ def _install_wheels() -> None:
     if subprocess.run([*pip, "--version"], check=False, capture_output=True).returncode != 0:
         pip = [shutil.which("pip3") or sys.exit("error: pip is needed to fetch the aarch64 wheels")]
     platforms = [arg for tag in GLIBC_TAGS for arg in ("--platform", tag)]
-    subprocess.run([*pip, "install", "--quiet", "--target", f"{SYSROOT}{SITE}", *platforms, "--only-binary=:all:",
-                    "--python-version", PYTHON, "--implementation", "cp",
-                    *(f"{name}=={v}" for name, v in _versions().items())], check=True)
+    subprocess.run(
+        [
+            *pip,
+            "install",
+            "--quiet",
+            "--target",
+            f"{SYSROOT}{SITE}",
+            *platforms,
+            "--only-binary=:all:",
+            "--python-version",
+            PYTHON,
+            "--implementation",
+            "cp",
+            *(f"{name}=={v}" for name, v in _versions().items()),
+        ],
+        check=True,
+    )
 
 
 def core_root(core: str) -> Path:
@@ -151,11 +199,18 @@ def qemu_python(core: str) -> list[str]:
 
 
 def qemu_env() -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "PYTHONPATH": SITE, "PYTHONNOUSERSITE": "1", "LC_ALL": "C.UTF-8",
-            "OMP_NUM_THREADS": "1", "HOME": "/tmp"}
+    return {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": SITE,
+        "PYTHONNOUSERSITE": "1",
+        "LC_ALL": "C.UTF-8",
+        "OMP_NUM_THREADS": "1",
+        "HOME": "/tmp",
+    }
 
 
 # ---------------------------------------------------------------- the worker (numpy and a runtime only)
+
 
 def run_files(files: list[str], images_path: str, out_path: str) -> None:
     """Each file's raw outputs on the images (one thread; .tflite image by image, as the file holds batch 1),
@@ -173,7 +228,9 @@ def run_files(files: list[str], images_path: str, out_path: str) -> None:
             options.intra_op_num_threads = options.inter_op_num_threads = 1
             session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
             name = session.get_inputs()[0].name
-            found = np.concatenate([session.run(None, {name: images[k:k + 50]})[0] for k in range(0, len(images), 50)])
+            found = np.concatenate(
+                [session.run(None, {name: images[k : k + 50]})[0] for k in range(0, len(images), 50)]
+            )
         else:
             from ai_edge_litert.interpreter import Interpreter
 
@@ -197,11 +254,17 @@ def run_files(files: list[str], images_path: str, out_path: str) -> None:
 
 # ---------------------------------------------------------------- the benchmark (host side)
 
+
 def committed_files() -> list[dict]:
     """Manifest entries of the committed INT8 ONNX and .tflite files (LiteRT and TFLite Micro), smallest first."""
     manifest = json.loads((ROOT / "exported" / "manifest.json").read_text())["artifacts"]
-    found = [e for e in manifest if e["precision"] == "int8" and e["path"].endswith((".onnx", ".tflite"))
-             and (ROOT / "exported" / e["path"]).is_file()]
+    found = [
+        e
+        for e in manifest
+        if e["precision"] == "int8"
+        and e["path"].endswith((".onnx", ".tflite"))
+        and (ROOT / "exported" / e["path"]).is_file()
+    ]
     return sorted(found, key=lambda e: e["bytes"])
 
 
@@ -214,34 +277,52 @@ def test_images(data: str, count: int, size: tuple[int, int] = (32, 32)):
     return splits.test_x[:count], splits.test_y[:count]
 
 
-def run(files: list[Path], images_path: Path, command: list[str], env: dict[str, str] | None, out: Path,
-        timeout: float) -> dict:
+def run(
+    files: list[Path], images_path: Path, command: list[str], env: dict[str, str] | None, out: Path, timeout: float
+) -> dict:
     """The worker over `files` under `command` (a python); {"outputs": [...], "seconds": [...]} or {"error"}."""
     import numpy as np
 
-    worker = [*command, str(Path(__file__).resolve()), "--worker", "--images-file", str(images_path),
-              "--out-file", str(out), *map(str, files)]
+    worker = [
+        *command,
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--images-file",
+        str(images_path),
+        "--out-file",
+        str(out),
+        *map(str, files),
+    ]
     proc = subprocess.run(worker, check=False, capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0:
         return {"error": f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1][:300]}"}
     data = np.load(out)
     seconds = json.loads(str(data["seconds"]))
-    return {"outputs": [data[f"f{i}"] for i in range(len(files))], "seconds": [seconds[f"f{i}"] for i in range(len(files))]}
+    return {
+        "outputs": [data[f"f{i}"] for i in range(len(files))],
+        "seconds": [seconds[f"f{i}"] for i in range(len(files))],
+    }
 
 
 def compare(reference, found, labels) -> dict:
     import numpy as np
 
     ref, got = np.asarray(reference, np.float64), np.asarray(found, np.float64)
-    return {"identical": bool(np.array_equal(reference, found)), "max_abs_diff": float(np.abs(ref - got).max()),
-            "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
-            "top1": float((got.argmax(1) == labels).mean())}
+    return {
+        "identical": bool(np.array_equal(reference, found)),
+        "max_abs_diff": float(np.abs(ref - got).max()),
+        "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
+        "top1": float((got.argmax(1) == labels).mean()),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"),
-                        help="the data set whose test split is used (default: the JPEG copy)")
+    parser.add_argument(
+        "--data",
+        default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"),
+        help="the data set whose test split is used (default: the JPEG copy)",
+    )
     parser.add_argument("--images", type=int, default=200, help="first N test images (default 200)")
     parser.add_argument("--cores", default=",".join(CORES), help="named QEMU cores (never 'max')")
     parser.add_argument("--setup-only", action="store_true", help="prepare qemu and the sysroot, run nothing")
@@ -278,17 +359,26 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for core in cores:
         done = work / f"rows-{core}.jsonl"  # each row as it is measured: an interrupted run resumes
-        known = {(r["file"], r["sha256"], r["images"]): r for r in map(json.loads, done.read_text().splitlines())
-                 } if done.is_file() else {}
+        known = (
+            {(r["file"], r["sha256"], r["images"]): r for r in map(json.loads, done.read_text().splitlines())}
+            if done.is_file()
+            else {}
+        )
         for i, (entry, file) in enumerate(zip(entries, files)):
             if (row := known.get((entry["path"], entry["sha256"], len(images)))) is not None:
                 results.append(row)
                 continue
             print(f"{core}: {entry['path']} ...", flush=True)
             arm = run([file], images_path, qemu_python(core), qemu_env(), work / f"{core}.npz", 3600)
-            row = {"file": entry["path"], "sha256": entry["sha256"], "format": entry["format"], "bytes": entry["bytes"],
-                   "core": core,
-                   "images": len(images), "x86_top1": float((x86["outputs"][i].argmax(1) == labels).mean())}
+            row = {
+                "file": entry["path"],
+                "sha256": entry["sha256"],
+                "format": entry["format"],
+                "bytes": entry["bytes"],
+                "core": core,
+                "images": len(images),
+                "x86_top1": float((x86["outputs"][i].argmax(1) == labels).mean()),
+            }
             if "error" in arm:
                 row["error"] = arm["error"]
             else:
@@ -309,26 +399,39 @@ def write_results(out: Path, rows: list[dict], images: int, cores: list[str]) ->
     out.mkdir(parents=True, exist_ok=True)
     setup = json.loads(READY.read_text())
     qemu = subprocess.run([QEMU, "--version"], check=True, capture_output=True, text=True).stdout.splitlines()[0]
-    header = {"images": f"the first {images} test images of the JPEG copy, in order", "cores": cores,
-              "qemu": qemu, "sysroot": f"Debian {DEBIAN} arm64, python{PYTHON}", "wheels": setup["wheels"],
-              "x86": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": 1,
-              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    header = {
+        "images": f"the first {images} test images of the JPEG copy, in order",
+        "cores": cores,
+        "qemu": qemu,
+        "sysroot": f"Debian {DEBIAN} arm64, python{PYTHON}",
+        "wheels": setup["wheels"],
+        "x86": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "threads": 1,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     (out / "arm64.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
-    lines = ["# INT8 files on emulated ARM64 cores against x86", "",
-             f"{header['images']}; {qemu}; {header['sysroot']}; wheels "
-             + ", ".join(f"{k} {v}" for k, v in header["wheels"].items()) + "; one thread. "
-             "`identical`: every output value bit for bit the x86 one. `max abs diff`: in the file's own output units (float "
-             "logits for ONNX, int8 steps for .tflite files, whose outputs are int8). Emulated time (QEMU's, not a "
-             "device's) includes starting the interpreter and loading the file.", "",
-             "| file | core | identical | top-1 agreement | max abs diff | top-1 (ARM) | top-1 (x86) | emulated ms/image |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# INT8 files on emulated ARM64 cores against x86",
+        "",
+        f"{header['images']}; {qemu}; {header['sysroot']}; wheels "
+        + ", ".join(f"{k} {v}" for k, v in header["wheels"].items())
+        + "; one thread. "
+        "`identical`: every output value bit for bit the x86 one. `max abs diff`: in the file's own output units (float "
+        "logits for ONNX, int8 steps for .tflite files, whose outputs are int8). Emulated time (QEMU's, not a "
+        "device's) includes starting the interpreter and loading the file.",
+        "",
+        "| file | core | identical | top-1 agreement | max abs diff | top-1 (ARM) | top-1 (x86) | emulated ms/image |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['file']} | {r['core']} | error: {r['error']} | | | | | |")
             continue
-        lines.append(f"| {r['file']} | {r['core']} | {'yes' if r['identical'] else 'no'} | "
-                     f"{r['top1_agreement']:.1%} | {r['max_abs_diff']:.3g} | {r['top1']:.1%} | {r['x86_top1']:.1%} | "
-                     f"{r['emulated_ms_per_image']} |")
+        lines.append(
+            f"| {r['file']} | {r['core']} | {'yes' if r['identical'] else 'no'} | "
+            f"{r['top1_agreement']:.1%} | {r['max_abs_diff']:.3g} | {r['top1']:.1%} | {r['x86_top1']:.1%} | "
+            f"{r['emulated_ms_per_image']} |"
+        )
     (out / "arm64.md").write_text("\n".join(lines) + "\n")
 
 

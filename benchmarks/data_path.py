@@ -44,8 +44,15 @@ def measure(model_name: str, x: torch.Tensor, y: torch.Tensor, rounds: int) -> d
             train_step(model, None, optimizer, scheduler, images, labels, cfg)
         steps_only.append(time.perf_counter() - started)
     ratio = statistics.median(full) / statistics.median(steps_only)
-    return {"model": model_name, "images": len(y), "batch_size": cfg.batch_size, "cutout": cfg.cutout,
-            "epoch_seconds_data_path": full, "epoch_seconds_premade": steps_only, "ratio_median": ratio}
+    return {
+        "model": model_name,
+        "images": len(y),
+        "batch_size": cfg.batch_size,
+        "cutout": cfg.cutout,
+        "epoch_seconds_data_path": full,
+        "epoch_seconds_premade": steps_only,
+        "ratio_median": ratio,
+    }
 
 
 def main() -> None:
@@ -59,17 +66,29 @@ def main() -> None:
     x = torch.from_numpy(splits.train_x[: args.images])
     y = torch.from_numpy(splits.train_y[: args.images])
     rows = [measure(name, x, y, args.rounds) for name in args.models.split(",")]
-    result = {"date": datetime.date.today().isoformat(), "machine": machine_info(), "threads": torch.get_num_threads(),
-              "versions": library_versions("torch", "edgecifar"), "data": args.data, "rows": rows}
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine_info(),
+        "threads": torch.get_num_threads(),
+        "versions": library_versions("torch", "edgecifar"),
+        "data": args.data,
+        "rows": rows,
+    }
     write_json(RESULTS / "data_path.json", result)
-    lines = ["# Data path vs pre-made tensors", "",
-             f"{result['date']}, {result['machine']['cpu']}, {result['machine']['cores']} cores, "
-             f"{result['threads']} torch threads, torch {result['versions'].get('torch')}", "",
-             "| model | images/epoch | data path (s, median) | pre-made (s, median) | ratio |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        "# Data path vs pre-made tensors",
+        "",
+        f"{result['date']}, {result['machine']['cpu']}, {result['machine']['cores']} cores, "
+        f"{result['threads']} torch threads, torch {result['versions'].get('torch')}",
+        "",
+        "| model | images/epoch | data path (s, median) | pre-made (s, median) | ratio |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['images']} | {statistics.median(r['epoch_seconds_data_path']):.2f} | "
-                     f"{statistics.median(r['epoch_seconds_premade']):.2f} | {r['ratio_median']:.3f} |")
+        lines.append(
+            f"| {r['model']} | {r['images']} | {statistics.median(r['epoch_seconds_data_path']):.2f} | "
+            f"{statistics.median(r['epoch_seconds_premade']):.2f} | {r['ratio_median']:.3f} |"
+        )
     (RESULTS / "data_path.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -74,16 +74,24 @@ def committed_row(name: str) -> dict | None:
     if not all(p.is_file() for p in paths.values()):
         return None
     model = create_model(name)
-    return {"design": f"{name}, trained (exported/)", "params": count_params(model), "macs": count_macs(model),
-            "paths": {fmt: str(p) for fmt, p in paths.items()}, "onnx_int8_bytes": paths["onnx"].stat().st_size}
+    return {
+        "design": f"{name}, trained (exported/)",
+        "params": count_params(model),
+        "macs": count_macs(model),
+        "paths": {fmt: str(p) for fmt, p in paths.items()},
+        "onnx_int8_bytes": paths["onnx"].stat().st_size,
+    }
 
 
 def time_in_rounds(rows: list[dict], samples: list[np.ndarray], rounds: int, seconds: float) -> None:
     """Batch-1 p50 of every artifact, measured in interleaved rounds: the VM's speed drifts over minutes,
     so one long window per design would compare moments as much as designs. Reports the median of the
     rounds' p50s and their spread."""
-    runners = {(i, fmt): _load_artifact(path, 1, None, None)[0]
-               for i, row in enumerate(rows) for fmt, path in row["paths"].items()}
+    runners = {
+        (i, fmt): _load_artifact(path, 1, None, None)[0]
+        for i, row in enumerate(rows)
+        for fmt, path in row["paths"].items()
+    }
     p50s: dict[tuple[int, str], list[float]] = {key: [] for key in runners}
     for _ in range(rounds):
         for key, run in runners.items():
@@ -103,7 +111,7 @@ def main() -> None:
     splits = load_data(args.data)
     rng = np.random.default_rng(0)
     calibration = Calibration(splits.train_x[rng.choice(len(splits.train_y), 256, replace=False)])
-    samples = [np.ascontiguousarray(splits.test_x[i:i + 1]) for i in range(64)]
+    samples = [np.ascontiguousarray(splits.test_x[i : i + 1]) for i in range(64)]
     with tempfile.TemporaryDirectory() as tmp:
         rows = [export_design(name, build, calibration, Path(tmp)) for name, build in CANDIDATES.items()]
         rows += [row for row in map(committed_row, TRAINED) if row]
@@ -111,20 +119,34 @@ def main() -> None:
     for row in rows:
         del row["paths"]
         print(row, flush=True)
-    result = {"date": datetime.date.today().isoformat(), "machine": machine_info(),
-              "versions": library_versions("torch", "onnxruntime", "openvino", "nncf"),
-              "method": (f"INT8 exports as `edgecifar export` writes them; batch-1 latency, 1 thread, all in one "
-                         f"process, in {args.rounds} interleaved rounds of ~{args.seconds} s per artifact; "
-                         "the median of the rounds' p50s, with their range"), "rows": rows}
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine_info(),
+        "versions": library_versions("torch", "onnxruntime", "openvino", "nncf"),
+        "method": (
+            f"INT8 exports as `edgecifar export` writes them; batch-1 latency, 1 thread, all in one "
+            f"process, in {args.rounds} interleaved rounds of ~{args.seconds} s per artifact; "
+            "the median of the rounds' p50s, with their range"
+        ),
+        "rows": rows,
+    }
     RESULTS.mkdir(exist_ok=True)
     write_json(RESULTS / "edge_designs.json", result)
-    lines = [f"# Edge net designs: INT8 batch-1 latency, 1 thread ({result['date']})", "",
-             f"- Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; versions: "
-             + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
-             f"- Method: {result['method']}", "",
-             "| design | params | MMACs | INT8 ONNX KB | ONNX p50 ms | OpenVINO p50 ms |", "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['design']} | {r['params']:,} | {r['macs'] / 1e6:.1f} | {r['onnx_int8_bytes'] / 1e3:.0f} | "
-              f"{_with_range(r, 'onnx')} | {_with_range(r, 'openvino')} |" for r in rows]
+    lines = [
+        f"# Edge net designs: INT8 batch-1 latency, 1 thread ({result['date']})",
+        "",
+        f"- Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; versions: "
+        + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+        f"- Method: {result['method']}",
+        "",
+        "| design | params | MMACs | INT8 ONNX KB | ONNX p50 ms | OpenVINO p50 ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['design']} | {r['params']:,} | {r['macs'] / 1e6:.1f} | {r['onnx_int8_bytes'] / 1e3:.0f} | "
+        f"{_with_range(r, 'onnx')} | {_with_range(r, 'openvino')} |"
+        for r in rows
+    ]
     (RESULTS / "edge_designs.md").write_text("\n".join(lines) + "\n")
 
 

@@ -84,9 +84,25 @@ GUESS_S_PER_EPOCH = 1.5  # before any run of a model has finished an epoch
 
 
 def command(job: Job, args, runs: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "edgecifar", "train", "--model", job.model, "--data", args.data, "--cache-dir",
-           str(args.cache), "--epochs", str(1 if args.smoke else job.epochs), "--device", args.device,
-           "--out", str(runs / job.name), *job.options]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgecifar",
+        "train",
+        "--model",
+        job.model,
+        "--data",
+        args.data,
+        "--cache-dir",
+        str(args.cache),
+        "--epochs",
+        str(1 if args.smoke else job.epochs),
+        "--device",
+        args.device,
+        "--out",
+        str(runs / job.name),
+        *job.options,
+    ]
     if job.teacher:
         cmd += ["--teacher", job.teacher if "/" in job.teacher else str(runs / job.teacher), "--teacher-tta"]
     if args.smoke:
@@ -156,8 +172,10 @@ def schedule(args, jobs: list[Job], runs: Path, deadline: float, log) -> None:
             job.state, job.started = "running", time.monotonic()
             with open(runs / f"{job.name}.log", "w") as out:
                 procs[job.name] = subprocess.Popen(command(job, args, runs), stdout=out, stderr=subprocess.STDOUT)
-            log(f"{job.name}: started ({job.model}, {job.epochs} epochs{', teacher ' + job.teacher if job.teacher else ''}"
-                f"{', ' + ' '.join(job.options) if job.options else ''}), ~{work:.0f} s")
+            log(
+                f"{job.name}: started ({job.model}, {job.epochs} epochs{', teacher ' + job.teacher if job.teacher else ''}"
+                f"{', ' + ' '.join(job.options) if job.options else ''}), ~{work:.0f} s"
+            )
             running.append(job)
             busy += work
             if job.solo:
@@ -214,7 +232,7 @@ def pack(jobs: list[Job], runs: Path, out: Path, part_bytes: int = 15 * 2**20) -
     data = tar_path.read_bytes()
     tar_path.unlink()
     for i in range(0, len(data), part_bytes):
-        (out / f"runs.tar.{i // part_bytes:02d}").write_bytes(data[i:i + part_bytes])
+        (out / f"runs.tar.{i // part_bytes:02d}").write_bytes(data[i : i + part_bytes])
 
 
 def main() -> None:
@@ -252,8 +270,17 @@ def main() -> None:
         schedule(args, jobs, args.runs, deadline, log)
     finally:
         results = evaluate_runs(args, jobs, args.runs, data)
-        summary = {"jobs": args.jobs, "gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda, "cpus": os.cpu_count(),
-                   "max_shared": MAX_SHARED, "data": Path(args.data).name, "smoke": args.smoke, "runs": results}
+        summary = {
+            "jobs": args.jobs,
+            "gpu": gpu,
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "cpus": os.cpu_count(),
+            "max_shared": MAX_SHARED,
+            "data": Path(args.data).name,
+            "smoke": args.smoke,
+            "runs": results,
+        }
         (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
         pack(jobs, args.runs, args.out)
         for name, row in results.items():

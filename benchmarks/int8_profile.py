@@ -44,8 +44,9 @@ def ort_profile(path: Path, runs: int) -> dict[str, float]:
 def ov_profile(path: Path, runs: int) -> dict[str, float]:
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 1, "PERF_COUNT": True,
-                                                          "INFERENCE_PRECISION_HINT": "f32"})
+    compiled = ov.Core().compile_model(
+        str(path), "CPU", {"INFERENCE_NUM_THREADS": 1, "PERF_COUNT": True, "INFERENCE_PRECISION_HINT": "f32"}
+    )
     request = compiled.create_infer_request()
     x = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
     per_kind: collections.Counter = collections.Counter()
@@ -61,8 +62,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--runs", type=int, default=300)
-    parser.add_argument("--tag", default="", help="added to each file's key, e.g. 'after' (a before/after pair "
-                                                  "of the same file name)")
+    parser.add_argument(
+        "--tag", default="", help="added to each file's key, e.g. 'after' (a before/after pair of the same file name)"
+    )
     args = parser.parse_args()
     found = json.loads(RESULT.read_text()) if RESULT.is_file() else {}
     for folder in args.folders:
@@ -71,8 +73,10 @@ def main() -> None:
                 path = folder / f"{folder.name}-{precision}{suffix}"
                 if path.is_file():
                     ops = profile(path, args.runs)
-                    found[f"{path.name} ({args.tag})" if args.tag else path.name] = {"total_ms": round(sum(ops.values()), 4),
-                                        "ms": {k: round(v, 4) for k, v in ops.items()}}
+                    found[f"{path.name} ({args.tag})" if args.tag else path.name] = {
+                        "total_ms": round(sum(ops.values()), 4),
+                        "ms": {k: round(v, 4) for k, v in ops.items()},
+                    }
                     top = list(ops.items())[:6]
                     print(path.name, f"{sum(ops.values()):.3f} ms:", ", ".join(f"{k} {v:.3f}" for k, v in top))
     RESULT.write_text(json.dumps(found, indent=1) + "\n")

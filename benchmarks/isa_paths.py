@@ -34,7 +34,7 @@ def logits(files: list[str], images: Path, out: Path) -> None:
     found = {}
     for i, f in enumerate(files):
         artifact = load_artifact(f, threads=1)
-        found[f"f{i}"] = np.concatenate([artifact.run(x[j:j + 50]) for j in range(0, len(x), 50)])
+        found[f"f{i}"] = np.concatenate([artifact.run(x[j : j + 50]) for j in range(0, len(x), 50)])
     np.savez(out, **found)
 
 
@@ -48,8 +48,11 @@ def widest_weight(path: str) -> int | None:
 
     proto = onnx.load(path)
     graph, depthwise = proto.graph, set(depthwise_weights(proto))
-    return max(int(np.abs(onnx.numpy_helper.to_array(t).astype(np.int32)).max()) for t in graph.initializer
-               if t.data_type == onnx.TensorProto.INT8 and t.name not in depthwise)
+    return max(
+        int(np.abs(onnx.numpy_helper.to_array(t).astype(np.int32)).max())
+        for t in graph.initializer
+        if t.data_type == onnx.TensorProto.INT8 and t.name not in depthwise
+    )
 
 
 def main() -> None:
@@ -63,24 +66,49 @@ def main() -> None:
     from edgecifar.isa import CAPS, EMULATOR, read_cpu_isa
 
     splits = load_data(args.data)
-    idx = np.sort(np.random.default_rng(0).permutation(len(splits.test_y))[:args.images])
+    idx = np.sort(np.random.default_rng(0).permutation(len(splits.test_y))[: args.images])
     y = splits.test_y[idx]
     with tempfile.TemporaryDirectory() as tmp:
         images = Path(tmp) / "x.npz"
         np.savez(images, x=splits.test_x[idx])
         logits(args.files, images, Path(tmp) / "native.npz")
-        command = [EMULATOR, "-cpu", CAPS["avx2"].emulator_cpu, sys.executable, __file__, "--logits", str(images),
-                   str(Path(tmp) / "avx2.npz"), *args.files]
+        command = [
+            EMULATOR,
+            "-cpu",
+            CAPS["avx2"].emulator_cpu,
+            sys.executable,
+            __file__,
+            "--logits",
+            str(images),
+            str(Path(tmp) / "avx2.npz"),
+            *args.files,
+        ]
         subprocess.run(command, check=True, capture_output=True)
         native, avx2 = np.load(Path(tmp) / "native.npz"), np.load(Path(tmp) / "avx2.npz")
-        rows = [{"file": f, "max_abs_int8_weight": widest_weight(f),
-                 "max_abs_logit_diff": float(np.abs(native[k] - avx2[k]).max()),
-                 "top1_agreement": float((native[k].argmax(1) == avx2[k].argmax(1)).mean()),
-                 "accuracy_native": float((native[k].argmax(1) == y).mean()),
-                 "accuracy_avx2": float((avx2[k].argmax(1) == y).mean())}
-                for f, k in zip(args.files, native.files, strict=True)]
-    args.out.write_text(json.dumps({"cpu": read_cpu_isa().record(), "avx2_path": " ".join(command[:3]),
-                                  "test_images": len(y), "data": args.data, "files": rows}, indent=1) + "\n")
+        rows = [
+            {
+                "file": f,
+                "max_abs_int8_weight": widest_weight(f),
+                "max_abs_logit_diff": float(np.abs(native[k] - avx2[k]).max()),
+                "top1_agreement": float((native[k].argmax(1) == avx2[k].argmax(1)).mean()),
+                "accuracy_native": float((native[k].argmax(1) == y).mean()),
+                "accuracy_avx2": float((avx2[k].argmax(1) == y).mean()),
+            }
+            for f, k in zip(args.files, native.files, strict=True)
+        ]
+    args.out.write_text(
+        json.dumps(
+            {
+                "cpu": read_cpu_isa().record(),
+                "avx2_path": " ".join(command[:3]),
+                "test_images": len(y),
+                "data": args.data,
+                "files": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     for r in rows:
         print(r)
 

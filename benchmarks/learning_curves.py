@@ -20,9 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"
 TIERS = {"airnet_s-kd": ("small", 92.0), "edge_tiny": ("tiny", 88.0)}  # issue 13's targets, top-1 %
 # the GPU runs of each tier's model at growing budgets, same recipe otherwise (gpu_runs.py's job names)
-BUDGETS = {("ceiling", 93.5): ["airnet_l", "airnet_l-16ep", "airnet_l-32ep", "airnet_l-64ep"],
-           ("small", 92.0): ["airnet_s-kd", "airnet_s-kd-48ep"],
-           ("tiny", 88.0): ["airnet_t-kd", "airnet_t-kd-120ep"]}
+BUDGETS = {
+    ("ceiling", 93.5): ["airnet_l", "airnet_l-16ep", "airnet_l-32ep", "airnet_l-64ep"],
+    ("small", 92.0): ["airnet_s-kd", "airnet_s-kd-48ep"],
+    ("tiny", 88.0): ["airnet_t-kd", "airnet_t-kd-120ep"],
+}
 
 
 def curves() -> dict[str, dict]:
@@ -31,33 +33,46 @@ def curves() -> dict[str, dict]:
         m = json.loads(metrics.read_text())
         epochs = [e for e in m.get("epochs", []) if "test_acc" in e]
         if len(epochs) >= 2:
-            found[metrics.parent.name] = {"test": [100 * e["test_acc"] for e in epochs],
-                                         "train": [100 * e["train_acc"] for e in epochs]}
+            found[metrics.parent.name] = {
+                "test": [100 * e["test_acc"] for e in epochs],
+                "train": [100 * e["train_acc"] for e in epochs],
+            }
     return found
 
 
 def main() -> None:
     runs = curves()
-    lines = ["# Learning curves of the reference runs (CIFAR-10 JPEG copy, full test set, single view)", "",
-             "Written by `benchmarks/learning_curves.py` from the committed `runs/reference/*/metrics.json`. Train "
-             "top-1 is on augmented batches (with label smoothing or distillation where the recipe has them).", "",
-             "| run | epochs | test top-1 %, last 4 epochs | final train top-1 % | train - test |", "|---|---|---|---|---|"]
+    lines = [
+        "# Learning curves of the reference runs (CIFAR-10 JPEG copy, full test set, single view)",
+        "",
+        "Written by `benchmarks/learning_curves.py` from the committed `runs/reference/*/metrics.json`. Train "
+        "top-1 is on augmented batches (with label smoothing or distillation where the recipe has them).",
+        "",
+        "| run | epochs | test top-1 %, last 4 epochs | final train top-1 % | train - test |",
+        "|---|---|---|---|---|",
+    ]
     for name, c in runs.items():
         last = ", ".join(f"{a:.1f}" for a in c["test"][-4:])
-        lines.append(f"| {name} | {len(c['test'])} | {last} | {c['train'][-1]:.1f} | "
-                     f"{c['train'][-1] - c['test'][-1]:+.1f} |")
+        lines.append(
+            f"| {name} | {len(c['test'])} | {last} | {c['train'][-1]:.1f} | {c['train'][-1] - c['test'][-1]:+.1f} |"
+        )
     short, long_ = runs.get("airnet_m-10ep"), runs.get("airnet_m")
     if short and long_:
         gain = long_["test"][-1] - short["test"][-1]
         per_doubling = gain / math.log2(len(long_["test"]) / len(short["test"]))
-        lines += ["", f"Budget: the same seeded `airnet_m` recipe gained {gain:+.2f} points from {len(short['test'])} "
-                  f"to {len(long_['test'])} epochs, {per_doubling:+.2f} per doubling of the schedule."]
+        lines += [
+            "",
+            f"Budget: the same seeded `airnet_m` recipe gained {gain:+.2f} points from {len(short['test'])} "
+            f"to {len(long_['test'])} epochs, {per_doubling:+.2f} per doubling of the schedule.",
+        ]
         for run, (tier, target) in TIERS.items():
             if run in runs:
                 missing = target - runs[run]["test"][-1]
-                lines.append(f"- {tier} tier ({target:.0f} %): `{run}` is {missing:.2f} points short; at "
-                             f"{per_doubling:+.2f} per doubling that is about {2 ** (missing / per_doubling):.0f}x "
-                             f"its epochs, if the rate held (it falls as a schedule lengthens).")
+                lines.append(
+                    f"- {tier} tier ({target:.0f} %): `{run}` is {missing:.2f} points short; at "
+                    f"{per_doubling:+.2f} per doubling that is about {2 ** (missing / per_doubling):.0f}x "
+                    f"its epochs, if the rate held (it falls as a schedule lengthens)."
+                )
     lines += budgets(OUT / "gpu" / "tiers.json")
     (OUT / "learning_curves.md").write_text("\n".join(lines) + "\n")
     _plot(runs, OUT / "learning_curves.png")
@@ -69,24 +84,36 @@ def budgets(path: Path) -> list[str]:
     if not path.is_file():
         return []
     runs = json.loads(path.read_text())["runs"]
-    lines = ["", f"## Budgets, measured ({path.relative_to(ROOT)}: one run per budget, the schedule decaying to zero "
-             "in each, so the final figure is the budget's)", "",
-             "| tier | run | epochs | teacher | test top-1 % |", "|---|---|---:|---|---:|"]
+    lines = [
+        "",
+        f"## Budgets, measured ({path.relative_to(ROOT)}: one run per budget, the schedule decaying to zero "
+        "in each, so the final figure is the budget's)",
+        "",
+        "| tier | run | epochs | teacher | test top-1 % |",
+        "|---|---|---:|---|---:|",
+    ]
     verdicts = []
     for (tier, target), names in BUDGETS.items():
         done = [runs[n] for n in names if runs.get(n, {}).get("state") == "done"]
         for r in done:
-            lines.append(f"| {tier} ({target:g} %) | {r['name']} | {r['epochs']} | {r['teacher'] or '-'} | "
-                         f"{100 * r['test_acc']:.2f} |")
+            lines.append(
+                f"| {tier} ({target:g} %) | {r['name']} | {r['epochs']} | {r['teacher'] or '-'} | "
+                f"{100 * r['test_acc']:.2f} |"
+            )
         if len(done) >= 2:
             first, last = done[0], done[-1]
             rate = 100 * (last["test_acc"] - first["test_acc"]) / math.log2(last["epochs"] / first["epochs"])
             missing = target - 100 * last["test_acc"]
-            need = f"{missing / rate:.0f} more doublings ({2 ** (missing / rate):,.0f}x the epochs)" if rate > 0 else \
-                "no number of doublings"
-            verdicts.append(f"- {tier} tier ({target:g} %): {last['name']} is {missing:.2f} points short after "
-                            f"{last['epochs']} epochs; {first['epochs']} -> {last['epochs']} epochs gave {rate:+.2f} "
-                            f"points per doubling, so at that rate it needs {need}.")
+            need = (
+                f"{missing / rate:.0f} more doublings ({2 ** (missing / rate):,.0f}x the epochs)"
+                if rate > 0
+                else "no number of doublings"
+            )
+            verdicts.append(
+                f"- {tier} tier ({target:g} %): {last['name']} is {missing:.2f} points short after "
+                f"{last['epochs']} epochs; {first['epochs']} -> {last['epochs']} epochs gave {rate:+.2f} "
+                f"points per doubling, so at that rate it needs {need}."
+            )
     return lines + [""] + verdicts
 
 

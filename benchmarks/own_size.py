@@ -63,7 +63,7 @@ def textures_tree(root: Path, side: int = 96, n_train: int = 300, n_test: int = 
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 y, x = rng.integers(0, full.shape[0] - side), rng.integers(lo, hi - side)
-                Image.fromarray(full[y:y + side, x:x + side]).save(folder / f"{i:04d}.png")
+                Image.fromarray(full[y : y + side, x : x + side]).save(folder / f"{i:04d}.png")
         photos.append(root / f"{name}-heldout-160.jpg")
         Image.fromarray(full[200:360, TEXTURE_SPLIT:]).save(photos[-1], quality=92)
         photos.append(root / f"{name}-whole-512.png")
@@ -94,13 +94,16 @@ def main() -> int:
         photos = (digits_tree if args.dataset == "digits" else textures_tree)(work / "data")
         recipe = RECIPES[args.dataset]
         started = time.perf_counter()
-        run = train(TrainConfig(data=str(work / "data"), cache_dir=str(work / "cache"),
-                                out=str(work / "runs" / args.dataset), **recipe), log=print)  # size: the tree's default
+        run = train(
+            TrainConfig(
+                data=str(work / "data"), cache_dir=str(work / "cache"), out=str(work / "runs" / args.dataset), **recipe
+            ),
+            log=print,
+        )  # size: the tree's default
         train_s = time.perf_counter() - started
         entries = export_run(run, "all", "all", out_dir=work / "exported", calib_size=512, verify_size=500, log=print)
         out = RESULTS / f"own_size-{args.dataset}"
-        rows = bench([work / "exported"], threads=(1,), batch_size=64, out_dir=out, runs_dir=run.parent,
-                     log=print)
+        rows = bench([work / "exported"], threads=(1,), batch_size=64, out_dir=out, runs_dir=run.parent, log=print)
         predictions = []
         if photos:
             int8 = next(e["path"] for e in entries if e["format"] == "onnx" and e["precision"] == "int8")
@@ -108,17 +111,43 @@ def main() -> int:
             predictions = predict(photos, model, topk=1)
             print(format_results(predictions))
         config = json.loads((run / "config.json").read_text())
-        summary = {"dataset": args.dataset, "recipe": recipe, "input_size": config["train"]["input_size"],
-                   "input_size_chosen": config["data"]["input_size_chosen"],
-                   "images": {k: config["data"][k] for k in ("train", "test")},
-                   "train_seconds": round(train_s, 1),
-                   "test_acc": json.loads((run / "metrics.json").read_text())["test_acc"],
-                   "rows": [{k: r[k] for k in ("variant", "accuracy", "size_bytes", "params", "macs", "latency_p50_ms",
-                                               "throughput_ips", "input_size") if k in r} for r in rows],
-                   "predictions": [{"image": Path(p["image"]).name, "class": p["predictions"][0]["class"],
-                                    "probability": round(p["predictions"][0]["probability"], 4)} for p in predictions],
-                   "machine": machine_info(), "python": platform.python_version(),
-                   "versions": library_versions("torch", "onnxruntime", "openvino", "scikit-learn", "scikit-image")}
+        summary = {
+            "dataset": args.dataset,
+            "recipe": recipe,
+            "input_size": config["train"]["input_size"],
+            "input_size_chosen": config["data"]["input_size_chosen"],
+            "images": {k: config["data"][k] for k in ("train", "test")},
+            "train_seconds": round(train_s, 1),
+            "test_acc": json.loads((run / "metrics.json").read_text())["test_acc"],
+            "rows": [
+                {
+                    k: r[k]
+                    for k in (
+                        "variant",
+                        "accuracy",
+                        "size_bytes",
+                        "params",
+                        "macs",
+                        "latency_p50_ms",
+                        "throughput_ips",
+                        "input_size",
+                    )
+                    if k in r
+                }
+                for r in rows
+            ],
+            "predictions": [
+                {
+                    "image": Path(p["image"]).name,
+                    "class": p["predictions"][0]["class"],
+                    "probability": round(p["predictions"][0]["probability"], 4),
+                }
+                for p in predictions
+            ],
+            "machine": machine_info(),
+            "python": platform.python_version(),
+            "versions": library_versions("torch", "onnxruntime", "openvino", "scikit-learn", "scikit-image"),
+        }
         (RESULTS / f"own_size-{args.dataset}.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps({k: v for k, v in summary.items() if k != "rows"}, indent=2))
     finally:

@@ -50,8 +50,7 @@ def main() -> None:
             out = args.work / f"{run.name}-{'qat' if fake_quant else 'ft'}"
             if not (out / "model.safetensors").is_file():
                 shutil.rmtree(out, ignore_errors=True)
-                finetune(QatConfig(run=str(run), epochs=args.epochs, lr=args.lr, fake_quant=fake_quant,
-                                   out=str(out)))
+                finetune(QatConfig(run=str(run), epochs=args.epochs, lr=args.lr, fake_quant=fake_quant, out=str(out)))
             made[kind] = out
         for kind, folder in made.items():
             export_run(folder, formats, ["int8"] if kind == "QAT" else ["fp32", "int8"], out_dir=exported)
@@ -59,9 +58,15 @@ def main() -> None:
     from edgecifar.runs import read_config
     from edgecifar.utils import data_source
 
-    result = bench([exported], threads=(1,), out_dir=args.out, baseline=False, latency_seconds=1.0,
-                   data=data_source(read_config(args.runs[0])),
-                   throughput_seconds=0.2)
+    result = bench(
+        [exported],
+        threads=(1,),
+        out_dir=args.out,
+        baseline=False,
+        latency_seconds=1.0,
+        data=data_source(read_config(args.runs[0])),
+        throughput_seconds=0.2,
+    )
     _report(result, variants, formats, args, time.perf_counter() - started)
 
 
@@ -74,24 +79,49 @@ def _report(result, variants: dict[str, dict[str, str]], formats: list[str], arg
             if int8 is None or source_fp32 is None:
                 continue
             fp32 = rows.get((name, fmt, "fp32"))
-            table.append({"source": v["source"], "variant": v["kind"], "run": name, "format": fmt,
-                          "fp32_top1": 100 * fp32["accuracy"] if fp32 else None, "int8_top1": 100 * int8["accuracy"],
-                          "int8_minus_source_fp32": 100 * (int8["accuracy"] - source_fp32["accuracy"]),
-                          "int8_p50_ms": int8["latency_p50_ms"], "int8_mb": int8["size_mb"]})
+            table.append(
+                {
+                    "source": v["source"],
+                    "variant": v["kind"],
+                    "run": name,
+                    "format": fmt,
+                    "fp32_top1": 100 * fp32["accuracy"] if fp32 else None,
+                    "int8_top1": 100 * int8["accuracy"],
+                    "int8_minus_source_fp32": 100 * (int8["accuracy"] - source_fp32["accuracy"]),
+                    "int8_p50_ms": int8["latency_p50_ms"],
+                    "int8_mb": int8["size_mb"],
+                }
+            )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "qat.json").write_text(json.dumps({"epochs": args.epochs, "lr": args.lr, "seconds": seconds,
-                                                   "machine": result.header["machine"], "rows": table},
-                                                  indent=2) + "\n")
-    lines = [f"# QAT against PTQ ({args.epochs} epoch(s), AdamW peak lr {args.lr:g}, distilled from the float model)",
-             "", f"Machine: {result.header['machine']['cpu']}. Bench: `bench.md` beside this file (1 thread, full "
-             "test set of the CIFAR-10 JPEG copy, each file in its own runtime). INT8: x86-safe 7-bit weights in "
-             "ONNX Runtime and OpenVINO (LiteRT and ExecuTorch run XNNPACK's 8-bit kernels).", "",
-             "| source run | variant | format | FP32 top-1 % | INT8 top-1 % | INT8 - source FP32 | INT8 p50 ms |",
-             "|---|---|---|---|---|---|---|"]
+    (args.out / "qat.json").write_text(
+        json.dumps(
+            {
+                "epochs": args.epochs,
+                "lr": args.lr,
+                "seconds": seconds,
+                "machine": result.header["machine"],
+                "rows": table,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    lines = [
+        f"# QAT against PTQ ({args.epochs} epoch(s), AdamW peak lr {args.lr:g}, distilled from the float model)",
+        "",
+        f"Machine: {result.header['machine']['cpu']}. Bench: `bench.md` beside this file (1 thread, full "
+        "test set of the CIFAR-10 JPEG copy, each file in its own runtime). INT8: x86-safe 7-bit weights in "
+        "ONNX Runtime and OpenVINO (LiteRT and ExecuTorch run XNNPACK's 8-bit kernels).",
+        "",
+        "| source run | variant | format | FP32 top-1 % | INT8 top-1 % | INT8 - source FP32 | INT8 p50 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for t in table:
         fp32 = "-" if t["fp32_top1"] is None else f"{t['fp32_top1']:.2f}"
-        lines.append(f"| {t['source']} | {t['variant']} | {t['format']} | {fp32} | "
-                     f"{t['int8_top1']:.2f} | {t['int8_minus_source_fp32']:+.2f} | {t['int8_p50_ms']:.3f} |")
+        lines.append(
+            f"| {t['source']} | {t['variant']} | {t['format']} | {fp32} | "
+            f"{t['int8_top1']:.2f} | {t['int8_minus_source_fp32']:+.2f} | {t['int8_p50_ms']:.3f} |"
+        )
     (args.out / "qat.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

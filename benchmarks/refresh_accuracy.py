@@ -39,8 +39,9 @@ def present(rows: list[dict]) -> list[Path]:
     return list(found)
 
 
-def refresh(bench_json: Path, data: Path, baseline: bool = False, baseline_only: bool = False,
-            log=print) -> tuple[dict, list[str]]:
+def refresh(
+    bench_json: Path, data: Path, baseline: bool = False, baseline_only: bool = False, log=print
+) -> tuple[dict, list[str]]:
     """The bench result with intervals and per-image results added; and the rows whose fresh count differs.
     baseline_only: count the PyTorch rows (of the runs with a file here) and one file per run, no more."""
     from edgecifar.bench import bench
@@ -55,9 +56,18 @@ def refresh(bench_json: Path, data: Path, baseline: bool = False, baseline_only:
         files, baseline = list(by_run.values()), True
     log(f"{len(files)} of the bench's files are in this checkout: counting them again")
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = bench(files, threads=(max(r["threads"] for r in rows),), out_dir=tmp, data=str(data),
-                      runs_dir=ROOT / "runs" / "reference", baseline=baseline, latency_seconds=0.02, latency_trials=1,
-                      throughput_seconds=0.02, log=log)
+        fresh = bench(
+            files,
+            threads=(max(r["threads"] for r in rows),),
+            out_dir=tmp,
+            data=str(data),
+            runs_dir=ROOT / "runs" / "reference",
+            baseline=baseline,
+            latency_seconds=0.02,
+            latency_trials=1,
+            throughput_seconds=0.02,
+            log=log,
+        )
     counted = {(r["path"], r["exec_precision"]): r for r in fresh if r["status"] == "ok"}
     differ = []
     for r in rows:
@@ -85,9 +95,14 @@ def refresh(bench_json: Path, data: Path, baseline: bool = False, baseline_only:
         f"(benchmarks/refresh_accuracy.py; every fresh count equal to this bench's: "
         f"{'yes' if not differ else 'no, ' + str(len(differ)) + ' differ'}); latencies are this bench's own "
         f"({header.get('date', '')[:10]}, one stream of calls per row: no trials, so no latency interval); rows "
-        f"of files not in this checkout{'' if pytorch else ' and the PyTorch rows'} have no per-image results")
-    header["refreshed"] = {"date": when, "tool": "benchmarks/refresh_accuracy.py", "per_image_rows": added,
-                           "counts_differ": differ}
+        f"of files not in this checkout{'' if pytorch else ' and the PyTorch rows'} have no per-image results"
+    )
+    header["refreshed"] = {
+        "date": when,
+        "tool": "benchmarks/refresh_accuracy.py",
+        "per_image_rows": added,
+        "counts_differ": differ,
+    }
     return result, differ
 
 
@@ -96,8 +111,11 @@ def main() -> int:
     parser.add_argument("--bench", type=Path, default=RESULTS / "bench.json")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
     parser.add_argument("--check", action="store_true", help="exit 1 when a fresh count differs from the bench's")
-    parser.add_argument("--baseline", action="store_true", help="count the PyTorch rows again too (slow: the "
-                                                                "PyTorch model of each run over the test set)")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="count the PyTorch rows again too (slow: the PyTorch model of each run over the test set)",
+    )
     parser.add_argument("--baseline-only", action="store_true", help="the PyTorch rows and one file per run only")
     args = parser.parse_args()
     os.chdir(ROOT)  # the bench's rows name their files relative to the repository

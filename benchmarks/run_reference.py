@@ -25,8 +25,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-MODELS = ("scratch_cnn", "efficientnet_lite0", "airnet_m-kd", "airnet_m-kd-qat", "airnet_s-kd", "edge_tiny", "edge_small",
-          "airnet_l", "airnet_t-kd")  # --models
+MODELS = (
+    "scratch_cnn",
+    "efficientnet_lite0",
+    "airnet_m-kd",
+    "airnet_m-kd-qat",
+    "airnet_s-kd",
+    "edge_tiny",
+    "edge_small",
+    "airnet_l",
+    "airnet_t-kd",
+)  # --models
 # the whole reference bench must take under 24 minutes on the 2-core CPU: nine runs, each in all four runtimes but
 # airnet_l (ONNX Runtime and OpenVINO: the ceiling model, not a shipping candidate); 939 s for the first seven
 BUDGET_S = 1440
@@ -44,11 +53,15 @@ def reference_artifacts(manifest: Path, models: tuple[str, ...] = MODELS) -> lis
     wanted = [(m, f, p) for m in models for f, backend in BACKENDS.items() for p in backend.precisions]
     missing = [" ".join(k) for k in wanted if k not in found]
     if len(missing) == len(wanted):
-        sys.exit(f"no reference exports in {manifest}: make them with: uv run edgecifar pipeline --data "
-                 f"{os.path.relpath(DATA, ROOT)}")
+        sys.exit(
+            f"no reference exports in {manifest}: make them with: uv run edgecifar pipeline --data "
+            f"{os.path.relpath(DATA, ROOT)}"
+        )
     if missing:  # the edge formats (LiteRT, ExecuTorch) are exported for some runs only: said, not fatal
-        print(f"not exported, not benched: {', '.join(missing)} (`uv run --extra edge edgecifar export RUN "
-              f"--format FORMAT` makes them)")
+        print(
+            f"not exported, not benched: {', '.join(missing)} (`uv run --extra edge edgecifar export RUN "
+            f"--format FORMAT` makes them)"
+        )
     wanted = [k for k in wanted if k in found]
     present = []
     for path in (found[k] for k in wanted):
@@ -62,9 +75,18 @@ def reference_artifacts(manifest: Path, models: tuple[str, ...] = MODELS) -> lis
 def run_bench(artifacts: list[Path], out: Path, args: argparse.Namespace):
     from edgecifar.bench import bench
 
-    return bench(artifacts, device="cpu", threads=(1, 2), batch_size=args.batch_size, out_dir=out,
-                 data=str(args.data), runs_dir=ROOT / "runs" / "reference", bf16=args.bf16, show_progress=sys.stderr.isatty(),
-                 log=print)
+    return bench(
+        artifacts,
+        device="cpu",
+        threads=(1, 2),
+        batch_size=args.batch_size,
+        out_dir=out,
+        data=str(args.data),
+        runs_dir=ROOT / "runs" / "reference",
+        bf16=args.bf16,
+        show_progress=sys.stderr.isatty(),
+        log=print,
+    )
 
 
 def verify(rows: list[dict], data: Path) -> list[dict]:
@@ -83,12 +105,20 @@ def verify(rows: list[dict], data: Path) -> list[dict]:
         else:
             hint = r["exec_precision"] if r["exec_precision"] not in ("f32", "model") else None
             artifact = load_artifact(ROOT / r["path"], precision=hint)
-            preds = np.concatenate([artifact.run(splits.test_x[i:i + 500]).argmax(1)
-                                    for i in range(0, len(splits.test_y), 500)])
+            preds = np.concatenate(
+                [artifact.run(splits.test_x[i : i + 500]).argmax(1) for i in range(0, len(splits.test_y), 500)]
+            )
             correct = int((preds == splits.test_y).sum())
         accuracy = correct / len(splits.test_y)
-        checks.append({"model": r["model"], "variant": r["variant"], "bench_accuracy": r["accuracy"],
-                       "independent_accuracy": accuracy, "ok": abs(accuracy - r["accuracy"]) <= ACCURACY_TOLERANCE})
+        checks.append(
+            {
+                "model": r["model"],
+                "variant": r["variant"],
+                "bench_accuracy": r["accuracy"],
+                "independent_accuracy": accuracy,
+                "ok": abs(accuracy - r["accuracy"]) <= ACCURACY_TOLERANCE,
+            }
+        )
         print(f"verify {r['model']} {r['variant']}: bench {r['accuracy']:.4%}, independent {accuracy:.4%}")
     return checks
 
@@ -111,10 +141,17 @@ def compare(first: list[dict], second: list[dict]) -> list[dict]:
     for r in (r for r in first if r["status"] == "ok" and key(r) in again):
         other = again[key(r)]
         change = other["latency_p50_ms"] / r["latency_p50_ms"] - 1
-        found.append({"model": r["model"], "variant": r["variant"], "threads": r["threads"],
-                      "p50_ms": [r["latency_p50_ms"], other["latency_p50_ms"]], "p50_change": change,
-                      "same_accuracy": r["correct"] == other["correct"],
-                      "ok": abs(change) <= P50_TOLERANCE and r["correct"] == other["correct"]})
+        found.append(
+            {
+                "model": r["model"],
+                "variant": r["variant"],
+                "threads": r["threads"],
+                "p50_ms": [r["latency_p50_ms"], other["latency_p50_ms"]],
+                "p50_change": change,
+                "same_accuracy": r["correct"] == other["correct"],
+                "ok": abs(change) <= P50_TOLERANCE and r["correct"] == other["correct"],
+            }
+        )
     return found
 
 
@@ -129,19 +166,29 @@ def update_readme(rows: list[dict], header: dict) -> None:
         return
     machine, versions = header["machine"], header["versions"]
     order = {m: i for i, m in enumerate(MODELS)}  # one thread setting at a time, models in reference order
-    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: (r["threads"], order.get(r["model"], len(order))))
-    section = "\n".join([
-        README_START, "",
-        f"Measured {header['date'][:10]} on {machine['cpu']} ({machine['cores']} cores, "
-        f"{', '.join(machine.get('isa', [])) or 'ISA not recorded'}), "
-        f"onnxruntime {versions.get('onnxruntime')}, OpenVINO {versions.get('openvino')}, "
-        f"ai-edge-litert {versions.get('ai-edge-litert')}, ExecuTorch {versions.get('executorch')}, "
-        f"PyTorch {versions.get('torch')}; top-1 on the {ok[0]['images']:,} CIFAR-10 test images through each "
-        f"file's own runtime, latency at batch 1, throughput at batch {header['settings']['batch_size']} "
-        f"(`uv run --extra edge python benchmarks/run_reference.py`, {header['bench_seconds']:.0f} s; details in "
-        f"[benchmarks/results/bench.md](benchmarks/results/bench.md)).", "",
-        "![accuracy against latency](benchmarks/results/bench.png)", "",
-        markdown_table(ok), "", README_END])
+    ok = sorted(
+        (r for r in rows if r["status"] == "ok"), key=lambda r: (r["threads"], order.get(r["model"], len(order)))
+    )
+    section = "\n".join(
+        [
+            README_START,
+            "",
+            f"Measured {header['date'][:10]} on {machine['cpu']} ({machine['cores']} cores, "
+            f"{', '.join(machine.get('isa', [])) or 'ISA not recorded'}), "
+            f"onnxruntime {versions.get('onnxruntime')}, OpenVINO {versions.get('openvino')}, "
+            f"ai-edge-litert {versions.get('ai-edge-litert')}, ExecuTorch {versions.get('executorch')}, "
+            f"PyTorch {versions.get('torch')}; top-1 on the {ok[0]['images']:,} CIFAR-10 test images through each "
+            f"file's own runtime, latency at batch 1, throughput at batch {header['settings']['batch_size']} "
+            f"(`uv run --extra edge python benchmarks/run_reference.py`, {header['bench_seconds']:.0f} s; details in "
+            f"[benchmarks/results/bench.md](benchmarks/results/bench.md)).",
+            "",
+            "![accuracy against latency](benchmarks/results/bench.png)",
+            "",
+            markdown_table(ok),
+            "",
+            README_END,
+        ]
+    )
     pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
     readme.write_text(pattern.sub(lambda _m: section, text))
     print("README.md results section updated")
@@ -187,9 +234,11 @@ def reference(args: argparse.Namespace) -> int:
         write_json(RESULTS / "repeatability.json", {"p50_tolerance": P50_TOLERANCE, "pairs": pairs})
         status |= 0 if all(p["ok"] for p in pairs) else 1
         worst = max(pairs, key=lambda p: abs(p["p50_change"]))
-        print(f"repeat: {sum(p['ok'] for p in pairs)}/{len(pairs)} rows within 10 % p50 and identical accuracy; "
-              f"largest p50 change {worst['p50_change']:+.1%} "
-              f"({worst['model']} {worst['variant']} @{worst['threads']})")
+        print(
+            f"repeat: {sum(p['ok'] for p in pairs)}/{len(pairs)} rows within 10 % p50 and identical accuracy; "
+            f"largest p50 change {worst['p50_change']:+.1%} "
+            f"({worst['model']} {worst['variant']} @{worst['threads']})"
+        )
     if not args.no_readme:
         update_readme(list(rows), rows.header)
     print(json.dumps({k: str(v) for k, v in rows.files.items()}))

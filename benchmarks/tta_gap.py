@@ -28,6 +28,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.t
 @torch.no_grad()
 def tta_logits(model, images: torch.Tensor, level: int) -> torch.Tensor:
     """airbench's infer levels on uint8 NHWC images: 0 single view, 1 mirror average, 2 mirror x translate."""
+
     def mirror(x):
         return 0.5 * model(x) + 0.5 * model(x.flip(2))
 
@@ -37,7 +38,7 @@ def tta_logits(model, images: torch.Tensor, level: int) -> torch.Tensor:
         return mirror(images)
     padded = F.pad(images.permute(0, 3, 1, 2).float(), (1,) * 4, mode="reflect").to(torch.uint8).permute(0, 2, 3, 1)
     h, w = images.shape[1:3]
-    shifted = [padded[:, 0:h, 0:w], padded[:, 2:h + 2, 2:w + 2]]
+    shifted = [padded[:, 0:h, 0:w], padded[:, 2 : h + 2, 2 : w + 2]]
     return 0.5 * mirror(images) + 0.5 * torch.stack([mirror(s) for s in shifted]).mean(0)
 
 
@@ -51,19 +52,44 @@ def main() -> None:
     rows = []
     for run in args.runs:
         model = load_run(run).eval()
-        accs = [float(torch.cat([tta_logits(model, x[i:i + 500], level).argmax(1) for i in range(0, len(y), 500)])
-                      .eq(y).float().mean()) for level in (0, 1, 2)]
-        rows.append({"run": str(run), "model": model.meta["model"], "single_view": accs[0], "flip": accs[1],
-                     "flip_translate": accs[2]})
+        accs = [
+            float(
+                torch.cat([tta_logits(model, x[i : i + 500], level).argmax(1) for i in range(0, len(y), 500)])
+                .eq(y)
+                .float()
+                .mean()
+            )
+            for level in (0, 1, 2)
+        ]
+        rows.append(
+            {
+                "run": str(run),
+                "model": model.meta["model"],
+                "single_view": accs[0],
+                "flip": accs[1],
+                "flip_translate": accs[2],
+            }
+        )
         print(rows[-1], flush=True)
-    result = {"date": datetime.date.today().isoformat(), "machine": machine_info(), "data": "CIFAR-10 (JPEG copy)",
-              "versions": library_versions("torch"), "rows": rows}
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine_info(),
+        "data": "CIFAR-10 (JPEG copy)",
+        "versions": library_versions("torch"),
+        "rows": rows,
+    }
     RESULTS.mkdir(exist_ok=True)
     write_json(RESULTS / "tta_gap.json", result)
-    lines = [f"# Test-time augmentation on the reference runs ({result['date']}, CIFAR-10 JPEG copy, PyTorch)", "",
-             "| run | single view % | flip-averaged % | airbench level 2 % |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['run']} | {r['single_view']:.2%} | {r['flip']:.2%} | {r['flip_translate']:.2%} |".replace("%", "")
-              for r in rows]
+    lines = [
+        f"# Test-time augmentation on the reference runs ({result['date']}, CIFAR-10 JPEG copy, PyTorch)",
+        "",
+        "| run | single view % | flip-averaged % | airbench level 2 % |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['run']} | {r['single_view']:.2%} | {r['flip']:.2%} | {r['flip_translate']:.2%} |".replace("%", "")
+        for r in rows
+    ]
     (RESULTS / "tta_gap.md").write_text("\n".join(lines) + "\n")
 
 

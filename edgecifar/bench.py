@@ -38,8 +38,9 @@ from .stats import per_image_record, spread, test_set_fingerprint, wilson_interv
 from .utils import library_versions, machine_info, read_json, terminate_as_interrupt, threads_warning
 
 DEFAULT_OUT = Path("benchmarks/results")
-VERSIONED = tuple(dict.fromkeys(("edgecifar", "numpy", "torch", "timm",
-                                 *(lib for b in BACKENDS.values() for lib in b.libraries))))
+VERSIONED = tuple(
+    dict.fromkeys(("edgecifar", "numpy", "torch", "timm", *(lib for b in BACKENDS.values() for lib in b.libraries)))
+)
 LATENCY_TRIALS = 5  # independent batch-1 trials per row (a fresh session each): the spread a row reports
 STARTUP_S = {"pytorch": 3.0, **{name: b.startup_s for name, b in BACKENDS.items()}}  # for the ETA only
 Log = Callable[[str], None]
@@ -53,13 +54,27 @@ class BenchResult(list):
     reused: bool = False  # True: an earlier, still current result returned without measuring
 
 
-def bench(paths: Sequence[Path | str] | Path | str = ("exported",), device: str = "cpu",
-          threads: Sequence[int] | str = (1, 2), batch_size: int = 64, out_dir: Path | str = DEFAULT_OUT,
-          data: str | None = None, cache_dir: Path | str | None = None, runs_dir: Path | str | None = "runs",
-          baseline: bool = True, bf16: bool = False, max_images: int | None = None,
-          latency_seconds: float = 1.5, throughput_seconds: float = 1.0, reuse: bool = False,
-          show_progress: bool = False, isa: Sequence[str] | str = ("native",), log: Log | None = None,
-          latency_trials: int = LATENCY_TRIALS, notes: Sequence[str] = ()) -> BenchResult:
+def bench(
+    paths: Sequence[Path | str] | Path | str = ("exported",),
+    device: str = "cpu",
+    threads: Sequence[int] | str = (1, 2),
+    batch_size: int = 64,
+    out_dir: Path | str = DEFAULT_OUT,
+    data: str | None = None,
+    cache_dir: Path | str | None = None,
+    runs_dir: Path | str | None = "runs",
+    baseline: bool = True,
+    bf16: bool = False,
+    max_images: int | None = None,
+    latency_seconds: float = 1.5,
+    throughput_seconds: float = 1.0,
+    reuse: bool = False,
+    show_progress: bool = False,
+    isa: Sequence[str] | str = ("native",),
+    log: Log | None = None,
+    latency_trials: int = LATENCY_TRIALS,
+    notes: Sequence[str] = (),
+) -> BenchResult:
     """Measure every artifact of the manifests/files in `paths` and write the reports into `out_dir`.
 
     reuse: when `out_dir` already holds a complete result for exactly these files and settings, return it
@@ -74,8 +89,13 @@ def bench(paths: Sequence[Path | str] | Path | str = ("exported",), device: str 
     log = log or (lambda _msg: None)
     check_device(device)
     thread_list = parse_threads(threads)
-    if batch_size < 1 or (max_images is not None and max_images < 1) or latency_seconds <= 0 or throughput_seconds <= 0 \
-            or latency_trials < 1:
+    if (
+        batch_size < 1
+        or (max_images is not None and max_images < 1)
+        or latency_seconds <= 0
+        or throughput_seconds <= 0
+        or latency_trials < 1
+    ):
         raise UsageError("--batch-size, --max-images, --latency-trials and the timing budgets must be positive")
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     targets, found_notes = resolve_targets(paths, runs_dir, baseline, bf16, data, cache_dir)
@@ -86,13 +106,22 @@ def bench(paths: Sequence[Path | str] | Path | str = ("exported",), device: str 
     for note in notes:
         log(note if note.startswith("warning:") else f"warning: {note}")
     if not targets:  # every entry was broken or left out: the notes say why
-        raise BenchError(f"nothing to measure: {notes[0] if notes else 'no artifacts'}"
-                         + (f" (and {len(notes) - 1} more)" if len(notes) > 1 else ""))
+        raise BenchError(
+            f"nothing to measure: {notes[0] if notes else 'no artifacts'}"
+            + (f" (and {len(notes) - 1} more)" if len(notes) > 1 else "")
+        )
     out_dir = Path(out_dir)
-    settings = {"device": device, "threads": list(thread_list), "isa": isa_paths, "batch_size": batch_size,
-                "max_images": max_images,
-                "latency_seconds": latency_seconds, "latency_trials": latency_trials,
-                "throughput_seconds": throughput_seconds, "data": data}
+    settings = {
+        "device": device,
+        "threads": list(thread_list),
+        "isa": isa_paths,
+        "batch_size": batch_size,
+        "max_images": max_images,
+        "latency_seconds": latency_seconds,
+        "latency_trials": latency_trials,
+        "throughput_seconds": throughput_seconds,
+        "data": data,
+    }
     key = _request_key(targets, settings)
     if reuse and (previous := _previous_result(out_dir, key)) is not None:
         log(f"bench: {out_dir / 'bench.json'} is current for these files and settings; not measured again")
@@ -108,8 +137,16 @@ def bench(paths: Sequence[Path | str] | Path | str = ("exported",), device: str 
         raise
 
 
-def _measure_and_write(targets: list[Target], thread_list: tuple[int, ...], settings: dict[str, Any], key: str,
-                       notes: list[str], out_dir: Path, show_progress: bool, log: Log) -> BenchResult:
+def _measure_and_write(
+    targets: list[Target],
+    thread_list: tuple[int, ...],
+    settings: dict[str, Any],
+    key: str,
+    notes: list[str],
+    out_dir: Path,
+    show_progress: bool,
+    log: Log,
+) -> BenchResult:
     from .report import write_reports
 
     started, loads = time.perf_counter(), [_load_average()]
@@ -117,8 +154,10 @@ def _measure_and_write(targets: list[Target], thread_list: tuple[int, ...], sett
         test_sets = _prepare_data(targets, settings["max_images"], Path(tmp))
         for test_set in test_sets.values():
             if test_set["empty_classes"]:
-                notes.append(f"the test set {test_set['source']} has no images of "
-                             f"{', '.join(map(repr, test_set['empty_classes']))}: per-class accuracy n/a")
+                notes.append(
+                    f"the test set {test_set['source']} has no images of "
+                    f"{', '.join(map(repr, test_set['empty_classes']))}: per-class accuracy n/a"
+                )
                 log(f"warning: {notes[-1]}")
         measured = _measure_all(targets, thread_list, settings, test_sets, show_progress, log)
     rows = _rows(targets, thread_list, measured, test_sets, settings)
@@ -196,17 +235,23 @@ def _prepare_data(targets: list[Target], max_images: int | None, tmp: Path) -> d
             file = tmp / f"test-{len(sets)}.npz"
             np.savez(file, test_x=x, test_y=y)
             counts = np.bincount(y, minlength=len(splits.classes))
-            sets[key] = {"file": str(file), "classes": list(splits.classes), "images": int(len(y)),
-                         "source": splits.source, "fingerprint": splits.fingerprint,
-                         "test_set": test_set_fingerprint(y, x, splits.classes),
-                         "empty_classes": [c for c, n in zip(splits.classes, counts) if n == 0]}
+            sets[key] = {
+                "file": str(file),
+                "classes": list(splits.classes),
+                "images": int(len(y)),
+                "source": splits.source,
+                "fingerprint": splits.fingerprint,
+                "test_set": test_set_fingerprint(y, x, splits.classes),
+                "empty_classes": [c for c, n in zip(splits.classes, counts) if n == 0],
+            }
         if sets[key]["classes"] != target.classes:
             target.skip(f"the test set {target.data} has classes {sets[key]['classes']}, the model {target.classes}")
     return sets
 
 
-def _jobs(targets: list[Target], threads: tuple[int, ...], settings: dict[str, Any],
-          test_sets: dict[str, dict[str, Any]]) -> list[tuple[Target, int, dict[str, Any]]]:
+def _jobs(
+    targets: list[Target], threads: tuple[int, ...], settings: dict[str, Any], test_sets: dict[str, dict[str, Any]]
+) -> list[tuple[Target, int, dict[str, Any]]]:
     jobs = []
     for target in targets:
         if target.status != "ok":
@@ -216,16 +261,31 @@ def _jobs(targets: list[Target], threads: tuple[int, ...], settings: dict[str, A
         for i, n in enumerate(sorted(threads, reverse=True)):
             if i and target.isa_cap and emulated(target):
                 break  # an emulator's timings are not the CPU's: its one job is the accuracy pass
-            jobs.append((target, n, {"isa_cap": target.isa_cap,
-                "kind": "pytorch" if target.format == "pytorch" else "artifact", "path": str(target.path),
-                "run_dir": str(target.run_dir) if target.run_dir else None, "threads": n,
-                "exec_precision": target.exec_precision, "classes": target.classes, "data": test_set["file"],
-                # the manifest's labels, checked against the file's own metadata by the worker
-                "expect": {"model": target.model, "format": target.format, "precision": target.precision},
-                "accuracy": i == 0, "batch_size": settings["batch_size"],
-                "latency_seconds": settings["latency_seconds"], "latency_trials": settings["latency_trials"],
-                "throughput_seconds": settings["throughput_seconds"],
-                "warmup_seconds": 0.2, "images": test_set["images"]}))
+            jobs.append(
+                (
+                    target,
+                    n,
+                    {
+                        "isa_cap": target.isa_cap,
+                        "kind": "pytorch" if target.format == "pytorch" else "artifact",
+                        "path": str(target.path),
+                        "run_dir": str(target.run_dir) if target.run_dir else None,
+                        "threads": n,
+                        "exec_precision": target.exec_precision,
+                        "classes": target.classes,
+                        "data": test_set["file"],
+                        # the manifest's labels, checked against the file's own metadata by the worker
+                        "expect": {"model": target.model, "format": target.format, "precision": target.precision},
+                        "accuracy": i == 0,
+                        "batch_size": settings["batch_size"],
+                        "latency_seconds": settings["latency_seconds"],
+                        "latency_trials": settings["latency_trials"],
+                        "throughput_seconds": settings["throughput_seconds"],
+                        "warmup_seconds": 0.2,
+                        "images": test_set["images"],
+                    },
+                )
+            )
     return jobs
 
 
@@ -235,9 +295,14 @@ def _estimate(job: dict[str, Any], target: Target) -> float:
     return STARTUP_S.get(target.format, 1.0) + 0.6 * job["latency_trials"] + job["latency_seconds"] + work
 
 
-def _measure_all(targets: list[Target], threads: tuple[int, ...], settings: dict[str, Any],
-                 test_sets: dict[str, dict[str, Any]], show_progress: bool,
-                 log: Log) -> dict[tuple[int, int], dict[str, Any]]:
+def _measure_all(
+    targets: list[Target],
+    threads: tuple[int, ...],
+    settings: dict[str, Any],
+    test_sets: dict[str, dict[str, Any]],
+    show_progress: bool,
+    log: Log,
+) -> dict[tuple[int, int], dict[str, Any]]:
     jobs = _jobs(targets, threads, settings, test_sets)
     results: dict[tuple[int, int], dict[str, Any]] = {}
     with _progress(show_progress, sum(_estimate(j, t) for t, _, j in jobs)) as progress:
@@ -250,8 +315,11 @@ def _measure_all(targets: list[Target], threads: tuple[int, ...], settings: dict
             else:
                 results[(id(target), n)] = run_worker(job, n)
             res = results[(id(target), n)]
-            line = (f"{what}: p50 {res['latency']['p50_ms']:.3f} ms, {res['throughput_ips']:.0f} img/s"
-                    if res.get("ok") else f"{what}: failed: {res.get('error')}")
+            line = (
+                f"{what}: p50 {res['latency']['p50_ms']:.3f} ms, {res['throughput_ips']:.0f} img/s"
+                if res.get("ok")
+                else f"{what}: failed: {res.get('error')}"
+            )
             progress.advance(_estimate(job, target), line, log)
     return results
 
@@ -278,8 +346,14 @@ def run_worker(job: dict[str, Any], threads: int) -> dict[str, Any]:
         env.update(cap_env, EDGECIFAR_ISA_CAP=job["isa_cap"], EDGECIFAR_ISA_CAP_HOW=how)
         timeout *= 200 if slow else 1  # QEMU's user-mode emulation runs this code 100-150x slower
     try:  # on any exception here (Ctrl-C, utils.Terminated) subprocess.run kills the worker and waits for it
-        proc = subprocess.run([*prefix, sys.executable, "-m", "edgecifar.bench_worker"], input=json.dumps(job),
-                              capture_output=True, text=True, env=env, timeout=timeout)
+        proc = subprocess.run(
+            [*prefix, sys.executable, "-m", "edgecifar.bench_worker"],
+            input=json.dumps(job),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout:.0f}s"}
     lines = proc.stdout.strip().splitlines()
@@ -299,12 +373,25 @@ class _progress:
     def __enter__(self) -> "_progress":
         if self.show:
             from rich.console import Console
-            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, \
-                TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                console=Console(stderr=True), transient=True)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self.bar.__enter__()
             self.task = self.bar.add_task("bench", total=self.total)
         return self
@@ -325,8 +412,9 @@ class _progress:
             self.bar.__exit__(*exc)
 
 
-def _rows(targets: list[Target], threads: tuple[int, ...], measured: dict, test_sets: dict,
-          settings: dict[str, Any]) -> list[dict[str, Any]]:
+def _rows(
+    targets: list[Target], threads: tuple[int, ...], measured: dict, test_sets: dict, settings: dict[str, Any]
+) -> list[dict[str, Any]]:
     """One flat row per target and thread setting (skipped and failed ones too, with their reason)."""
     machine, date = machine_info(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     isa_record = current_isa().record()
@@ -345,20 +433,36 @@ def _rows(targets: list[Target], threads: tuple[int, ...], measured: dict, test_
             if target.isa_cap and emulated(target) and n != max(threads):
                 continue  # emulated: the accuracy pass only (see _jobs)
             timing = res if status == "ok" and not (target.isa_cap and emulated(target)) else {}
-            row = {"model": target.model, "variant": target.variant, "format": target.format,
-                   "precision": target.precision, "exec_precision": target.exec_precision or _default_exec(target),
-                   "threads": n, "status": status, "reason": reason,
-                   **_accuracy_fields(accuracy if status == "ok" else None, target.classes,
-                                      test_set.get("test_set")),
-                   "size_bytes": target.bytes, "size_mb": round(target.bytes / 1e6, 4) if target.bytes else None,
-                   **stats.get(target.source_run, {"params": None, "macs": None}),
-                   **_timing_fields(timing), **(first.get("device") or {}), "batch_size": settings["batch_size"],
-                   "isa": res.get("isa") or isa_record, "isa_warning": res.get("isa_warning"),
-                   "checksum": target.checksum, "sha256": target.sha256, "path": _shown(target.path),
-                   "source_run": target.source_run, "data": test_set.get("source", target.data),
-                   "input_size": size_text(target.input_size),
-                   "device": settings["device"], "cpu": machine["cpu"], "cores": machine["cores"], "date": date,
-                   "versions": versions}
+            row = {
+                "model": target.model,
+                "variant": target.variant,
+                "format": target.format,
+                "precision": target.precision,
+                "exec_precision": target.exec_precision or _default_exec(target),
+                "threads": n,
+                "status": status,
+                "reason": reason,
+                **_accuracy_fields(accuracy if status == "ok" else None, target.classes, test_set.get("test_set")),
+                "size_bytes": target.bytes,
+                "size_mb": round(target.bytes / 1e6, 4) if target.bytes else None,
+                **stats.get(target.source_run, {"params": None, "macs": None}),
+                **_timing_fields(timing),
+                **(first.get("device") or {}),
+                "batch_size": settings["batch_size"],
+                "isa": res.get("isa") or isa_record,
+                "isa_warning": res.get("isa_warning"),
+                "checksum": target.checksum,
+                "sha256": target.sha256,
+                "path": _shown(target.path),
+                "source_run": target.source_run,
+                "data": test_set.get("source", target.data),
+                "input_size": size_text(target.input_size),
+                "device": settings["device"],
+                "cpu": machine["cpu"],
+                "cores": machine["cores"],
+                "date": date,
+                "versions": versions,
+            }
             rows.append(row)
     return rows
 
@@ -371,16 +475,33 @@ def _default_exec(target: Target) -> str:
 def _accuracy_fields(acc: dict[str, Any] | None, classes: list[str], test_set: str | None) -> dict[str, Any]:
     """Top-1 with its Wilson 95 % interval (stats.wilson_interval), per-class top-1 and the per-image results."""
     if not acc:
-        return {"accuracy": None, "accuracy_low": None, "accuracy_high": None, "correct": None, "images": None,
-                "test_set": None, "per_class": None, "per_image": None}
+        return {
+            "accuracy": None,
+            "accuracy_low": None,
+            "accuracy_high": None,
+            "correct": None,
+            "images": None,
+            "test_set": None,
+            "per_class": None,
+            "per_image": None,
+        }
     from .stats import unpack_hits
 
-    per_class = {c: (hit / total if total else None)
-                 for c, hit, total in zip(classes, acc["per_class_correct"], acc["per_class_total"], strict=True)}
+    per_class = {
+        c: (hit / total if total else None)
+        for c, hit, total in zip(classes, acc["per_class_correct"], acc["per_class_total"], strict=True)
+    }
     low, high = wilson_interval(acc["correct"], acc["images"])
-    return {"accuracy": acc["correct"] / acc["images"], "accuracy_low": low, "accuracy_high": high,
-            "correct": acc["correct"], "images": acc["images"], "test_set": test_set, "per_class": per_class,
-            "per_image": per_image_record(unpack_hits(acc["hits"], acc["images"]), test_set or "")}
+    return {
+        "accuracy": acc["correct"] / acc["images"],
+        "accuracy_low": low,
+        "accuracy_high": high,
+        "correct": acc["correct"],
+        "images": acc["images"],
+        "test_set": test_set,
+        "per_class": per_class,
+        "per_image": per_image_record(unpack_hits(acc["hits"], acc["images"]), test_set or ""),
+    }
 
 
 def _timing_fields(res: dict[str, Any]) -> dict[str, Any]:
@@ -390,13 +511,23 @@ def _timing_fields(res: dict[str, Any]) -> dict[str, Any]:
     trials = lat.get("trials") or []
     p50s = [t["p50_ms"] for t in trials]
     _, low, high = spread(p50s) if p50s else (None, None, None)
-    return {"latency_p50_ms": lat.get("p50_ms"), "latency_p50_min_ms": low, "latency_p50_max_ms": high,
-            "latency_p90_ms": lat.get("p90_ms"), "latency_p99_ms": lat.get("p99_ms"),
-            "latency_mean_ms": lat.get("mean_ms"), "latency_iterations": lat.get("iterations"),
-            "latency_trials": len(trials) or None, "latency_trial_p50_ms": p50s or None,
-            "latency_trial_p99_ms": [t["p99_ms"] for t in trials] or None, "throughput_ips": res.get("throughput_ips"),
-            "throughput_source": res.get("throughput_source"), "load_s": res.get("load_s"),
-            "import_s": res.get("import_s"), "threads_runtime": res.get("threads_runtime")}
+    return {
+        "latency_p50_ms": lat.get("p50_ms"),
+        "latency_p50_min_ms": low,
+        "latency_p50_max_ms": high,
+        "latency_p90_ms": lat.get("p90_ms"),
+        "latency_p99_ms": lat.get("p99_ms"),
+        "latency_mean_ms": lat.get("mean_ms"),
+        "latency_iterations": lat.get("iterations"),
+        "latency_trials": len(trials) or None,
+        "latency_trial_p50_ms": p50s or None,
+        "latency_trial_p99_ms": [t["p99_ms"] for t in trials] or None,
+        "throughput_ips": res.get("throughput_ips"),
+        "throughput_source": res.get("throughput_source"),
+        "load_s": res.get("load_s"),
+        "import_s": res.get("import_s"),
+        "threads_runtime": res.get("threads_runtime"),
+    }
 
 
 def _model_stats(targets: list[Target], measured: dict) -> dict[str, dict[str, int | None]]:
@@ -405,11 +536,18 @@ def _model_stats(targets: list[Target], measured: dict) -> dict[str, dict[str, i
     for target in targets:
         if target.source_run in stats:
             continue
-        meta = next((r.get("metadata") for (tid, _), r in measured.items() if r.get("ok")
-                     and tid in {id(t) for t in targets if t.source_run == target.source_run}), None)
+        meta = next(
+            (
+                r.get("metadata")
+                for (tid, _), r in measured.items()
+                if r.get("ok") and tid in {id(t) for t in targets if t.source_run == target.source_run}
+            ),
+            None,
+        )
         if meta and meta.get("model"):
-            stats[target.source_run] = _count(meta["model"], len(target.classes), meta.get("img_size"),
-                                              target.input_size)
+            stats[target.source_run] = _count(
+                meta["model"], len(target.classes), meta.get("img_size"), target.input_size
+            )
     return stats
 
 
@@ -446,12 +584,21 @@ def busy_note(loads: Sequence[float | None], cores: int | None) -> str | None:
     known = [x for x in loads if x is not None]
     if not known or not cores or max(known) <= cores:
         return None
-    return (f"the CPU was busy while this bench ran (load average up to {max(known):g} on {cores} cores): its "
-            f"latencies are contended, read them as such; accuracy is not affected")
+    return (
+        f"the CPU was busy while this bench ran (load average up to {max(known):g} on {cores} cores): its "
+        f"latencies are contended, read them as such; accuracy is not affected"
+    )
 
 
 def _header(settings: dict[str, Any], key: str, seconds: float, notes: list[str]) -> dict[str, Any]:
-    return {"schema": 1, "tool": "edgecifar bench", "key": key,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
-            "versions": library_versions(*VERSIONED), "settings": settings, "bench_seconds": round(seconds, 1),
-            "notes": [n.removeprefix("warning: ") for n in notes]}
+    return {
+        "schema": 1,
+        "tool": "edgecifar bench",
+        "key": key,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "versions": library_versions(*VERSIONED),
+        "settings": settings,
+        "bench_seconds": round(seconds, 1),
+        "notes": [n.removeprefix("warning: ") for n in notes],
+    }

@@ -59,17 +59,25 @@ class Target:
         name = FORMAT_NAMES.get(self.format, self.format)
         if self.format == "pytorch":
             return name
-        return (f"{name} {self.precision.upper()}" + (f" {self.exec_precision}" if self.exec_precision else "")
-                + (f" @{self.isa_cap}" if self.isa_cap else ""))
+        return (
+            f"{name} {self.precision.upper()}"
+            + (f" {self.exec_precision}" if self.exec_precision else "")
+            + (f" @{self.isa_cap}" if self.isa_cap else "")
+        )
 
     def skip(self, reason: str) -> None:
         if self.status == "ok":  # the first reason is the one that matters
             self.status, self.reason = "skipped", reason
 
 
-def resolve_targets(paths: Sequence[Path | str], runs_dir: Path | str | None, baseline: bool = True,
-                    bf16: bool = False, data: str | None = None,
-                    cache_dir: Path | str | None = None) -> tuple[list[Target], list[str]]:
+def resolve_targets(
+    paths: Sequence[Path | str],
+    runs_dir: Path | str | None,
+    baseline: bool = True,
+    bf16: bool = False,
+    data: str | None = None,
+    cache_dir: Path | str | None = None,
+) -> tuple[list[Target], list[str]]:
     """Artifacts (manifest order) and their baselines, checked, and notes on what was left out (one line
     each); raises when the request names nothing usable."""
     artifacts: list[Target] = []
@@ -97,21 +105,26 @@ def _from_path(path: Path, notes: list[str]) -> list[Target]:
     if path.is_dir():
         manifest = path / MANIFEST
         if not manifest.is_file():
-            raise ArtifactError(f"no {MANIFEST} in {path}: export a run first "
-                                f"(`edgecifar export RUN_DIR --out {path}`)")
+            raise ArtifactError(
+                f"no {MANIFEST} in {path}: export a run first (`edgecifar export RUN_DIR --out {path}`)"
+            )
         targets = _from_manifest(manifest, notes)
         notes += [f"not benched: {f} is not listed in {manifest}" for f in _unlisted(manifest)]
         return targets
     if not path.exists():
-        raise ArtifactError(f"not found: {path} (give an exported folder, its {MANIFEST}, or a model file: {MODEL_FILES})")
+        raise ArtifactError(
+            f"not found: {path} (give an exported folder, its {MANIFEST}, or a model file: {MODEL_FILES})"
+        )
     if path.name.endswith(".json"):
         return _from_manifest(path)
     if path.suffix.lower() not in ARTIFACT_SUFFIXES:
         raise ArtifactError(f"{path}: not a model file ({MODEL_FILES}) nor a manifest")
     manifest = find_manifest(path)
     if manifest is None:
-        raise ArtifactError(f"{path} has no {MANIFEST} beside it or above it: bench takes exported artifacts, "
-                            f"whose checksums and source run the manifest records")
+        raise ArtifactError(
+            f"{path} has no {MANIFEST} beside it or above it: bench takes exported artifacts, "
+            f"whose checksums and source run the manifest records"
+        )
     rel = path.resolve().relative_to(manifest.parent.resolve()).as_posix()
     mine: list[str] = []
     found = [t for t in _from_manifest(manifest, mine, allow_empty=True) if t.path.resolve() == path.resolve()]
@@ -132,12 +145,23 @@ def _from_manifest(manifest: Path, notes: list[str], allow_empty: bool = False) 
     for e in entries:
         files = {str(manifest.parent / k): v for k, v in entry_files(e).items()}
         if "regenerate" in e and not all(Path(f).is_file() for f in files):
-            notes.append(f"not benched: {e['path']} is not in this checkout (size budget); `{e['regenerate']}` "
-                         f"makes it")
+            notes.append(
+                f"not benched: {e['path']} is not in this checkout (size budget); `{e['regenerate']}` makes it"
+            )
             continue
-        targets.append(Target(model=e["model"], source_run=str(e.get("source_run") or "?"), format=e["format"],
-                              precision=e["precision"], path=manifest.parent / e["path"], classes=list(e["classes"]),
-                              files=files, source_sha256=e.get("source_sha256"), input_size=size_of(e.get("input"))))
+        targets.append(
+            Target(
+                model=e["model"],
+                source_run=str(e.get("source_run") or "?"),
+                format=e["format"],
+                precision=e["precision"],
+                path=manifest.parent / e["path"],
+                classes=list(e["classes"]),
+                files=files,
+                source_sha256=e.get("source_sha256"),
+                input_size=size_of(e.get("input")),
+            )
+        )
     return targets
 
 
@@ -145,16 +169,20 @@ def _unlisted(manifest: Path) -> list[str]:
     """Model files under the manifest's folder that no entry lists (hidden folders, such as an interrupted
     export's staging, left out)."""
     listed, root = listed_paths(manifest), manifest.parent
-    found = (f.relative_to(root).as_posix() for f in root.rglob("*")
-             if f.suffix.lower() in ARTIFACT_SUFFIXES and f.is_file())
+    found = (
+        f.relative_to(root).as_posix() for f in root.rglob("*") if f.suffix.lower() in ARTIFACT_SUFFIXES and f.is_file()
+    )
     return sorted(rel for rel in found if rel not in listed and not any(p.startswith(".") for p in rel.split("/")))
 
 
 def _bf16_variants(artifacts: list[Target]) -> list[Target]:
     from dataclasses import replace
 
-    variants = [replace(t, exec_precision="bf16") for t in artifacts
-                if "bf16" in BACKENDS[t.format].exec_hints and t.precision == "fp32"]
+    variants = [
+        replace(t, exec_precision="bf16")
+        for t in artifacts
+        if "bf16" in BACKENDS[t.format].exec_hints and t.precision == "fp32"
+    ]
     if variants and not cpu_has_bf16():
         for v in variants:
             v.skip("this CPU has no bf16 instructions (avx512_bf16 / amx_bf16)")
@@ -201,11 +229,20 @@ def _baselines(artifacts: list[Target], runs: Path | None) -> list[Target]:
         first = next(t for t in artifacts if t.source_run == run_name)
         run_dir = runs / run_name if runs else None
         weights = run_dir / "model.safetensors" if run_dir else Path(run_name) / "model.safetensors"
-        target = Target(model=first.model, source_run=run_name, format="pytorch", precision="fp32", path=weights,
-                        classes=first.classes, run_dir=run_dir, input_size=first.input_size)
+        target = Target(
+            model=first.model,
+            source_run=run_name,
+            format="pytorch",
+            precision="fp32",
+            path=weights,
+            classes=first.classes,
+            run_dir=run_dir,
+            input_size=first.input_size,
+        )
         if not weights.is_file():
-            target.skip(f"no run folder {run_dir or run_name} with model.safetensors for the PyTorch baseline "
-                        f"(pass --runs DIR)")
+            target.skip(
+                f"no run folder {run_dir or run_name} with model.safetensors for the PyTorch baseline (pass --runs DIR)"
+            )
         else:
             target.bytes, target.sha256 = weights.stat().st_size, sha256_file(weights)
             exported_from = {t.source_sha256 for t in artifacts if t.source_run == run_name and t.source_sha256}
@@ -219,9 +256,13 @@ def _baselines(artifacts: list[Target], runs: Path | None) -> list[Target]:
 
 def _interleave(baselines: list[Target], artifacts: list[Target]) -> list[Target]:
     """Each run's baseline first, then its artifacts by format and precision: the order reports read in."""
+
     def rank(t: Target) -> tuple:
-        return (list(FORMAT_NAMES).index(t.format) if t.format in FORMAT_NAMES else 9,
-                PRECISION_ORDER.index(t.precision) if t.precision in PRECISION_ORDER else 9, t.exec_precision or "")
+        return (
+            list(FORMAT_NAMES).index(t.format) if t.format in FORMAT_NAMES else 9,
+            PRECISION_ORDER.index(t.precision) if t.precision in PRECISION_ORDER else 9,
+            t.exec_precision or "",
+        )
 
     ordered = []
     for base in baselines:
@@ -248,8 +289,10 @@ def _attach_run_and_data(target: Target, runs: Path | None, data: str | None, ca
         except DataError as e:  # the run's data was moved or deleted
             target.skip(str(e))
     if not target.data:
-        target.skip(f"no test set: pass --data (no run folder {run_dir or target.source_run} with a config.json "
-                    f"to take it from)")
+        target.skip(
+            f"no test set: pass --data (no run folder {run_dir or target.source_run} with a config.json "
+            f"to take it from)"
+        )
 
 
 def check_device(device: str) -> None:

@@ -45,8 +45,9 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     def load() -> tuple[Runner, dict[str, Any]]:
         if job["kind"] == "pytorch":
             return _load_pytorch(job["run_dir"], threads)
-        return _load_artifact(job["path"], threads, job.get("exec_precision"), job.get("classes"),
-                              job.get("expect") or {})
+        return _load_artifact(
+            job["path"], threads, job.get("exec_precision"), job.get("classes"), job.get("expect") or {}
+        )
 
     run, info = load()
     x, y = _load_data(job.get("data"))
@@ -63,7 +64,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     else:  # no pass, or one too short to time (a tiny test set)
         result["throughput_ips"] = throughput(run, _batch_of(x, batch), float(job["throughput_seconds"]), warmup)
         result["throughput_source"] = "timed loop"
-    samples = [np.ascontiguousarray(x[i:i + 1]) for i in range(min(len(x), 64))]  # real images, batch 1
+    samples = [np.ascontiguousarray(x[i : i + 1]) for i in range(min(len(x), 64))]  # real images, batch 1
     trials = max(1, int(job.get("latency_trials", 1)))
     share = float(job["latency_seconds"]) / trials
     found = []
@@ -79,8 +80,9 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
 def combine_trials(trials: list[dict[str, Any]]) -> dict[str, Any]:
     """The row's latency: the median over trials of each percentile (the middle trial, robust to one
     disturbed trial), the calls counted over all trials, and the trials themselves."""
-    merged: dict[str, Any] = {key: float(np.median([t[key] for t in trials]))
-                              for key in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")}
+    merged: dict[str, Any] = {
+        key: float(np.median([t[key] for t in trials])) for key in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")
+    }
     merged["min_ms"] = float(min(t["min_ms"] for t in trials))
     merged["iterations"] = int(sum(t["iterations"] for t in trials))
     merged["trials"] = trials
@@ -95,8 +97,9 @@ def _isa_fields(metadata: dict[str, Any]) -> dict[str, Any]:
     return {"isa": cpu.record(), "isa_warning": isa_warning(metadata, cpu)}
 
 
-def _load_artifact(path: str, threads: int, exec_precision: str | None, classes: list[str] | None,
-                   expect: dict[str, str]) -> tuple[Runner, dict[str, Any]]:
+def _load_artifact(
+    path: str, threads: int, exec_precision: str | None, classes: list[str] | None, expect: dict[str, str]
+) -> tuple[Runner, dict[str, Any]]:
     from .backends import backend_for
     from .errors import ArtifactError
     from .runtime import load_artifact
@@ -114,14 +117,21 @@ def _load_artifact(path: str, threads: int, exec_precision: str | None, classes:
         raise ArtifactError(f"{path}: its class names differ from the manifest's")
     for key, label in expect.items():  # a label edited in the manifest must not rename the row
         if artifact.metadata.get(key) not in (None, label):
-            raise ArtifactError(f"the manifest says {key} '{label}', the file's own metadata "
-                                f"'{artifact.metadata[key]}'")
-    meta = {k: artifact.metadata.get(k) for k in ("model", "img_size", "num_classes", "precision", "source_run",
-                                                  "int8_isa", "int8_weight_bits")}
+            raise ArtifactError(
+                f"the manifest says {key} '{label}', the file's own metadata '{artifact.metadata[key]}'"
+            )
+    meta = {
+        k: artifact.metadata.get(k)
+        for k in ("model", "img_size", "num_classes", "precision", "source_run", "int8_isa", "int8_weight_bits")
+    }
     figures = getattr(artifact.backend, "device_figures", None)  # a backend's own figures (TFLite Micro's arena)
-    return artifact.run, {"import_s": imported - started, "load_s": loaded - imported, "metadata": meta,
-                          "threads_runtime": _runtime_threads(artifact),
-                          **({"device": figures(artifact.session)} if figures else {})}
+    return artifact.run, {
+        "import_s": imported - started,
+        "load_s": loaded - imported,
+        "metadata": meta,
+        "threads_runtime": _runtime_threads(artifact),
+        **({"device": figures(artifact.session)} if figures else {}),
+    }
 
 
 def _runtime_threads(artifact: Any) -> int | None:
@@ -152,8 +162,12 @@ def _load_pytorch(run_dir: str, threads: int) -> tuple[Runner, dict[str, Any]]:
             return model(torch.from_numpy(images)).float().numpy()
 
     meta = {k: model.meta.get(k) for k in ("model", "img_size", "num_classes")}
-    return run, {"import_s": imported - started, "load_s": loaded - imported, "metadata": meta,
-                 "threads_runtime": torch.get_num_threads()}
+    return run, {
+        "import_s": imported - started,
+        "load_s": loaded - imported,
+        "metadata": meta,
+        "threads_runtime": torch.get_num_threads(),
+    }
 
 
 def _load_data(path: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -176,14 +190,19 @@ def accuracy_pass(run: Runner, x: np.ndarray, y: np.ndarray, batch: int, num_cla
     and the seconds the timed pass took."""
     run(_batch_of(x, batch))  # warm-up: first calls allocate and pick kernels
     started = time.perf_counter()
-    preds = np.concatenate([run(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+    preds = np.concatenate([run(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
     seconds = time.perf_counter() - started
     hits = preds == y
     from .stats import pack_hits
 
-    return {"correct": int(hits.sum()), "images": int(len(y)), "seconds": seconds,
-            "per_class_correct": np.bincount(y[hits], minlength=num_classes).tolist(),
-            "per_class_total": np.bincount(y, minlength=num_classes).tolist(), "hits": pack_hits(hits)}
+    return {
+        "correct": int(hits.sum()),
+        "images": int(len(y)),
+        "seconds": seconds,
+        "per_class_correct": np.bincount(y[hits], minlength=num_classes).tolist(),
+        "per_class_total": np.bincount(y, minlength=num_classes).tolist(),
+        "hits": pack_hits(hits),
+    }
 
 
 def throughput(run: Runner, images: np.ndarray, seconds: float, warmup: float) -> float:
@@ -207,8 +226,14 @@ def latency(run: Runner, samples: list[np.ndarray], seconds: float, warmup: floa
         i += 1
     ms = np.asarray(times, dtype=np.float64) / 1e6
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(ms.mean()),
-            "min_ms": float(ms.min()), "iterations": int(len(ms))}
+    return {
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "mean_ms": float(ms.mean()),
+        "min_ms": float(ms.min()),
+        "iterations": int(len(ms)),
+    }
 
 
 def _spin(run: Runner, inputs: list[np.ndarray], seconds: float, min_calls: int) -> tuple[int, float]:

@@ -43,8 +43,9 @@ def read_catalog(path: Path = CATALOG) -> dict[str, ModelInfo]:
         entries = json.loads(path.read_text())["models"]
         return {e["name"]: ModelInfo(**e) for e in entries}
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ModelError(f"model listing {path} is missing or unreadable ({type(e).__name__}); "
-                         f"rebuild it with `{REGENERATE}`") from None
+        raise ModelError(
+            f"model listing {path} is missing or unreadable ({type(e).__name__}); rebuild it with `{REGENERATE}`"
+        ) from None
 
 
 def build_catalog() -> list[ModelInfo]:
@@ -54,9 +55,18 @@ def build_catalog() -> list[ModelInfo]:
     infos = []
     for name in list_models():
         s = model_summary(name)
-        infos.append(ModelInfo(name=name, family=s["family"], params=s["params"], macs=s["macs"],
-                               backbone_size=s["recipe"]["img_size"], epochs=s["recipe"]["epochs"],
-                               description=s["description"], pretrained_source=s["pretrained_source"]))
+        infos.append(
+            ModelInfo(
+                name=name,
+                family=s["family"],
+                params=s["params"],
+                macs=s["macs"],
+                backbone_size=s["recipe"]["img_size"],
+                epochs=s["recipe"]["epochs"],
+                description=s["description"],
+                pretrained_source=s["pretrained_source"],
+            )
+        )
     return infos
 
 

@@ -33,8 +33,11 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
 def _numpy_builders() -> dict[str, Any]:
     """numpy's own pickle helpers, taken from what numpy itself pickles (their module moved in numpy 2)."""
     array = np.zeros(1, dtype=np.uint8)
-    return {"_reconstruct": array.__reduce__()[0], "_frombuffer": array.__reduce_ex__(5)[0],
-            "scalar": np.uint8(0).__reduce__()[0]}
+    return {
+        "_reconstruct": array.__reduce__()[0],
+        "_frombuffer": array.__reduce_ex__(5)[0],
+        "scalar": np.uint8(0).__reduce__()[0],
+    }
 
 
 _BUILDERS = _numpy_builders()
@@ -42,8 +45,10 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _latin1_encode,
-    **{(module, "_reconstruct"): _BUILDERS["_reconstruct"]
-       for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{
+        (module, "_reconstruct"): _BUILDERS["_reconstruct"]
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    },
     **{(module, "scalar"): _BUILDERS["scalar"] for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
     **{(module, "_frombuffer"): _BUILDERS["_frombuffer"] for module in ("numpy.core.numeric", "numpy._core.numeric")},
 }
@@ -57,8 +62,9 @@ class _BatchUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"it asks to call {module}.{name}, which a CIFAR batch never holds; "
-                                         f"nothing was run") from None
+            raise pickle.UnpicklingError(
+                f"it asks to call {module}.{name}, which a CIFAR batch never holds; nothing was run"
+            ) from None
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("it holds a persistent reference, which a CIFAR batch never does")
@@ -83,13 +89,16 @@ def read_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     batch = unpickle(data, name)
     images = _integer_array(batch.get("data"), name, "data")
     labels = _integer_array(batch.get("labels", batch.get("fine_labels")), name, "labels")
-    if images.ndim != 2 or images.shape[1] != IMAGE_BYTES or images.min(initial=0) < 0 \
-            or images.max(initial=0) > 255:
-        raise DataError(f"corrupt CIFAR batch file {name}: 'data' must be [N, {IMAGE_BYTES}] values in 0-255, "
-                        f"got {images.dtype} {list(images.shape)}")
+    if images.ndim != 2 or images.shape[1] != IMAGE_BYTES or images.min(initial=0) < 0 or images.max(initial=0) > 255:
+        raise DataError(
+            f"corrupt CIFAR batch file {name}: 'data' must be [N, {IMAGE_BYTES}] values in 0-255, "
+            f"got {images.dtype} {list(images.shape)}"
+        )
     if labels.ndim != 1 or len(labels) != len(images) or labels.min(initial=0) < 0:
-        raise DataError(f"corrupt CIFAR batch file {name}: {len(images)} images but labels of shape "
-                        f"{list(labels.shape)} (or negative)")
+        raise DataError(
+            f"corrupt CIFAR batch file {name}: {len(images)} images but labels of shape "
+            f"{list(labels.shape)} (or negative)"
+        )
     x = images.astype(np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(x), labels.astype(np.int64)
 
@@ -109,19 +118,20 @@ def _integer_array(value: Any, name: str, key: str) -> np.ndarray:
 def read_label_names(data: bytes, name: str) -> list[str]:
     """`batches.meta` -> the class names, in label order."""
     names = unpickle(data, name).get("label_names")
-    if not isinstance(names, (list, tuple)) or not names or \
-            not all(isinstance(n, (str, bytes)) for n in names):
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, (str, bytes)) for n in names):
         raise DataError(f"corrupt CIFAR batch file {name}: 'label_names' must be a list of strings")
     return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
 
 
-def read_cifar(read: Callable[[str], bytes | None], name_of: Callable[[str], str]
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def read_cifar(
+    read: Callable[[str], bytes | None], name_of: Callable[[str], str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Every batch of one `cifar-10-batches-py` folder: `read(file_name)` gives a file's bytes (None when
     absent), `name_of(file_name)` what messages call it.
 
     Returns train images, train labels, test images, test labels (as read_batch) and the class names.
     """
+
     def load(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
         parts = []
         for file in names:

@@ -20,8 +20,12 @@ from rich.text import Text
 from .errors import DiskFullError, EdgecifarError
 from .utils import NO_ROOM, checked_thread_variables, no_room, writable_homes
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train, export and benchmark small CIFAR-10 classifiers for edge CPUs.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train, export and benchmark small CIFAR-10 classifiers for edge CPUs.",
+)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -43,8 +47,10 @@ def handle_errors(fn: Callable) -> Callable:
             raise typer.Exit(128 + getattr(e, "signum", 2))
         except PermissionError as e:  # a folder we may not write, where no library call said so itself
             where = f" {e.filename}" if e.filename else ""
-            error_line(f"permission denied:{where}: run where you can write, or point the option or variable "
-                       f"that names that folder elsewhere (--out, --cache-dir, TMPDIR, XDG_CACHE_HOME)")
+            error_line(
+                f"permission denied:{where}: run where you can write, or point the option or variable "
+                f"that names that folder elsewhere (--out, --cache-dir, TMPDIR, XDG_CACHE_HOME)"
+            )
             raise typer.Exit(1)
         except OSError as e:  # a full disk where no library call said so itself
             if (full := no_room(e)) is None:
@@ -57,7 +63,7 @@ def handle_errors(fn: Callable) -> Callable:
 
 
 def error_line(message: str) -> None:
-    """"error: MESSAGE" on stderr, the message taken literally (no markup, whatever it quotes)."""
+    """ "error: MESSAGE" on stderr, the message taken literally (no markup, whatever it quotes)."""
     err_console.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
 
 
@@ -112,10 +118,18 @@ class Device(str, Enum):
 
 
 # shared option aliases
-DataOpt = Annotated[str, typer.Option("--data", help="cifar10 (download), a cifar-10-batches-py folder, an "
-                                                    "ImageFolder root with train/ and test/, or a .tar.gz of one")]
-CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="where downloads and decoded data are "
-                                                                     "cached [default: ~/.cache/edgecifar]")]
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        "--data",
+        help="cifar10 (download), a cifar-10-batches-py folder, an "
+        "ImageFolder root with train/ and test/, or a .tar.gz of one",
+    ),
+]
+CacheOpt = Annotated[
+    Optional[Path],
+    typer.Option("--cache-dir", help="where downloads and decoded data are cached [default: ~/.cache/edgecifar]"),
+]
 RunDir = Annotated[Path, typer.Argument(help="a run folder made by `edgecifar train`")]
 ThreadsOpt = Annotated[str, typer.Option(help="comma-separated runtime thread counts; each is its own row")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="batch size of the throughput figure")]

@@ -13,8 +13,21 @@ from rich.markup import escape
 from rich.text import Text
 
 from .backends import BACKENDS, CALIB_METHODS, PRECISIONS
-from .cli_common import (BatchOpt, CacheOpt, DataOpt, Device, RunDir, ThreadsOpt, app, console, err_console,
-                         error_line, handle_errors, note, say)
+from .cli_common import (
+    BatchOpt,
+    CacheOpt,
+    DataOpt,
+    Device,
+    RunDir,
+    ThreadsOpt,
+    app,
+    console,
+    err_console,
+    error_line,
+    handle_errors,
+    note,
+    say,
+)
 from .errors import DataError
 from .pipeline import DEFAULT_MODELS, DEFAULT_TEACHERS
 
@@ -35,28 +48,46 @@ class Int8Isa(str, Enum):
 @handle_errors
 def export(
     run_dir: RunDir,
-    fmt: Annotated[ExportFormat, typer.Option("--format", help="file format (all: every one available here, "
-                                                                "see `edgecifar doctor`)")] = ExportFormat.all,
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option("--format", help="file format (all: every one available here, see `edgecifar doctor`)"),
+    ] = ExportFormat.all,
     precision: Annotated[Precision, typer.Option(help="weights/compute precision")] = Precision.all,
     out: Annotated[Path, typer.Option(help="output folder (holds manifest.json and <run-name>/)")] = Path("exported"),
     calib_size: Annotated[int, typer.Option(min=1, help="INT8 calibration images (seeded draw from train)")] = 512,
-    calib_method: Annotated[CalibMethod, typer.Option(help="INT8 activation ranges. minmax: over all calibration "
-                                                           "images; percentile; entropy (nncf: histogram); default: "
-                                                           "each backend's own (nncf: mean of per-image min/max)")]
-    = CalibMethod.minmax,
+    calib_method: Annotated[
+        CalibMethod,
+        typer.Option(
+            help="INT8 activation ranges. minmax: over all calibration "
+            "images; percentile; entropy (nncf: histogram); default: "
+            "each backend's own (nncf: mean of per-image min/max)"
+        ),
+    ] = CalibMethod.minmax,
     verify_size: Annotated[int, typer.Option(min=1, help="test images each export is verified on")] = 500,
     data: DataOpt = "",
     cache_dir: CacheOpt = None,
     seed: int = 0,
-    keep_low_agreement: Annotated[bool, typer.Option(help="keep FP16/INT8 files whose top-1 agrees with PyTorch "
-                                                          "on under 90 % of the test images")] = False,
-    int8_isa: Annotated[Int8Isa, typer.Option(help="INT8 weights: x86 (7-bit, exact on every x86 CPU) or vnni "
-                                                   "(8-bit, exact only on CPUs with VNNI/AMX)")] = Int8Isa.x86,
-    max_drop: Annotated[Optional[float], typer.Option(min=0.0, help="INT8: keep the top-1 drop under this many "
-                                                                    "points on held-out training images, leaving the "
-                                                                    "most sensitive layers in float")] = None,
-    control_images: Annotated[int, typer.Option(min=1, help="held-out training images --max-drop is measured "
-                                                            "on")] = 2000,
+    keep_low_agreement: Annotated[
+        bool, typer.Option(help="keep FP16/INT8 files whose top-1 agrees with PyTorch on under 90 % of the test images")
+    ] = False,
+    int8_isa: Annotated[
+        Int8Isa,
+        typer.Option(
+            help="INT8 weights: x86 (7-bit, exact on every x86 CPU) or vnni (8-bit, exact only on CPUs with VNNI/AMX)"
+        ),
+    ] = Int8Isa.x86,
+    max_drop: Annotated[
+        Optional[float],
+        typer.Option(
+            min=0.0,
+            help="INT8: keep the top-1 drop under this many "
+            "points on held-out training images, leaving the "
+            "most sensitive layers in float",
+        ),
+    ] = None,
+    control_images: Annotated[
+        int, typer.Option(min=1, help="held-out training images --max-drop is measured on")
+    ] = 2000,
 ) -> None:
     """Export a run to every format and precision (ONNX, OpenVINO, LiteRT, ExecuTorch; FP32, FP16, INT8), each
     verified against PyTorch on test images."""
@@ -64,18 +95,39 @@ def export(
 
     from .export import export_run
 
-    entries = export_run(run_dir, fmt.value, precision.value, out_dir=out, calib_size=calib_size,
-                         calib_method=calib_method.value, data=data or None, cache_dir=cache_dir, seed=seed,
-                         verify_size=verify_size, keep_low_agreement=keep_low_agreement,
-                         int8_isa=int8_isa.value, max_drop=max_drop, control_size=control_images, log=note)
+    entries = export_run(
+        run_dir,
+        fmt.value,
+        precision.value,
+        out_dir=out,
+        calib_size=calib_size,
+        calib_method=calib_method.value,
+        data=data or None,
+        cache_dir=cache_dir,
+        seed=seed,
+        verify_size=verify_size,
+        keep_low_agreement=keep_low_agreement,
+        int8_isa=int8_isa.value,
+        max_drop=max_drop,
+        control_size=control_images,
+        log=note,
+    )
     table = Table(title=escape(f"exported {run_dir} -> {out} (manifest.json updated)"))
     for col in ("format", "precision", "MB", "agree", "max |dlogit|", "acc", "torch acc", "file"):
         table.add_column(col, justify="left" if col in ("format", "precision", "file") else "right")
     for e in entries:
         v = e["verification"]
-        table.add_row(e["format"], e["precision"], f"{e['bytes'] / 1e6:.2f}", f"{v['agreement']:.2%}",
-                      f"{v['max_abs_logit_diff']:.2g}", f"{v['accuracy']:.2%}", f"{v['torch_accuracy']:.2%}",
-                      escape(Path(e["path"]).name), style="yellow" if "warning" in v else None)
+        table.add_row(
+            e["format"],
+            e["precision"],
+            f"{e['bytes'] / 1e6:.2f}",
+            f"{v['agreement']:.2%}",
+            f"{v['max_abs_logit_diff']:.2g}",
+            f"{v['accuracy']:.2%}",
+            f"{v['torch_accuracy']:.2%}",
+            escape(Path(e["path"]).name),
+            style="yellow" if "warning" in v else None,
+        )
     console.print(table)
 
 
@@ -86,8 +138,10 @@ def qat(
     epochs: Annotated[int, typer.Option(min=1, help="fine-tuning epochs")] = 1,
     lr: Annotated[float, typer.Option(min=0.0, help="AdamW peak learning rate, cosine-decayed to 0")] = 3e-5,
     distill: Annotated[bool, typer.Option(help="also learn the float model's logits")] = True,
-    int8_isa: Annotated[Int8Isa, typer.Option(help="weights the quantizers simulate: x86 (7-bit) or vnni "
-                                                   "(8-bit); its export follows it")] = Int8Isa.x86,
+    int8_isa: Annotated[
+        Int8Isa,
+        typer.Option(help="weights the quantizers simulate: x86 (7-bit) or vnni (8-bit); its export follows it"),
+    ] = Int8Isa.x86,
     calib_size: Annotated[int, typer.Option(min=1, help="training images that initialise the quantizers")] = 512,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="default: the run's recipe")] = None,
     data: DataOpt = "",
@@ -102,11 +156,26 @@ def qat(
     new run into INT8 files with what it learned (OpenVINO keeps its quantizers as they are)."""
     from .qat import QatConfig, finetune
 
-    finetune(QatConfig(run=str(run_dir), data=data or None, cache_dir=str(cache_dir) if cache_dir else None,
-                       epochs=epochs, lr=lr, batch_size=batch_size, distill=distill, int8_isa=int8_isa.value,
-                       calib_size=calib_size, max_train=max_train, max_test=max_test, seed=seed,
-                       device=device.value, out=str(out) if out else None),
-             show_progress=sys.stderr.isatty(), log=say)
+    finetune(
+        QatConfig(
+            run=str(run_dir),
+            data=data or None,
+            cache_dir=str(cache_dir) if cache_dir else None,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            distill=distill,
+            int8_isa=int8_isa.value,
+            calib_size=calib_size,
+            max_train=max_train,
+            max_test=max_test,
+            seed=seed,
+            device=device.value,
+            out=str(out) if out else None,
+        ),
+        show_progress=sys.stderr.isatty(),
+        log=say,
+    )
 
 
 @app.command("quant-report")
@@ -133,14 +202,16 @@ def quant_report(
 @app.command()
 @handle_errors
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="image files, or folders of them (any size, any common "
-                                                      "format)")],
+    images: Annotated[list[Path], typer.Argument(help="image files, or folders of them (any size, any common format)")],
     model: Annotated[Path, typer.Option("--model", help=f"an exported model file ({MODEL_FILES})")],
     topk: Annotated[int, typer.Option(help="classes to show per image")] = 3,
     threads: Annotated[Optional[int], typer.Option(help="runtime threads [default: the runtime's]")] = None,
-    allow_checksum_mismatch: Annotated[bool, typer.Option(
-        "--allow-checksum-mismatch", help="use a model whose sha256 differs from its manifest (default: refuse)")]
-    = False,
+    allow_checksum_mismatch: Annotated[
+        bool,
+        typer.Option(
+            "--allow-checksum-mismatch", help="use a model whose sha256 differs from its manifest (default: refuse)"
+        ),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print JSON (failed images with their error)")] = False,
 ) -> None:
     """Classify images with an exported model (the same code path as `python -m edgecifar.runtime`).
@@ -150,8 +221,9 @@ def predict(
     from .runtime import predict as run_predict
     from .cli_common import short_paths
 
-    results = run_predict(images, model, topk, threads, on_warning=note,
-                          allow_checksum_mismatch=allow_checksum_mismatch)
+    results = run_predict(
+        images, model, topk, threads, on_warning=note, allow_checksum_mismatch=allow_checksum_mismatch
+    )
     for r in results:
         if "error" in r:
             error_line(r["error"])
@@ -177,56 +249,96 @@ def predict(
         raise typer.Exit(DataError.exit_code)
 
 
-
-
 @app.command()
 @handle_errors
 def bench(
-    artifacts: Annotated[Optional[list[Path]], typer.Argument(
-        help=f"exported folders (holding manifest.json), manifests, or model files ({MODEL_FILES}) "
-             "(default: exported)")] = None,
+    artifacts: Annotated[
+        Optional[list[Path]],
+        typer.Argument(
+            help=f"exported folders (holding manifest.json), manifests, or model files ({MODEL_FILES}) "
+            "(default: exported)"
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="only cpu for now")] = "cpu",
     threads: ThreadsOpt = "1,2",
     batch_size: BatchOpt = 64,
     out: Annotated[Path, typer.Option(help="folder for bench.json/.csv/.md/.png")] = Path("benchmarks/results"),
-    data: Annotated[str, typer.Option("--data", help="test set (default: the one each source run was trained on)")]
-    = "",
+    data: Annotated[
+        str, typer.Option("--data", help="test set (default: the one each source run was trained on)")
+    ] = "",
     cache_dir: CacheOpt = None,
     runs: Annotated[Path, typer.Option(help="folder of the source runs (PyTorch baseline, test set)")] = Path("runs"),
     baseline: Annotated[bool, typer.Option(help="also bench each source run's PyTorch model")] = True,
     bf16: Annotated[bool, typer.Option(help="add rows of the OpenVINO FP32 files executed in bf16")] = False,
     max_images: Annotated[Optional[int], typer.Option(min=1, help="count accuracy on a seeded subset")] = None,
-    latency_seconds: Annotated[float, typer.Option(min=0.01, help="batch-1 timing per setting, all trials "
-                                                                  "together")] = 1.5,
-    latency_trials: Annotated[int, typer.Option(min=1, help="independent batch-1 trials per setting, each on a "
-                                                            "fresh session: the spread each row reports")] = 5,
+    latency_seconds: Annotated[
+        float, typer.Option(min=0.01, help="batch-1 timing per setting, all trials together")
+    ] = 1.5,
+    latency_trials: Annotated[
+        int,
+        typer.Option(
+            min=1, help="independent batch-1 trials per setting, each on a fresh session: the spread each row reports"
+        ),
+    ] = 5,
     throughput_seconds: Annotated[float, typer.Option(min=0.01, help="batch timing per extra setting")] = 1.0,
-    isa: Annotated[str, typer.Option(help="INT8 paths, comma-separated: native (this CPU's) and/or avx2 (OpenVINO: "
-                                          "oneDNN capped to AVX2; ONNX Runtime: under qemu-x86_64 -cpu Haswell, "
-                                          "accuracy only)")] = "native",
+    isa: Annotated[
+        str,
+        typer.Option(
+            help="INT8 paths, comma-separated: native (this CPU's) and/or avx2 (OpenVINO: "
+            "oneDNN capped to AVX2; ONNX Runtime: under qemu-x86_64 -cpu Haswell, "
+            "accuracy only)"
+        ),
+    ] = "native",
 ) -> None:
     """Accuracy, size, params, MACs, latency, throughput and load time of exported models and their PyTorch run."""
     from .bench import bench as run_bench
     from .report import rich_table
 
-    rows = run_bench(artifacts or [Path("exported")], device=device, threads=threads, batch_size=batch_size,
-                     out_dir=out, data=data or None, cache_dir=cache_dir, runs_dir=runs, baseline=baseline, bf16=bf16,
-                     max_images=max_images, latency_seconds=latency_seconds, throughput_seconds=throughput_seconds,
-                     show_progress=sys.stderr.isatty(), isa=isa, log=note, latency_trials=latency_trials)
+    rows = run_bench(
+        artifacts or [Path("exported")],
+        device=device,
+        threads=threads,
+        batch_size=batch_size,
+        out_dir=out,
+        data=data or None,
+        cache_dir=cache_dir,
+        runs_dir=runs,
+        baseline=baseline,
+        bf16=bf16,
+        max_images=max_images,
+        latency_seconds=latency_seconds,
+        throughput_seconds=throughput_seconds,
+        show_progress=sys.stderr.isatty(),
+        isa=isa,
+        log=note,
+        latency_trials=latency_trials,
+    )
     machine = rows.header["machine"]
-    console.print(rich_table(rows, escape(f"bench on {machine['cpu']} ({machine['cores']} cores), "
-                                          f"{rows.header['bench_seconds']:.0f} s")))
+    console.print(
+        rich_table(
+            rows, escape(f"bench on {machine['cpu']} ({machine['cores']} cores), {rows.header['bench_seconds']:.0f} s")
+        )
+    )
     say(f"results: {', '.join(str(p) for p in rows.files.values())}")
 
 
 @app.command()
 @handle_errors
 def compare(
-    a: Annotated[str, typer.Argument(help=f"a model file ({MODEL_FILES}), or with --bench a row: its file path "
-                                          "or 'MODEL VARIANT'; or seed runs: a <out>-seeds.json or RUN,RUN,...")],
+    a: Annotated[
+        str,
+        typer.Argument(
+            help=f"a model file ({MODEL_FILES}), or with --bench a row: its file path "
+            "or 'MODEL VARIANT'; or seed runs: a <out>-seeds.json or RUN,RUN,..."
+        ),
+    ],
     b: Annotated[str, typer.Argument(help="the other one, the same way")],
-    bench: Annotated[Optional[Path], typer.Option(help="a bench.json (or its folder) holding both rows: compared "
-                                                       "from its per-image results, nothing run")] = None,
+    bench: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="a bench.json (or its folder) holding both rows: compared from its per-image results, nothing run"
+        ),
+    ] = None,
     data: Annotated[str, typer.Option("--data", help="the test set both files are run on (without --bench)")] = "",
     cache_dir: CacheOpt = None,
     alpha: Annotated[float, typer.Option(help="significance level of the verdict")] = 0.05,
@@ -255,27 +367,47 @@ def recommend(
     min_accuracy: Annotated[Optional[float], typer.Option(help="top-1 in percent, e.g. 85 (not 0.85)")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="only rows at this thread count")] = None,
     percentile: Annotated[Percentile, typer.Option(help="which latency the limit applies to")] = Percentile.p50,
-    alpha: Annotated[float, typer.Option(help="significance level: a file less accurate than the best with "
-                                              "McNemar p >= alpha is tied with it")] = 0.05,
+    alpha: Annotated[
+        float,
+        typer.Option(
+            help="significance level: a file less accurate than the best with McNemar p >= alpha is tied with it"
+        ),
+    ] = 0.05,
 ) -> None:
     """The artifact to ship under the constraints and why: the smallest, then fastest, of the files tied on
     accuracy with the most accurate one; or which constraint fails and by how much."""
     from .recommend import recommend as pick
 
-    found = pick(result, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb, min_accuracy=min_accuracy,
-                 threads=threads, percentile=percentile.value, alpha=alpha)
+    found = pick(
+        result,
+        max_latency_ms=max_latency_ms,
+        max_size_mb=max_size_mb,
+        min_accuracy=min_accuracy,
+        threads=threads,
+        percentile=percentile.value,
+        alpha=alpha,
+    )
     for line in found["ignored"]:
         note(f"warning: {line}")
     note(found["machine"])
     if found["machine_warning"]:
         note(found["machine_warning"])
     if not found["met"]:
-        err_console.print(Text.assemble(("no artifact meets the constraints:", "red"), " ", found["reason"]),
-                          highlight=False, soft_wrap=True)
+        err_console.print(
+            Text.assemble(("no artifact meets the constraints:", "red"), " ", found["reason"]),
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(1)
     choice = found["choice"]
-    console.print(Text.assemble(("recommended:", "green"), f" {choice.get('path', choice['model'])} at "
-                                f"{choice['threads']} thread{'s' if choice['threads'] > 1 else ''}"), highlight=False)
+    console.print(
+        Text.assemble(
+            ("recommended:", "green"),
+            f" {choice.get('path', choice['model'])} at "
+            f"{choice['threads']} thread{'s' if choice['threads'] > 1 else ''}",
+        ),
+        highlight=False,
+    )
     say(found["reason"])
 
 
@@ -285,21 +417,29 @@ def pipeline(
     models: Annotated[str, typer.Option(help="comma-separated registry names")] = ",".join(DEFAULT_MODELS),
     data: DataOpt = "cifar10",
     cache_dir: CacheOpt = None,
-    quick: Annotated[bool, typer.Option(help="a few-minute profile (1 epoch on a subset, short timings) in "
-                                             "runs/pipeline-quick/")] = False,
+    quick: Annotated[
+        bool, typer.Option(help="a few-minute profile (1 epoch on a subset, short timings) in runs/pipeline-quick/")
+    ] = False,
     force: Annotated[bool, typer.Option(help="redo every step, even those whose outputs are valid")] = False,
     root: Annotated[Optional[Path], typer.Option(help="put runs/, exported/, results/ here instead")] = None,
     # 1 thread, the row the verdict ships by: a 2-thread row per file cost 4 of the measured 83 minutes
-    threads: Annotated[str, typer.Option(help="comma-separated runtime thread counts; each is its own row "
-                                              "(bench's default is 1,2)")] = "1",
+    threads: Annotated[
+        str, typer.Option(help="comma-separated runtime thread counts; each is its own row (bench's default is 1,2)")
+    ] = "1",
     batch_size: BatchOpt = 64,
     bf16: Annotated[bool, typer.Option(help="bench OpenVINO FP32 in bf16 too")] = False,
-    teacher: Annotated[Optional[str], typer.Option(
-        help="MODEL=RUN_DIR[,...]: distil MODEL (run MODEL-kd) from the run's flip-averaged logits; the run must "
-             "have been trained on --data. 'none': no teacher \\[default: "
-             + ",".join(f"{m}={r}" for m, r in DEFAULT_TEACHERS.items()) + ", where trained on --data]")] = None,
-    keep_low_agreement: Annotated[bool, typer.Option(help="keep FP16/INT8 files under export's agreement floor "
-                                                          "(--quick keeps them, saying why)")] = False,
+    teacher: Annotated[
+        Optional[str],
+        typer.Option(
+            help="MODEL=RUN_DIR[,...]: distil MODEL (run MODEL-kd) from the run's flip-averaged logits; the run must "
+            "have been trained on --data. 'none': no teacher \\[default: "
+            + ",".join(f"{m}={r}" for m, r in DEFAULT_TEACHERS.items())
+            + ", where trained on --data]"
+        ),
+    ] = None,
+    keep_low_agreement: Annotated[
+        bool, typer.Option(help="keep FP16/INT8 files under export's agreement floor (--quick keeps them, saying why)")
+    ] = False,
 ) -> None:
     """The main job: train the scratch and transfer models, export each to every format and precision, bench, report."""
     from rich.table import Table
@@ -307,10 +447,21 @@ def pipeline(
     from .pipeline import parse_teachers, pipeline as run_pipeline
     from .report import rich_table
 
-    done = run_pipeline([m.strip() for m in models.split(",") if m.strip()], data=data, cache_dir=cache_dir,
-                        quick=quick, force=force, root=root, threads=threads, batch_size=batch_size, bf16=bf16,
-                        teachers=parse_teachers(teacher), show_progress=sys.stderr.isatty(),
-                        keep_low_agreement=keep_low_agreement, log=note)
+    done = run_pipeline(
+        [m.strip() for m in models.split(",") if m.strip()],
+        data=data,
+        cache_dir=cache_dir,
+        quick=quick,
+        force=force,
+        root=root,
+        threads=threads,
+        batch_size=batch_size,
+        bf16=bf16,
+        teachers=parse_teachers(teacher),
+        show_progress=sys.stderr.isatty(),
+        keep_low_agreement=keep_low_agreement,
+        log=note,
+    )
     steps = Table(title="pipeline steps")
     for col in ("step", "target", "status", "seconds", "detail"):
         steps.add_column(col, justify="right" if col == "seconds" else "left")
@@ -337,6 +488,12 @@ def doctor() -> None:
         table.add_column(col, no_wrap=col == "files")  # each suffix whole (.micro.tflite)
     for backend in BACKENDS.values():
         run_missing, export_missing = unavailable(backend), unavailable(backend, export=True)
-        table.add_row(backend.name, " ".join(backend.suffixes), " ".join(backend.precisions), backend.runtime,
-                      escape(run_missing or "yes"), escape(export_missing or "yes"))
+        table.add_row(
+            backend.name,
+            " ".join(backend.suffixes),
+            " ".join(backend.precisions),
+            backend.runtime,
+            escape(run_missing or "yes"),
+            escape(export_missing or "yes"),
+        )
     console.print(table)

@@ -9,8 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from .cli_common import (CacheOpt, DataOpt, Device, Flip, Optimizer, RunDir, Schedule, app, console, handle_errors,
-                         say)
+from .cli_common import CacheOpt, DataOpt, Device, Flip, Optimizer, RunDir, Schedule, app, console, handle_errors, say
 from .errors import UsageError
 
 EVALUATE_ROWS = 30  # per-class rows `evaluate` prints; with more classes, the least accurate ones
@@ -20,33 +19,55 @@ EVALUATE_ROWS = 30  # per-class rows `evaluate` prints; with more classes, the l
 @handle_errors
 def train(
     ctx: typer.Context,
-    model: Annotated[str, typer.Option(help="registry name (see `edgecifar models`) or any timm model")] = "scratch_cnn",
+    model: Annotated[
+        str, typer.Option(help="registry name (see `edgecifar models`) or any timm model")
+    ] = "scratch_cnn",
     data: DataOpt = "cifar10",
     cache_dir: CacheOpt = None,
     pretrained: Annotated[bool, typer.Option(help="start from ImageNet weights")] = False,
     weights: Annotated[Optional[Path], typer.Option(help="pretrained weights file (.pth/.safetensors)")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="peak learning rate (Muon: the filters' rate; the SGD groups scale with it)")] = None,
+    lr: Annotated[
+        Optional[float], typer.Option(help="peak learning rate (Muon: the filters' rate; the SGD groups scale with it)")
+    ] = None,
     optimizer: Annotated[Optional[Optimizer], typer.Option()] = None,
     weight_decay: Annotated[Optional[float], typer.Option()] = None,
     label_smoothing: Annotated[Optional[float], typer.Option(min=0.0, max=1.0)] = None,
-    input_size: Annotated[Optional[str], typer.Option(
-        help="size of the images the model takes, N or HxW pixels: the data is decoded to it, and every exported "
-             "file takes uint8 [N, H, W, 3] at it [default: 32 for CIFAR-10; for an ImageFolder tree, the median "
-             "size of its training images, at most 128 px on the longer side; always printed]")] = None,
-    img_size: Annotated[Optional[int], typer.Option(
-        "--backbone-size", "--img-size",
-        help="resolution a transfer model's backbone runs at, resized to inside the model (e.g. 64 to upsample "
-             "32 px images); not the input size. --img-size is its old name")] = None,
-    allow_upsample: Annotated[bool, typer.Option(help="decode at an --input-size with more than 4x the pixels of "
-                                                      "the images' own size (refused otherwise: see "
-                                                      "--backbone-size)")] = False,
+    input_size: Annotated[
+        Optional[str],
+        typer.Option(
+            help="size of the images the model takes, N or HxW pixels: the data is decoded to it, and every exported "
+            "file takes uint8 [N, H, W, 3] at it [default: 32 for CIFAR-10; for an ImageFolder tree, the median "
+            "size of its training images, at most 128 px on the longer side; always printed]"
+        ),
+    ] = None,
+    img_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--backbone-size",
+            "--img-size",
+            help="resolution a transfer model's backbone runs at, resized to inside the model (e.g. 64 to upsample "
+            "32 px images); not the input size. --img-size is its old name",
+        ),
+    ] = None,
+    allow_upsample: Annotated[
+        bool,
+        typer.Option(
+            help="decode at an --input-size with more than 4x the pixels of "
+            "the images' own size (refused otherwise: see "
+            "--backbone-size)"
+        ),
+    ] = False,
     cutout: Annotated[Optional[int], typer.Option(help="cutout square size in pixels (0: off)")] = None,
     ema: Annotated[Optional[float], typer.Option(help="EMA decay of the weights (0: off)")] = None,
     bf16: Annotated[Optional[bool], typer.Option(help="bfloat16 autocast")] = None,
-    freeze: Annotated[Optional[int], typer.Option(min=0, help="leading layer groups of a pretrained timm backbone "
-                                                           "kept frozen (stem, then each stage)")] = None,
+    freeze: Annotated[
+        Optional[int],
+        typer.Option(
+            min=0, help="leading layer groups of a pretrained timm backbone kept frozen (stem, then each stage)"
+        ),
+    ] = None,
     schedule: Annotated[Optional[Schedule], typer.Option(help="learning-rate schedule")] = None,
     translate: Annotated[Optional[int], typer.Option(min=0, help="random translation in pixels")] = None,
     flip: Annotated[Optional[Flip], typer.Option(help="random flips, or airbench's alternating flips")] = None,
@@ -55,17 +76,30 @@ def train(
     val_split: Annotated[float, typer.Option(min=0.0, max=0.9, help="fraction of train held out")] = 0.0,
     max_train: Annotated[Optional[int], typer.Option(help="use at most N training images")] = None,
     max_test: Annotated[Optional[int], typer.Option(help="evaluate on at most N test images")] = None,
-    eval_every: Annotated[int, typer.Option(min=0, help="evaluate after every N-th epoch and the last (0: the "
-                                                        "last only)")] = 1,
+    eval_every: Annotated[
+        int, typer.Option(min=0, help="evaluate after every N-th epoch and the last (0: the last only)")
+    ] = 1,
     seed: int = 0,
-    seeds: Annotated[Optional[int], typer.Option(min=1, help="train N seeds of this recipe (--seed, --seed + 1, ...) "
-                                                          "into <out>-s<seed>, summarized in <out>-seeds.json")] = None,
+    seeds: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            help="train N seeds of this recipe (--seed, --seed + 1, ...) "
+            "into <out>-s<seed>, summarized in <out>-seeds.json",
+        ),
+    ] = None,
     device: Annotated[Device, typer.Option()] = Device.auto,
     out: Annotated[Optional[Path], typer.Option(help="run folder [default: runs/<model>]")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last finished epoch")] = False,
-    nproc: Annotated[Optional[int], typer.Option(min=1, help="train on N processes of this machine (torchrun + "
-                                                           "DDP; one per GPU); --batch-size stays the global "
-                                                           "batch")] = None,
+    nproc: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            help="train on N processes of this machine (torchrun + "
+            "DDP; one per GPU); --batch-size stays the global "
+            "batch",
+        ),
+    ] = None,
 ) -> None:
     """Train a model on CIFAR-10 (or any ImageFolder data) into a run folder.
 
@@ -82,18 +116,39 @@ def train(
             raise UsageError("--nproc starts torchrun itself: under torchrun (or with --seeds), leave it out")
         launch(nproc, given_options(ctx, leave_out={"nproc"}))
         return
-    cfg = TrainConfig(model=model, data=data, cache_dir=str(cache_dir) if cache_dir else None, pretrained=pretrained,
-                      weights=str(weights) if weights else None, epochs=epochs, batch_size=batch_size, lr=lr,
-                      optimizer=optimizer.value if optimizer else None, weight_decay=weight_decay,
-                      label_smoothing=label_smoothing, img_size=img_size,
-                      input_size=list(parse_size(input_size)) if input_size is not None else None,
-                      allow_upsample=allow_upsample, cutout=cutout,
-                      ema=ema, bf16=bf16,
-                      freeze=freeze, schedule=schedule.value if schedule else None, translate=translate,
-                      flip=flip.value if flip else None, teacher=str(teacher) if teacher else None,
-                      teacher_tta=teacher_tta, val_split=val_split,
-                      max_train=max_train, max_test=max_test, eval_every=eval_every, seed=seed,
-                      device=device.value, out=str(out) if out else None, resume=resume)
+    cfg = TrainConfig(
+        model=model,
+        data=data,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        pretrained=pretrained,
+        weights=str(weights) if weights else None,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer.value if optimizer else None,
+        weight_decay=weight_decay,
+        label_smoothing=label_smoothing,
+        img_size=img_size,
+        input_size=list(parse_size(input_size)) if input_size is not None else None,
+        allow_upsample=allow_upsample,
+        cutout=cutout,
+        ema=ema,
+        bf16=bf16,
+        freeze=freeze,
+        schedule=schedule.value if schedule else None,
+        translate=translate,
+        flip=flip.value if flip else None,
+        teacher=str(teacher) if teacher else None,
+        teacher_tta=teacher_tta,
+        val_split=val_split,
+        max_train=max_train,
+        max_test=max_test,
+        eval_every=eval_every,
+        seed=seed,
+        device=device.value,
+        out=str(out) if out else None,
+        resume=resume,
+    )
     if seeds is not None:  # several runs of one recipe, each an ordinary training (edgecifar.seeds)
         from .seeds import train_seeds
 
@@ -134,16 +189,23 @@ def evaluate(run_dir: RunDir, data: DataOpt = "", cache_dir: CacheOpt = None) ->
     shown = list(per_class)
     if len(shown) > EVALUATE_ROWS:  # many classes: the least accurate ones, the rest in confusion.json
         shown = sorted(shown, key=lambda c: (per_class[c] is not None, per_class[c] or 0))[:EVALUATE_ROWS]
-    table = Table(title=escape(f"{report['model']} on {report['data']}: {report['test_acc']:.2%} top-1"),
-                  caption=None if len(shown) == len(per_class) else
-                  f"the {len(shown)} least accurate of {len(per_class)} classes; all of them in confusion.json")
+    table = Table(
+        title=escape(f"{report['model']} on {report['data']}: {report['test_acc']:.2%} top-1"),
+        caption=None
+        if len(shown) == len(per_class)
+        else f"the {len(shown)} least accurate of {len(per_class)} classes; all of them in confusion.json",
+    )
     table.add_column("class")
     table.add_column("accuracy", justify="right")
     table.add_column("test images", justify="right")
     for name in shown:
         acc = per_class[name]
-        table.add_row(escape(name), "n/a (no test images)" if acc is None else f"{acc:.2%}",
-                      str(report["per_class_images"][name]), style="yellow" if acc is None else None)
+        table.add_row(
+            escape(name),
+            "n/a (no test images)" if acc is None else f"{acc:.2%}",
+            str(report["per_class_images"][name]),
+            style="yellow" if acc is None else None,
+        )
     console.print(table)
     say(f"confusion matrix: {report['files']['png']} and {report['files']['json']}")
 
@@ -159,16 +221,25 @@ def models() -> None:
 
     infos = list(read_catalog().values())
     wide = console.width >= 120  # room for the descriptions beside the figures; else they get their own table
-    table = Table(title="edgecifar models (any timm name works too)", caption="MMACs: one 32x32 image at the "
-                  "backbone size; backbone: the transfer models' default resolution (--backbone-size)")
+    table = Table(
+        title="edgecifar models (any timm name works too)",
+        caption="MMACs: one 32x32 image at the "
+        "backbone size; backbone: the transfer models' default resolution (--backbone-size)",
+    )
     for col in ("model", "family", "params", "MMACs", "backbone", "epochs"):  # short values: never wrapped
         table.add_column(col, no_wrap=True, justify="left" if col in ("model", "family") else "right")
     if wide:
         table.add_column("description", ratio=1)
     for info in infos:
-        table.add_row(escape(info.name), info.family, f"{info.params:,}", f"{info.macs / 1e6:.1f}",
-                      f"{info.backbone_size} px" if info.backbone_size else "input", str(info.epochs),
-                      *([escape(info.description)] if wide else []))
+        table.add_row(
+            escape(info.name),
+            info.family,
+            f"{info.params:,}",
+            f"{info.macs / 1e6:.1f}",
+            f"{info.backbone_size} px" if info.backbone_size else "input",
+            str(info.epochs),
+            *([escape(info.description)] if wide else []),
+        )
     console.print(table)
     if not wide:
         about = Table("model", "description")

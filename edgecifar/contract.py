@@ -22,7 +22,7 @@ Size = tuple[int, int]  # (height, width) in pixels
 
 
 def parse_size(value: Any) -> Size:
-    """"96" -> (96, 96); "64x128" -> (64, 128) (height x width); an int or an (H, W) pair as is.
+    """ "96" -> (96, 96); "64x128" -> (64, 128) (height x width); an int or an (H, W) pair as is.
     Raises UsageError for anything else, or a side outside 1..MAX_SIDE."""
     if isinstance(value, (list, tuple)) and len(value) == 2:
         hw = tuple(value)
@@ -77,5 +77,7 @@ def size_text(size: Size) -> str:
 
 def contract_text(size: Size) -> str:
     """The contract in words, as every exported file carries it."""
-    return (f"input 'image': {shape_text(size)}, RGB, NHWC, raw 0-255 pixels (normalization and resize are inside "
-            f"the graph); output 'logits': float32 [N, C], softmax gives class probabilities")
+    return (
+        f"input 'image': {shape_text(size)}, RGB, NHWC, raw 0-255 pixels (normalization and resize are inside "
+        f"the graph); output 'logits': float32 [N, C], softmax gives class probabilities"
+    )

@@ -37,8 +37,10 @@ from .images import DECODER_VERSION, decode_image, readable_formats, resize
 from .utils import CACHE_FIX, atomic_path, default_cache_dir, usable_dir
 
 CACHE_VERSION = f"d{DECODER_VERSION}r3"  # decoder and discovery rule: a change to either makes a new cache
-OFFLINE_HINT = ("pass --data PATH: a cifar-10-batches-py folder or cifar-10-python.tar.gz, an ImageFolder root "
-                "with train/ and test/, or a .tar.gz of one")
+OFFLINE_HINT = (
+    "pass --data PATH: a cifar-10-batches-py folder or cifar-10-python.tar.gz, an ImageFolder root "
+    "with train/ and test/, or a .tar.gz of one"
+)
 SMALL_CLASS = 0.01  # a class with fewer images than this fraction of the largest one is worth a warning
 SHOWN = 20  # classes listed one per line in the summary (more are summarized)
 DEFAULT_CAP = 128  # an ImageFolder's default input size never exceeds this on its longer side (CPU training)
@@ -69,28 +71,40 @@ class Splits:
     def counts(self) -> dict[str, list[int]]:
         """Images per class, per split (val only when held out)."""
         splits = {"train": self.train_y, "val": self.val_y, "test": self.test_y}
-        return {name: np.bincount(y, minlength=len(self.classes)).tolist()
-                for name, y in splits.items() if y is not None}
+        return {
+            name: np.bincount(y, minlength=len(self.classes)).tolist() for name, y in splits.items() if y is not None
+        }
 
     def describe(self) -> dict[str, Any]:
         """What train records in config.json: source, classes, images per split and class, skips, warnings."""
         counts = self.counts()
-        return {"source": self.source, "fingerprint": self.fingerprint, "layout": self.layout,
-                "classes": self.classes, "train": int(len(self.train_y)),
-                "val": int(len(self.val_y)) if self.val_y is not None else 0, "test": int(len(self.test_y)),
-                "per_class": {c: {split: n[i] for split, n in counts.items()} for i, c in enumerate(self.classes)},
-                "skipped": {reason: info["count"] for reason, info in self.skipped.items()},
-                "input_size": list(self.input_size), "input_size_chosen": self.size_note,
-                "warnings": self.warnings()}
+        return {
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "layout": self.layout,
+            "classes": self.classes,
+            "train": int(len(self.train_y)),
+            "val": int(len(self.val_y)) if self.val_y is not None else 0,
+            "test": int(len(self.test_y)),
+            "per_class": {c: {split: n[i] for split, n in counts.items()} for i, c in enumerate(self.classes)},
+            "skipped": {reason: info["count"] for reason, info in self.skipped.items()},
+            "input_size": list(self.input_size),
+            "input_size_chosen": self.size_note,
+            "warnings": self.warnings(),
+        }
 
     def warnings(self) -> list[str]:
         """What a user would not expect: files skipped, a class without test images, a tiny class."""
         found = []
         if self.skipped:
             total = sum(info["count"] for info in self.skipped.values())
-            found.append(f"{total:,} files/folders skipped: " + "; ".join(
-                f"{reason}: {info['count']:,} ({', '.join(info['examples'])}{', ...' * (info['count'] > 3)})"
-                for reason, info in self.skipped.items()))
+            found.append(
+                f"{total:,} files/folders skipped: "
+                + "; ".join(
+                    f"{reason}: {info['count']:,} ({', '.join(info['examples'])}{', ...' * (info['count'] > 3)})"
+                    for reason, info in self.skipped.items()
+                )
+            )
         counts = self.counts()
         pool = np.array(counts["train"]) + np.array(counts.get("val", 0))
         no_test = [c for c, n in zip(self.classes, counts["test"]) if n == 0]
@@ -98,21 +112,26 @@ class Splits:
             found.append(f"no test images for class(es) {_names(no_test)}: their test accuracy is n/a")
         small = [f"{c} ({n:,})" for c, n in zip(self.classes, pool) if n < SMALL_CLASS * pool.max()]
         if small:
-            found.append(f"class(es) with under 1 % of the {int(pool.max()):,} training images of the largest: "
-                         f"{_names(small)}")
+            found.append(
+                f"class(es) with under 1 % of the {int(pool.max()):,} training images of the largest: {_names(small)}"
+            )
         return found
 
     def summary(self) -> list[str]:
         """The lines a run prints: the source, images per split and class, then each warning."""
         counts = self.counts()
         totals = ", ".join(f"{split} {sum(n):,}" for split, n in counts.items())
-        lines = [f"data: {self.source} ({self.layout}), {len(self.classes)} classes; images: {totals}",
-                 f"input size: {size_text(self.input_size)} ({self.size_note})"]
+        lines = [
+            f"data: {self.source} ({self.layout}), {len(self.classes)} classes; images: {totals}",
+            f"input size: {size_text(self.input_size)} ({self.size_note})",
+        ]
         for i, c in enumerate(self.classes[:SHOWN]):
             lines.append(f"  {c}: " + ", ".join(f"{split} {n[i]:,}" for split, n in counts.items()))
         if len(self.classes) > SHOWN:
-            lines.append(f"  ... {len(self.classes) - SHOWN} more classes: " + ", ".join(
-                f"{split} {min(n):,}-{max(n):,} per class" for split, n in counts.items()))
+            lines.append(
+                f"  ... {len(self.classes) - SHOWN} more classes: "
+                + ", ".join(f"{split} {min(n):,}-{max(n):,} per class" for split, n in counts.items())
+            )
         return lines + [f"warning: {w}" for w in self.warnings()]
 
 
@@ -120,9 +139,14 @@ def _names(names: list[str], shown: int = 10) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
-def load_data(source: str = "cifar10", cache_dir: Path | str | None = None, val_split: float = 0.0,
-              seed: int = 0, input_size: Size | int | str | None = None,
-              max_upsample: float | None = None) -> Splits:
+def load_data(
+    source: str = "cifar10",
+    cache_dir: Path | str | None = None,
+    val_split: float = 0.0,
+    seed: int = 0,
+    input_size: Size | int | str | None = None,
+    max_upsample: float | None = None,
+) -> Splits:
     """Load a data source as uint8 arrays (decoding and caching it on first use); DataError for anything wrong.
 
     val_split: the fraction of each class's training images held out as validation (seeded, stratified).
@@ -144,11 +168,15 @@ def load_data(source: str = "cifar10", cache_dir: Path | str | None = None, val_
         splits = _cached(path, cache, size, max_upsample)
     trained = len(np.unique(splits.train_y))
     if len(splits.classes) < 2 or trained < 2:
-        raise DataError(f"{splits.source}: only one class with training images ({_names(splits.classes)}); a "
-                        f"classifier needs at least two classes")
+        raise DataError(
+            f"{splits.source}: only one class with training images ({_names(splits.classes)}); a "
+            f"classifier needs at least two classes"
+        )
     if val_split and splits.val_y is not None:
-        raise DataError(f"--val-split {val_split:g}: {splits.source} has its own validation split ({len(splits.val_y):,} "
-                        f"images; {splits.layout}): leave --val-split out")
+        raise DataError(
+            f"--val-split {val_split:g}: {splits.source} has its own validation split ({len(splits.val_y):,} "
+            f"images; {splits.layout}): leave --val-split out"
+        )
     if val_split:
         _carve_validation(splits, val_split, seed)
     return splits
@@ -164,8 +192,10 @@ def _carve_validation(splits: Splits, fraction: float, seed: int) -> None:
         n_val = int(np.floor(len(members) * fraction + 0.5))
         if len(members) and not 0 < n_val < len(members):
             need = "no validation image" if n_val == 0 else "no training image"
-            raise DataError(f"--val-split {fraction:g} leaves class {name} ({len(members)} training images) with "
-                            f"{need}: use a {'larger' if n_val == 0 else 'smaller'} --val-split, or none")
+            raise DataError(
+                f"--val-split {fraction:g} leaves class {name} ({len(members)} training images) with "
+                f"{need}: use a {'larger' if n_val == 0 else 'smaller'} --val-split, or none"
+            )
         held.append(rng.permutation(members)[:n_val])
     val = np.sort(np.concatenate(held))
     train = np.setdiff1d(np.arange(len(splits.train_y)), val)
@@ -192,6 +222,7 @@ def _torchvision_cifar10(cache: Path) -> Path:
 
 # ---------------------------------------------------------------- caching
 
+
 def _cached(path: Path, cache: Path, size: Size | None, max_upsample: float | None = None) -> Splits:
     tree = None if path.is_file() else read_tree(path)  # a folder's walk gives its fingerprint
     key = _fingerprint(path, tree)
@@ -209,9 +240,20 @@ def _cached(path: Path, cache: Path, size: Size | None, max_upsample: float | No
         with np.load(npz, allow_pickle=False) as z:
             info = json.loads(str(z["info"]))
             val = (z["val_x"], z["val_y"]) if "val_y" in z.files else (None, None)
-            return Splits(z["train_x"], z["train_y"], z["test_x"], z["test_y"], [str(c) for c in z["classes"]],
-                          str(path), key, *val, layout=info["layout"], skipped=info["skipped"], input_size=size,
-                          size_note=note)
+            return Splits(
+                z["train_x"],
+                z["train_y"],
+                z["test_x"],
+                z["test_y"],
+                [str(c) for c in z["classes"]],
+                str(path),
+                key,
+                *val,
+                layout=info["layout"],
+                skipped=info["skipped"],
+                input_size=size,
+                size_note=note,
+            )
     splits = _decode(tree or read_tree(path), size)
     splits.fingerprint, splits.input_size, splits.size_note = key, size, note
     info = json.dumps({"layout": splits.layout, "skipped": splits.skipped})
@@ -221,8 +263,16 @@ def _cached(path: Path, cache: Path, size: Size | None, max_upsample: float | No
     with atomic_path(npz) as tmp:
         with open(tmp, "wb") as f:
             val = {"val_x": splits.val_x, "val_y": splits.val_y} if splits.val_y is not None else {}
-            np.savez(f, train_x=splits.train_x, train_y=splits.train_y, test_x=splits.test_x,
-                     test_y=splits.test_y, classes=np.array(splits.classes), info=np.array(info), **val)
+            np.savez(
+                f,
+                train_x=splits.train_x,
+                train_y=splits.train_y,
+                test_x=splits.test_x,
+                test_y=splits.test_y,
+                classes=np.array(splits.classes),
+                info=np.array(info),
+                **val,
+            )
     return splits
 
 
@@ -267,11 +317,12 @@ def _refuse_upsampling(path: Path, tree: Tree | None, record: Path, size: Size, 
         return tree
     per_image = size[0] * size[1] * 3
     raise DataError(
-        f"--input-size {size_text(size)} upsamples these {size_text(native)} images {ratio ** 0.5:.1f}x per side: "
+        f"--input-size {size_text(size)} upsamples these {size_text(native)} images {ratio**0.5:.1f}x per side: "
         f"{per_image / 1e3:,.0f} KB per decoded image ({per_image * 60_000 / 1e9:.1f} GB for 60,000, CIFAR-10's "
         f"count) and about {ratio:.0f}x the compute per training step. A pretrained backbone runs at {size[0]} px "
         f"with --backbone-size {size[0]} (resized inside the model; the cache stays at {size_text(native)}); "
-        f"--allow-upsample decodes at {size_text(size)} anyway")
+        f"--allow-upsample decodes at {size_text(size)} anyway"
+    )
 
 
 def _median_size(tree: Tree, files: list[tuple[str, Reader]]) -> tuple[Size, str]:
@@ -279,7 +330,7 @@ def _median_size(tree: Tree, files: list[tuple[str, Reader]]) -> tuple[Size, str
     together so the longer side is at most DEFAULT_CAP."""
     from PIL import Image
 
-    picked = files[::max(1, len(files) // PROBED)][:PROBED]
+    picked = files[:: max(1, len(files) // PROBED)][:PROBED]
     sizes = []
     for path, reader in picked:
         try:
@@ -298,14 +349,14 @@ def _median_size(tree: Tree, files: list[tuple[str, Reader]]) -> tuple[Size, str
     scale = min(1.0, DEFAULT_CAP / max(h, w))
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     capped = f", scaled down to at most {DEFAULT_CAP} px" if scale < 1 else ""
-    return size, (f"the median height and width of {len(sizes)} training images{capped}; --input-size sets "
-                  f"another")
+    return size, (f"the median height and width of {len(sizes)} training images{capped}; --input-size sets another")
 
 
 def _decode(tree: Tree, size: Size) -> Splits:
     layout, root = find_root(tree)
     prefix = f"{root}/" if root else ""
     if layout == "cifar":
+
         def read(name: str) -> bytes | None:
             reader = tree.files.get(prefix + name)
             return _read(tree, prefix + name, reader) if reader else None
@@ -333,8 +384,10 @@ def _image_splits(tree: Tree, root: str, size: Size) -> Splits:
     for role in ("test", "val"):
         unknown = sorted({cls for cls, _, _ in items.get(role, ())} - set(classes))
         if unknown:
-            raise DataError(f"{tree.where}: {found.folders[role]}/ has classes missing from "
-                            f"{found.folders['train']}/: {_names(unknown)}{_why_empty(tree, root, found, unknown)}")
+            raise DataError(
+                f"{tree.where}: {found.folders[role]}/ has classes missing from "
+                f"{found.folders['train']}/: {_names(unknown)}{_why_empty(tree, root, found, unknown)}"
+            )
     index = {c: i for i, c in enumerate(classes)}
 
     def decode(item: tuple[str, str, Reader]) -> np.ndarray:
@@ -343,8 +396,10 @@ def _image_splits(tree: Tree, root: str, size: Size) -> Splits:
     arrays = {}
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
         for role, members in items.items():
-            arrays[role] = (np.stack(list(pool.map(decode, members))),
-                            np.array([index[cls] for cls, _, _ in members], dtype=np.int64))
+            arrays[role] = (
+                np.stack(list(pool.map(decode, members))),
+                np.array([index[cls] for cls, _, _ in members], dtype=np.int64),
+            )
     val_x, val_y = arrays.get("val", (None, None))
     return Splits(*arrays["train"], *arrays["test"], classes, tree.where, "", val_x, val_y, layout=found.layout)
 
@@ -352,12 +407,14 @@ def _image_splits(tree: Tree, root: str, size: Size) -> Splits:
 def _why_empty(tree: Tree, root: str, found: ImageFolder, classes: list[str]) -> str:
     """Why the training folder of these classes gave no image: the files skipped there, by reason."""
     folders = tuple(f"{root}/{found.folders['train']}/{c}/".lstrip("/") for c in classes)
-    reasons = {reason: n for reason, paths in tree.skipped.items()
-               if (n := sum(p.startswith(folders) for p in paths))}
+    reasons = {reason: n for reason, paths in tree.skipped.items() if (n := sum(p.startswith(folders) for p in paths))}
     if not reasons:
         return ""
-    return (f" ({found.folders['train']}/ holds only files that cannot be used for them: "
-            + "; ".join(f"{n:,} {reason}" for reason, n in reasons.items()) + ")")
+    return (
+        f" ({found.folders['train']}/ holds only files that cannot be used for them: "
+        + "; ".join(f"{n:,} {reason}" for reason, n in reasons.items())
+        + ")"
+    )
 
 
 def _read(tree: Tree, path: str, reader: Reader) -> bytes:

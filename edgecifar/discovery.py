@@ -209,8 +209,9 @@ class _Archive:
                 if hops > MAX_LINK_HOPS:
                     return "", "link loop"
                 # a symlink is relative to its folder; a hard link names a member from the archive's top
-                target = _inside(posixpath.join(current, value) if kind == "symlink" else value,
-                                 absolute_ok=kind == "hardlink")
+                target = _inside(
+                    posixpath.join(current, value) if kind == "symlink" else value, absolute_ok=kind == "hardlink"
+                )
                 if target is None:
                     return "", OUTSIDE
                 current, problem = self._resolve(target, hops)
@@ -235,8 +236,9 @@ def _inside(name: str, absolute_ok: bool = True) -> str | None:
 
 # ---------------------------------------------------------------- layouts
 
+
 def split_role(folder: str) -> str | None:
-    """"train", "test" or "val" for a split folder's name (any case), else None (SPLIT_NAMES)."""
+    """ "train", "test" or "val" for a split folder's name (any case), else None (SPLIT_NAMES)."""
     name = folder.lower()
     return next((role for role, names in SPLIT_NAMES.items() if name in names), None)
 
@@ -253,13 +255,16 @@ def find_root(tree: Tree) -> tuple[str, str]:
             if split_role(part) == "train":
                 found.setdefault("/".join(parts[:i]), "imagefolder")
     if not found:
-        raise DataError(f"{tree.where}: no images under train/<class>/ and no CIFAR-10 batches{_what_is_there(tree)}"
-                        f"{skip_note(tree)}")
+        raise DataError(
+            f"{tree.where}: no images under train/<class>/ and no CIFAR-10 batches{_what_is_there(tree)}"
+            f"{skip_note(tree)}"
+        )
     depth = min(_depth(root) for root in found)
     roots = sorted(root for root in found if _depth(root) == depth)
     if len(roots) > 1:
-        raise DataError(f"{tree.where} holds several datasets ({', '.join(r + '/' for r in roots)}): pass one of "
-                        f"them as --data")
+        raise DataError(
+            f"{tree.where} holds several datasets ({', '.join(r + '/' for r in roots)}): pass one of them as --data"
+        )
     return found[roots[0]], roots[0]
 
 
@@ -270,21 +275,29 @@ def _what_is_there(tree: Tree) -> str:
     flat = Counter(p.split("/")[-2] for p in images if len(p.split("/")) >= 2 and split_role(p.split("/")[-2]))
     if flat:
         where = ", ".join(f"{n:,} images directly in {name}/" for name, n in flat.most_common(3))
-        return (f": {where}, outside any class folder (labels in a CSV file are not read): put each image in "
-                f"train/<class>/ and test/<class>/")
+        return (
+            f": {where}, outside any class folder (labels in a CSV file are not read): put each image in "
+            f"train/<class>/ and test/<class>/"
+        )
     classes = sorted({p.split("/")[0] for p in images if len(p.split("/")) == 2})
     if classes:
         here = Path(tree.where).name
         folders = _names([c + "/" for c in classes])
         if not tree.in_archive and split_role(here):
-            return (f": {tree.where} looks like one split itself (its folders {folders} hold images): pass the "
-                    f"folder above it, {Path(tree.where).parent}, as --data")
-        return (f": its folders {folders} hold images, but are not inside train/ and test/: arrange them as "
-                f"ROOT/train/<class>/ and ROOT/test/<class>/ and pass ROOT")
+            return (
+                f": {tree.where} looks like one split itself (its folders {folders} hold images): pass the "
+                f"folder above it, {Path(tree.where).parent}, as --data"
+            )
+        return (
+            f": its folders {folders} hold images, but are not inside train/ and test/: arrange them as "
+            f"ROOT/train/<class>/ and ROOT/test/<class>/ and pass ROOT"
+        )
     top = sorted({p.split("/")[0] + ("/" if "/" in p else "") for p in tree.files})
     found = f"found {_names(top, 8)}" if top else "it is empty"
-    return (f" (expected an ImageFolder tree with train/<class>/ and test/<class>/, or a cifar-10-batches-py "
-            f"folder; {found})")
+    return (
+        f" (expected an ImageFolder tree with train/<class>/ and test/<class>/, or a cifar-10-batches-py "
+        f"folder; {found})"
+    )
 
 
 def _names(names: list[str], shown: int = 5) -> str:
@@ -295,8 +308,9 @@ def skip_note(tree: Tree) -> str:
     """What was skipped, for a message that refuses the dataset (empty when nothing was)."""
     if not tree.skipped:
         return ""
-    note = "; skipped: " + ", ".join(f"{reason}: {len(paths):,} (e.g. {paths[0]})" for reason, paths in
-                                     tree.skipped.items())
+    note = "; skipped: " + ", ".join(
+        f"{reason}: {len(paths):,} (e.g. {paths[0]})" for reason, paths in tree.skipped.items()
+    )
     if OUTSIDE in tree.skipped:
         note += "; archive the files themselves (tar --dereference) or the folders they point to"
     return note
@@ -326,7 +340,9 @@ class ImageFolder:
         order = ("train", "val", "test")
         return "ImageFolder; " + ", ".join(
             f"{self.folders[r]}/" + ("" if self.folders[r] == r else f" as {'validation' if r == 'val' else r}")
-            for r in order if r in self.folders)
+            for r in order
+            if r in self.folders
+        )
 
 
 def image_folder(tree: Tree, root: str) -> ImageFolder:
@@ -339,7 +355,7 @@ def image_folder(tree: Tree, root: str) -> ImageFolder:
     for path, read in tree.files.items():
         if not path.startswith(prefix):
             continue
-        rest = path[len(prefix):].split("/")
+        rest = path[len(prefix) :].split("/")
         if len(rest) == 1:
             continue  # a README or a labels CSV beside train/ and test/ is not part of the dataset
         top, name = rest[0], rest[-1]
@@ -360,11 +376,14 @@ def image_folder(tree: Tree, root: str) -> ImageFolder:
         folders["test"], folders["val"] = folders["val"], None
     for role in SPLITS:
         if folders[role] is None:
-            raise DataError(f"{tree.where}: no images under {prefix}{_accepted(role)}{_found(tree, prefix, by_folder)}"
-                            f"{skip_note(tree)}")
+            raise DataError(
+                f"{tree.where}: no images under {prefix}{_accepted(role)}{_found(tree, prefix, by_folder)}"
+                f"{skip_note(tree)}"
+            )
     chosen = {role: folder for role, folder in folders.items() if folder is not None}
-    return ImageFolder({role: sorted(by_folder[folder], key=lambda item: item[1]) for role, folder in chosen.items()},
-                       chosen)
+    return ImageFolder(
+        {role: sorted(by_folder[folder], key=lambda item: item[1]) for role, folder in chosen.items()}, chosen
+    )
 
 
 def _the_folder(tree: Tree, prefix: str, role: str, by_folder: dict[str, list[Item]]) -> str | None:
@@ -372,21 +391,26 @@ def _the_folder(tree: Tree, prefix: str, role: str, by_folder: dict[str, list[It
     folders = sorted(f for f in by_folder if split_role(f) == role)
     if len(folders) > 1:
         counts = ", ".join(f"{prefix}{f}/ ({len(by_folder[f]):,} images)" for f in folders)
-        raise DataError(f"{tree.where}: {counts} are {len(folders)} folders of the "
-                        f"{'validation' if role == 'val' else role} split: keep one (move or rename the others)")
+        raise DataError(
+            f"{tree.where}: {counts} are {len(folders)} folders of the "
+            f"{'validation' if role == 'val' else role} split: keep one (move or rename the others)"
+        )
     return folders[0] if folders else None
 
 
 def _accepted(role: str) -> str:
-    """"test/<class>/ (nor val/<class>/, ...)" for a refusal: the names the rule accepts for a split."""
+    """ "test/<class>/ (nor val/<class>/, ...)" for a refusal: the names the rule accepts for a split."""
     names = SPLIT_NAMES[role] + (SPLIT_NAMES["val"] if role == "test" else ())
     return f"{names[0]}/<class>/ (nor {', '.join(n + '/' for n in names[1:])})"
 
 
 def _found(tree: Tree, prefix: str, by_folder: dict[str, list[Item]]) -> str:
-    """"; found train/ (40 images in 2 class folders), docs/ (3 files)": what the root holds instead."""
-    files: Counter[str] = Counter(p[len(prefix):].split("/")[0] + ("/" if "/" in p[len(prefix):] else "")
-                                  for p in tree.files if p.startswith(prefix))
+    """ "; found train/ (40 images in 2 class folders), docs/ (3 files)": what the root holds instead."""
+    files: Counter[str] = Counter(
+        p[len(prefix) :].split("/")[0] + ("/" if "/" in p[len(prefix) :] else "")
+        for p in tree.files
+        if p.startswith(prefix)
+    )
     shown = []
     for entry, n in sorted(files.items()):
         folder = entry.rstrip("/")

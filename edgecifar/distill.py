@@ -27,15 +27,22 @@ def teacher_logits(run_dir: str, images: torch.Tensor, classes: list[str], tta: 
     if teacher.meta["classes"] != classes:
         raise EdgecifarError(f"teacher {run_dir} was trained on other classes")
     if model_size(teacher.meta) != tuple(images.shape[1:3]):
-        raise EdgecifarError(f"teacher {run_dir} takes {size_text(model_size(teacher.meta))} images, this run "
-                             f"{size_text(tuple(images.shape[1:3]))}: train with its --input-size")
+        raise EdgecifarError(
+            f"teacher {run_dir} takes {size_text(model_size(teacher.meta))} images, this run "
+            f"{size_text(tuple(images.shape[1:3]))}: train with its --input-size"
+        )
     logits = torch.stack([predict_logits(teacher, images), predict_logits(teacher, images.flip(2))], dim=1)
     return logits.mean(1, keepdim=True).expand_as(logits) if tta else logits
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor, alpha: float,
-                      temperature: float) -> torch.Tensor:
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor, alpha: float, temperature: float
+) -> torch.Tensor:
     """(1 - alpha) * label loss + alpha * T^2 * KL(teacher || student) on temperature-softened logits."""
-    soft = F.kl_div(F.log_softmax(student / temperature, dim=1), F.log_softmax(teacher.detach() / temperature, dim=1),
-                    reduction="batchmean", log_target=True)
-    return (1 - alpha) * hard_loss + alpha * temperature ** 2 * soft
+    soft = F.kl_div(
+        F.log_softmax(student / temperature, dim=1),
+        F.log_softmax(teacher.detach() / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1 - alpha) * hard_loss + alpha * temperature**2 * soft

@@ -72,22 +72,43 @@ class Ranks:
         """What the run's first line says of the processes ("" on one process)."""
         if not self.distributed:
             return ""
-        return (f" x {self.world_size} processes ({self.backend}, global batch {batch_size}"
-                f"{', SyncBatchNorm' if sync_batchnorm else ''})")
+        return (
+            f" x {self.world_size} processes ({self.backend}, global batch {batch_size}"
+            f"{', SyncBatchNorm' if sync_batchnorm else ''})"
+        )
 
     def describe(self, batch_size: int, lr: float, sync_batchnorm: bool) -> dict[str, Any]:
         """What config.json records of the processes: the global batch, each process's part of it, the
         learning rate (that of the global batch) and whether batch norm is synchronized."""
         parts = [Ranks(r, self.world_size).bounds(batch_size) for r in range(self.world_size)]
-        return {"world_size": self.world_size, "backend": self.backend, "global_batch_size": batch_size,
-                "batch_size_per_process": [stop - start for start, stop in parts], "lr": lr,
-                "sync_batchnorm": sync_batchnorm}
+        return {
+            "world_size": self.world_size,
+            "backend": self.backend,
+            "global_batch_size": batch_size,
+            "batch_size_per_process": [stop - start for start, stop in parts],
+            "lr": lr,
+            "sync_batchnorm": sync_batchnorm,
+        }
 
 
 # what torchrun (and the launchers built on it) set for each process it starts; TORCHELASTIC_RUN_ID only it sets
-RENDEZVOUS_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
-                   "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
-                   "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE")
+RENDEZVOUS_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "ROLE_RANK",
+    "ROLE_NAME",
+    "ROLE_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+    "TORCHELASTIC_RESTART_COUNT",
+    "TORCHELASTIC_MAX_RESTARTS",
+    "TORCHELASTIC_USE_AGENT_STORE",
+)
 WAIT_NOTICE_S = 5.0  # a rendezvous that takes longer says what it waits for
 RENDEZVOUS_TIMEOUT_S = 300.0  # and gives up after this (EDGECIFAR_RENDEZVOUS_TIMEOUT, seconds, overrides it)
 
@@ -100,8 +121,10 @@ def from_environment() -> Ranks:
     env = os.environ
     set_vars = [k for k in RENDEZVOUS_VARS if k in env]
     shown = ", ".join(f"{k}={env[k]}" for k in set_vars)
-    fix = (f"`unset {' '.join(set_vars)}` to train on one process, or start the processes with torchrun "
-           f"(or `edgecifar train --nproc N`)")
+    fix = (
+        f"`unset {' '.join(set_vars)}` to train on one process, or start the processes with torchrun "
+        f"(or `edgecifar train --nproc N`)"
+    )
     try:
         world = int(env.get("WORLD_SIZE", "1"))
         if world <= 1:
@@ -109,23 +132,30 @@ def from_environment() -> Ranks:
         rank, local = int(env["RANK"]), int(env.get("LOCAL_RANK", "0"))
         local_world = int(env.get("LOCAL_WORLD_SIZE", str(world)))
     except (KeyError, ValueError) as e:
-        raise UsageError(f"WORLD_SIZE is set but RANK/LOCAL_RANK are not whole numbers ({e}; {shown}): {fix}") \
-            from None
+        raise UsageError(f"WORLD_SIZE is set but RANK/LOCAL_RANK are not whole numbers ({e}; {shown}): {fix}") from None
     if "TORCHELASTIC_RUN_ID" not in env:
-        raise UsageError(f"the environment says this is process {rank} of {world} ({shown}), but no torchrun "
-                         f"started it (TORCHELASTIC_RUN_ID is not set): {fix}")
-    wrong = [text for bad, text in ((not 0 <= rank < world, f"RANK {rank} is not below WORLD_SIZE {world}"),
-                                    (not 0 <= local < local_world, f"LOCAL_RANK {local} is not below "
-                                                                   f"LOCAL_WORLD_SIZE {local_world}"),
-                                    ("MASTER_ADDR" not in env or "MASTER_PORT" not in env,
-                                     "MASTER_ADDR and MASTER_PORT are needed")) if bad]
+        raise UsageError(
+            f"the environment says this is process {rank} of {world} ({shown}), but no torchrun "
+            f"started it (TORCHELASTIC_RUN_ID is not set): {fix}"
+        )
+    wrong = [
+        text
+        for bad, text in (
+            (not 0 <= rank < world, f"RANK {rank} is not below WORLD_SIZE {world}"),
+            (not 0 <= local < local_world, f"LOCAL_RANK {local} is not below LOCAL_WORLD_SIZE {local_world}"),
+            ("MASTER_ADDR" not in env or "MASTER_PORT" not in env, "MASTER_ADDR and MASTER_PORT are needed"),
+        )
+        if bad
+    ]
     if wrong:
         raise UsageError(f"the distributed environment contradicts itself ({'; '.join(wrong)}; {shown}): {fix}")
     if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and _refused(env["MASTER_ADDR"], env["MASTER_PORT"]):
         # the agent that started us hosts the group's store there: gone, it is a shell (or a notebook) that
         # inherited its variables
-        raise UsageError(f"the torchrun that set this environment is gone (nothing listens at "
-                         f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}; {shown}): {fix}")
+        raise UsageError(
+            f"the torchrun that set this environment is gone (nothing listens at "
+            f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}; {shown}): {fix}"
+        )
     return Ranks(rank, world, local)
 
 
@@ -163,8 +193,9 @@ def process_group() -> Iterator[Ranks]:
         dist.destroy_process_group()
 
 
-def rendezvous(join: Callable[[], None], ranks: Ranks, timeout: float | None = None,
-               notice: Callable[[str], None] | None = None) -> None:
+def rendezvous(
+    join: Callable[[], None], ranks: Ranks, timeout: float | None = None, notice: Callable[[str], None] | None = None
+) -> None:
     """Run `join` (torch's rendezvous, which blocks in C++ where no signal handler runs and waits up to 30
     minutes) on a helper thread, so that this one keeps handling Ctrl-C and SIGTERM. After WAIT_NOTICE_S a line
     says what it waits for; after `timeout` seconds (default: EDGECIFAR_RENDEZVOUS_TIMEOUT, else
@@ -172,8 +203,9 @@ def rendezvous(join: Callable[[], None], ranks: Ranks, timeout: float | None = N
     import threading
     import time
 
-    limit = timeout if timeout is not None else float(os.environ.get("EDGECIFAR_RENDEZVOUS_TIMEOUT",
-                                                                     RENDEZVOUS_TIMEOUT_S))
+    limit = (
+        timeout if timeout is not None else float(os.environ.get("EDGECIFAR_RENDEZVOUS_TIMEOUT", RENDEZVOUS_TIMEOUT_S))
+    )
     notice = notice or (lambda line: print(line, file=sys.stderr, flush=True))
     failed: list[BaseException] = []
 
@@ -193,12 +225,16 @@ def rendezvous(join: Callable[[], None], ranks: Ranks, timeout: float | None = N
         waited = time.monotonic() - started
         if not said and waited > WAIT_NOTICE_S and helper.is_alive():
             said = True
-            notice(f"process {ranks.rank} of {ranks.world_size} is waiting for the others at {where} (up to "
-                   f"{limit:.0f} s; EDGECIFAR_RENDEZVOUS_TIMEOUT sets it)")
+            notice(
+                f"process {ranks.rank} of {ranks.world_size} is waiting for the others at {where} (up to "
+                f"{limit:.0f} s; EDGECIFAR_RENDEZVOUS_TIMEOUT sets it)"
+            )
         if waited > limit and helper.is_alive():
-            raise TrainingError(f"process {ranks.rank} of {ranks.world_size} waited {limit:.0f} s at {where} and "
-                                f"the other processes did not come: start all {ranks.world_size} (torchrun on "
-                                f"every machine), or `unset RANK WORLD_SIZE` to train on one process")
+            raise TrainingError(
+                f"process {ranks.rank} of {ranks.world_size} waited {limit:.0f} s at {where} and "
+                f"the other processes did not come: start all {ranks.world_size} (torchrun on "
+                f"every machine), or `unset RANK WORLD_SIZE` to train on one process"
+            )
     if failed:
         raise failed[0]
 
@@ -215,8 +251,10 @@ def lost_peers(ranks: Ranks) -> Iterator[None]:
 
         if not ranks.distributed or not (isinstance(e, dist.DistError) or "gloo" in str(e) or "NCCL" in str(e)):
             raise
-        raise TrainingError(f"process {ranks.rank} of {ranks.world_size} lost contact with the others "
-                            f"({_first_line(e)}): another process stopped") from e
+        raise TrainingError(
+            f"process {ranks.rank} of {ranks.world_size} lost contact with the others "
+            f"({_first_line(e)}): another process stopped"
+        ) from e
 
 
 def _first_line(error: BaseException) -> str:
@@ -228,8 +266,10 @@ def local_device(device: torch.device, ranks: Ranks) -> torch.device:
     if device.type != "cuda" or not ranks.distributed:
         return device
     if ranks.local_rank >= torch.cuda.device_count():
-        raise UsageError(f"process {ranks.local_rank} of this machine has no GPU: {torch.cuda.device_count()} "
-                         f"here; start at most that many processes per machine")
+        raise UsageError(
+            f"process {ranks.local_rank} of this machine has no GPU: {torch.cuda.device_count()} "
+            f"here; start at most that many processes per machine"
+        )
     torch.cuda.set_device(ranks.local_rank)
     return torch.device("cuda", ranks.local_rank)
 
@@ -317,8 +357,10 @@ def check_in_sync(model: torch.nn.Module, epoch: int, ranks: Ranks) -> None:
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     if not torch.allclose(low, high, rtol=1e-5, atol=1e-6):
-        raise TrainingError(f"the processes' weights differ after epoch {epoch + 1} (largest difference of a "
-                            f"tensor's sum: {float((high - low).abs().max()):.3g})")
+        raise TrainingError(
+            f"the processes' weights differ after epoch {epoch + 1} (largest difference of a "
+            f"tensor's sum: {float((high - low).abs().max()):.3g})"
+        )
 
 
 @contextlib.contextmanager
@@ -345,8 +387,7 @@ def follower_errors(ranks: Ranks) -> Iterator[None]:
     except Exception as e:  # noqa: BLE001 - rank 0, running the same code, shows the traceback of a bug
         if ranks.main:
             raise
-        raise EdgecifarError(f"process {ranks.rank} of {ranks.world_size}: {type(e).__name__}: "
-                             f"{_first_line(e)}") from e
+        raise EdgecifarError(f"process {ranks.rank} of {ranks.world_size}: {type(e).__name__}: {_first_line(e)}") from e
 
 
 def launch(nproc: int, argv: list[str]) -> None:
@@ -361,8 +402,9 @@ def launch(nproc: int, argv: list[str]) -> None:
     from .utils import Terminated
 
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // nproc)))
-    args = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={nproc}", "--max_restarts=0",
-                                         "-m", "edgecifar", "train", *argv])
+    args = get_args_parser().parse_args(
+        ["--standalone", f"--nproc_per_node={nproc}", "--max_restarts=0", "-m", "edgecifar", "train", *argv]
+    )
     levels = {name: logging.getLogger(name).level for name in ELASTIC_LOGGERS}
     for name in ELASTIC_LOGGERS:  # its failure report is a page; the failure is said in one line instead
         logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -388,7 +430,9 @@ def _failure(error, nproc: int) -> TrainingError:
         code = 128 - code
     else:
         how = f"failed with exit code {code} (its error is above)"
-    found = TrainingError(f"training process {rank} of {nproc} {how}; all stopped (a run whose first epoch "
-                          f"ended continues with `edgecifar train --resume --out RUN --nproc {nproc}`)")
+    found = TrainingError(
+        f"training process {rank} of {nproc} {how}; all stopped (a run whose first epoch "
+        f"ended continues with `edgecifar train --resume --out RUN --nproc {nproc}`)"
+    )
     found.exit_code = code or 1
     return found

@@ -33,13 +33,17 @@ def edge_targets(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def targets_text(targets: dict[str, dict[str, Any]]) -> str:
-    """"TFLite Micro: all ops" / "NNAPI: lacks Gelu, ReduceMax (19 of 95 nodes, 8 partitions)" joined by '; '."""
+    """ "TFLite Micro: all ops" / "NNAPI: lacks Gelu, ReduceMax (19 of 95 nodes, 8 partitions)" joined by '; '."""
     parts = []
     for target, found in targets.items():
-        share = (f" ({found['supported_nodes']} of {found['nodes']} nodes, {found['partitions']} partition(s))"
-                 if "nodes" in found else "")
-        parts.append(f"{target}: all ops{share}" if found["all_ops"] else
-                     f"{target}: lacks {', '.join(found['lacking'])}{share}")
+        share = (
+            f" ({found['supported_nodes']} of {found['nodes']} nodes, {found['partitions']} partition(s))"
+            if "nodes" in found
+            else ""
+        )
+        parts.append(
+            f"{target}: all ops{share}" if found["all_ops"] else f"{target}: lacks {', '.join(found['lacking'])}{share}"
+        )
     return "; ".join(parts)
 
 
@@ -64,16 +68,24 @@ def _ort(path: Path) -> dict[str, dict[str, Any]]:
     except ImportError:
         return {}
     found = {}
-    with tempfile.TemporaryDirectory(prefix="edgecifar-targets-") as tmp, \
-            contextlib.redirect_stdout(io.StringIO()):
+    with tempfile.TemporaryDirectory(prefix="edgecifar-targets-") as tmp, contextlib.redirect_stdout(io.StringIO()):
         optimized = Path(tmp) / path.name
         optimize_model(path, optimized, use_external_initializers=True)
         model = ModelProtoWithShapeInfo(optimized).model_with_shape_info
         for target, config in _ORT_TARGETS.items():
-            info = (checker.check_nnapi_partitions(model, require_fixed_input_sizes=False) if config is None else
-                    checker.check_coreml_partitions(model, False, config))
-            lacking = sorted(op.removeprefix("ai.onnx:")
-                             for op in info.unsupported_ops | info.ops_with_unsupported_rank)
-            found[target] = {"all_ops": not lacking, "lacking": lacking, "nodes": info.num_nodes,
-                             "supported_nodes": info.num_supported_nodes, "partitions": info.num_partitions}
+            info = (
+                checker.check_nnapi_partitions(model, require_fixed_input_sizes=False)
+                if config is None
+                else checker.check_coreml_partitions(model, False, config)
+            )
+            lacking = sorted(
+                op.removeprefix("ai.onnx:") for op in info.unsupported_ops | info.ops_with_unsupported_rank
+            )
+            found[target] = {
+                "all_ops": not lacking,
+                "lacking": lacking,
+                "nodes": info.num_nodes,
+                "supported_nodes": info.num_supported_nodes,
+                "partitions": info.num_partitions,
+            }
     return found

@@ -22,7 +22,7 @@ TICK_LABELS_MAX = 60  # above this, every k-th class name only
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
     """Rows: true class, columns: predicted class."""
-    return np.bincount(labels * num_classes + preds, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    return np.bincount(labels * num_classes + preds, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 def evaluate_run(run_dir: Path | str, data: str | None = None, cache_dir: Path | str | None = None) -> dict[str, Any]:
@@ -49,10 +49,17 @@ def evaluate_run(run_dir: Path | str, data: str | None = None, cache_dir: Path |
     matrix = confusion_matrix(splits.test_y, preds, len(classes))
     totals = matrix.sum(axis=1)
     per_class = {c: float(matrix[i, i] / totals[i]) if totals[i] else None for i, c in enumerate(classes)}
-    report = {"model": model.meta["model"], "run": str(run_dir), "data": source,
-              "test_acc": float(np.trace(matrix) / max(matrix.sum(), 1)), "per_class": per_class,
-              "per_class_images": {c: int(n) for c, n in zip(classes, totals)},
-              "classes": classes, "confusion": matrix.tolist(), "images": int(matrix.sum())}
+    report = {
+        "model": model.meta["model"],
+        "run": str(run_dir),
+        "data": source,
+        "test_acc": float(np.trace(matrix) / max(matrix.sum(), 1)),
+        "per_class": per_class,
+        "per_class_images": {c: int(n) for c, n in zip(classes, totals)},
+        "classes": classes,
+        "confusion": matrix.tolist(),
+        "images": int(matrix.sum()),
+    }
     report["files"] = {"json": str(run_dir / "confusion.json"), "png": str(run_dir / "confusion.png")}
     write_json(run_dir / "confusion.json", report)
     plot_confusion(matrix, classes, f"{report['model']}: {report['test_acc']:.2%} top-1", run_dir / "confusion.png")
@@ -76,15 +83,31 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], title: str, path: Pat
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's test images")
     step = max(1, -(-n // TICK_LABELS_MAX))
     ticks = list(range(0, n, step))
-    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true",
-           title=title if n <= CELL_TEXT_MAX else f"{title}\n({n} classes: counts in confusion.json)")
-    ax.set_xticklabels([classes[i] for i in ticks], rotation=45 if n <= CELL_TEXT_MAX else 90, ha="right",
-                       fontsize=None if n <= CELL_TEXT_MAX else 6)
+    ax.set(
+        xticks=ticks,
+        yticks=ticks,
+        xlabel="predicted",
+        ylabel="true",
+        title=title if n <= CELL_TEXT_MAX else f"{title}\n({n} classes: counts in confusion.json)",
+    )
+    ax.set_xticklabels(
+        [classes[i] for i in ticks],
+        rotation=45 if n <= CELL_TEXT_MAX else 90,
+        ha="right",
+        fontsize=None if n <= CELL_TEXT_MAX else 6,
+    )
     ax.set_yticklabels([classes[i] for i in ticks], fontsize=None if n <= CELL_TEXT_MAX else 6)
     if n <= CELL_TEXT_MAX:
         for i, j in np.ndindex(matrix.shape):
-            ax.text(j, i, matrix[i, j], ha="center", va="center", fontsize=7,
-                    color="white" if rates[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                matrix[i, j],
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if rates[i, j] > 0.5 else "black",
+            )
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

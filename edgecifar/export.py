@@ -21,8 +21,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from . import __version__
-from .backends import (BACKENDS, CALIB_METHODS, PRECISIONS, Backend, Calibration, artifact_files, in_all,
-                       unavailable)
+from .backends import BACKENDS, CALIB_METHODS, PRECISIONS, Backend, Calibration, artifact_files, in_all, unavailable
 from .contract import contract_text, model_size
 from .data import Splits, load_data
 from .edge_targets import edge_targets, targets_text
@@ -31,8 +30,16 @@ from .accuracy_control import export_controlled
 from .isa import DEFAULT_INT8_ISA, INT8_ISAS, int8_metadata
 from .manifest import MANIFEST, read_manifest, update_manifest
 from .runtime import load_artifact
-from .utils import (NO_ROOM, data_source, library_versions, no_room, restore_signal_stack, sha256_file,
-                    staging_folder, terminate_as_interrupt)
+from .utils import (
+    NO_ROOM,
+    data_source,
+    library_versions,
+    no_room,
+    restore_signal_stack,
+    sha256_file,
+    staging_folder,
+    terminate_as_interrupt,
+)
 
 FP32_MIN_AGREEMENT = 0.999  # an FP32 export must reproduce PyTorch's top-1 on 99.9 % of images, or it fails
 WARN_AGREEMENT = 0.99  # FP16 / INT8 below this get a warning (kept: reduced precision is a trade-off)
@@ -48,11 +55,24 @@ VERIFY_BATCH = 100
 Log = Callable[[str], None]
 
 
-def export_run(run_dir: Path | str, formats: Iterable[str] | str = "all", precisions: Iterable[str] | str = "all",
-               out_dir: Path | str = "exported", calib_size: int = 512, calib_method: str = "minmax",
-               data: str | None = None, cache_dir: Path | str | None = None, seed: int = 0, verify_size: int = 500,
-               keep_low_agreement: bool = False, int8_isa: str = DEFAULT_INT8_ISA, max_drop: float | None = None,
-               control_size: int = 2000, kept_because: str = "", log: Log | None = None) -> list[dict[str, Any]]:
+def export_run(
+    run_dir: Path | str,
+    formats: Iterable[str] | str = "all",
+    precisions: Iterable[str] | str = "all",
+    out_dir: Path | str = "exported",
+    calib_size: int = 512,
+    calib_method: str = "minmax",
+    data: str | None = None,
+    cache_dir: Path | str | None = None,
+    seed: int = 0,
+    verify_size: int = 500,
+    keep_low_agreement: bool = False,
+    int8_isa: str = DEFAULT_INT8_ISA,
+    max_drop: float | None = None,
+    control_size: int = 2000,
+    kept_because: str = "",
+    log: Log | None = None,
+) -> list[dict[str, Any]]:
     """Export a run to every (format, precision) asked for; returns their manifest entries.
 
     Calibration images (INT8) are a seeded draw of `calib_size` from the training split (all of it when it is
@@ -67,14 +87,44 @@ def export_run(run_dir: Path | str, formats: Iterable[str] | str = "all", precis
     the log and recorded in its verification (the pipeline's quick profile: a model near chance).
     """
     with terminate_as_interrupt():  # SIGTERM cleans up the staging folder as Ctrl-C does
-        return _export_run(run_dir, formats, precisions, out_dir, calib_size, calib_method, data, cache_dir, seed,
-                           verify_size, keep_low_agreement, int8_isa, max_drop, control_size, kept_because,
-                           log or (lambda _msg: None))
+        return _export_run(
+            run_dir,
+            formats,
+            precisions,
+            out_dir,
+            calib_size,
+            calib_method,
+            data,
+            cache_dir,
+            seed,
+            verify_size,
+            keep_low_agreement,
+            int8_isa,
+            max_drop,
+            control_size,
+            kept_because,
+            log or (lambda _msg: None),
+        )
 
 
-def _export_run(run_dir, formats, precisions, out_dir, calib_size: int, calib_method: str, data, cache_dir,
-                seed: int, verify_size: int, keep_low_agreement: bool, int8_isa: str, max_drop: float | None,
-                control_size: int, kept_because: str, log: Log) -> list[dict[str, Any]]:
+def _export_run(
+    run_dir,
+    formats,
+    precisions,
+    out_dir,
+    calib_size: int,
+    calib_method: str,
+    data,
+    cache_dir,
+    seed: int,
+    verify_size: int,
+    keep_low_agreement: bool,
+    int8_isa: str,
+    max_drop: float | None,
+    control_size: int,
+    kept_because: str,
+    log: Log,
+) -> list[dict[str, Any]]:
     from .qat import qat_section
     from .runs import load_run, read_config
 
@@ -83,8 +133,9 @@ def _export_run(run_dir, formats, precisions, out_dir, calib_size: int, calib_me
     config = read_config(run_dir)
     qat = qat_section(config)
     if qat:
-        backends, precisions, int8_isa = _for_qat(qat, backends, precisions, not _is_all(formats),
-                                                  not _is_all(precisions_asked), int8_isa, max_drop, log)
+        backends, precisions, int8_isa = _for_qat(
+            qat, backends, precisions, not _is_all(formats), not _is_all(precisions_asked), int8_isa, max_drop, log
+        )
     if calib_method not in CALIB_METHODS:
         raise UsageError(f"unknown calibration method '{calib_method}': use one of {', '.join(CALIB_METHODS)}")
     if int8_isa not in INT8_ISAS:
@@ -92,8 +143,10 @@ def _export_run(run_dir, formats, precisions, out_dir, calib_size: int, calib_me
     jobs = _jobs(backends, precisions, calib_method, explicit=not (_is_all(formats) or _is_all(precisions_asked)))
     if max_drop is not None and (lacking := [b.name for b, p in jobs if p == "int8" and not b.accuracy_control]):
         controlled = " or ".join(name for name, b in BACKENDS.items() if b.accuracy_control)
-        raise UsageError(f"--max-drop: {', '.join(lacking)} has no accuracy-controlled INT8 (export it without "
-                         f"--max-drop, or choose --format {controlled})")
+        raise UsageError(
+            f"--max-drop: {', '.join(lacking)} has no accuracy-controlled INT8 (export it without "
+            f"--max-drop, or choose --format {controlled})"
+        )
     if calib_size < 1 or verify_size < 1:
         raise UsageError("--calib-size and --verify-size must be at least 1")
     out_dir = Path(out_dir)
@@ -107,33 +160,50 @@ def _export_run(run_dir, formats, precisions, out_dir, calib_size: int, calib_me
     check = _verification_set(model, splits, verify_size, seed)
     calibration = None
     if any(p == "int8" for _, p in jobs):
-        calibration = Calibration(_sample(splits.train_x, calib_size, [seed, 0]), calib_method, isa=int8_isa,
-                                  control=_control(model, splits, calib_size, control_size, seed, max_drop))
+        calibration = Calibration(
+            _sample(splits.train_x, calib_size, [seed, 0]),
+            calib_method,
+            isa=int8_isa,
+            control=_control(model, splits, calib_size, control_size, seed, max_drop),
+        )
         if len(calibration.images) < calib_size:
-            log(f"note: INT8 calibration uses all {len(calibration.images)} training images, fewer than "
-                f"--calib-size {calib_size}")
+            log(
+                f"note: INT8 calibration uses all {len(calibration.images)} training images, fewer than "
+                f"--calib-size {calib_size}"
+            )
     floor = 0.0 if keep_low_agreement else MIN_AGREEMENT
     return _export_all(model, jobs, out_dir, run_name, calibration, check, seed, calib_size, floor, kept_because, log)
 
 
-def _for_qat(qat: dict[str, Any], backends: list[Backend], precisions: list[str], named_formats: bool,
-             named_precisions: bool, int8_isa: str, max_drop: float | None,
-             log: Log) -> tuple[list[Backend], list[str], str]:
+def _for_qat(
+    qat: dict[str, Any],
+    backends: list[Backend],
+    precisions: list[str],
+    named_formats: bool,
+    named_precisions: bool,
+    int8_isa: str,
+    max_drop: float | None,
+    log: Log,
+) -> tuple[list[Backend], list[str], str]:
     """A QAT run (edgecifar.qat) exports INT8 only, through the backends that export what it learned, with
     the weight rule (--int8-isa) it was trained for: its graph is already quantized."""
     keep = [b for b in backends if b.qat]
     able = ", ".join(name for name, b in BACKENDS.items() if b.qat)
     if not keep or (named_formats and len(keep) < len(backends)) or (named_precisions and precisions != ["int8"]):
-        raise UsageError(f"a QAT run exports INT8 through {able} only: its graph carries the quantizers it "
-                         f"learned (export its source run {qat['source_run']} for other formats and precisions)")
+        raise UsageError(
+            f"a QAT run exports INT8 through {able} only: its graph carries the quantizers it "
+            f"learned (export its source run {qat['source_run']} for other formats and precisions)"
+        )
     if max_drop is not None:
         raise UsageError("--max-drop does not apply to a QAT run: its quantizers are trained, not calibrated")
     for b in backends:
         if not b.qat:
             log(f"note: {b.name} left out: it cannot keep a QAT run's quantizers")
         elif b.qat != "native":  # measured: edge_tiny's QAT files 0.18-0.27 points under PTQ in these three
-            log(f"note: {b.name} quantizes more tensors than the OpenVINO layout QAT trained in: its file may score "
-                f"under the source run's own PTQ (benchmarks/results/qat/qat.md)")
+            log(
+                f"note: {b.name} quantizes more tensors than the OpenVINO layout QAT trained in: its file may score "
+                f"under the source run's own PTQ (benchmarks/results/qat/qat.md)"
+            )
     if int8_isa != qat["int8_isa"]:
         log(f"note: INT8 weights follow the QAT run's --int8-isa {qat['int8_isa']}")
     return keep, ["int8"], qat["int8_isa"]
@@ -170,18 +240,23 @@ def _is_all(values: Iterable[str] | str) -> bool:
     return "all" in ([values] if isinstance(values, str) else list(values))
 
 
-def _jobs(backends: list[Backend], precisions: list[str], calib_method: str,
-          explicit: bool) -> list[tuple[Backend, str]]:
+def _jobs(
+    backends: list[Backend], precisions: list[str], calib_method: str, explicit: bool
+) -> list[tuple[Backend, str]]:
     """Each (backend, precision) asked for that the backend has. When both the formats and the precisions are
     named (not "all"), one that a backend lacks (a precision, the INT8 calibration method) is an error."""
     jobs = []
     for backend in backends:
         for precision in precisions:
-            lacks = (f"{precision}" if precision not in backend.precisions else
-                     f"'{calib_method}' INT8 calibration" if precision == "int8"
-                     and calib_method not in backend.calib_methods else "")
+            lacks = (
+                f"{precision}"
+                if precision not in backend.precisions
+                else f"'{calib_method}' INT8 calibration"
+                if precision == "int8" and calib_method not in backend.calib_methods
+                else ""
+            )
             if lacks and explicit:
-                has = (backend.precisions if precision not in backend.precisions else tuple(backend.calib_methods))
+                has = backend.precisions if precision not in backend.precisions else tuple(backend.calib_methods)
                 raise UsageError(f"{backend.name} has no {lacks}: it has {', '.join(has)}")
             if not lacks:
                 jobs.append((backend, precision))
@@ -195,8 +270,10 @@ def _load_splits(config: dict[str, Any], meta: dict[str, Any], data: str | None,
     cache_dir = cache_dir or config.get("train", {}).get("cache_dir")
     splits = load_data(source, cache_dir, input_size=model_size(meta))  # at the run's input size
     if list(splits.classes) != list(meta["classes"]):
-        raise ExportError(f"data {source} has classes {splits.classes}, the model was trained on {meta['classes']}: "
-                          f"pass the run's data with --data")
+        raise ExportError(
+            f"data {source} has classes {splits.classes}, the model was trained on {meta['classes']}: "
+            f"pass the run's data with --data"
+        )
     return splits
 
 
@@ -230,7 +307,7 @@ def holdout_indices(n: int, calib_size: int, size: int, seed: int) -> np.ndarray
     """Indices of a seeded slice of a training split of `n` images, disjoint from the INT8 calibration draw
     (`_sample(..., calib_size, [seed, 0])`: the same permutation, the next `size` places). It measures what
     quantization costs (accuracy control, the per-layer report) without touching the test split."""
-    return np.sort(np.random.default_rng([seed, 0]).permutation(n)[calib_size:calib_size + size])
+    return np.sort(np.random.default_rng([seed, 0]).permutation(n)[calib_size : calib_size + size])
 
 
 def _verification_set(model: Any, splits: Splits, size: int, seed: int) -> dict[str, Any]:
@@ -240,30 +317,58 @@ def _verification_set(model: Any, splits: Splits, size: int, seed: int) -> dict[
     idx = np.sort(np.random.default_rng([seed, 1]).permutation(len(splits.test_y))[:size])
     images, labels = splits.test_x[idx], splits.test_y[idx]
     with torch.no_grad():
-        logits = np.concatenate([model(torch.from_numpy(images[i:i + VERIFY_BATCH])).float().numpy()
-                                 for i in range(0, len(images), VERIFY_BATCH)])
+        logits = np.concatenate(
+            [
+                model(torch.from_numpy(images[i : i + VERIFY_BATCH])).float().numpy()
+                for i in range(0, len(images), VERIFY_BATCH)
+            ]
+        )
     if not np.isfinite(logits).all():
         bad = int((~np.isfinite(logits)).any(1).sum())
-        raise ExportError(f"the PyTorch model gives NaN or infinite logits on {bad} of {len(images)} test images: "
-                          f"nothing to export")
-    return {"images": images, "labels": labels, "logits": logits,
-            "accuracy": float((logits.argmax(1) == labels).mean())}
+        raise ExportError(
+            f"the PyTorch model gives NaN or infinite logits on {bad} of {len(images)} test images: nothing to export"
+        )
+    return {
+        "images": images,
+        "labels": labels,
+        "logits": logits,
+        "accuracy": float((logits.argmax(1) == labels).mean()),
+    }
 
 
 def metadata_for(meta: dict[str, Any], backend: Backend, precision: str) -> dict[str, str]:
     """What every exported file carries about itself (all values are strings: ONNX and rt_info want them)."""
-    found = {"edgecifar_version": __version__, "format": backend.name, "precision": precision,
-             "model": meta["model"], "classes": json.dumps(meta["classes"]), "num_classes": str(meta["num_classes"]),
-             "img_size": str(meta["img_size"] or ""), "source_run": meta.get("source_run", ""),
-             "source_sha256": meta.get("source_sha256", ""), "input": json.dumps(meta["input"]),
-             "output": json.dumps(meta["output"]), "contract": contract_text(model_size(meta))}
+    found = {
+        "edgecifar_version": __version__,
+        "format": backend.name,
+        "precision": precision,
+        "model": meta["model"],
+        "classes": json.dumps(meta["classes"]),
+        "num_classes": str(meta["num_classes"]),
+        "img_size": str(meta["img_size"] or ""),
+        "source_run": meta.get("source_run", ""),
+        "source_sha256": meta.get("source_sha256", ""),
+        "input": json.dumps(meta["input"]),
+        "output": json.dumps(meta["output"]),
+        "contract": contract_text(model_size(meta)),
+    }
     found.update(backend.metadata())
     return found
 
 
-def _export_all(model, jobs: list[tuple[Backend, str]], out_dir: Path, run_name: str,
-                calibration: Calibration | None, check: dict[str, Any], seed: int, calib_size: int, floor: float,
-                kept_because: str, log: Log) -> list[dict[str, Any]]:
+def _export_all(
+    model,
+    jobs: list[tuple[Backend, str]],
+    out_dir: Path,
+    run_name: str,
+    calibration: Calibration | None,
+    check: dict[str, Any],
+    seed: int,
+    calib_size: int,
+    floor: float,
+    kept_because: str,
+    log: Log,
+) -> list[dict[str, Any]]:
     target = out_dir / run_name
     created = _missing_dirs(target)
     doing = "the export"  # what a full disk stopped, should the error not name its file
@@ -287,8 +392,7 @@ def _export_all(model, jobs: list[tuple[Backend, str]], out_dir: Path, run_name:
     except Exception as e:  # a full disk may reach us wrapped by a converter's own exception
         if (full := no_room(e)) is not None:
             file = Path(full.filename).name if full.filename else doing
-            raise DiskFullError(f"{NO_ROOM[full.errno]}: could not write {file}; {out_dir} was left as it "
-                                f"was") from e
+            raise DiskFullError(f"{NO_ROOM[full.errno]}: could not write {file}; {out_dir} was left as it was") from e
         if isinstance(e, OSError):
             raise ExportError(f"cannot write to {out_dir}: {e.strerror or e}") from e
         raise
@@ -337,8 +441,17 @@ def _missing_dirs(folder: Path) -> list[Path]:
     return list(reversed(missing))
 
 
-def _export_one(model, backend: Backend, precision: str, main: Path, calibration: Calibration | None,
-                check: dict[str, Any], floor: float, kept_because: str, log: Log) -> dict[str, Any]:
+def _export_one(
+    model,
+    backend: Backend,
+    precision: str,
+    main: Path,
+    calibration: Calibration | None,
+    check: dict[str, Any],
+    floor: float,
+    kept_because: str,
+    log: Log,
+) -> dict[str, Any]:
     started = time.perf_counter()
     metadata = metadata_for(model.meta, backend, precision)
     if precision == "int8" and calibration is not None and backend.int8_isa_rule:
@@ -349,8 +462,10 @@ def _export_one(model, backend: Backend, precision: str, main: Path, calibration
     if precision == "int8" and calibration is not None and calibration.control is not None:
         files, control = export_controlled(backend, model, main, calibration, metadata, log)
     else:
-        files, control = backend.export(model, main, precision, calibration if precision == "int8" else None,
-                                        metadata), None
+        files, control = (
+            backend.export(model, main, precision, calibration if precision == "int8" else None, metadata),
+            None,
+        )
     exported = time.perf_counter() - started
     verification = verify_artifact(main, check, model.meta["classes"])
     restore_signal_stack()  # OpenVINO may have left the signal stack on freed memory: SIGTERM must still clean up
@@ -359,29 +474,44 @@ def _export_one(model, backend: Backend, precision: str, main: Path, calibration
     needed = FP32_MIN_AGREEMENT if precision == "fp32" else floor
     if agreement < needed:
         keep = "" if precision == "fp32" else f" ({KEEP_HINT})"
-        raise ExportError(f"{what} failed verification: top-1 agrees with PyTorch on {agreement:.2%} of "
-                          f"{verification['images']} test images (needs >= {needed:.1%}{keep}), max |logit "
-                          f"diff| {verification['max_abs_logit_diff']:.3g}; nothing was written")
+        raise ExportError(
+            f"{what} failed verification: top-1 agrees with PyTorch on {agreement:.2%} of "
+            f"{verification['images']} test images (needs >= {needed:.1%}{keep}), max |logit "
+            f"diff| {verification['max_abs_logit_diff']:.3g}; nothing was written"
+        )
     if agreement < MIN_AGREEMENT and kept_because:
         verification["warning"] = f"top-1 agreement {agreement:.2%} is under {MIN_AGREEMENT:.0%}, kept: {kept_because}"
         log(f"note: {what}: {verification['warning']}")
     elif agreement < WARN_AGREEMENT:
         verification["warning"] = f"top-1 agreement {agreement:.2%} is under {WARN_AGREEMENT:.0%}"
         log(f"warning: {what}: {verification['warning']}")
-    log(f"{what}: {sum(f.stat().st_size for f in files) / 1e6:.2f} MB, agreement {agreement:.2%}, "
-        f"max |logit diff| {verification['max_abs_logit_diff']:.2g}, {exported:.1f}s")
+    log(
+        f"{what}: {sum(f.stat().st_size for f in files) / 1e6:.2f} MB, agreement {agreement:.2%}, "
+        f"max |logit diff| {verification['max_abs_logit_diff']:.2g}, {exported:.1f}s"
+    )
     targets = edge_targets(main)  # which microcontroller and phone accelerators take every op of the file
     if targets:
         log(f"{what}: {targets_text(targets)}")
-    return {"model": model.meta["model"], "format": backend.name, "precision": precision,
-            "files": {f.name: sha256_file(f) for f in files}, "bytes": sum(f.stat().st_size for f in files),
-            "sha256": sha256_file(main), "classes": model.meta["classes"], "input": model.meta["input"],
-            "output": model.meta["output"], "source_run": model.meta["source_run"],
-            "source_sha256": model.meta["source_sha256"], "edgecifar_version": __version__,
-            "versions": library_versions(*backend.libraries), "verification": verification,
-            "export_seconds": round(exported, 2), **({"edge_targets": targets} if targets else {}),
-            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **({"accuracy_control": control} if control else {})}
+    return {
+        "model": model.meta["model"],
+        "format": backend.name,
+        "precision": precision,
+        "files": {f.name: sha256_file(f) for f in files},
+        "bytes": sum(f.stat().st_size for f in files),
+        "sha256": sha256_file(main),
+        "classes": model.meta["classes"],
+        "input": model.meta["input"],
+        "output": model.meta["output"],
+        "source_run": model.meta["source_run"],
+        "source_sha256": model.meta["source_sha256"],
+        "edgecifar_version": __version__,
+        "versions": library_versions(*backend.libraries),
+        "verification": verification,
+        "export_seconds": round(exported, 2),
+        **({"edge_targets": targets} if targets else {}),
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **({"accuracy_control": control} if control else {}),
+    }
 
 
 def verify_artifact(path: Path, check: dict[str, Any], classes: list[str]) -> dict[str, Any]:
@@ -390,29 +520,39 @@ def verify_artifact(path: Path, check: dict[str, Any], classes: list[str]) -> di
     if artifact.classes != list(classes):
         raise ExportError(f"{path.name}: class names in the file's metadata do not round-trip")
     images = check["images"]
-    logits = np.concatenate([artifact.run(images[i:i + VERIFY_BATCH]) for i in range(0, len(images), VERIFY_BATCH)])
+    logits = np.concatenate([artifact.run(images[i : i + VERIFY_BATCH]) for i in range(0, len(images), VERIFY_BATCH)])
     reference = check["logits"]
     if logits.shape != reference.shape:
-        raise ExportError(f"{path.name} returns logits of shape {list(logits.shape)}, PyTorch "
-                          f"{list(reference.shape)}")
+        raise ExportError(f"{path.name} returns logits of shape {list(logits.shape)}, PyTorch {list(reference.shape)}")
     if not np.isfinite(logits).all():  # an argmax of NaNs "agrees" with PyTorch's: never let it verify
         bad = int((~np.isfinite(logits)).any(1).sum())
-        raise ExportError(f"{path.name} gives NaN or infinite logits on {bad} of {len(images)} test images; nothing "
-                          f"was written")
-    return {"images": int(len(images)), "agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
-            "max_abs_logit_diff": float(np.abs(logits - reference).max()),
-            "accuracy": float((logits.argmax(1) == check["labels"]).mean()), "torch_accuracy": check["accuracy"],
-            "inference_precision": artifact.session.extra.get("hint", "model")}
+        raise ExportError(
+            f"{path.name} gives NaN or infinite logits on {bad} of {len(images)} test images; nothing was written"
+        )
+    return {
+        "images": int(len(images)),
+        "agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
+        "max_abs_logit_diff": float(np.abs(logits - reference).max()),
+        "accuracy": float((logits.argmax(1) == check["labels"]).mean()),
+        "torch_accuracy": check["accuracy"],
+        "inference_precision": artifact.session.extra.get("hint", "model"),
+    }
 
 
 def _calibration_info(calibration: Calibration, backend: Backend, seed: int, requested: int) -> dict[str, Any]:
     found = {"images": int(len(calibration.images)), "requested": requested}
     if found["images"] < requested:
         found["note"] = f"the training split has {found['images']} images, fewer than the {requested} requested"
-    return {**found, "split": "train", "seed": seed, "method": calibration.method,
-            "backend_method": backend.calib_methods[calibration.method], "batch_size": calibration.batch_size,
-            **(int8_metadata(calibration.isa) if backend.int8_isa_rule else {}),
-            "images_sha256": hashlib.sha256(calibration.images.tobytes()).hexdigest()}
+    return {
+        **found,
+        "split": "train",
+        "seed": seed,
+        "method": calibration.method,
+        "backend_method": backend.calib_methods[calibration.method],
+        "batch_size": calibration.batch_size,
+        **(int8_metadata(calibration.isa) if backend.int8_isa_rule else {}),
+        "images_sha256": hashlib.sha256(calibration.images.tobytes()).hexdigest(),
+    }
 
 
 def _add_size_ratios(entries: list[dict[str, Any]]) -> None:

@@ -91,10 +91,16 @@ class BudgetVerdict:
     p_value: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"axis": self.axis, "budget": self.budget,
-                "best": {f: (p.label if p else None) for f, p in self.best.items()},
-                "winner": self.winner, "leader": self.leader, "difference": self.difference, "test": self.test,
-                "p_value": self.p_value}
+        return {
+            "axis": self.axis,
+            "budget": self.budget,
+            "best": {f: (p.label if p else None) for f, p in self.best.items()},
+            "winner": self.winner,
+            "leader": self.leader,
+            "difference": self.difference,
+            "test": self.test,
+            "p_value": self.p_value,
+        }
 
 
 @dataclass(frozen=True)
@@ -125,14 +131,19 @@ class Frontier:
     alpha: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {"machine": self.machine, "alpha": self.alpha, "notes": self.notes,
-                "points": [p.as_dict() for p in self.points],
-                "fronts": {a: {f: [p.label for p in pts] for f, pts in fam.items()} for a, fam in self.fronts.items()},
-                "budgets": {a: [v.as_dict() for v in vs] for a, vs in self.budgets.items()},
-                "crossovers": {a: [c.as_dict() for c in cs] for a, cs in self.crossovers.items()}}
+        return {
+            "machine": self.machine,
+            "alpha": self.alpha,
+            "notes": self.notes,
+            "points": [p.as_dict() for p in self.points],
+            "fronts": {a: {f: [p.label for p in pts] for f, pts in fam.items()} for a, fam in self.fronts.items()},
+            "budgets": {a: [v.as_dict() for v in vs] for a, vs in self.budgets.items()},
+            "crossovers": {a: [c.as_dict() for c in cs] for a, cs in self.crossovers.items()},
+        }
 
 
 # ---------------------------------------------------------------- rows -> points
+
 
 def family_of(model: str, families: Mapping[str, str] | None = None) -> str:
     """The registry family of a model name ("scratch" or "transfer"), "other" for a name it does not list."""
@@ -143,8 +154,9 @@ def family_of(model: str, families: Mapping[str, str] | None = None) -> str:
     return families.get(model, "other")
 
 
-def points_from_rows(rows: Iterable[Mapping[str, Any]], families: Mapping[str, str] | None = None,
-                     formats: Sequence[str] | None = None) -> tuple[list[Point], list[str]]:
+def points_from_rows(
+    rows: Iterable[Mapping[str, Any]], families: Mapping[str, str] | None = None, formats: Sequence[str] | None = None
+) -> tuple[list[Point], list[str]]:
     """One Point per exported file measured at its native ISA (rows merged by path: accuracy from the row that
     has it, latency from the 1-thread row), and notes on what was left out. formats: keep only these runtimes
     (bench's `format` names)."""
@@ -174,14 +186,26 @@ def points_from_rows(rows: Iterable[Mapping[str, Any]], families: Mapping[str, s
             low = high = float(row["accuracy"])
         run = str(row.get("source_run") or row.get("model"))
         latency = one[0].get("latency_p50_ms") if one else None
-        points.append(Point(label=f"{run} {row.get('variant', row.get('format'))}", model=str(row.get("model")),
-                            run=run, variant=str(row.get("variant", "")), format=str(row.get("format")),
-                            family=family_of(str(row.get("model")), families), accuracy=float(row["accuracy"]),
-                            correct=correct if isinstance(correct, int) else None,
-                            images=images if isinstance(images, int) else None, low=low, high=high,
-                            latency_ms=float(latency) if isinstance(latency, (int, float)) else None,
-                            size_bytes=int(row.get("size_bytes") or 0), input_size=str(row.get("input_size", "")),
-                            path=path, hits=stats.row_hits(row)))
+        points.append(
+            Point(
+                label=f"{run} {row.get('variant', row.get('format'))}",
+                model=str(row.get("model")),
+                run=run,
+                variant=str(row.get("variant", "")),
+                format=str(row.get("format")),
+                family=family_of(str(row.get("model")), families),
+                accuracy=float(row["accuracy"]),
+                correct=correct if isinstance(correct, int) else None,
+                images=images if isinstance(images, int) else None,
+                low=low,
+                high=high,
+                latency_ms=float(latency) if isinstance(latency, (int, float)) else None,
+                size_bytes=int(row.get("size_bytes") or 0),
+                input_size=str(row.get("input_size", "")),
+                path=path,
+                hits=stats.row_hits(row),
+            )
+        )
     if skipped["baseline"]:
         notes.append(f"{skipped['baseline']} PyTorch baseline rows left out (a run's weights, not an exported file)")
     if skipped["isa"]:
@@ -191,12 +215,14 @@ def points_from_rows(rows: Iterable[Mapping[str, Any]], families: Mapping[str, s
     if untimed := [p.label for p in points if p.latency_ms is None]:
         notes.append(f"{len(untimed)} files have no 1-thread latency and are left off the latency axis")
     if other := sorted({p.model for p in points if p.family == "other"}):
-        notes.append(f"models the registry does not list (family 'other', in neither family's front): "
-                     f"{', '.join(other)}")
+        notes.append(
+            f"models the registry does not list (family 'other', in neither family's front): {', '.join(other)}"
+        )
     return points, notes
 
 
 # ---------------------------------------------------------------- fronts, budgets, crossovers
+
 
 def pareto_front(points: Sequence[Point], axis: str) -> list[Point]:
     """The points no other point matches or beats on both accuracy and cost (one of them strictly), cheapest
@@ -215,8 +241,9 @@ def best_within(points: Sequence[Point], axis: str, budget: float) -> Point | No
     return min(fits, key=lambda p: (-p.accuracy, p.cost(axis)), default=None)
 
 
-def budget_verdict(points: Sequence[Point], axis: str, budget: float, alpha: float = 0.05,
-                   families: Sequence[str] = FAMILIES) -> BudgetVerdict:
+def budget_verdict(
+    points: Sequence[Point], axis: str, budget: float, alpha: float = 0.05, families: Sequence[str] = FAMILIES
+) -> BudgetVerdict:
     """Which family's best file within `budget` wins (see BudgetVerdict), tested with the exact McNemar test
     where both best files carry per-image results on one test set."""
     from . import stats
@@ -233,8 +260,9 @@ def budget_verdict(points: Sequence[Point], axis: str, budget: float, alpha: flo
     if a.hits is not None and b.hits is not None and a.hits[0] == b.hits[0] and len(a.hits[1]) == len(b.hits[1]):
         paired = stats.paired_comparison(a.hits[1], b.hits[1], resamples=1000)
         winner = leader if leader and paired.p_value < alpha else "tie"
-        return BudgetVerdict(axis, budget, best, winner, leader, abs(paired.difference), "exact McNemar",
-                             paired.p_value)
+        return BudgetVerdict(
+            axis, budget, best, winner, leader, abs(paired.difference), "exact McNemar", paired.p_value
+        )
     return BudgetVerdict(axis, budget, best, leader or "tie", leader, abs(diff), NOT_TESTED)
 
 
@@ -254,10 +282,14 @@ def crossovers(points: Sequence[Point], axis: str, families: Sequence[str] = FAM
     return found
 
 
-def build_frontier(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], alpha: float = 0.05,
-                   formats: Sequence[str] | None = None, latency_budgets: Sequence[float] = LATENCY_BUDGETS_MS,
-                   size_budgets: Sequence[float] = SIZE_BUDGETS_BYTES,
-                   families: Mapping[str, str] | None = None) -> Frontier:
+def build_frontier(
+    results: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    alpha: float = 0.05,
+    formats: Sequence[str] | None = None,
+    latency_budgets: Sequence[float] = LATENCY_BUDGETS_MS,
+    size_budgets: Sequence[float] = SIZE_BUDGETS_BYTES,
+    families: Mapping[str, str] | None = None,
+) -> Frontier:
     """The frontier of one bench result ({"header", "rows"}) or several (e.g. new runs benched on their own
     beside the reference bench): a file in more than one counts as measured by the last. Results from different
     machines are combined with a note, since their latencies do not compare. Raises BenchError when no row makes
@@ -269,8 +301,10 @@ def build_frontier(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], alp
             rows[f"{row.get('path', f'{i}:{n}')}|{row.get('threads')}|{(row.get('isa') or {}).get('cap')}"] = row
     points, notes = points_from_rows(list(rows.values()), families, formats)
     if not points:
-        raise BenchError("no exported file with a measured accuracy in this bench result"
-                         + (f" for {', '.join(formats)}" if formats else ""))
+        raise BenchError(
+            "no exported file with a measured accuracy in this bench result"
+            + (f" for {', '.join(formats)}" if formats else "")
+        )
     machines = list(dict.fromkeys(_machine_text((r.get("header") or {}).get("machine") or {}) for r in results))
     if len(machines) > 1:
         notes.append(f"rows from {len(machines)} machines ({'; '.join(machines)}): their latencies do not compare")
@@ -280,11 +314,15 @@ def build_frontier(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], alp
     cross = {a: crossovers(points, a) for a in axes}
     paired = sum(p.hits is not None for p in points)
     if not paired:
-        notes.append("no per-image results in this bench: differences are one run each, not tested "
-                     "(a bench by this version keeps them)")
+        notes.append(
+            "no per-image results in this bench: differences are one run each, not tested "
+            "(a bench by this version keeps them)"
+        )
     elif paired < len(points):
-        notes.append(f"{paired} of {len(points)} files carry per-image results: a budget whose best files lack "
-                     f"them is one run each, not tested")
+        notes.append(
+            f"{paired} of {len(points)} files carry per-image results: a budget whose best files lack "
+            f"them is one run each, not tested"
+        )
     return Frontier(points, fronts, budgets, cross, " | ".join(machines), notes, alpha)
 
 
@@ -294,6 +332,7 @@ def _machine_text(machine: Mapping[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- reports
+
 
 def cost_text(axis: str, value: float, budget: bool = True) -> str:
     """A budget as given ("0.25 ms", "128 KB", "0.5 MB"), or a file's cost rounded (budget=False)."""
@@ -324,41 +363,70 @@ def verdict_text(v: BudgetVerdict) -> str:
 
 
 def markdown(fr: Frontier, source: str, image: str = FILES["png"], command: str = "") -> str:
-    lines = ["# The frontier: scratch against transfer", "",
-             (f"Bench result(s): `{source}`; machine: {fr.machine}; latency: batch-1 p50 at 1 thread, each file in its "
-              "own runtime (the runtime is named with each file). Top-1 with its Wilson 95 % interval; each point "
-              "is one exported file of one training run."), ""]
+    lines = [
+        "# The frontier: scratch against transfer",
+        "",
+        (
+            f"Bench result(s): `{source}`; machine: {fr.machine}; latency: batch-1 p50 at 1 thread, each file in its "
+            "own runtime (the runtime is named with each file). Top-1 with its Wilson 95 % interval; each point "
+            "is one exported file of one training run."
+        ),
+        "",
+    ]
     if command:
         lines += ["Rebuild:", "", "```", command, "```", ""]
     lines += [f"![frontier]({image})", ""]
     for axis, (_, title) in AXES.items():
-        lines += [f"## Budgets: {title}", "",
-                  "| budget | best scratch file | top-1 % | best transfer file | top-1 % | verdict |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"## Budgets: {title}",
+            "",
+            "| budget | best scratch file | top-1 % | best transfer file | top-1 % | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
         for v in fr.budgets[axis]:
             cells = []
             for f in FAMILIES:
                 p = v.best.get(f)
-                cells += [f"{p.label} ({cost_text(axis, p.cost(axis), False)})" if p else "none fits",
-                          f"{_pct(p.accuracy)} ({_pct(p.low)}-{_pct(p.high)})" if p else ""]
+                cells += [
+                    f"{p.label} ({cost_text(axis, p.cost(axis), False)})" if p else "none fits",
+                    f"{_pct(p.accuracy)} ({_pct(p.low)}-{_pct(p.high)})" if p else "",
+                ]
             lines.append(f"| {cost_text(axis, v.budget)} | " + " | ".join(cells) + f" | {verdict_text(v)} |")
         cross = fr.crossovers[axis]
-        said = [f"{c.before} leads below {cost_text(axis, c.cost, False)}, {c.after} from there ({c.point})"
-                for c in cross]
-        lines += ["", "Crossover: " + ("; ".join(said) if said else
-                                       "none (the same family leads wherever both have a file)"), ""]
+        said = [
+            f"{c.before} leads below {cost_text(axis, c.cost, False)}, {c.after} from there ({c.point})" for c in cross
+        ]
+        lines += [
+            "",
+            "Crossover: " + ("; ".join(said) if said else "none (the same family leads wherever both have a file)"),
+            "",
+        ]
     lines += ["## Pareto fronts", ""]
     for axis, (_, title) in AXES.items():
         for f in FAMILIES:
             front = fr.fronts[axis][f]
-            lines.append(f"- {f}, {title}: " + (", ".join(
-                f"{p.label} ({cost_text(axis, p.cost(axis), False)}, {_pct(p.accuracy)} %)" for p in front) or "none"))
-    lines += ["", "## Files", "", "| file | family | input | top-1 % (95 % interval) | p50 ms, 1 thread | size |",
-              "|---|---|---|---|---|---|"]
+            lines.append(
+                f"- {f}, {title}: "
+                + (
+                    ", ".join(
+                        f"{p.label} ({cost_text(axis, p.cost(axis), False)}, {_pct(p.accuracy)} %)" for p in front
+                    )
+                    or "none"
+                )
+            )
+    lines += [
+        "",
+        "## Files",
+        "",
+        "| file | family | input | top-1 % (95 % interval) | p50 ms, 1 thread | size |",
+        "|---|---|---|---|---|---|",
+    ]
     for p in sorted(fr.points, key=lambda p: (p.family, -p.accuracy)):
         lat = f"{p.latency_ms:.3f}" if p.latency_ms is not None else "-"
-        lines.append(f"| {p.label} | {p.family} | {p.input_size} | {_pct(p.accuracy)} ({_pct(p.low)}-{_pct(p.high)}) "
-                     f"| {lat} | {p.size_bytes:,} |")
+        lines.append(
+            f"| {p.label} | {p.family} | {p.input_size} | {_pct(p.accuracy)} ({_pct(p.low)}-{_pct(p.high)}) "
+            f"| {lat} | {p.size_bytes:,} |"
+        )
     if fr.notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in fr.notes]
     return "\n".join(lines) + "\n"
@@ -382,16 +450,39 @@ def plot(fr: Frontier, path: Path | str, title: str = "") -> None:
             x = np.array([p.cost(axis) * scale for p in pts])
             y = np.array([100 * p.accuracy for p in pts])
             err = np.array([[100 * (p.accuracy - p.low) for p in pts], [100 * (p.high - p.accuracy) for p in pts]])
-            ax.errorbar(x, y, yerr=err, fmt="o", ms=4, alpha=0.55, color=COLORS[fam], label=f"{fam} files",
-                        elinewidth=1, capsize=2)
+            ax.errorbar(
+                x,
+                y,
+                yerr=err,
+                fmt="o",
+                ms=4,
+                alpha=0.55,
+                color=COLORS[fam],
+                label=f"{fam} files",
+                elinewidth=1,
+                capsize=2,
+            )
             front = fr.fronts[axis].get(fam) or []
             if front:
-                ax.step([p.cost(axis) * scale for p in front], [100 * p.accuracy for p in front], where="post",
-                        color=COLORS[fam], lw=1.8, label=f"{fam} front")
+                ax.step(
+                    [p.cost(axis) * scale for p in front],
+                    [100 * p.accuracy for p in front],
+                    where="post",
+                    color=COLORS[fam],
+                    lw=1.8,
+                    label=f"{fam} front",
+                )
                 named = {p.run: p for p in front}  # each run once, at its last (most accurate) front point
                 for p in named.values():
-                    ax.annotate(p.run, (p.cost(axis) * scale, 100 * p.accuracy), fontsize=7, rotation=15,
-                                xytext=(3, 4), textcoords="offset points", color=COLORS[fam])
+                    ax.annotate(
+                        p.run,
+                        (p.cost(axis) * scale, 100 * p.accuracy),
+                        fontsize=7,
+                        rotation=15,
+                        xytext=(3, 4),
+                        textcoords="offset points",
+                        color=COLORS[fam],
+                    )
         for v in fr.budgets[axis]:
             ax.axvline(v.budget * scale, ls=":", lw=0.8, color="0.6")
         ax.set_xscale("log")

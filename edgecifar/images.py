@@ -36,8 +36,29 @@ DECODER_VERSION = 2  # part of the decoded-data cache key: bump it whenever thes
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "PPM", "AVIF", "ICO", "TGA", "QOI", "JPEG2000")
 # file names of the formats above (what discovery takes for an image); the plugin formats' are in PLUGINS
-EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".gif", ".webp", ".tif",
-                        ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".ico", ".tga", ".qoi"})
+EXTENSIONS = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".apng",
+        ".bmp",
+        ".dib",
+        ".gif",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".ico",
+        ".tga",
+        ".qoi",
+    }
+)
 CONVERT = "convert them to JPEG or PNG"
 
 
@@ -58,22 +79,52 @@ def _ftyp(*brands: str) -> tuple[tuple[int, bytes], ...]:
 
 
 PLUGINS = (
-    Codec("HEIC/HEIF", frozenset({".heic", ".heif", ".hif", ".heics", ".heifs"}),
-          _ftyp("heic", "heix", "heim", "heis", "hevc", "hevx", "mif1", "msf1"), "HEIF",
-          f"`pip install pillow-heif` (edgecifar's `heif` extra) to read them, or {CONVERT}"),
-    Codec("AVIF", frozenset({".avif", ".avifs"}), _ftyp("avif", "avis"), "AVIF",
-          f"a Pillow built with AVIF (its wheels since 11.3 are) reads them, or {CONVERT}"),
-    Codec("JPEG 2000", frozenset({".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx"}),
-          ((0, b"\x00\x00\x00\x0cjP  "), (0, b"\xff\x4f\xff\x51")), "JPEG2000",
-          f"a Pillow built with OpenJPEG (its wheels are) reads them, or {CONVERT}"),
-    Codec("JPEG XL", frozenset({".jxl"}), ((0, b"\xff\x0a"), (4, b"JXL ")), None, f"edgecifar does not read it: {CONVERT}"),
-    Codec("camera RAW", frozenset({".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".raf", ".orf", ".rw2", ".pef",
-                                   ".srw", ".raw"}), (), None, f"edgecifar does not read RAW files: develop and {CONVERT}"),
+    Codec(
+        "HEIC/HEIF",
+        frozenset({".heic", ".heif", ".hif", ".heics", ".heifs"}),
+        _ftyp("heic", "heix", "heim", "heis", "hevc", "hevx", "mif1", "msf1"),
+        "HEIF",
+        f"`pip install pillow-heif` (edgecifar's `heif` extra) to read them, or {CONVERT}",
+    ),
+    Codec(
+        "AVIF",
+        frozenset({".avif", ".avifs"}),
+        _ftyp("avif", "avis"),
+        "AVIF",
+        f"a Pillow built with AVIF (its wheels since 11.3 are) reads them, or {CONVERT}",
+    ),
+    Codec(
+        "JPEG 2000",
+        frozenset({".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx"}),
+        ((0, b"\x00\x00\x00\x0cjP  "), (0, b"\xff\x4f\xff\x51")),
+        "JPEG2000",
+        f"a Pillow built with OpenJPEG (its wheels are) reads them, or {CONVERT}",
+    ),
+    Codec(
+        "JPEG XL", frozenset({".jxl"}), ((0, b"\xff\x0a"), (4, b"JXL ")), None, f"edgecifar does not read it: {CONVERT}"
+    ),
+    Codec(
+        "camera RAW",
+        frozenset({".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".raf", ".orf", ".rw2", ".pef", ".srw", ".raw"}),
+        (),
+        None,
+        f"edgecifar does not read RAW files: develop and {CONVERT}",
+    ),
     Codec("Photoshop", frozenset({".psd", ".psb"}), ((0, b"8BPS"),), None, f"edgecifar does not read it: {CONVERT}"),
-    Codec("SVG (vector)", frozenset({".svg", ".svgz"}), (), None, f"edgecifar reads raster images only: render and "
-          f"{CONVERT}"),
-    Codec("PostScript", frozenset({".eps", ".ps"}), ((0, b"%!PS"),), None,
-          f"edgecifar never opens them (Pillow would run Ghostscript): {CONVERT}"),
+    Codec(
+        "SVG (vector)",
+        frozenset({".svg", ".svgz"}),
+        (),
+        None,
+        f"edgecifar reads raster images only: render and {CONVERT}",
+    ),
+    Codec(
+        "PostScript",
+        frozenset({".eps", ".ps"}),
+        ((0, b"%!PS"),),
+        None,
+        f"edgecifar never opens them (Pillow would run Ghostscript): {CONVERT}",
+    ),
 )
 
 
@@ -118,7 +169,9 @@ def decode_image(data: bytes, name: str, size: Size | int = DEFAULT_SIZE) -> np.
         codec = _codec_of(data, name)
         if codec is not None and codec.pillow_format not in readable_formats():
             raise DataError(f"{name}: {_unreadable(codec)}") from None
-        raise DataError(f"{name} is not an image in a format edgecifar reads ({', '.join(readable_formats())})") from None
+        raise DataError(
+            f"{name} is not an image in a format edgecifar reads ({', '.join(readable_formats())})"
+        ) from None
     except Exception as e:  # noqa: BLE001 - any decoder failure on untrusted bytes is a data problem
         raise DataError(f"corrupt or unreadable image {name}: {_first_line(e)}") from None
 
@@ -167,7 +220,7 @@ def _unreadable(codec: Codec) -> str:
 def _codec_of(data: bytes, name: str) -> Codec | None:
     """The plugin format of a file, by its leading bytes, else by its name's extension; None for neither."""
     for codec in PLUGINS:
-        if any(data[offset:offset + len(magic)] == magic for offset, magic in codec.signatures):
+        if any(data[offset : offset + len(magic)] == magic for offset, magic in codec.signatures):
             return codec
     suffix = Path(name).suffix.lower()
     return next((c for c in PLUGINS if suffix in c.extensions), None)

@@ -44,8 +44,21 @@ ISA_KEY, WEIGHT_BITS_KEY = "int8_isa", "int8_weight_bits"  # keys in each INT8 f
 FLAGS_ENV = "EDGECIFAR_CPU_FLAGS"  # the CPU's flags as edgecifar believes them, in place of /proc/cpuinfo's
 _BF16 = {"avx512_bf16", "amx_bf16"}
 _VNNI = {"avx512_vnni", "avx_vnni"}
-_AVX512 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512ifma",
-           "avx512vbmi", "avx512_vbmi2", "avx512_bitalg", "avx512_vpopcntdq", "avx512_fp16"}
+_AVX512 = {
+    "avx512f",
+    "avx512bw",
+    "avx512cd",
+    "avx512dq",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512ifma",
+    "avx512vbmi",
+    "avx512_vbmi2",
+    "avx512_bitalg",
+    "avx512_vpopcntdq",
+    "avx512_fp16",
+}
 _AMX = {"amx_int8", "amx_bf16", "amx_tile", "amx_fp16"}
 SHOWN_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
 
@@ -86,16 +99,26 @@ class CpuIsa:
     @property
     def int8_path(self) -> str:
         """The widest INT8 path: amx, avx512_vnni, avx_vnni, avx512 (no VNNI), avx2, or older."""
-        for name, needs in (("amx", "amx_int8"), ("avx512_vnni", "avx512_vnni"), ("avx_vnni", "avx_vnni"),
-                            ("avx512", "avx512bw"), ("avx2", "avx2")):
+        for name, needs in (
+            ("amx", "amx_int8"),
+            ("avx512_vnni", "avx512_vnni"),
+            ("avx_vnni", "avx_vnni"),
+            ("avx512", "avx512bw"),
+            ("avx2", "avx2"),
+        ):
             if needs in self.flags:
                 return name
         return "sse"
 
     def record(self) -> dict[str, object]:
         """The JSON form every bench figure carries."""
-        return {"cpu": self.model, "int8_path": self.int8_path, "vnni": self.vnni,
-                "flags": [f for f in SHOWN_FLAGS if f in self.flags], "cap": self.cap}
+        return {
+            "cpu": self.model,
+            "int8_path": self.int8_path,
+            "vnni": self.vnni,
+            "flags": [f for f in SHOWN_FLAGS if f in self.flags],
+            "cap": self.cap,
+        }
 
 
 def read_cpu_isa(flags: Callable[[], set[str]] = cpu_flags, model: Callable[[], str | None] = cpu_model) -> CpuIsa:
@@ -132,8 +155,10 @@ def cap_command(cap: str, runtime: str) -> tuple[dict[str, str], list[str], bool
     if runtime == "onnx":
         emulator = shutil.which(EMULATOR)
         if emulator is None:
-            raise LookupError(f"onnxruntime has no ISA switch; the {cap} path needs {EMULATOR} (apt install "
-                              f"qemu-user) on this {read_cpu_isa().int8_path} CPU")
+            raise LookupError(
+                f"onnxruntime has no ISA switch; the {cap} path needs {EMULATOR} (apt install "
+                f"qemu-user) on this {read_cpu_isa().int8_path} CPU"
+            )
         return {}, [emulator, "-cpu", spec.emulator_cpu], True
     raise LookupError(f"{runtime} has no {cap} path to run")
 
@@ -164,9 +189,11 @@ def isa_warning(metadata: Mapping[str, object], cpu: CpuIsa | None = None) -> st
     cpu = cpu or current_isa()
     if cpu.vnni:
         return None
-    return (f"warning: this INT8 file has 8-bit weights made for CPUs with VNNI/AMX; this CPU's INT8 path is "
-            f"{cpu.int8_path} ({cpu.model}{', ' + cpu.cap if cpu.cap else ''}), where its sums saturate and "
-            f"accuracy drops (points, not decimals): re-export with --int8-isa x86")
+    return (
+        f"warning: this INT8 file has 8-bit weights made for CPUs with VNNI/AMX; this CPU's INT8 path is "
+        f"{cpu.int8_path} ({cpu.model}{', ' + cpu.cap if cpu.cap else ''}), where its sums saturate and "
+        f"accuracy drops (points, not decimals): re-export with --int8-isa x86"
+    )
 
 
 def parse_isa(isa: Sequence[str] | str) -> list[str]:

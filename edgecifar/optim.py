@@ -98,17 +98,19 @@ def muon_param_groups(model: nn.Module, lr: float, batch_size: int, weight_decay
     decay = weight_decay * batch_size
     bias_lr, head_lr = BIAS_LR_PER_EXAMPLE * batch_size * scale, HEAD_LR_PER_EXAMPLE * batch_size * scale
     sgd = dict(use_muon=False, momentum=SGD_MOMENTUM)
-    groups = [dict(params=filters, lr=lr),
-              dict(params=biases, lr=bias_lr, weight_decay=decay / bias_lr, **sgd),
-              dict(params=heads, lr=head_lr, weight_decay=decay / head_lr, **sgd),
-              dict(params=whiten_bias, lr=bias_lr, weight_decay=decay / bias_lr, decay_epochs=WHITEN_BIAS_EPOCHS,
-                   **sgd)]
+    groups = [
+        dict(params=filters, lr=lr),
+        dict(params=biases, lr=bias_lr, weight_decay=decay / bias_lr, **sgd),
+        dict(params=heads, lr=head_lr, weight_decay=decay / head_lr, **sgd),
+        dict(params=whiten_bias, lr=bias_lr, weight_decay=decay / bias_lr, decay_epochs=WHITEN_BIAS_EPOCHS, **sgd),
+    ]
     return [g for g in groups if g["params"]]
 
 
 def linear_decay(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int):
     """airbench's schedule: every rate decays linearly from its initial value to zero over the run; a group
     with `decay_epochs` reaches zero after that many epochs instead (and stays there)."""
+
     def factor(group: dict):
         steps = total_steps
         if "decay_epochs" in group:
@@ -118,8 +120,13 @@ def linear_decay(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_e
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(g) for g in optimizer.param_groups])
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: "TrainConfig", total_steps: int, done_steps: int = 0,
-                   peaks: list[float] | None = None) -> torch.optim.lr_scheduler.LRScheduler:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer,
+    cfg: "TrainConfig",
+    total_steps: int,
+    done_steps: int = 0,
+    peaks: list[float] | None = None,
+) -> torch.optim.lr_scheduler.LRScheduler:
     """The recipe's schedule over `total_steps`, at step `done_steps`: OneCycle (peak: each group's `peaks`
     entry, default `cfg.lr`) or airbench's linear decay. A resumed run rebuilds it from the options (a new
     --epochs or --lr applies) and continues where it stopped."""
@@ -132,9 +139,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: "TrainConfig", total_s
         # torch divides by the warm-up length, pct_start * total - 1 steps: zero at exactly 5 steps with 0.2
         # (a 5-step run ended in ZeroDivisionError); a quarter of them warms up there instead
         pct_start = 0.2 if abs(0.2 * total_steps - 1) > 1e-9 else 0.25
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                                                        total_steps=total_steps, pct_start=pct_start, div_factor=20,
-                                                        final_div_factor=200)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=total_steps,
+            pct_start=pct_start,
+            div_factor=20,
+            final_div_factor=200,
+        )
     else:
         raise EdgecifarError(f"unknown schedule '{cfg.schedule}': use onecycle or linear")
     if done_steps:

@@ -31,9 +31,13 @@ QUICK_TRAIN = {"epochs": 1, "max_train": 2000, "max_test": 500}
 # A model trained one epoch on 2,000 images is near chance (the quick run on the JPEG copy: 12.6-46 % top-1): its
 # logits lie close together, so INT8 rounding changes its top-1 far more often than a trained model's (Lite0's
 # INT8 ONNX agreed on 84 % of 200 images there, under export's 90 % floor). Such a file is kept, and says so.
-QUICK_EXPORT = {"calib_size": 64, "verify_size": 200, "keep_low_agreement": True,
-                "kept_because": "expected of the quick profile's 1-epoch model, near chance, whose close logits flip "
-                                "under INT8 rounding"}
+QUICK_EXPORT = {
+    "calib_size": 64,
+    "verify_size": 200,
+    "keep_low_agreement": True,
+    "kept_because": "expected of the quick profile's 1-epoch model, near chance, whose close logits flip "
+    "under INT8 rounding",
+}
 QUICK_BENCH = {"max_images": 1000, "latency_seconds": 0.3, "throughput_seconds": 0.3}
 # a run made otherwise is not this step's output
 COMPARED = ("model", "pretrained", "epochs", "max_train", "seed", "teacher", "teacher_tta")
@@ -55,11 +59,21 @@ def layout_for(quick: bool, root: Path | str | None = None) -> Layout:
     return Layout(base / "runs", base / "exported", base / "results")
 
 
-def pipeline(models: Sequence[str] = DEFAULT_MODELS, data: str = "cifar10", cache_dir: Path | str | None = None,
-             quick: bool = False, force: bool = False, root: Path | str | None = None,
-             threads: Sequence[int] | str = (1,), batch_size: int = 64, bf16: bool = False,
-             teachers: Mapping[str, str] | None = None, show_progress: bool = False,
-             keep_low_agreement: bool = False, log: Log | None = None) -> dict[str, Any]:
+def pipeline(
+    models: Sequence[str] = DEFAULT_MODELS,
+    data: str = "cifar10",
+    cache_dir: Path | str | None = None,
+    quick: bool = False,
+    force: bool = False,
+    root: Path | str | None = None,
+    threads: Sequence[int] | str = (1,),
+    batch_size: int = 64,
+    bf16: bool = False,
+    teachers: Mapping[str, str] | None = None,
+    show_progress: bool = False,
+    keep_low_agreement: bool = False,
+    log: Log | None = None,
+) -> dict[str, Any]:
     """Train, export, bench and report; returns {"layout", "steps": [...], "bench": rows}. SIGTERM and SIGHUP
     stop it as Ctrl-C does, each step cleaning up after itself.
 
@@ -68,13 +82,38 @@ def pipeline(models: Sequence[str] = DEFAULT_MODELS, data: str = "cifar10", cach
     DEFAULT_TEACHERS, each where it fits. `keep_low_agreement`: keep FP16/INT8 files under export's agreement
     floor (the quick profile keeps them, saying why)."""
     with terminate_as_interrupt():
-        return _pipeline(models, data, cache_dir, quick, force, root, threads, batch_size, bf16, teachers,
-                         show_progress, keep_low_agreement, log or print)
+        return _pipeline(
+            models,
+            data,
+            cache_dir,
+            quick,
+            force,
+            root,
+            threads,
+            batch_size,
+            bf16,
+            teachers,
+            show_progress,
+            keep_low_agreement,
+            log or print,
+        )
 
 
-def _pipeline(models: Sequence[str], data: str, cache_dir, quick: bool, force: bool, root, threads, batch_size: int,
-              bf16: bool, teachers: Mapping[str, str] | None, show_progress: bool, keep_low_agreement: bool,
-              log: Log) -> dict[str, Any]:
+def _pipeline(
+    models: Sequence[str],
+    data: str,
+    cache_dir,
+    quick: bool,
+    force: bool,
+    root,
+    threads,
+    batch_size: int,
+    bf16: bool,
+    teachers: Mapping[str, str] | None,
+    show_progress: bool,
+    keep_low_agreement: bool,
+    log: Log,
+) -> dict[str, Any]:
     from .bench import bench
     from .bench_targets import parse_threads
     from .models import get_spec
@@ -88,17 +127,35 @@ def _pipeline(models: Sequence[str], data: str, cache_dir, quick: bool, force: b
     taught = teachers_for(models, teachers, data, cache_dir, log)
     lay = layout_for(quick, root)
     steps: list[dict[str, Any]] = []
-    run_dirs = [_step(steps, "train", run_name(m, taught.get(m)), log,
-                      lambda m=m: train_step(m, lay, data, cache_dir, quick, force, show_progress, log, taught.get(m)))
-                for m in models]
+    run_dirs = [
+        _step(
+            steps,
+            "train",
+            run_name(m, taught.get(m)),
+            log,
+            lambda m=m: train_step(m, lay, data, cache_dir, quick, force, show_progress, log, taught.get(m)),
+        )
+        for m in models
+    ]
     artifacts: list[Path] = []
     for run_dir in run_dirs:
-        artifacts += _step(steps, "export", run_dir.name, log,
-                           lambda r=run_dir: export_step(r, lay, data, cache_dir, quick, force, log,
-                                                         keep_low_agreement))
+        artifacts += _step(
+            steps,
+            "export",
+            run_dir.name,
+            log,
+            lambda r=run_dir: export_step(r, lay, data, cache_dir, quick, force, log, keep_low_agreement),
+        )
     extra = QUICK_BENCH if quick else {}
-    rows = _step(steps, "bench", "all", log, lambda: _bench_step(bench, artifacts, lay, data, cache_dir, threads,
-                                                                 batch_size, bf16, force, show_progress, log, extra))
+    rows = _step(
+        steps,
+        "bench",
+        "all",
+        log,
+        lambda: _bench_step(
+            bench, artifacts, lay, data, cache_dir, threads, batch_size, bf16, force, show_progress, log, extra
+        ),
+    )
     return {"layout": lay, "steps": steps, "bench": rows, "verdict": _verdict(rows, threads)}
 
 
@@ -119,13 +176,21 @@ def _verdict(rows, threads) -> dict[str, Any] | None:
 def _step(steps: list[dict[str, Any]], kind: str, what: str, log: Log, fn: Callable[[], tuple[Any, str, str]]) -> Any:
     started = time.perf_counter()
     value, status, detail = fn()
-    steps.append({"step": kind, "target": what, "status": status, "detail": detail,
-                  "seconds": round(time.perf_counter() - started, 1)})
+    steps.append(
+        {
+            "step": kind,
+            "target": what,
+            "status": status,
+            "detail": detail,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+    )
     log(f"pipeline: {kind} {what}: {status} ({detail})")
     return value
 
 
 # ---------------------------------------------------------------- train
+
 
 def parse_teachers(text: str | None) -> dict[str, str] | None:
     """`--teacher`: "MODEL=RUN[,MODEL=RUN...]", "none" ({}), or None (the defaults). UsageError if malformed."""
@@ -139,8 +204,9 @@ def parse_teachers(text: str | None) -> dict[str, str] | None:
     return {m.strip(): r.strip() for m, r in (p.split("=", 1) for p in pairs)}
 
 
-def teachers_for(models: Sequence[str], teachers: Mapping[str, str] | None, data: str, cache_dir,
-                 log: Log) -> dict[str, str]:
+def teachers_for(
+    models: Sequence[str], teachers: Mapping[str, str] | None, data: str, cache_dir, log: Log
+) -> dict[str, str]:
     """{model: the teacher run's absolute folder} for the models that are distilled. Given teachers must fit
     (UsageError); a default one that does not is left out, and the log says why."""
     chosen = {}
@@ -188,13 +254,30 @@ def train_config(model: str, lay: Layout, data: str, cache_dir, quick: bool, tea
 
     # transfer models start from their ImageNet weights; scratch ones have none to start from
     pretrained = bool(get_spec(model).pretrained_source)
-    return TrainConfig(model=model, data=data, cache_dir=str(cache_dir) if cache_dir else None, pretrained=pretrained,
-                       teacher=teacher, teacher_tta=bool(teacher), eval_every=0,
-                       out=str(lay.runs / run_name(model, teacher)), **(QUICK_TRAIN if quick else {}))
+    return TrainConfig(
+        model=model,
+        data=data,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        pretrained=pretrained,
+        teacher=teacher,
+        teacher_tta=bool(teacher),
+        eval_every=0,
+        out=str(lay.runs / run_name(model, teacher)),
+        **(QUICK_TRAIN if quick else {}),
+    )
 
 
-def train_step(model: str, lay: Layout, data: str, cache_dir, quick: bool, force: bool, show_progress: bool,
-               log: Log, teacher: str | None = None) -> tuple[Path, str, str]:
+def train_step(
+    model: str,
+    lay: Layout,
+    data: str,
+    cache_dir,
+    quick: bool,
+    force: bool,
+    show_progress: bool,
+    log: Log,
+    teacher: str | None = None,
+) -> tuple[Path, str, str]:
     from dataclasses import replace
 
     from .train import train
@@ -245,8 +328,9 @@ def _differences(run_dir: Path, cfg) -> list[str]:
     except (OSError, ValueError, KeyError, TypeError):
         return ["unreadable config.json"]
     wanted = cfg.resolved()
-    found = [f"{k} {made.get(k)!r} instead of {getattr(wanted, k)!r}" for k in COMPARED
-             if made.get(k) != getattr(wanted, k)]
+    found = [
+        f"{k} {made.get(k)!r} instead of {getattr(wanted, k)!r}" for k in COMPARED if made.get(k) != getattr(wanted, k)
+    ]
     if _source(made.get("data")) != _source(wanted.data):
         found.append(f"data {made.get('data')!r} instead of {wanted.data!r}")
     return found
@@ -263,8 +347,10 @@ def _data_changed(run_dir: Path, cfg) -> str | None:
     now = load_data(cfg.data, cfg.cache_dir)  # decoded once, then from the cache
     if made.get("fingerprint") in (None, now.fingerprint):
         return None
-    return (f"the data changed since it was trained ({made.get('train')} -> {len(now.train_y)} training images, "
-            f"fingerprint {made.get('fingerprint')} -> {now.fingerprint})")
+    return (
+        f"the data changed since it was trained ({made.get('train')} -> {len(now.train_y)} training images, "
+        f"fingerprint {made.get('fingerprint')} -> {now.fingerprint})"
+    )
 
 
 def _source(data: str | None) -> str | None:
@@ -278,20 +364,37 @@ def _weights_intact(run_dir: Path) -> bool:
 
 # ---------------------------------------------------------------- export
 
+
 def export_options(quick: bool, keep_low_agreement: bool = False) -> dict[str, Any]:
     """What the pipeline passes to export_run beyond the run and the folders."""
     return {**(QUICK_EXPORT if quick else {}), **({"keep_low_agreement": True} if keep_low_agreement else {})}
 
 
-def export_step(run_dir: Path, lay: Layout, data: str, cache_dir, quick: bool, force: bool,
-                log: Log, keep_low_agreement: bool = False) -> tuple[list[Path], str, str]:
+def export_step(
+    run_dir: Path,
+    lay: Layout,
+    data: str,
+    cache_dir,
+    quick: bool,
+    force: bool,
+    log: Log,
+    keep_low_agreement: bool = False,
+) -> tuple[list[Path], str, str]:
     from .export import export_run
 
     current = current_exports(run_dir, lay.exported)
     if current is not None and not force:
         return current, "skipped", f"{len(current)} exports in {lay.exported} match the manifest and the run"
-    entries = export_run(run_dir, "all", "all", out_dir=lay.exported, data=data, cache_dir=cache_dir, log=log,
-                         **export_options(quick, keep_low_agreement))
+    entries = export_run(
+        run_dir,
+        "all",
+        "all",
+        out_dir=lay.exported,
+        data=data,
+        cache_dir=cache_dir,
+        log=log,
+        **export_options(quick, keep_low_agreement),
+    )
     return [lay.exported / e["path"] for e in entries], "done", f"{len(entries)} exports into {lay.exported}"
 
 
@@ -313,17 +416,43 @@ def current_exports(run_dir: Path, exported: Path) -> list[Path] | None:
         if all((exported / f).is_file() and sha256_file(exported / f) == sha for f, sha in files.items()):
             found[(e.get("format"), e.get("precision"))] = exported / e["path"]
     # what `export_run(..., "all", "all")` makes: each backend that can export here, in its own precisions
-    wanted = [(f, p) for f, b in BACKENDS.items() if in_all(b) and not unavailable(b, export=True)
-              for p in b.precisions]
+    wanted = [
+        (f, p) for f, b in BACKENDS.items() if in_all(b) and not unavailable(b, export=True) for p in b.precisions
+    ]
     return [found[k] for k in wanted] if all(k in found for k in wanted) else None
 
 
 # ---------------------------------------------------------------- bench
 
-def _bench_step(bench, artifacts: list[Path], lay: Layout, data: str, cache_dir, threads, batch_size: int,
-                bf16: bool, force: bool, show_progress: bool, log: Log, extra: dict[str, Any]):
-    rows = bench(artifacts, device="cpu", threads=threads, batch_size=batch_size, out_dir=lay.results, data=data,
-                 cache_dir=cache_dir, runs_dir=lay.runs, bf16=bf16, reuse=not force, show_progress=show_progress,
-                 log=log, **extra)
+
+def _bench_step(
+    bench,
+    artifacts: list[Path],
+    lay: Layout,
+    data: str,
+    cache_dir,
+    threads,
+    batch_size: int,
+    bf16: bool,
+    force: bool,
+    show_progress: bool,
+    log: Log,
+    extra: dict[str, Any],
+):
+    rows = bench(
+        artifacts,
+        device="cpu",
+        threads=threads,
+        batch_size=batch_size,
+        out_dir=lay.results,
+        data=data,
+        cache_dir=cache_dir,
+        runs_dir=lay.runs,
+        bf16=bf16,
+        reuse=not force,
+        show_progress=show_progress,
+        log=log,
+        **extra,
+    )
     status = "skipped" if rows.reused else "done"
     return rows, status, f"{len(rows)} rows, report in {lay.results}"

@@ -89,26 +89,37 @@ def finetune(cfg: QatConfig, show_progress: bool = False, log=print) -> Path:
         taught = teacher_logits(cfg.run, train_x, source.meta["classes"]) if cfg.distill else None
         student = _fake_quantized(source, train_x, cfg) if cfg.fake_quant else source
         ptq = evaluate(student, *test) if cfg.fake_quant else None  # nncf's PTQ: where QAT starts
-        log(f"{'quantization-aware' if cfg.fake_quant else 'float'} fine-tuning of {cfg.run} ({before:.2%} test "
+        log(
+            f"{'quantization-aware' if cfg.fake_quant else 'float'} fine-tuning of {cfg.run} ({before:.2%} test "
             f"top-1) for {cfg.epochs} epoch(s) on {len(train_y):,} images, {device}"
-            f"{', ' + autocast_note if autocast_note else ''} -> {out}")
+            f"{', ' + autocast_note if autocast_note else ''} -> {out}"
+        )
         history = _fit(student, taught, tcfg, train_x, train_y, show_progress, log)
         if cfg.fake_quant and cfg.int8_isa == "x86":  # after the last step too
             for quantizer, weight in weight_quantizers(student):
                 _within_x86_steps(quantizer, weight)
         simulated = evaluate(student, *test) if cfg.fake_quant else None
-        latent = _save(out, cfg, config, student, test,
-                       {"source_test_acc": before, "test_acc_ptq": ptq, "test_acc_fake_quant": simulated},
-                       history, device)
+        latent = _save(
+            out,
+            cfg,
+            config,
+            student,
+            test,
+            {"source_test_acc": before, "test_acc_ptq": ptq, "test_acc_fake_quant": simulated},
+            history,
+            device,
+        )
     except BaseException:
         if created and not is_run(out):
             remove_tree(out)
         raise
     finally:
         release_run_dir(out)  # taken by claim_run_dir
-    log(f"test top-1: {before:.2%} before, {latent:.2%} after in float"
+    log(
+        f"test top-1: {before:.2%} before, {latent:.2%} after in float"
         + (f"; fake-quantized {ptq:.2%} before (PTQ), {simulated:.2%} after" if cfg.fake_quant else "")
-        + f"; run saved in {out}")
+        + f"; run saved in {out}"
+    )
     return out
 
 
@@ -121,8 +132,16 @@ def _recipe(cfg: QatConfig, config: dict[str, Any]) -> tuple[Any, Any, str]:
     known = {f.name for f in fields(TrainConfig)}
     recorded = TrainConfig(**{k: v for k, v in config["train"].items() if k in known}).resolved()
     # a bf16 run decides again here, as its resume would: never emulated on a CPU without bf16
-    tcfg = replace(recorded, epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed, teacher=None, resume=False,
-                   batch_size=cfg.batch_size or recorded.batch_size, bf16=None if recorded.bf16 else False)
+    tcfg = replace(
+        recorded,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        teacher=None,
+        resume=False,
+        batch_size=cfg.batch_size or recorded.batch_size,
+        bf16=None if recorded.bf16 else False,
+    )
     device = pick_device(cfg.device)
     tcfg, autocast = autocast_choice(tcfg, device)
     return tcfg, device, autocast["note"]
@@ -137,17 +156,25 @@ def _tensors(cfg: QatConfig, config: dict[str, Any], meta: dict[str, Any], devic
     from .utils import data_source
 
     source = data_source(config, cfg.data)
-    data = load_data(source, cfg.cache_dir or config["train"].get("cache_dir"), 0.0, cfg.seed,
-                     list(model_size(meta)))
+    data = load_data(source, cfg.cache_dir or config["train"].get("cache_dir"), 0.0, cfg.seed, list(model_size(meta)))
     if list(data.classes) != list(meta["classes"]):
         raise EdgecifarError(f"{cfg.run} was trained on other classes than {source} holds: pass its --data")
-    return tuple(tuple(torch.from_numpy(a).to(device) for a in _subset(x, y, limit, cfg.seed))
-                 for x, y, limit in ((data.train_x, data.train_y, cfg.max_train),
-                                     (data.test_x, data.test_y, cfg.max_test)))
+    return tuple(
+        tuple(torch.from_numpy(a).to(device) for a in _subset(x, y, limit, cfg.seed))
+        for x, y, limit in ((data.train_x, data.train_y, cfg.max_train), (data.test_x, data.test_y, cfg.max_test))
+    )
 
 
-def _save(out: Path, cfg: QatConfig, config: dict[str, Any], student: Any, test: tuple, accuracies: dict,
-          history: list[dict[str, Any]], device: Any) -> float:
+def _save(
+    out: Path,
+    cfg: QatConfig,
+    config: dict[str, Any],
+    student: Any,
+    test: tuple,
+    accuracies: dict,
+    history: list[dict[str, Any]],
+    device: Any,
+) -> float:
     """config.json first (a folder without weights is not a run yet), then the weights with the quantizers'
     learned tensors (NNCF_PREFIX keys), then metrics.json; returns the latent float weights' own accuracy."""
     from .runs import load_run, save_weights, write_config
@@ -155,8 +182,11 @@ def _save(out: Path, cfg: QatConfig, config: dict[str, Any], student: Any, test:
 
     plain = load_run(cfg.run).to(device)
     plain.load_state_dict({k: v for k, v in student.state_dict().items() if not k.startswith(NNCF_PREFIX)})
-    section = {"source_run": str(cfg.run), "source_sha256": plain.meta["source_sha256"],
-               **{k: v for k, v in asdict(cfg).items() if k not in ("run", "out", "cache_dir", "device")}}
+    section = {
+        "source_run": str(cfg.run),
+        "source_sha256": plain.meta["source_sha256"],
+        **{k: v for k, v in asdict(cfg).items() if k not in ("run", "out", "cache_dir", "device")},
+    }
     if cfg.fake_quant:
         section["nncf"] = nncf_config(student)
     meta = {k: v for k, v in plain.meta.items() if k not in ("source_run", "source_sha256")}
@@ -177,8 +207,9 @@ def qat_section(config: dict[str, Any]) -> dict[str, Any] | None:
         return None
     needed = ("nncf", "int8_isa", "source_run", "epochs")
     if not isinstance(section, dict) or any(k not in section for k in needed):
-        raise CheckpointError(f"config.json's QAT section must hold {', '.join(needed)}: not a run made by "
-                              f"`edgecifar qat`")
+        raise CheckpointError(
+            f"config.json's QAT section must hold {', '.join(needed)}: not a run made by `edgecifar qat`"
+        )
     return section
 
 
@@ -198,10 +229,12 @@ def quantized_model(model: Any, config: dict[str, Any]) -> Any:
 
     commands = config.get("compression_state") if isinstance(config, dict) else None
     if not isinstance(commands, list) or not all(
-            isinstance(c, dict) and c.get("module_path") == _QUANTIZERS_MODULE
-            and c.get("module_cls_name") in _QUANTIZERS for c in commands):
-        raise CheckpointError(f"the run's QAT section places modules other than NNCF's quantizers "
-                              f"({', '.join(_QUANTIZERS)}): refused")
+        isinstance(c, dict) and c.get("module_path") == _QUANTIZERS_MODULE and c.get("module_cls_name") in _QUANTIZERS
+        for c in commands
+    ):
+        raise CheckpointError(
+            f"the run's QAT section places modules other than NNCF's quantizers ({', '.join(_QUANTIZERS)}): refused"
+        )
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from nncf.torch import load_from_config
 
@@ -230,7 +263,7 @@ def _fake_quantized(model: Any, train_x: Any, cfg: QatConfig) -> Any:
 
     nncf.set_log_level(logging.ERROR)
     quantize_with_torch_ops()
-    pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.calib_size]
+    pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.calib_size]
     batches = list(train_x[pick.to(train_x.device)].split(16))
     settings, advanced = openvino_ptq_parameters(cfg.int8_isa, len(batches))
     settings["fast_bias_correction"] = True  # nncf's torch backend has no other (training corrects biases anyway)
@@ -308,8 +341,9 @@ def _module_of(op_name: str) -> str:
     return ".".join(p for p in op_name.split("/")[:-2] if p)
 
 
-def _fit(model: Any, taught: Any, tcfg: Any, train_x: Any, train_y: Any, show_progress: bool,
-         log) -> list[dict[str, Any]]:
+def _fit(
+    model: Any, taught: Any, tcfg: Any, train_x: Any, train_y: Any, show_progress: bool, log
+) -> list[dict[str, Any]]:
     """AdamW (no weight decay: a few epochs from a converged model) with a cosine decay to 0, over the run's
     own augmentation and batch size; every parameter trains, the quantizers' scales too."""
     import torch
@@ -321,27 +355,40 @@ def _fit(model: Any, taught: Any, tcfg: Any, train_x: Any, train_y: Any, show_pr
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     history = []
     for epoch in range(tcfg.epochs):
-        history.append(_train_epoch(model, taught, None, optimizer, scheduler, train_x, train_y, tcfg, epoch,
-                                    show_progress))
+        history.append(
+            _train_epoch(model, taught, None, optimizer, scheduler, train_x, train_y, tcfg, epoch, show_progress)
+        )
         h = history[-1]
-        log(f"epoch {epoch + 1}/{tcfg.epochs}  loss {h['loss']:.4f}  train {h['train_acc']:.2%}  "
-            f"{h['images_per_s']:.0f} img/s  {h['seconds']:.0f}s")
+        log(
+            f"epoch {epoch + 1}/{tcfg.epochs}  loss {h['loss']:.4f}  train {h['train_acc']:.2%}  "
+            f"{h['images_per_s']:.0f} img/s  {h['seconds']:.0f}s"
+        )
     model.eval()
     return history
 
 
-def _write_metrics(out: Path, accuracies: dict[str, float | None], history: list[dict[str, Any]], sha: str,
-                   device: Any) -> None:
+def _write_metrics(
+    out: Path, accuracies: dict[str, float | None], history: list[dict[str, Any]], sha: str, device: Any
+) -> None:
     import platform
 
     import torch
 
     from .runs import write_metrics
 
-    write_metrics(out, {**accuracies, "epochs": history, "train_seconds": sum(h["seconds"] for h in history),
-                        "weights_sha256": sha, "device": str(device),
-                        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                        "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    write_metrics(
+        out,
+        {
+            **accuracies,
+            "epochs": history,
+            "train_seconds": sum(h["seconds"] for h in history),
+            "weights_sha256": sha,
+            "device": str(device),
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -385,8 +432,11 @@ def requantizable(model: Any) -> tuple[Any, list[ActivationRange]]:
             if kind == "post_hooks" and port == 0:  # an op's output
                 qmin, qmax, scale, zero_point = quantizer.get_parameters_for_torch_fq()
                 *_, op, index = op_name.split("/")
-                ranges.append(ActivationRange(_module_of(op_name), op, int(index), float(scale[0]),
-                                              int(zero_point[0]), int(qmin), int(qmax)))
+                ranges.append(
+                    ActivationRange(
+                        _module_of(op_name), op, int(index), float(scale[0]), int(zero_point[0]), int(qmin), int(qmax)
+                    )
+                )
             elif not (kind == "pre_hooks" and port == 1):
                 raise ExportError(f"QAT: a quantizer at {kind} {op_name} port {port} is not one edgecifar exports")
     del twin.forward  # NNCF's ForwardWithHooks, an instance attribute over the class's forward

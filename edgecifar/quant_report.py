@@ -78,18 +78,22 @@ class _Batches:
         return iter(self.get_next, None)
 
 
-def layer_errors(float_model: Path, qdq_model: Path, batches: list[np.ndarray],
-                 input_name: str = "image") -> list[LayerError]:
+def layer_errors(
+    float_model: Path, qdq_model: Path, batches: list[np.ndarray], input_name: str = "image"
+) -> list[LayerError]:
     """Per-layer errors of `qdq_model` (a QDQ quantization of `float_model`, the same tensor names) on `batches`.
     Raises ExportError when the graphs cannot be run."""
     import onnx
     from onnxruntime.quantization import qdq_loss_debug as dbg
 
-    acts = {name: _activations(model, batches, input_name) for name, model in (("float", float_model),
-                                                                               ("qdq", qdq_model))}
+    acts = {
+        name: _activations(model, batches, input_name) for name, model in (("float", float_model), ("qdq", qdq_model))
+    }
     matched = dbg.create_activation_matching(acts["qdq"], acts["float"])
-    weights = {name: sqnr_db(np.atleast_1d(m["float"]), np.atleast_1d(m["dequantized"]))  # 0-d ones too
-               for name, m in dbg.create_weight_matching(str(float_model), str(qdq_model)).items()}
+    weights = {
+        name: sqnr_db(np.atleast_1d(m["float"]), np.atleast_1d(m["dequantized"]))  # 0-d ones too
+        for name, m in dbg.create_weight_matching(str(float_model), str(qdq_model)).items()
+    }
     graph = onnx.load(str(float_model)).graph
     constants = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
 
@@ -112,12 +116,20 @@ def layer_errors(float_model: Path, qdq_model: Path, batches: list[np.ndarray],
         layer = LayerError(node.name, node.op_type, output, act, weight, accumulated(output), mse)
         inputs[node.name] = [i for i in node.input if i and i not in constants]
         producer = found[-1] if found else None
-        if node.op_type in ("Relu", "Clip") and producer and producer.output == node.input[0] \
-                and producer.activation_sqnr_db is None:
+        if (
+            node.op_type in ("Relu", "Clip")
+            and producer
+            and producer.output == node.input[0]
+            and producer.activation_sqnr_db is None
+        ):
             # a Conv/Gemm and the activation fused into its output: one layer, named after the Conv (the node
             # accuracy control leaves in float)
-            layer = replace(layer, node=producer.node, op_type=f"{producer.op_type}+{node.op_type}",
-                            weight_sqnr_db=producer.weight_sqnr_db)
+            layer = replace(
+                layer,
+                node=producer.node,
+                op_type=f"{producer.op_type}+{node.op_type}",
+                weight_sqnr_db=producer.weight_sqnr_db,
+            )
             found.pop()
         entering = [a for a in map(accumulated, inputs[layer.node]) if a is not None]
         # None where no input's accumulated SQNR is measurable (it is not saved in both graphs): no guess
@@ -167,14 +179,21 @@ def report_for(fp32_onnx: Path, calibration: Any, images: np.ndarray, batch_size
 
     with tempfile.TemporaryDirectory(prefix="edgecifar-qreport-") as tmp:
         prepared, quantized = prepare_and_quantize(Path(fp32_onnx), Path(tmp), calibration)
-        batches = [np.ascontiguousarray(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        batches = [np.ascontiguousarray(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
         layers = layer_errors(prepared, quantized, batches)
-    return {"model": Path(fp32_onnx).name, "images": int(len(images)), "image_shape": list(images.shape[1:]),
-            "calibration": {"images": int(len(calibration.images)), "method": calibration.method,
-                            "int8_isa": calibration.isa},
-            "metric": "SQNR dB = 20 log10(||x|| / ||x - q(x)||); higher is better",
-            "ranking": ranking(layers),
-            "layers": [{**asdict(layer), "sensitivity_db": layer.sensitivity_db} for layer in layers]}
+    return {
+        "model": Path(fp32_onnx).name,
+        "images": int(len(images)),
+        "image_shape": list(images.shape[1:]),
+        "calibration": {
+            "images": int(len(calibration.images)),
+            "method": calibration.method,
+            "int8_isa": calibration.isa,
+        },
+        "metric": "SQNR dB = 20 log10(||x|| / ||x - q(x)||); higher is better",
+        "ranking": ranking(layers),
+        "layers": [{**asdict(layer), "sensitivity_db": layer.sensitivity_db} for layer in layers],
+    }
 
 
 def write_report(report: dict[str, Any], out_base: Path) -> list[Path]:
@@ -191,10 +210,12 @@ def write_report(report: dict[str, Any], out_base: Path) -> list[Path]:
     layers = report["layers"]
     x = np.arange(len(layers))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(layers)), 4))
-    for key, label, style in (("activation_sqnr_db", "activation (own QDQ)", "o-"),
-                              ("weight_sqnr_db", "weights", "s"),
-                              ("float_sqnr_db", "accumulated vs float graph", "^--"),
-                              ("added_db", "lost across the layer", "x")):
+    for key, label, style in (
+        ("activation_sqnr_db", "activation (own QDQ)", "o-"),
+        ("weight_sqnr_db", "weights", "s"),
+        ("float_sqnr_db", "accumulated vs float graph", "^--"),
+        ("added_db", "lost across the layer", "x"),
+    ):
         ax.plot(x, [np.nan if layer[key] is None else layer[key] for layer in layers], style, ms=3, label=label)
     ax.set_xticks(x, [f"{layer['op_type']} {layer['node']}"[:28] for layer in layers], rotation=90, fontsize=5)
     ax.set_ylabel("SQNR (dB, higher is better)")
@@ -209,9 +230,17 @@ def write_report(report: dict[str, Any], out_base: Path) -> list[Path]:
     return [json_path, png_path]
 
 
-def quant_report(fp32_onnx: Path | str, data: str, out_dir: Path | str = "benchmarks/quant", calib_size: int = 512,
-                 calib_method: str = "minmax", int8_isa: str = "x86", images: int = 256, seed: int = 0,
-                 cache_dir: Path | str | None = None) -> list[Path]:
+def quant_report(
+    fp32_onnx: Path | str,
+    data: str,
+    out_dir: Path | str = "benchmarks/quant",
+    calib_size: int = 512,
+    calib_method: str = "minmax",
+    int8_isa: str = "x86",
+    images: int = 256,
+    seed: int = 0,
+    cache_dir: Path | str | None = None,
+) -> list[Path]:
     """The per-layer report of an exported FP32 ONNX file, quantized with the calibration draw `export` makes
     from `data`'s training split (same size, method, ISA setting and seed) and measured on `images` other
     training images; writes `<out_dir>/<source run>-int8-layers.{json,png}` and returns both paths. Raises

@@ -27,10 +27,12 @@ from typing import Iterator
 # read by the libraries when they load, so set before they are imported
 ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "3"}  # TensorFlow's C++ INFO/WARNING lines
 # lines the C++ side writes to the process's stderr that say nothing to a user of edgecifar
-NOISE = re.compile(r"^(INFO: Created TensorFlow Lite XNNPACK delegate"
-                   r"|WARNING: All log messages before absl::InitializeLog"
-                   r"|I\d{4} .*port\.cc:\d+\] oneDNN custom operations are on"
-                   r"|\[cpuinfo_utils\.cpp:\d+\]|\[threadpool\.cpp:\d+\] Resetting threadpool)")
+NOISE = re.compile(
+    r"^(INFO: Created TensorFlow Lite XNNPACK delegate"
+    r"|WARNING: All log messages before absl::InitializeLog"
+    r"|I\d{4} .*port\.cc:\d+\] oneDNN custom operations are on"
+    r"|\[cpuinfo_utils\.cpp:\d+\]|\[threadpool\.cpp:\d+\] Resetting threadpool)"
+)
 _done = False
 
 
@@ -57,9 +59,11 @@ def quiet_libraries() -> None:
 
 def _not_from(path_part: str) -> logging.Filter:
     """A root-logger filter dropping the notes (under ERROR) that code under `path_part` logs on the root logger."""
+
     class NotFrom(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
             return record.levelno >= logging.ERROR or path_part not in record.pathname
+
     return NotFrom()
 
 
@@ -81,8 +85,9 @@ def c_stderr_filtered() -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             held.seek(0)
-            kept = [line for line in held.read().decode(errors="replace").splitlines(keepends=True)
-                    if not NOISE.match(line)]
+            kept = [
+                line for line in held.read().decode(errors="replace").splitlines(keepends=True) if not NOISE.match(line)
+            ]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()

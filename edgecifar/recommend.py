@@ -49,29 +49,41 @@ class Constraint:
         return f"{self.name.replace('_', '-')} {self.limit:g}{unit}"
 
 
-def constraints_for(max_latency_ms: float | None, max_size_mb: float | None, min_accuracy: float | None,
-                    percentile: str = "p50") -> list[Constraint]:
+def constraints_for(
+    max_latency_ms: float | None, max_size_mb: float | None, min_accuracy: float | None, percentile: str = "p50"
+) -> list[Constraint]:
     if percentile not in PERCENTILES:
         raise UsageError(f"unknown latency percentile '{percentile}': use one of {', '.join(PERCENTILES)}")
     found = []
     if max_latency_ms is not None:
-        found.append(Constraint("max_latency_ms", max_latency_ms, lambda r: r[f"latency_{percentile}_ms"], True,
-                                f"ms {percentile}"))
+        found.append(
+            Constraint(
+                "max_latency_ms", max_latency_ms, lambda r: r[f"latency_{percentile}_ms"], True, f"ms {percentile}"
+            )
+        )
     if max_size_mb is not None:
         found.append(Constraint("max_size_mb", max_size_mb, lambda r: r["size_mb"], True, "MB"))
     if min_accuracy is not None:
         if not 0 <= min_accuracy <= 100:
             raise UsageError(f"--min-accuracy is a top-1 percentage (0-100), got {min_accuracy}")
         if 0 < min_accuracy <= 1:  # 0.9 is far likelier to mean 90 % than 0.9 %: refuse to guess
-            raise UsageError(f"--min-accuracy is top-1 in percent, so {min_accuracy:g} would mean {min_accuracy:g} %: "
-                             f"for {min_accuracy:.0%} pass --min-accuracy {100 * min_accuracy:g}")
+            raise UsageError(
+                f"--min-accuracy is top-1 in percent, so {min_accuracy:g} would mean {min_accuracy:g} %: "
+                f"for {min_accuracy:.0%} pass --min-accuracy {100 * min_accuracy:g}"
+            )
         found.append(Constraint("min_accuracy", min_accuracy, lambda r: 100 * r["accuracy"], False, "points"))
     return found
 
 
-def recommend(result: dict[str, Any] | Path | str, max_latency_ms: float | None = None,
-              max_size_mb: float | None = None, min_accuracy: float | None = None, threads: int | None = None,
-              percentile: str = "p50", alpha: float = stats.ALPHA) -> dict[str, Any]:
+def recommend(
+    result: dict[str, Any] | Path | str,
+    max_latency_ms: float | None = None,
+    max_size_mb: float | None = None,
+    min_accuracy: float | None = None,
+    threads: int | None = None,
+    percentile: str = "p50",
+    alpha: float = stats.ALPHA,
+) -> dict[str, Any]:
     """Pick the row to ship under the constraints (min_accuracy in percent, e.g. 85.5): the smallest, then the
     fastest, of the rows tied on accuracy with the most accurate one (module docstring); alpha: the
     significance level below which a row counts as less accurate (0 < alpha < 1).
@@ -89,26 +101,51 @@ def recommend(result: dict[str, Any] | Path | str, max_latency_ms: float | None 
     key = f"latency_{percentile}_ms"
     data = result if isinstance(result, dict) else load_result(result)
     rows, ignored = _measured(data, threads, key)
-    eligible = sorted((r for r in rows if all(c.gap(r) <= 0 for c in cons)),
-                      key=lambda r: (-r["accuracy"], r[key], r["size_mb"]))
-    base = {"percentile": percentile, "considered": len(rows), "eligible": eligible, "alpha": alpha,
-            "constraints": {c.name: c.limit for c in cons}, "threads": threads, "ignored": ignored,
-            **machine_lines(data.get("header") or {})}
+    eligible = sorted(
+        (r for r in rows if all(c.gap(r) <= 0 for c in cons)), key=lambda r: (-r["accuracy"], r[key], r["size_mb"])
+    )
+    base = {
+        "percentile": percentile,
+        "considered": len(rows),
+        "eligible": eligible,
+        "alpha": alpha,
+        "constraints": {c.name: c.limit for c in cons},
+        "threads": threads,
+        "ignored": ignored,
+        **machine_lines(data.get("header") or {}),
+    }
     if not eligible:
         shortfalls = [_shortfall(c, cons, rows, key) for c in cons]
         missed = [s for s in shortfalls if s["gap"] > 0]
         reason = "no measured artifact meets " + _joined(cons) + ": " + "; ".join(s["text"] for s in missed)
-        return {**base, "met": False, "choice": None, "best": None, "tied": [], "method": None,
-                "runner_up": None, "reason": reason, "shortfalls": missed}
+        return {
+            **base,
+            "met": False,
+            "choice": None,
+            "best": None,
+            "tied": [],
+            "method": None,
+            "runner_up": None,
+            "reason": reason,
+            "shortfalls": missed,
+        }
     best = eligible[0]
     judged = [accuracy_tie(r, best, alpha) for r in eligible]
     tied = [t for t in judged if t.tied]
     choice = min(tied, key=lambda t: (t.row["size_mb"], t.row[key])).row
     runner_up = next((r for r in eligible if r is not choice), None)
     method = max((t.method for t in judged), key=METHODS.index)  # the weakest judgement made
-    return {**base, "met": True, "choice": choice, "best": best, "tied": tied, "method": method,
-            "runner_up": runner_up, "shortfalls": [],
-            "reason": _why(choice, best, tied, judged, eligible, rows, cons, key, alpha)}
+    return {
+        **base,
+        "met": True,
+        "choice": choice,
+        "best": best,
+        "tied": tied,
+        "method": method,
+        "runner_up": runner_up,
+        "shortfalls": [],
+        "reason": _why(choice, best, tied, judged, eligible, rows, cons, key, alpha),
+    }
 
 
 @dataclass(frozen=True)
@@ -122,7 +159,7 @@ class Tie:
     method: str  # "exact McNemar" | "Wilson intervals" | "top-1 only"
 
     def text(self, seen_from_reference: bool = False) -> str:
-        """"p = 0.62, -0.05 pt" (paired; the difference row - reference, or the reverse), or what the judgement
+        """ "p = 0.62, -0.05 pt" (paired; the difference row - reference, or the reverse), or what the judgement
         rests on."""
         diff = -self.difference if seen_from_reference else self.difference
         pts = f"{100 * diff + 0.0:+.2f} pt" if round(100 * diff, 2) else "+0.00 pt"
@@ -216,9 +253,13 @@ def machine_lines(header: dict[str, Any]) -> dict[str, str | None]:
     if here["cpu"] == there["cpu"] and (not there.get("isa") or list(here["isa"]) == list(there["isa"])):
         return {"machine": line + " (this machine's CPU)", "machine_warning": None}
     here_isa = ", ".join(here["isa"]) or "no AVX2"
-    return {"machine": line, "machine_warning": (
-        f"warning: the bench was measured on {there['cpu']} ({isa}), not on this {here['cpu']} ({here_isa}): its "
-        f"latencies may not hold here; bench on this machine for figures that do")}
+    return {
+        "machine": line,
+        "machine_warning": (
+            f"warning: the bench was measured on {there['cpu']} ({isa}), not on this {here['cpu']} ({here_isa}): its "
+            f"latencies may not hold here; bench on this machine for figures that do"
+        ),
+    }
 
 
 def _measured(data: dict[str, Any], threads: int | None, key: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -244,8 +285,10 @@ def _measured(data: dict[str, Any], threads: int | None, key: str) -> tuple[list
     machine = (data.get("header") or {}).get("machine") or {}
     cores = machine.get("cores_available") or machine.get("cores")
     if isinstance(cores, int) and (over := [r for r in ok if r["threads"] > cores]) and len(over) < len(ok):
-        ignored.append(f"{len(over)} rows measured at more threads than the bench machine's {cores} cores left out "
-                       f"(pass --threads N to consider them)")
+        ignored.append(
+            f"{len(over)} rows measured at more threads than the bench machine's {cores} cores left out "
+            f"(pass --threads N to consider them)"
+        )
         ok = [r for r in ok if r["threads"] <= cores]
     return ok, ignored
 
@@ -254,10 +297,14 @@ def _malformed(row: Any, key: str) -> str | None:
     """Why a bench row cannot be compared (None: it can)."""
     if not isinstance(row, dict):
         return f"not an object ({type(row).__name__})"
-    checks = {"model": lambda v: isinstance(v, str), "variant": lambda v: isinstance(v, str),
-              "threads": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-              "accuracy": lambda v: _number(v) and 0 <= v <= 1, key: lambda v: _number(v) and v > 0,
-              "size_mb": lambda v: _number(v) and v >= 0}
+    checks = {
+        "model": lambda v: isinstance(v, str),
+        "variant": lambda v: isinstance(v, str),
+        "threads": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        "accuracy": lambda v: _number(v) and 0 <= v <= 1,
+        key: lambda v: _number(v) and v > 0,
+        "size_mb": lambda v: _number(v) and v >= 0,
+    }
     bad = [name for name, valid in checks.items() if not valid(row.get(name))]
     if bad:
         return ", ".join(f"{name} {row.get(name)!r}" for name in bad) + " (the bench writes measured figures there)"
@@ -280,35 +327,55 @@ def _joined(cons: list[Constraint]) -> str:
     return ", ".join(c.text() for c in cons) if cons else "no constraints"
 
 
-def _why(choice: dict, best: dict, tied: list[Tie], judged: list[Tie], eligible: list[dict], rows: list[dict],
-         cons: list[Constraint], key: str, alpha: float) -> str:
-    """"X: tied with Y on accuracy (p = 0.62, -0.05 pt), 3.3x smaller and 1.8x faster", or the clear winner
+def _why(
+    choice: dict,
+    best: dict,
+    tied: list[Tie],
+    judged: list[Tie],
+    eligible: list[dict],
+    rows: list[dict],
+    cons: list[Constraint],
+    key: str,
+    alpha: float,
+) -> str:
+    """ "X: tied with Y on accuracy (p = 0.62, -0.05 pt), 3.3x smaller and 1.8x faster", or the clear winner
     and how far ahead of the next row it is."""
     percentile = key.split("_")[1]
     among = f"the {len(eligible)} of {len(rows)} measured rows that meet {_joined(cons)}"
     if choice is not best:
         tie = next(t for t in tied if t.row is choice)
-        text = (f"{name(choice)}: tied with {name(best)} on accuracy ({tie.text()}), {_size_text(choice, best)} "
-                f"and {stats.speed_text(choice, best, percentile)}; {name(best)} is the most accurate of {among} "
-                f"({describe(best, key)}; this one {describe(choice, key)})")
+        text = (
+            f"{name(choice)}: tied with {name(best)} on accuracy ({tie.text()}), {_size_text(choice, best)} "
+            f"and {stats.speed_text(choice, best, percentile)}; {name(best)} is the most accurate of {among} "
+            f"({describe(best, key)}; this one {describe(choice, key)})"
+        )
     else:
         text = f"{name(choice)} ({describe(choice, key)}): the most accurate of {among}"
         others = [t for t in tied if t.row is not choice]
         if others:
             other = others[0].row
-            text += (f"; {len(others)} more tied with it on accuracy, none smaller (e.g. {name(other)}: "
-                     f"{others[0].text()}; this one {_size_text(choice, other)} and "
-                     f"{stats.speed_text(choice, other, percentile)})")
+            text += (
+                f"; {len(others)} more tied with it on accuracy, none smaller (e.g. {name(other)}: "
+                f"{others[0].text()}; this one {_size_text(choice, other)} and "
+                f"{stats.speed_text(choice, other, percentile)})"
+            )
         ahead = next((r for r in eligible if not any(t.row is r for t in tied)), None)
         if ahead is not None:
-            text += (f"; the next, {name(ahead)} ({describe(ahead, key)}), is significantly less accurate "
-                     f"({accuracy_tie(ahead, best, alpha).text()})")
+            text += (
+                f"; the next, {name(ahead)} ({describe(ahead, key)}), is significantly less accurate "
+                f"({accuracy_tie(ahead, best, alpha).text()})"
+            )
     unpaired = [t for t in judged if t.method != PAIRED]
     if unpaired:
-        how = "overlapping Wilson intervals" if all(t.method == WILSON for t in unpaired) else \
-            "overlapping Wilson intervals or, without counts, equal top-1"
-        text += (f" [{len(unpaired)} of the {len(judged)} rows judged against {name(best)} by {how}, not a paired "
-                 f"test: no per-image results on one test set for them; bench again to pair them]")
+        how = (
+            "overlapping Wilson intervals"
+            if all(t.method == WILSON for t in unpaired)
+            else "overlapping Wilson intervals or, without counts, equal top-1"
+        )
+        text += (
+            f" [{len(unpaired)} of the {len(judged)} rows judged against {name(best)} by {how}, not a paired "
+            f"test: no per-image results on one test set for them; bench again to pair them]"
+        )
     fastest = min(eligible, key=lambda r: r[key])
     if fastest is not choice and faster(fastest, choice, percentile):
         text += f"; the fastest that qualifies is {name(fastest)} ({describe(fastest, key)})"
@@ -333,10 +400,19 @@ def _shortfall(c: Constraint, cons: list[Constraint], rows: list[dict], key: str
     where = "that meets the other constraints" if others and len(cons) > 1 else "of all measured rows"
     if not others:
         where = "of all measured rows (none meets the other constraints either)"
-    text = (f"{c.text()} is missed by {gap:.3g} {c.unit.split()[0]}: the closest {where} is {name(best)} "
-            f"({describe(best, key)})")
-    return {"constraint": c.name, "limit": c.limit, "value": c.value(best), "gap": gap, "unit": c.unit,
-            "closest": best, "text": text}
+    text = (
+        f"{c.text()} is missed by {gap:.3g} {c.unit.split()[0]}: the closest {where} is {name(best)} "
+        f"({describe(best, key)})"
+    )
+    return {
+        "constraint": c.name,
+        "limit": c.limit,
+        "value": c.value(best),
+        "gap": gap,
+        "unit": c.unit,
+        "closest": best,
+        "text": text,
+    }
 
 
 # The pipeline's answer for one edge core: batch-1 p50 within 1 ms and a file of at most 5 MB, the budget of a
@@ -344,8 +420,9 @@ def _shortfall(c: Constraint, cons: list[Constraint], rows: list[dict], key: str
 DEFAULT_SHIPPING = {"max_latency_ms": 1.0, "max_size_mb": 5.0, "threads": 1}
 
 
-def shipping_verdict(result: dict[str, Any] | Path | str, alpha: float = stats.ALPHA,
-                     **constraints: Any) -> dict[str, Any]:
+def shipping_verdict(
+    result: dict[str, Any] | Path | str, alpha: float = stats.ALPHA, **constraints: Any
+) -> dict[str, Any]:
     """Which file to ship under `constraints` (default DEFAULT_SHIPPING), with recommend()'s tie rule at `alpha`,
     and the Pareto front of accuracy against batch-1 p50 latency at that thread count (significant_front), each
     front file with the reason it is there.
@@ -364,22 +441,34 @@ def shipping_verdict(result: dict[str, Any] | Path | str, alpha: float = stats.A
         else:
             prev = front_rows[i - 1]
             tie = accuracy_tie(prev, row, alpha)
-            how = ("more accurate" if tie.method == TOP1 else "significantly more accurate") if not tie.tied else \
-                "as accurate"
+            how = (
+                ("more accurate" if tie.method == TOP1 else "significantly more accurate")
+                if not tie.tied
+                else "as accurate"
+            )
             reason = f"beside the faster {name(prev)}: {how} ({tie.text(seen_from_reference=True)}), {stats.speed_text(row, prev)}"
         front.append({"row": row, "reason": reason + "; no file is both faster and more accurate beyond the noise"})
     limits = ", ".join(c.text() for c in constraints_for(wanted["max_latency_ms"], wanted["max_size_mb"], None))
-    lines = [f"ship ({limits}, {wanted['threads']} thread): " + (
-        f"{found['choice'].get('path', name(found['choice']))}: {found['reason']}" if found["met"] else found["reason"])]
+    lines = [
+        f"ship ({limits}, {wanted['threads']} thread): "
+        + (
+            f"{found['choice'].get('path', name(found['choice']))}: {found['reason']}"
+            if found["met"]
+            else found["reason"]
+        )
+    ]
     lines += [f"Pareto front (accuracy against p50 latency, {wanted['threads']} thread, ties at alpha {alpha:g}):"]
     lines += [f"  {name(f['row'])} ({describe(f['row'], 'latency_p50_ms')}): {f['reason']}" for f in front]
-    lines.append(f"  ({found['machine']}; each figure is of one exported file of one training run: the paired tests "
-                 f"say whether two files differ, not whether their recipes do: `train --seeds N` measures that)")
+    lines.append(
+        f"  ({found['machine']}; each figure is of one exported file of one training run: the paired tests "
+        f"say whether two files differ, not whether their recipes do: `train --seeds N` measures that)"
+    )
     return {"recommendation": found, "front": front, "lines": lines}
 
 
-def significant_front(rows: list[dict[str, Any]], alpha: float = stats.ALPHA,
-                      percentile: str = "p50") -> list[dict[str, Any]]:
+def significant_front(
+    rows: list[dict[str, Any]], alpha: float = stats.ALPHA, percentile: str = "p50"
+) -> list[dict[str, Any]]:
     """The Pareto front of accuracy against latency with ties respected, fastest first: a row is off the front
     when another row is significantly faster (faster()) and not significantly less accurate (accuracy_tie), or
     significantly more accurate (more_accurate()) and not significantly slower. Without per-image results or

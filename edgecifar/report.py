@@ -58,11 +58,15 @@ def load_result(path: Path | str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- CSV
 
+
 def flat_row(row: dict[str, Any]) -> dict[str, Any]:
     """CSV form: per-class accuracy and per-image results left to the JSON, lists (the latency trials) as
     space-separated numbers, the ISA record as isa_<field> columns, library versions as version_<name> columns."""
-    flat = {k: (" ".join(f"{x:.6g}" for x in v) if isinstance(v, list) else v) for k, v in row.items()
-            if k not in ("per_class", "per_image", "versions", "isa")}
+    flat = {
+        k: (" ".join(f"{x:.6g}" for x in v) if isinstance(v, list) else v)
+        for k, v in row.items()
+        if k not in ("per_class", "per_image", "versions", "isa")
+    }
     isa = row.get("isa") or {}
     flat.update({f"isa_{k}": (" ".join(v) if isinstance(v, list) else v) for k, v in isa.items() if k != "cpu"})
     flat.update({f"version_{name}": v for name, v in (row.get("versions") or {}).items()})
@@ -80,6 +84,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 # ---------------------------------------------------------------- Markdown
 
+
 def _fmt(value: Any, spec: str, scale: float | None = None) -> str:
     if value is None:
         return "-"
@@ -92,7 +97,7 @@ def _title(header: dict[str, Any]) -> str:
 
 
 def threads_shown(row: dict[str, Any]) -> str:
-    """"2", or "16 (ran 2)" where the runtime used fewer threads than asked (OpenVINO caps its pool at the
+    """ "2", or "16 (ran 2)" where the runtime used fewer threads than asked (OpenVINO caps its pool at the
     cores it sees)."""
     used = row.get("threads_runtime")
     return f"{row['threads']}" if used in (None, row["threads"]) else f"{row['threads']} (ran {used})"
@@ -106,7 +111,7 @@ def model_shown(row: dict[str, Any]) -> str:
 
 
 def accuracy_shown(row: dict[str, Any]) -> str:
-    """"90.22 (89.63-90.79)": top-1 in percent with its 95 % interval, where the row has one."""
+    """ "90.22 (89.63-90.79)": top-1 in percent with its 95 % interval, where the row has one."""
     if row.get("accuracy") is None:
         return "-"
     low, high = row.get("accuracy_low"), row.get("accuracy_high")
@@ -115,26 +120,34 @@ def accuracy_shown(row: dict[str, Any]) -> str:
 
 
 def latency_shown(row: dict[str, Any]) -> str:
-    """"0.512 (0.498-0.530)": the median over trials of the p50s with their min-max, where the row has trials."""
+    """ "0.512 (0.498-0.530)": the median over trials of the p50s with their min-max, where the row has trials."""
     if row.get("latency_p50_ms") is None:
         return "-"
     low, high = row.get("latency_p50_min_ms"), row.get("latency_p50_max_ms")
     text = f"{row['latency_p50_ms']:.3f}"
-    return text + (f" ({low:.3f}-{high:.3f})" if low is not None and high is not None and (row.get("latency_trials")
-                                                                                         or 0) > 1 else "")
+    return text + (
+        f" ({low:.3f}-{high:.3f})"
+        if low is not None and high is not None and (row.get("latency_trials") or 0) > 1
+        else ""
+    )
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The measured rows as a Markdown table (the README embeds this one): top-1 with its Wilson 95 % interval,
     p50 with its min-max over trials."""
-    lines = ["| model | variant | threads | top-1 % (95 % CI) | size MB | params | MMACs | p50 ms (trials min-max) | "
-             "p90 ms | p99 ms | img/s | load s |", "|" + "---|" * 12]
+    lines = [
+        "| model | variant | threads | top-1 % (95 % CI) | size MB | params | MMACs | p50 ms (trials min-max) | "
+        "p90 ms | p99 ms | img/s | load s |",
+        "|" + "---|" * 12,
+    ]
     for r in rows:
-        lines.append(f"| {model_shown(r)} | {r['variant']} | {threads_shown(r)} | {accuracy_shown(r)} | "
-                     f"{_fmt(r['size_mb'], '.2f')} | {_fmt(r['params'], ',')} | {_fmt(r['macs'], '.1f', 1e-6)} | "
-                     f"{latency_shown(r)} | {_fmt(r['latency_p90_ms'], '.3f')} | "
-                     f"{_fmt(r['latency_p99_ms'], '.3f')} | {_fmt(r['throughput_ips'], ',.0f')} | "
-                     f"{_fmt(r['load_s'], '.2f')} |")
+        lines.append(
+            f"| {model_shown(r)} | {r['variant']} | {threads_shown(r)} | {accuracy_shown(r)} | "
+            f"{_fmt(r['size_mb'], '.2f')} | {_fmt(r['params'], ',')} | {_fmt(r['macs'], '.1f', 1e-6)} | "
+            f"{latency_shown(r)} | {_fmt(r['latency_p90_ms'], '.3f')} | "
+            f"{_fmt(r['latency_p99_ms'], '.3f')} | {_fmt(r['throughput_ips'], ',.0f')} | "
+            f"{_fmt(r['load_s'], '.2f')} |"
+        )
     return "\n".join(lines)
 
 
@@ -143,36 +156,48 @@ def markdown(header: dict[str, Any], rows: list[dict[str, Any]], image: str | No
     ok = [r for r in rows if r["status"] == "ok"]
     images = ok[0]["images"] if ok else None
     isa = ", ".join(machine.get("isa", [])) or "ISA not recorded"
-    parts = [f"# edgecifar bench, {header['date'][:10]}", "",
-             f"- Machine: {machine['cpu']}, {machine['cores']} cores ({isa}), {machine['platform']}, "
-             f"Python {machine['python']}",
-             "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
-             f"- Test set: {ok[0]['data'] if ok else '-'} ({images or '-'} images"
-             f"{', at ' + ok[0]['input_size'] if ok and ok[0].get('input_size') else ''}), top-1 through each "
-             f"file's own "
-             f"runtime; device {settings['device']}",
-             "- Top-1: with its 95 % Wilson interval; per-image results kept in bench.json (`edgecifar compare` "
-             "pairs any two rows)",
-             f"- Latency: batch 1, {settings.get('latency_trials', 1)} trial(s) each on a fresh session over about "
-             f"{settings['latency_seconds']} s of calls in all, after a warm-up: the median of the trials' "
-             f"percentiles, the p50's min-max over trials in brackets; "
-             f"throughput at batch {settings['batch_size']}; each artifact and thread setting in a fresh process "
-             f"with the runtime's threads pinned",
-             f"- Took {header['bench_seconds']} s", ""]
+    parts = [
+        f"# edgecifar bench, {header['date'][:10]}",
+        "",
+        f"- Machine: {machine['cpu']}, {machine['cores']} cores ({isa}), {machine['platform']}, "
+        f"Python {machine['python']}",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        f"- Test set: {ok[0]['data'] if ok else '-'} ({images or '-'} images"
+        f"{', at ' + ok[0]['input_size'] if ok and ok[0].get('input_size') else ''}), top-1 through each "
+        f"file's own "
+        f"runtime; device {settings['device']}",
+        "- Top-1: with its 95 % Wilson interval; per-image results kept in bench.json (`edgecifar compare` "
+        "pairs any two rows)",
+        f"- Latency: batch 1, {settings.get('latency_trials', 1)} trial(s) each on a fresh session over about "
+        f"{settings['latency_seconds']} s of calls in all, after a warm-up: the median of the trials' "
+        f"percentiles, the p50's min-max over trials in brackets; "
+        f"throughput at batch {settings['batch_size']}; each artifact and thread setting in a fresh process "
+        f"with the runtime's threads pinned",
+        f"- Took {header['bench_seconds']} s",
+        "",
+    ]
     for n in settings["threads"]:
         measured = [r for r in ok if r["threads"] == n]
         if measured:
             front = _front(measured)  # emulated rows have no timings, and no place on it
-            parts += [f"## {n} thread{'s' if n > 1 else ''}", "", markdown_table(measured), "",
-                      "Pareto front (no other row is faster and not less accurate, or more accurate and not "
-                      "slower, beyond the noise: exact McNemar at 0.05, latency ratio's 95 % interval): "
-                      + ", ".join(f"{model_shown(r)} {r['variant']}" for r in front), ""]
+            parts += [
+                f"## {n} thread{'s' if n > 1 else ''}",
+                "",
+                markdown_table(measured),
+                "",
+                "Pareto front (no other row is faster and not less accurate, or more accurate and not "
+                "slower, beyond the noise: exact McNemar at 0.05, latency ratio's 95 % interval): "
+                + ", ".join(f"{model_shown(r)} {r['variant']}" for r in front),
+                "",
+            ]
     parts += _isa_lines(ok)
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
         parts += ["## Not measured", "", "| model | variant | threads | status | reason |", "|---|---|---|---|---|"]
-        parts += [f"| {model_shown(r)} | {r['variant']} | {r['threads']} | {r['status']} | "
-                  f"{r['reason'].replace('|', '/')} |" for r in bad]
+        parts += [
+            f"| {model_shown(r)} | {r['variant']} | {r['threads']} | {r['status']} | {r['reason'].replace('|', '/')} |"
+            for r in bad
+        ]
         parts.append("")
     if header.get("notes"):
         parts += ["## Notes", ""] + [f"- {note}" for note in header["notes"]] + [""]
@@ -187,15 +212,21 @@ def _isa_lines(rows: list[dict[str, Any]]) -> list[str]:
     capped = [r for r in rows if (r.get("isa") or {}).get("cap")]
     if capped:
         lines += ["## INT8 paths", "", "Rows marked @PATH ran on a narrower INT8 path than this CPU's:", ""]
-        lines += list(dict.fromkeys(f"- {r['variant']}: {r['isa']['int8_path']} ({r['isa']['cap']})"
-                                    + ("; emulated, so no timings" if r["latency_p50_ms"] is None else "")
-                                    for r in capped)) + [""]
-    warned = list(dict.fromkeys(f"- {model_shown(r)} {r['variant']}: {r['isa_warning']}"
-                                for r in rows if r.get("isa_warning")))
+        lines += list(
+            dict.fromkeys(
+                f"- {r['variant']}: {r['isa']['int8_path']} ({r['isa']['cap']})"
+                + ("; emulated, so no timings" if r["latency_p50_ms"] is None else "")
+                for r in capped
+            )
+        ) + [""]
+    warned = list(
+        dict.fromkeys(f"- {model_shown(r)} {r['variant']}: {r['isa_warning']}" for r in rows if r.get("isa_warning"))
+    )
     return lines + (["## ISA warnings", "", *warned, ""] if warned else [])
 
 
 # ---------------------------------------------------------------- Pareto plot
+
 
 def _front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from .recommend import significant_front
@@ -224,15 +255,34 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
         measured = [r for r in ok if r["threads"] == n]
         for r in measured:
             _error_bars(ax, r, colours[model_shown(r)])
-            ax.scatter(r["latency_p50_ms"], 100 * r["accuracy"], s=30 + 470 * (r["size_mb"] or 0) / biggest,
-                       color=colours[model_shown(r)], marker=FORMAT_MARKERS.get(r["format"], "o"), alpha=0.75,
-                       edgecolors="black", linewidths=0.5)
-            ax.annotate(r["variant"], (r["latency_p50_ms"], 100 * r["accuracy"]), fontsize=6,
-                        xytext=(4, 3), textcoords="offset points")
+            ax.scatter(
+                r["latency_p50_ms"],
+                100 * r["accuracy"],
+                s=30 + 470 * (r["size_mb"] or 0) / biggest,
+                color=colours[model_shown(r)],
+                marker=FORMAT_MARKERS.get(r["format"], "o"),
+                alpha=0.75,
+                edgecolors="black",
+                linewidths=0.5,
+            )
+            ax.annotate(
+                r["variant"],
+                (r["latency_p50_ms"], 100 * r["accuracy"]),
+                fontsize=6,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
         front = _front(measured)
         if front:
-            ax.plot([r["latency_p50_ms"] for r in front], [100 * r["accuracy"] for r in front], color="grey",
-                    linestyle="--", drawstyle="steps-post", linewidth=1, label="Pareto front")
+            ax.plot(
+                [r["latency_p50_ms"] for r in front],
+                [100 * r["accuracy"] for r in front],
+                color="grey",
+                linestyle="--",
+                drawstyle="steps-post",
+                linewidth=1,
+                label="Pareto front",
+            )
         ax.set_xscale("log")
         # plain numbers (0.2, 0.5, 2, 5 ...) rather than 2x10^-1: latencies span a decade or two
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -241,11 +291,13 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("top-1 accuracy (%)")
     handles = [Line2D([], [], color=colours[m], marker="o", linestyle="", label=m) for m in models]
-    handles += [Line2D([], [], color="grey", marker=FORMAT_MARKERS[f], linestyle="", label=f)
-                for f in dict.fromkeys(r["format"] for r in ok) if f in FORMAT_MARKERS]
+    handles += [
+        Line2D([], [], color="grey", marker=FORMAT_MARKERS[f], linestyle="", label=f)
+        for f in dict.fromkeys(r["format"] for r in ok)
+        if f in FORMAT_MARKERS
+    ]
     handles.append(Line2D([], [], color="grey", linestyle="--", label="Pareto front (beyond the noise)"))
-    axes[0][-1].legend(handles=handles, fontsize=7, loc="lower right", title="marker area: file size",
-                       title_fontsize=7)
+    axes[0][-1].legend(handles=handles, fontsize=7, loc="lower right", title="marker area: file size", title_fontsize=7)
     fig.suptitle(f"accuracy against latency ({title})" if title else "accuracy against latency", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")
@@ -261,8 +313,9 @@ def _error_bars(ax, row: dict[str, Any], colour) -> None:
     if row.get("latency_p50_min_ms") is not None and row.get("latency_p50_max_ms") is not None:
         xerr = [[x - row["latency_p50_min_ms"]], [row["latency_p50_max_ms"] - x]]
     if yerr or xerr:
-        ax.errorbar(x, y, yerr=yerr, xerr=xerr, fmt="none", ecolor=colour, elinewidth=0.7, capsize=1.5, alpha=0.6,
-                    zorder=1)
+        ax.errorbar(
+            x, y, yerr=yerr, xerr=xerr, fmt="none", ecolor=colour, elinewidth=0.7, capsize=1.5, alpha=0.6, zorder=1
+        )
 
 
 def _leading_digit(value: float) -> int:
@@ -271,16 +324,25 @@ def _leading_digit(value: float) -> int:
 
 # ---------------------------------------------------------------- terminal
 
+
 def rich_table(rows: Sequence[dict[str, Any]], title: str = ""):
     """The rows as a rich Table, a section per model: measured ones with their figures, the others in yellow
     with the reason (in full in the caption). Names and reasons are shown literally, never as rich markup."""
     from rich.markup import escape
     from rich.table import Table
 
-    reasons = dict.fromkeys(escape(f"{model_shown(r)} {r['variant']}: {r['reason']}") for r in rows if r["status"] != "ok")
-    table = Table(title=f"{title} (latency: batch 1, ms; load: s)" if title else None,
-                  caption="\n".join(reasons) or None, caption_justify="left", box=None, padding=(0, 1),
-                  pad_edge=False, header_style="bold underline")
+    reasons = dict.fromkeys(
+        escape(f"{model_shown(r)} {r['variant']}: {r['reason']}") for r in rows if r["status"] != "ok"
+    )
+    table = Table(
+        title=f"{title} (latency: batch 1, ms; load: s)" if title else None,
+        caption="\n".join(reasons) or None,
+        caption_justify="left",
+        box=None,
+        padding=(0, 1),
+        pad_edge=False,
+        header_style="bold underline",
+    )
     for col in ("variant", "thr", "status", "top-1%", "MB", "p50", "p90", "p99", "img/s", "load"):
         # never wrapped or cut: the reasons of skipped rows are in the caption, where they can wrap
         table.add_column(col, justify="left" if col in ("variant", "status") else "right", no_wrap=True)
@@ -289,7 +351,15 @@ def rich_table(rows: Sequence[dict[str, Any]], title: str = ""):
         for r in (r for r in rows if model_shown(r) == model):
             ok = r["status"] == "ok"
             latency = (_fmt(r[f"latency_{p}_ms"], ".3g") for p in ("p50", "p90", "p99"))
-            table.add_row(escape(r["variant"]), threads_shown(r), r["status"], _fmt(r["accuracy"], ".2f", 100),
-                          _fmt(r["size_mb"], ".2f"), *latency, _fmt(r["throughput_ips"], ".0f"),
-                          _fmt(r["load_s"], ".2f"), style=None if ok else "yellow")
+            table.add_row(
+                escape(r["variant"]),
+                threads_shown(r),
+                r["status"],
+                _fmt(r["accuracy"], ".2f", 100),
+                _fmt(r["size_mb"], ".2f"),
+                *latency,
+                _fmt(r["throughput_ips"], ".0f"),
+                _fmt(r["load_s"], ".2f"),
+                style=None if ok else "yellow",
+            )
     return table

@@ -71,26 +71,36 @@ def resume_config(cfg: TrainConfig, saved: dict[str, Any], epochs_done: int) -> 
         else:
             refused.append(f"--{name.replace('_', '-')} {given} (the run has {was})")
     if refused:
-        raise CheckpointError(f"--resume cannot change {'; '.join(refused)}: only "
-                              f"{', '.join('--' + n.replace('_', '-') for n in RESUMABLE)} may change; "
-                              f"train a new run (another --out) for the rest")
+        raise CheckpointError(
+            f"--resume cannot change {'; '.join(refused)}: only "
+            f"{', '.join('--' + n.replace('_', '-') for n in RESUMABLE)} may change; "
+            f"train a new run (another --out) for the rest"
+        )
     if values["epochs"] < epochs_done:
-        raise CheckpointError(f"--epochs {values['epochs']}: the run in {cfg.out} has already trained "
-                              f"{epochs_done} epochs")
+        raise CheckpointError(
+            f"--epochs {values['epochs']}: the run in {cfg.out} has already trained {epochs_done} epochs"
+        )
     return replace(cfg, **values), changes
 
 
 def check_same_data(saved: dict[str, Any], data: Splits, log: Callable[[str], None]) -> None:
     """A resumed run must see the images it was started on: the same classes and image counts."""
     was, now = saved.get("data") or {}, data.describe()
-    differ = [f"{k} {was.get(k)!r} now {now[k]!r}" for k in ("classes", "train", "val", "test")
-              if k in was and was[k] != now[k]]
+    differ = [
+        f"{k} {was.get(k)!r} now {now[k]!r}"
+        for k in ("classes", "train", "val", "test")
+        if k in was and was[k] != now[k]
+    ]
     if differ:
-        raise CheckpointError(f"the data is not the run's any more ({'; '.join(differ)}): a resumed run must see "
-                              f"the same images; train a new run (another --out) on the new data")
+        raise CheckpointError(
+            f"the data is not the run's any more ({'; '.join(differ)}): a resumed run must see "
+            f"the same images; train a new run (another --out) on the new data"
+        )
     if was.get("fingerprint") not in (None, now["fingerprint"]):
-        log(f"note: {now['source']} is not byte for byte where the run found it (moved, or files touched), "
-            f"but has its classes and image counts: resuming")
+        log(
+            f"note: {now['source']} is not byte for byte where the run found it (moved, or files touched), "
+            f"but has its classes and image counts: resuming"
+        )
 
 
 def restore_state(checkpoint: dict[str, Any], out: Path, model, optimizer, ema) -> tuple[int, list]:

@@ -62,8 +62,12 @@ def leftovers(folder: Path) -> list[Path] | None:
     if is_run(folder):
         return None
     found = list(folder.iterdir())
-    ours = [f for f in found if f.is_file() and (f.name in _OURS or f.name in (".write-test", LOCK)
-                                                 or any(f.name.startswith(f".{n}.") for n in _OURS))]
+    ours = [
+        f
+        for f in found
+        if f.is_file()
+        and (f.name in _OURS or f.name in (".write-test", LOCK) or any(f.name.startswith(f".{n}.") for n in _OURS))
+    ]
     return ours if len(ours) == len(found) else None
 
 
@@ -105,8 +109,7 @@ def claim_run_dir(out: Path) -> bool:
         probe.unlink()
         return created
     except OSError as e:
-        raise EdgecifarError(f"cannot write to {out}: {e.strerror or e}; pass --out with a folder you can "
-                             f"write") from e
+        raise EdgecifarError(f"cannot write to {out}: {e.strerror or e}; pass --out with a folder you can write") from e
 
 
 def release_run_dir(out: Path) -> None:
@@ -148,8 +151,10 @@ def read_config(run_dir: Path | str) -> dict[str, Any]:
     # config.json is a common name (a Hugging Face model folder has one): without our sections it is another
     # tool's, not a corrupt run
     if not isinstance(config, dict) or not {"model", "train"} & config.keys():
-        raise CheckpointError(f"{run_dir} is not a run folder made by `edgecifar train`: its {CONFIG} is another "
-                              f"tool's (no \"model\" or \"train\" section)")
+        raise CheckpointError(
+            f"{run_dir} is not a run folder made by `edgecifar train`: its {CONFIG} is another "
+            f'tool\'s (no "model" or "train" section)'
+        )
     try:
         config["model"]["model"]
         return config
@@ -180,8 +185,10 @@ def load_run(run_dir: Path | str) -> EdgeModel:
         raise CheckpointError(f"corrupt weights file {weights}: {e}") from e
     bad = nonfinite_tensors(state)
     if bad:
-        raise CheckpointError(f"{weights} holds NaN or infinite values in {len(bad)} of {len(state)} tensors "
-                              f"({', '.join(bad[:3])}): its training diverged; train it again with a lower --lr")
+        raise CheckpointError(
+            f"{weights} holds NaN or infinite values in {len(bad)} of {len(state)} tensors "
+            f"({', '.join(bad[:3])}): its training diverged; train it again with a lower --lr"
+        )
     load_state(model, state, str(weights))
     model.meta["source_run"] = run_dir.name
     model.meta["source_sha256"] = sha256_file(weights)
@@ -191,8 +198,13 @@ def load_run(run_dir: Path | str) -> EdgeModel:
 def model_from_config(config: dict[str, Any]) -> EdgeModel:
     meta = config["model"]
     try:
-        return create_model(meta["model"], meta["num_classes"], img_size=meta.get("img_size"), classes=meta["classes"],
-                            input_size=model_size(meta))
+        return create_model(
+            meta["model"],
+            meta["num_classes"],
+            img_size=meta.get("img_size"),
+            classes=meta["classes"],
+            input_size=model_size(meta),
+        )
     except EdgecifarError as e:
         raise CheckpointError(f"config.json does not describe a buildable model: {e}") from e
 

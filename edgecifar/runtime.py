@@ -24,6 +24,7 @@ from .backends import BACKENDS, Backend, Session, artifact_files, backend_for, c
 from .errors import ArtifactError, DataError, EdgecifarError, UsageError
 from .contract import Size, recorded_size, shape_text
 from .images import decode_image, image_name, read_file, read_image  # noqa: F401 - the one decoder, shared with training:
+
 # the same file gives the same pixels (read_image: part of this module's API)
 from .isa import CpuIsa, isa_warning
 from .manifest import check_artifact, manifest_entry
@@ -58,8 +59,12 @@ class Artifact:
     def run(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, H, W, 3] RGB at `input_size` -> float32 logits [N, C], for any N: a graph whose batch axis
         is fixed runs batches of its size in turn (the last one filled up with copies of its last image)."""
-        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
-                or images.shape[1:] != (*self.input_size, 3):
+        if (
+            not isinstance(images, np.ndarray)
+            or images.dtype != np.uint8
+            or images.ndim != 4
+            or images.shape[1:] != (*self.input_size, 3)
+        ):
             got = f"{images.dtype} {list(images.shape)}" if isinstance(images, np.ndarray) else type(images).__name__
             raise DataError(f"the model takes {shape_text(self.input_size)} images, got {got}")
         batch = self.batch
@@ -67,9 +72,9 @@ class Artifact:
             return self.backend.run(self.session, np.ascontiguousarray(images))
         outputs = []
         for start in range(0, len(images), batch):
-            chunk = images[start:start + batch]
+            chunk = images[start : start + batch]
             filled = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
-            outputs.append(self.backend.run(self.session, np.ascontiguousarray(filled))[:len(chunk)])
+            outputs.append(self.backend.run(self.session, np.ascontiguousarray(filled))[: len(chunk)])
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32)
 
 
@@ -92,8 +97,10 @@ def load_artifact(path: Path | str, threads: int | None = None, precision: str |
         raise ArtifactError(f"{path} is empty")
     for file in artifact_files(path, backend):
         if git_lfs_pointer(file):
-            raise ArtifactError(f"{file} is a Git LFS pointer, not the model itself: fetch the file with "
-                                f"`git lfs pull` (or download it) and try again")
+            raise ArtifactError(
+                f"{file} is a Git LFS pointer, not the model itself: fetch the file with "
+                f"`git lfs pull` (or download it) and try again"
+            )
     try:
         session = backend.load(path, threads=threads, precision=precision)
     except ArtifactError as e:
@@ -103,7 +110,7 @@ def load_artifact(path: Path | str, threads: int | None = None, precision: str |
 
 
 def _exported_with(path: Path, fmt: str) -> str:
-    """"; its manifest says it was exported and verified with onnxruntime 1.32.0": the runtime version known
+    """ "; its manifest says it was exported and verified with onnxruntime 1.32.0": the runtime version known
     to read the file, when a manifest beside it records one."""
     versions = (manifest_entry(path) or {}).get("versions")
     backend = BACKENDS.get(fmt)
@@ -116,15 +123,24 @@ def _exported_with(path: Path, fmt: str) -> str:
 
 def _parse_metadata(path: Path, session: Session) -> dict[str, Any]:
     shape = session.input_shape
-    if session.input_type != "uint8" or len(shape) != 4 or shape[3] != 3 \
-            or not all(isinstance(s, int) and s > 0 for s in shape[1:3]) or shape[0] == 0:
-        raise ArtifactError(f"{path} does not take uint8 [N, H, W, 3] images of a fixed size (it takes "
-                            f"{session.input_type} {shape}): not an edgecifar export")
+    if (
+        session.input_type != "uint8"
+        or len(shape) != 4
+        or shape[3] != 3
+        or not all(isinstance(s, int) and s > 0 for s in shape[1:3])
+        or shape[0] == 0
+    ):
+        raise ArtifactError(
+            f"{path} does not take uint8 [N, H, W, 3] images of a fixed size (it takes "
+            f"{session.input_type} {shape}): not an edgecifar export"
+        )
     meta: dict[str, Any] = dict(session.metadata)
     recorded = recorded_size(meta.get("input"))  # the graph's shape rules; metadata that contradicts it is wrong
     if recorded is not None and recorded != tuple(shape[1:3]):
-        raise ArtifactError(f"{path} takes {shape_text(tuple(shape[1:3]))} images but its metadata says "
-                            f"{shape_text(recorded)}: not an edgecifar export, or edited")
+        raise ArtifactError(
+            f"{path} takes {shape_text(tuple(shape[1:3]))} images but its metadata says "
+            f"{shape_text(recorded)}: not an edgecifar export, or edited"
+        )
     try:
         classes = json.loads(meta["classes"])
         if not isinstance(classes, list) or not classes:
@@ -150,9 +166,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predict(paths: Sequence[Path | str], model_path: Path | str, topk: int = 3, threads: int | None = None,
-            on_warning: Callable[[str], None] | None = None,
-            allow_checksum_mismatch: bool = False, cpu: CpuIsa | None = None) -> list[dict[str, Any]]:
+def predict(
+    paths: Sequence[Path | str],
+    model_path: Path | str,
+    topk: int = 3,
+    threads: int | None = None,
+    on_warning: Callable[[str], None] | None = None,
+    allow_checksum_mismatch: bool = False,
+    cpu: CpuIsa | None = None,
+) -> list[dict[str, Any]]:
     """Top-k classes of each image, in the order given; a folder stands for the images in it (sorted).
 
     Each result is {"image", "model", "checksum", "predictions": [{"class", "index", "probability"}]}, or
@@ -190,11 +212,13 @@ def predict(paths: Sequence[Path | str], model_path: Path | str, topk: int = 3, 
     answers = {}
     for (path, _), row in zip(good, probs, strict=True):
         order = np.argsort(-row, kind="stable")[:k]
-        answers[path] = [{"class": artifact.classes[i], "index": int(i), "probability": float(row[i])}
-                         for i in order]
-    return [{"image": str(path), "model": str(model_path), "checksum": checksum, "predictions": answers[path]}
-            if error is None else {"image": str(path), "model": str(model_path), "error": error}
-            for path, _, error in images]
+        answers[path] = [{"class": artifact.classes[i], "index": int(i), "probability": float(row[i])} for i in order]
+    return [
+        {"image": str(path), "model": str(model_path), "checksum": checksum, "predictions": answers[path]}
+        if error is None
+        else {"image": str(path), "model": str(model_path), "error": error}
+        for path, _, error in images
+    ]
 
 
 def _read_file(path: Path) -> tuple[Path, bytes | None, str | None]:
@@ -207,8 +231,9 @@ def _read_file(path: Path) -> tuple[Path, bytes | None, str | None]:
         return path, None, str(e)
 
 
-def _decoded(path: Path, data: bytes | None, error: str | None,
-             size: Size) -> tuple[Path, np.ndarray | None, str | None]:
+def _decoded(
+    path: Path, data: bytes | None, error: str | None, size: Size
+) -> tuple[Path, np.ndarray | None, str | None]:
     """(path, uint8 [H, W, 3] at the model's input size, None), or (path, None, why it cannot be decoded)."""
     if data is None:
         return path, None, error
@@ -226,8 +251,11 @@ def image_paths(paths: Sequence[Path | str]) -> list[Path]:
     found: list[Path] = []
     for path in map(Path, paths):
         try:
-            members = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith(".")
-                             and image_name(f.name)) if path.is_dir() else []
+            members = (
+                sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith(".") and image_name(f.name))
+                if path.is_dir()
+                else []
+            )
         except OSError:  # an unreadable folder: reported as such when it is read
             members = []
         found += members or [path]
@@ -262,21 +290,28 @@ def format_results(results: list[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgecifar.runtime",
-                                     description="Classify images with an exported edgecifar model "
-                                                 f"({', '.join(b.suffixes[0] for b in BACKENDS.values())}).")
-    parser.add_argument("images", nargs="+", type=Path, help="image files or folders of them (any size, any "
-                                                              "common format)")
+    parser = argparse.ArgumentParser(
+        prog="python -m edgecifar.runtime",
+        description="Classify images with an exported edgecifar model "
+        f"({', '.join(b.suffixes[0] for b in BACKENDS.values())}).",
+    )
+    parser.add_argument(
+        "images", nargs="+", type=Path, help="image files or folders of them (any size, any common format)"
+    )
     parser.add_argument("--model", required=True, type=Path, help="an exported model file")
     parser.add_argument("--topk", type=int, default=3, help="classes to show per image (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: the runtime's)")
-    parser.add_argument("--allow-checksum-mismatch", action="store_true",
-                        help="use a model whose sha256 differs from its manifest (default: refuse it)")
+    parser.add_argument(
+        "--allow-checksum-mismatch",
+        action="store_true",
+        help="use a model whose sha256 differs from its manifest (default: refuse it)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
     try:
-        results = predict(args.images, args.model, args.topk, args.threads,
-                          allow_checksum_mismatch=args.allow_checksum_mismatch)
+        results = predict(
+            args.images, args.model, args.topk, args.threads, allow_checksum_mismatch=args.allow_checksum_mismatch
+        )
     except EdgecifarError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -77,8 +77,9 @@ def _finished(run_dir: Path, cfg: Any) -> bool:
     except (OSError, ValueError):
         return False
     train = config.get("train") or {}
-    return (train.get("model"), train.get("seed")) == (cfg.model, cfg.seed) and \
-        isinstance(metrics.get("test_acc"), (int, float))
+    return (train.get("model"), train.get("seed")) == (cfg.model, cfg.seed) and isinstance(
+        metrics.get("test_acc"), (int, float)
+    )
 
 
 def summarize(run_dirs: Sequence[Path | str]) -> dict[str, Any]:
@@ -103,10 +104,18 @@ def summarize(run_dirs: Sequence[Path | str]) -> dict[str, Any]:
         differ = sorted({k for r in recipes[1:] for k in set(r) | set(recipes[0]) if r.get(k) != recipes[0].get(k)})
         raise UsageError(f"these runs are not one recipe: they differ in {', '.join(differ)}")
     accs = np.array([r["test_acc"] for r in runs])
-    return {"kind": KIND, "model": recipes[0].get("model"), "recipe": recipes[0], "runs": runs, "n": len(runs),
-            "mean": float(accs.mean()), "std": float(accs.std(ddof=1)) if len(accs) > 1 else None,
-            "min": float(accs.min()), "max": float(accs.max()),
-            "test_images": images.pop() if len(images) == 1 else None}
+    return {
+        "kind": KIND,
+        "model": recipes[0].get("model"),
+        "recipe": recipes[0],
+        "runs": runs,
+        "n": len(runs),
+        "mean": float(accs.mean()),
+        "std": float(accs.std(ddof=1)) if len(accs) > 1 else None,
+        "min": float(accs.min()),
+        "max": float(accs.max()),
+        "test_images": images.pop() if len(images) == 1 else None,
+    }
 
 
 def _seeds(n: int) -> str:
@@ -114,7 +123,7 @@ def _seeds(n: int) -> str:
 
 
 def summary_text(summary: dict[str, Any]) -> str:
-    """"mean 90.05 % (sd 0.21, n 3: 89.77, 90.20, 90.18)"."""
+    """ "mean 90.05 % (sd 0.21, n 3: 89.77, 90.20, 90.18)"."""
     sd = f"sd {100 * summary['std']:.2f}" if summary.get("std") is not None else "sd n/a"
     each = ", ".join(f"{100 * r['test_acc']:.2f}" for r in summary["runs"])
     return f"mean {100 * summary['mean']:.2f} % ({sd}, n {summary['n']}: {each})"
@@ -131,8 +140,11 @@ def load_group(spec: str) -> dict[str, Any]:
             raise UsageError(f"cannot read the seed summary {spec}: {e}") from None
         if not isinstance(found, dict) or found.get("kind") != KIND:
             raise UsageError(f"{spec} is not a seed summary (made by `edgecifar train --seeds N`)")
-        return summarize([r["run"] for r in found["runs"]]) if all(
-            Path(r["run"]).is_dir() for r in found["runs"]) else found
+        return (
+            summarize([r["run"] for r in found["runs"]])
+            if all(Path(r["run"]).is_dir() for r in found["runs"])
+            else found
+        )
     return summarize([p.strip() for p in spec.split(",") if p.strip()])
 
 
@@ -156,18 +168,25 @@ def compare_seeds(a: dict[str, Any], b: dict[str, Any], alpha: float = 0.05) -> 
     from .stats import welch_comparison
 
     if a.get("test_images") != b.get("test_images"):
-        raise UsageError(f"the two groups were tested on different test sets ({a.get('test_images')} and "
-                         f"{b.get('test_images')} images)")
+        raise UsageError(
+            f"the two groups were tested on different test sets ({a.get('test_images')} and "
+            f"{b.get('test_images')} images)"
+        )
     try:
         found = welch_comparison([r["test_acc"] for r in a["runs"]], [r["test_acc"] for r in b["runs"]])
     except ValueError as e:
         raise UsageError(str(e)) from None
     low, high = (100 * x for x in found.interval)
-    verdict = (f"different at alpha {alpha:g}: {'A' if found.difference > 0 else 'B'} is more accurate over seeds"
-               if found.p_value < alpha else f"not significantly different over seeds at alpha {alpha:g}")
-    lines = [f"A: {a['model']} over {_seeds(a['n'])}: {summary_text(a)}",
-             f"B: {b['model']} over {_seeds(b['n'])}: {summary_text(b)}",
-             f"A - B: {100 * found.difference:+.2f} points, Welch 95 % interval [{low:+.2f}, {high:+.2f}] points "
-             f"(df {found.df:.1f}), p = {found.p_value:.3g}",
-             verdict]
+    verdict = (
+        f"different at alpha {alpha:g}: {'A' if found.difference > 0 else 'B'} is more accurate over seeds"
+        if found.p_value < alpha
+        else f"not significantly different over seeds at alpha {alpha:g}"
+    )
+    lines = [
+        f"A: {a['model']} over {_seeds(a['n'])}: {summary_text(a)}",
+        f"B: {b['model']} over {_seeds(b['n'])}: {summary_text(b)}",
+        f"A - B: {100 * found.difference:+.2f} points, Welch 95 % interval [{low:+.2f}, {high:+.2f}] points "
+        f"(df {found.df:.1f}), p = {found.p_value:.3g}",
+        verdict,
+    ]
     return {"a": a, "b": b, "comparison": found, "lines": lines}

@@ -36,6 +36,7 @@ PER_IMAGE = "per_image"  # the bench row's field
 
 # ---------------------------------------------------------------- one proportion
 
+
 def wilson_interval(correct: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """The Wilson score interval (Wilson 1927; no continuity correction) of `correct` successes in `n` trials,
     as fractions in [0, 1]. Computed by scipy.stats.binomtest(...).proportion_ci(method="wilson").
@@ -50,6 +51,7 @@ def wilson_interval(correct: int, n: int, confidence: float = CONFIDENCE) -> tup
 
 # ---------------------------------------------------------------- two files, the same images
 
+
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value (McNemar 1947; exact conditional form, Edwards 1948 / Fagerland et al.
     2013): b and c are the discordant counts (A right and B wrong; B right and A wrong); under "same accuracy"
@@ -63,8 +65,9 @@ def mcnemar_exact(b: int, c: int) -> float:
     return float(binomtest(int(b), int(b + c), 0.5, alternative="two-sided").pvalue)
 
 
-def paired_bootstrap_interval(b: int, c: int, n: int, confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
-                              seed: int = 0) -> tuple[float, float]:
+def paired_bootstrap_interval(
+    b: int, c: int, n: int, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval (Efron & Tibshirani 1993, ch. 13) of accuracy(A) - accuracy(B), as a
     fraction, resampling the n paired test images with replacement.
 
@@ -115,27 +118,46 @@ class PairedComparison:
         return self.p_value < alpha
 
     def as_dict(self) -> dict[str, Any]:
-        return {"images": self.n, "correct_a": self.correct_a, "correct_b": self.correct_b,
-                "accuracy_a": self.accuracy_a, "accuracy_b": self.accuracy_b, "a_only": self.b, "b_only": self.c,
-                "p_value": self.p_value, "difference": self.difference, "interval": list(self.interval),
-                "confidence": self.confidence, "test": "exact McNemar", "interval_method": "paired bootstrap"}
+        return {
+            "images": self.n,
+            "correct_a": self.correct_a,
+            "correct_b": self.correct_b,
+            "accuracy_a": self.accuracy_a,
+            "accuracy_b": self.accuracy_b,
+            "a_only": self.b,
+            "b_only": self.c,
+            "p_value": self.p_value,
+            "difference": self.difference,
+            "interval": list(self.interval),
+            "confidence": self.confidence,
+            "test": "exact McNemar",
+            "interval_method": "paired bootstrap",
+        }
 
 
-def paired_comparison(hits_a: np.ndarray, hits_b: np.ndarray, confidence: float = CONFIDENCE,
-                      resamples: int = RESAMPLES, seed: int = 0) -> PairedComparison:
+def paired_comparison(
+    hits_a: np.ndarray, hits_b: np.ndarray, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0
+) -> PairedComparison:
     """Compare two boolean hit vectors over the same images (same length, same order). ValueError if their
     lengths differ or they are empty."""
     a, b_ = np.asarray(hits_a, dtype=bool), np.asarray(hits_b, dtype=bool)
     if a.shape != b_.shape or a.ndim != 1 or len(a) == 0:
         raise ValueError(f"two result vectors of one length are needed, got {a.shape} and {b_.shape}")
     b, c = int(np.sum(a & ~b_)), int(np.sum(~a & b_))
-    return PairedComparison(n=len(a), correct_a=int(a.sum()), correct_b=int(b_.sum()), b=b, c=c,
-                            p_value=mcnemar_exact(b, c),
-                            interval=paired_bootstrap_interval(b, c, len(a), confidence, resamples, seed),
-                            confidence=confidence)
+    return PairedComparison(
+        n=len(a),
+        correct_a=int(a.sum()),
+        correct_b=int(b_.sum()),
+        b=b,
+        c=c,
+        p_value=mcnemar_exact(b, c),
+        interval=paired_bootstrap_interval(b, c, len(a), confidence, resamples, seed),
+        confidence=confidence,
+    )
 
 
 # ---------------------------------------------------------------- per-image results
+
 
 def pack_hits(hits: np.ndarray) -> str:
     """A boolean hit vector -> compact text (np.packbits, base64): 1,250 bytes of bits for 10,000 images."""
@@ -191,6 +213,7 @@ def row_hits(row: Mapping[str, Any]) -> tuple[str, np.ndarray] | None:
 
 # ---------------------------------------------------------------- two models over training seeds
 
+
 @dataclass(frozen=True)
 class WelchComparison:
     """Mean accuracy of A's runs minus B's (fractions), with Welch's interval and two-sided p-value."""
@@ -211,10 +234,20 @@ class WelchComparison:
         return self.mean_a - self.mean_b
 
     def as_dict(self) -> dict[str, Any]:
-        return {"mean_a": self.mean_a, "mean_b": self.mean_b, "sd_a": self.sd_a, "sd_b": self.sd_b,
-                "runs_a": self.n_a, "runs_b": self.n_b, "difference": self.difference, "df": self.df,
-                "p_value": self.p_value, "interval": list(self.interval), "confidence": self.confidence,
-                "test": "Welch's t"}
+        return {
+            "mean_a": self.mean_a,
+            "mean_b": self.mean_b,
+            "sd_a": self.sd_a,
+            "sd_b": self.sd_b,
+            "runs_a": self.n_a,
+            "runs_b": self.n_b,
+            "difference": self.difference,
+            "df": self.df,
+            "p_value": self.p_value,
+            "interval": list(self.interval),
+            "confidence": self.confidence,
+            "test": "Welch's t",
+        }
 
 
 def welch_comparison(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> WelchComparison:
@@ -231,16 +264,37 @@ def welch_comparison(a: Sequence[float], b: Sequence[float], confidence: float =
     diff = float(x.mean() - y.mean())
     se = math.sqrt(va + vb)
     if se == 0.0:
-        return WelchComparison(float(x.mean()), float(y.mean()), 0.0, 0.0, len(x), len(y), float("nan"),
-                               1.0 if diff == 0 else 0.0, (diff, diff), confidence)
-    df = (va + vb) ** 2 / (va ** 2 / (len(x) - 1) + vb ** 2 / (len(y) - 1))
+        return WelchComparison(
+            float(x.mean()),
+            float(y.mean()),
+            0.0,
+            0.0,
+            len(x),
+            len(y),
+            float("nan"),
+            1.0 if diff == 0 else 0.0,
+            (diff, diff),
+            confidence,
+        )
+    df = (va + vb) ** 2 / (va**2 / (len(x) - 1) + vb**2 / (len(y) - 1))
     half = float(student_t.ppf(1 - (1 - confidence) / 2, df)) * se
     p = float(ttest_ind(x, y, equal_var=False).pvalue)
-    return WelchComparison(float(x.mean()), float(y.mean()), float(x.std(ddof=1)), float(y.std(ddof=1)), len(x),
-                           len(y), float(df), p, (diff - half, diff + half), confidence)
+    return WelchComparison(
+        float(x.mean()),
+        float(y.mean()),
+        float(x.std(ddof=1)),
+        float(y.std(ddof=1)),
+        len(x),
+        len(y),
+        float(df),
+        p,
+        (diff - half, diff + half),
+        confidence,
+    )
 
 
 # ---------------------------------------------------------------- latency over trials
+
 
 def spread(values: Sequence[float]) -> tuple[float, float, float]:
     """(median, min, max) of per-trial figures."""
@@ -248,8 +302,13 @@ def spread(values: Sequence[float]) -> tuple[float, float, float]:
     return float(np.median(v)), float(v.min()), float(v.max())
 
 
-def latency_ratio(trials_a: Sequence[float], trials_b: Sequence[float], confidence: float = CONFIDENCE,
-                  resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
+def latency_ratio(
+    trials_a: Sequence[float],
+    trials_b: Sequence[float],
+    confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float, float]:
     """(ratio, low, high): median(A's trial latencies) / median(B's), with a percentile bootstrap interval
     (Efron & Tibshirani 1993) resampling each file's trials independently. With one trial a side the interval
     is the ratio itself (no spread measured: callers must not call it a difference)."""

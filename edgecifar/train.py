@@ -24,8 +24,18 @@ from .isa import cpu_has_bf16
 from .models import EdgeModel, count_params, create_model, freeze_stages, get_spec, predict_logits
 from .optim import EMA, make_optimizer, make_scheduler
 from .resume import check_same_data, find_checkpoint, restore_state, resume_config, saved_config
-from .runs import (choose_run_dir, claim_run_dir, is_run, kept_message, nonfinite_tensors, release_run_dir,
-                   save_checkpoint, save_weights, write_config, write_metrics)
+from .runs import (
+    choose_run_dir,
+    claim_run_dir,
+    is_run,
+    kept_message,
+    nonfinite_tensors,
+    release_run_dir,
+    save_checkpoint,
+    save_weights,
+    write_config,
+    write_metrics,
+)
 from .utils import library_versions, remove_tree, terminate_as_interrupt
 
 
@@ -105,13 +115,20 @@ def autocast_choice(cfg: TrainConfig, device: torch.device) -> tuple[TrainConfig
     """
     resolved = cfg.resolved()
     native = bool(torch.cuda.is_bf16_supported()) if device.type == "cuda" else device.type == "cpu" and cpu_has_bf16()
-    record = {"bf16": bool(resolved.bf16), "native_bf16": native, "by": "recipe" if cfg.bf16 is None else "option",
-              "note": ""}
+    record = {
+        "bf16": bool(resolved.bf16),
+        "native_bf16": native,
+        "by": "recipe" if cfg.bf16 is None else "option",
+        "note": "",
+    }
     if resolved.bf16 and not native:
         if cfg.bf16 is None:
             resolved = replace(resolved, bf16=False)
-            record.update(bf16=False, note=f"fp32: the recipe's bf16 autocast is off, this {device.type} has no native "
-                                           f"bf16 (--bf16 forces it)")
+            record.update(
+                bf16=False,
+                note=f"fp32: the recipe's bf16 autocast is off, this {device.type} has no native "
+                f"bf16 (--bf16 forces it)",
+            )
         else:
             record["note"] = f"bf16 autocast emulated: this {device.type} has no native bf16 (slow)"
     return resolved, record
@@ -143,8 +160,14 @@ def train(cfg: TrainConfig, show_progress: bool = False, log=print) -> Path:
             raise EdgecifarError(f"unknown flip '{cfg.flip}': use random or alternating")
         if cfg.eval_every < 0:
             raise EdgecifarError(f"eval_every {cfg.eval_every}: use 0 (after the last epoch only) or more")
-        data = load_data(cfg.data, cfg.cache_dir, cfg.val_split, cfg.seed, cfg.input_size,
-                         max_upsample=None if cfg.allow_upsample else UPSAMPLE_LIMIT)
+        data = load_data(
+            cfg.data,
+            cfg.cache_dir,
+            cfg.val_split,
+            cfg.seed,
+            cfg.input_size,
+            max_upsample=None if cfg.allow_upsample else UPSAMPLE_LIMIT,
+        )
         cfg = replace(cfg, input_size=list(data.input_size))  # recorded: the run's input contract
         if checkpoint is not None:
             check_same_data(saved_config(checkpoint, Path(cfg.out)), data, log)
@@ -192,19 +215,22 @@ def _follow_rank0(ranks: Ranks) -> Path:
     with distributed.lost_peers(ranks):
         options, checkpoint, changes, out = distributed.broadcast(None, ranks)
         cfg = TrainConfig(**options)
-        data = distributed.node_first(lambda: load_data(cfg.data, cfg.cache_dir, cfg.val_split, cfg.seed,
-                                                               cfg.input_size), ranks)
+        data = distributed.node_first(
+            lambda: load_data(cfg.data, cfg.cache_dir, cfg.val_split, cfg.seed, cfg.input_size), ranks
+        )
         device = distributed.local_device(pick_device(cfg.device), ranks)
         return _train(cfg, data, device, Path(out), checkpoint, changes, False, lambda message: None, ranks)
 
 
 def _survives_closed_output(log):
     """`log`, but a reader that went away (`train ... | head`) stops the printing, not the run."""
+
     def safe_log(message: str) -> None:
         try:
             log(message)
         except (BrokenPipeError, SystemExit):  # rich's console: SystemExit(1) once stdout is /dev/null instead
             pass
+
     return safe_log
 
 
@@ -215,16 +241,33 @@ def _subset(x, y, limit: int | None, seed: int):
     return x[keep], y[keep]
 
 
-def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, checkpoint: dict[str, Any] | None,
-           changes: dict[str, list], show_progress: bool, log, ranks: Ranks,
-           autocast: dict[str, Any] | None = None) -> Path:
+def _train(
+    cfg: TrainConfig,
+    data: Splits,
+    device: torch.device,
+    out: Path,
+    checkpoint: dict[str, Any] | None,
+    changes: dict[str, list],
+    show_progress: bool,
+    log,
+    ranks: Ranks,
+    autocast: dict[str, Any] | None = None,
+) -> Path:
     torch.manual_seed(cfg.seed)
-    train_x, train_y = (torch.from_numpy(a).to(device) for a in _subset(data.train_x, data.train_y, cfg.max_train,
-                                                                       cfg.seed))
+    train_x, train_y = (
+        torch.from_numpy(a).to(device) for a in _subset(data.train_x, data.train_y, cfg.max_train, cfg.seed)
+    )
     eval_x, eval_y = (data.val_x, data.val_y) if data.val_y is not None else (data.test_x, data.test_y)
     eval_x, eval_y = (torch.from_numpy(a).to(device) for a in _subset(eval_x, eval_y, cfg.max_test, cfg.seed))
-    model = create_model(cfg.model, len(data.classes), pretrained=cfg.pretrained, weights=cfg.weights,
-                         img_size=cfg.img_size, classes=data.classes, input_size=data.input_size)
+    model = create_model(
+        cfg.model,
+        len(data.classes),
+        pretrained=cfg.pretrained,
+        weights=cfg.weights,
+        img_size=cfg.img_size,
+        classes=data.classes,
+        input_size=data.input_size,
+    )
     trainable = freeze_stages(model, cfg.freeze) if cfg.pretrained or cfg.weights else count_params(model)
     model = model.to(device, memory_format=torch.channels_last)
     init_from_data(model, train_x, cfg.seed)
@@ -242,29 +285,41 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
         start_epoch, history = restore_state(checkpoint, out, model, optimizer, ema)
     scheduler = make_scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch, start_epoch * steps_per_epoch, peaks)
     net, synced_bn = distributed.wrap(model, device, ranks)  # what the steps run: DDP on several processes
-    config = {"model": model.meta, "train": asdict(cfg), "data": data.describe(), "device": str(device),
-              "distributed": ranks.describe(cfg.batch_size, cfg.lr, synced_bn),
-              "params": count_params(model), "trainable_params": trainable,
-              "autocast": autocast or {"bf16": bool(cfg.bf16)},
-              "versions": {"edgecifar": __version__, "python": platform.python_version(),
-                           **library_versions("torch", "torchvision", "timm")},
-              "resumed": _resumes(checkpoint, start_epoch, changes)}
+    config = {
+        "model": model.meta,
+        "train": asdict(cfg),
+        "data": data.describe(),
+        "device": str(device),
+        "distributed": ranks.describe(cfg.batch_size, cfg.lr, synced_bn),
+        "params": count_params(model),
+        "trainable_params": trainable,
+        "autocast": autocast or {"bf16": bool(cfg.bf16)},
+        "versions": {
+            "edgecifar": __version__,
+            "python": platform.python_version(),
+            **library_versions("torch", "torchvision", "timm"),
+        },
+        "resumed": _resumes(checkpoint, start_epoch, changes),
+    }
     for line in data.summary():  # classes, images per split and class, skipped files, warnings
         log(line)
     if len(train_y) % cfg.batch_size == 1 and len(train_y) > cfg.batch_size:
-        log(f"note: {len(train_y):,} training images leave 1 in the last batch of {cfg.batch_size}: it joins the "
-            f"batch before it each epoch (batch norm cannot train on one image)")
-    log(f"training {cfg.model} ({config['params']:,} params, {trainable:,} trainable) on {len(train_y):,} images, "
+        log(
+            f"note: {len(train_y):,} training images leave 1 in the last batch of {cfg.batch_size}: it joins the "
+            f"batch before it each epoch (batch norm cannot train on one image)"
+        )
+    log(
+        f"training {cfg.model} ({config['params']:,} params, {trainable:,} trainable) on {len(train_y):,} images, "
         f"{device}{ranks.summary(cfg.batch_size, synced_bn)}, {(autocast or {}).get('note') or _precision(cfg)}, -> {out}"
         + (f", from epoch {start_epoch + 1}" if start_epoch else "")
-        + "".join(f", {k} {was} -> {now}" for k, (was, now) in changes.items()))
+        + "".join(f", {k} {was} -> {now}" for k, (was, now) in changes.items())
+    )
 
     acc_key = "test_acc" if data.val_y is None else "val_acc"
     final = ema.model if ema else model  # what is evaluated each epoch and saved at the end
     started = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
-        stats = _train_epoch(net, taught, ema, optimizer, scheduler, train_x, train_y, cfg, epoch, show_progress,
-                             ranks)
+        stats = _train_epoch(net, taught, ema, optimizer, scheduler, train_x, train_y, cfg, epoch, show_progress, ranks)
         distributed.check_in_sync(model, epoch, ranks)
         if ranks.main:  # rank 0 alone evaluates and writes the run
             if _evaluates_after(epoch, cfg):
@@ -272,8 +327,10 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
             history.append(stats)
             _save_epoch(out, epoch, model, optimizer, scheduler, ema, history, config, first=epoch == start_epoch)
             shown = f"{acc_key.replace('_acc', '')} {stats[acc_key]:.2%}  " if acc_key in stats else ""
-            log(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.4f}  train {stats['train_acc']:.2%}  "
-                f"{shown}{stats['images_per_s']:.0f} img/s  {stats['seconds']:.0f}s  eta {_eta(history, cfg.epochs)}")
+            log(
+                f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.4f}  train {stats['train_acc']:.2%}  "
+                f"{shown}{stats['images_per_s']:.0f} img/s  {stats['seconds']:.0f}s  eta {_eta(history, cfg.epochs)}"
+            )
         # no process starts the next epoch before this one is checkpointed: one killed in it (torchrun then stops
         # rank 0 too) would otherwise lose the epoch whenever rank 0's evaluation is slower than the kill (CI did)
         distributed.barrier(ranks)
@@ -284,16 +341,27 @@ def _train(cfg: TrainConfig, data: Splits, device: torch.device, out: Path, chec
     if data.val_y is None:  # the last epoch already evaluated these weights on the test images
         test_acc = history[-1]["test_acc"]
     else:
-        test_x, test_y = (torch.from_numpy(a).to(device)
-                          for a in _subset(data.test_x, data.test_y, cfg.max_test, cfg.seed))
+        test_x, test_y = (
+            torch.from_numpy(a).to(device) for a in _subset(data.test_x, data.test_y, cfg.max_test, cfg.seed)
+        )
         test_acc = evaluate(final, test_x, test_y)
     train_seconds = sum(h["seconds"] for h in history)
-    write_metrics(out, {"test_acc": test_acc, "epochs": history, "train_seconds": train_seconds,
-                        "teacher_seconds": teacher_seconds,
-                        "wall_seconds_this_session": time.perf_counter() - started,
-                        "images_per_s": sum(h["images_per_s"] for h in history) / max(len(history), 1),
-                        "weights_sha256": sha, "device": str(device), "cpu": platform.processor() or platform.machine(),
-                        "threads": torch.get_num_threads(), "processes": ranks.world_size})
+    write_metrics(
+        out,
+        {
+            "test_acc": test_acc,
+            "epochs": history,
+            "train_seconds": train_seconds,
+            "teacher_seconds": teacher_seconds,
+            "wall_seconds_this_session": time.perf_counter() - started,
+            "images_per_s": sum(h["images_per_s"] for h in history) / max(len(history), 1),
+            "weights_sha256": sha,
+            "device": str(device),
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "processes": ranks.world_size,
+        },
+    )
     log(f"test accuracy {test_acc:.2%} after {train_seconds / 60:.1f} min of training; run saved in {out}")
     return out
 
@@ -333,23 +401,54 @@ def _resumes(checkpoint: dict[str, Any] | None, epoch: int, changes: dict[str, l
     return [*earlier, {"at_epoch": epoch, "changed": changes}]
 
 
-def _save_epoch(out: Path, epoch: int, model, optimizer, scheduler, ema, history: list[dict[str, Any]],
-                config: dict[str, Any], first: bool) -> None:
+def _save_epoch(
+    out: Path,
+    epoch: int,
+    model,
+    optimizer,
+    scheduler,
+    ema,
+    history: list[dict[str, Any]],
+    config: dict[str, Any],
+    first: bool,
+) -> None:
     """Checkpoint a finished epoch. Weights that hold NaN or infinity (the epoch's last step diverged) are never
     saved; the run's config.json changes only once a checkpoint made with it is safe (the first of a session)."""
     bad = nonfinite_tensors(model.state_dict())
     if bad:
-        raise TrainingError(f"training diverged: after epoch {epoch + 1} the weights hold NaN or infinite values "
-                            f"({', '.join(bad[:3])}); train with a lower --lr")
-    save_checkpoint(out, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else {},
-                          "history": history, "config": config})
+        raise TrainingError(
+            f"training diverged: after epoch {epoch + 1} the weights hold NaN or infinite values "
+            f"({', '.join(bad[:3])}); train with a lower --lr"
+        )
+    save_checkpoint(
+        out,
+        {
+            "epoch": epoch + 1,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "ema": ema.state_dict() if ema else {},
+            "history": history,
+            "config": config,
+        },
+    )
     if first:
         write_config(out, config)
 
 
-def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, x, y, cfg: TrainConfig,
-                 epoch: int, show_progress: bool, ranks: Ranks = Ranks()) -> dict[str, Any]:
+def _train_epoch(
+    model,
+    taught: torch.Tensor | None,
+    ema,
+    optimizer,
+    scheduler,
+    x,
+    y,
+    cfg: TrainConfig,
+    epoch: int,
+    show_progress: bool,
+    ranks: Ranks = Ranks(),
+) -> dict[str, Any]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     model.train()
@@ -360,8 +459,13 @@ def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, 
     mirrored = alternating_flips(len(y), epoch, cfg.seed, x.device) if cfg.flip == "alternating" else None
     total_loss, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
-    columns = [TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]:.3f}  {task.fields[ips]:.0f} img/s"), TimeRemainingColumn()]
+    columns = [
+        TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.3f}  {task.fields[ips]:.0f} img/s"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, disable=not show_progress, transient=True) as progress:
         bounds = batch_bounds(len(order), cfg.batch_size)
         steps = len(bounds)
@@ -378,20 +482,37 @@ def _train_epoch(model, taught: torch.Tensor | None, ema, optimizer, scheduler, 
                 images = cutout(images, cfg.cutout, gen)
             soft_targets = taught[idx, flipped.long()] if taught is not None else None
             start, stop = ranks.bounds(len(idx))
-            loss, hits = train_step(model, ema, optimizer, scheduler, images[start:stop], y[idx[start:stop]], cfg,
-                                    None if soft_targets is None else soft_targets[start:stop], ranks.share(len(idx)))
+            loss, hits = train_step(
+                model,
+                ema,
+                optimizer,
+                scheduler,
+                images[start:stop],
+                y[idx[start:stop]],
+                cfg,
+                None if soft_targets is None else soft_targets[start:stop],
+                ranks.share(len(idx)),
+            )
             loss_sum, hits, n = distributed.all_sum([loss * (stop - start), hits, stop - start], ranks)
             loss = loss_sum / n  # the global batch's: every process stops at the same step
             if not math.isfinite(loss):  # stop at once: every later step would only spread the NaN
-                raise TrainingError(f"training diverged: the loss became {loss} in epoch {epoch + 1}, step {step} "
-                                    f"of {steps} (peak learning rate {cfg.lr:g}); train with a lower --lr")
+                raise TrainingError(
+                    f"training diverged: the loss became {loss} in epoch {epoch + 1}, step {step} "
+                    f"of {steps} (peak learning rate {cfg.lr:g}); train with a lower --lr"
+                )
             total_loss += loss_sum
             correct += hits
             seen += int(n)
             progress.update(task, advance=1, loss=total_loss / seen, ips=seen / (time.perf_counter() - started))
     seconds = time.perf_counter() - started
-    return {"epoch": epoch + 1, "loss": total_loss / seen, "train_acc": correct / seen, "seconds": seconds,
-            "images_per_s": seen / seconds, "lr": scheduler.get_last_lr()[0]}
+    return {
+        "epoch": epoch + 1,
+        "loss": total_loss / seen,
+        "train_acc": correct / seen,
+        "seconds": seconds,
+        "images_per_s": seen / seconds,
+        "lr": scheduler.get_last_lr()[0],
+    }
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -406,8 +527,17 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return list(zip(starts, [*starts[1:], n]))
 
 
-def train_step(model, ema, optimizer, scheduler, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
-               soft_targets: torch.Tensor | None = None, share: float = 1.0) -> tuple[float, int]:
+def train_step(
+    model,
+    ema,
+    optimizer,
+    scheduler,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: TrainConfig,
+    soft_targets: torch.Tensor | None = None,
+    share: float = 1.0,
+) -> tuple[float, int]:
     """One optimizer step on an augmented batch, distilled towards `soft_targets` (teacher logits) when
     given; returns (loss, correct predictions). On several processes `model` is DDP's wrapper, the batch this
     process's part of the global one and `share` the weight of its loss (distributed.Ranks.share)."""

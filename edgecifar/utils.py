@@ -23,9 +23,11 @@ from typing import Any, Iterator
 from .errors import DataError, DiskFullError
 
 # errno -> what it means for the user: a write that failed for lack of room
-NO_ROOM = {getattr(errno, "EDQUOT", errno.ENOSPC): "the disk quota is exceeded",  # (Windows has no EDQUOT)
-           errno.ENOSPC: "the disk is full",
-           errno.EFBIG: "the file-size limit is reached (ulimit -f, or the file system's largest file)"}
+NO_ROOM = {
+    getattr(errno, "EDQUOT", errno.ENOSPC): "the disk quota is exceeded",  # (Windows has no EDQUOT)
+    errno.ENOSPC: "the disk is full",
+    errno.EFBIG: "the file-size limit is reached (ulimit -f, or the file system's largest file)",
+}
 
 
 def no_room(error: BaseException | None) -> OSError | None:
@@ -218,8 +220,11 @@ def take_folder(folder: Path, lock: str) -> str | None:
         os.close(fd)  # its holder removed it as we opened it: take the new one
     os.ftruncate(fd, 0)
     program = "edgecifar" if Path(sys.argv[0]).name in ("edgecifar", "__main__.py") else Path(sys.argv[0]).name
-    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, `{' '.join([program, *sys.argv[1:]])[:300]}`, "
-                 f"since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n".encode())
+    os.write(
+        fd,
+        f"pid {os.getpid()} on {socket.gethostname()}, `{' '.join([program, *sys.argv[1:]])[:300]}`, "
+        f"since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n".encode(),
+    )
     _HELD[key] = fd
     return None
 
@@ -284,8 +289,9 @@ def data_source(config: dict[str, Any], data: str | None = None) -> str:
         raise DataError("the run's config.json records no data source: pass --data")
     if source != "cifar10" and not Path(source).expanduser().exists():
         relative = "" if Path(source).expanduser().is_absolute() else " (relative to where it was trained)"
-        raise DataError(f"the data this run was trained on, {source}{relative}, is not there: pass --data with "
-                        f"where it is now")
+        raise DataError(
+            f"the data this run was trained on, {source}{relative}, is not there: pass --data with where it is now"
+        )
     return source
 
 
@@ -330,8 +336,9 @@ def default_cache_dir() -> Path:
     writable_homes()
     base = os.environ.get("XDG_CACHE_HOME") or (str(home / ".cache") if (home := _home()) else None)
     if base is None:
-        raise DataError(f"no folder to cache data in: HOME is {_home_text()} and no temporary folder can be "
-                        f"written; {CACHE_FIX}")
+        raise DataError(
+            f"no folder to cache data in: HOME is {_home_text()} and no temporary folder can be written; {CACHE_FIX}"
+        )
     return Path(base) / "edgecifar"
 
 
@@ -366,8 +373,11 @@ def writable_homes() -> None:
         os.environ[var] = str(fallback / default.lstrip("."))
         moved.append(f"{var}={os.environ[var]}")
     if moved:
-        print(f"note: HOME ({_home_text()}) cannot be written: caches and settings go to {', '.join(moved)}; set "
-              f"them (or pass --cache-dir) to keep them elsewhere", file=sys.stderr)
+        print(
+            f"note: HOME ({_home_text()}) cannot be written: caches and settings go to {', '.join(moved)}; set "
+            f"them (or pass --cache-dir) to keep them elsewhere",
+            file=sys.stderr,
+        )
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -383,8 +393,10 @@ def checked_thread_variables() -> None:
         if value is None or (value.strip().isdigit() and int(value) >= 1):
             continue
         del os.environ[var]
-        print(f"note: {var}={value!r} is not a whole number of threads (1 or more): ignored; unset it or set one",
-              file=sys.stderr)
+        print(
+            f"note: {var}={value!r} is not a whole number of threads (1 or more): ignored; unset it or set one",
+            file=sys.stderr,
+        )
 
 
 def _home() -> Path | None:
@@ -501,8 +513,10 @@ def threads_warning(threads: int | None) -> str | None:
     cores = available_cores()
     if threads is None or threads <= cores:
         return None
-    return (f"warning: {threads} threads is more than the {cores} core{'s' if cores > 1 else ''} available to "
-            f"this process (CPU affinity and cgroup quota): the runtime's threads will compete for them")
+    return (
+        f"warning: {threads} threads is more than the {cores} core{'s' if cores > 1 else ''} available to "
+        f"this process (CPU affinity and cgroup quota): the runtime's threads will compete for them"
+    )
 
 
 def machine_info() -> dict[str, Any]:
@@ -513,5 +527,11 @@ def machine_info() -> dict[str, Any]:
     # the vector extensions that decide INT8 and bf16 speed (and which INT8 kernels ORT runs)
     flags = cpu_flags()
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8") if f in flags]
-    return {"cpu": cpu, "cores": os.cpu_count(), "cores_available": available_cores(), "isa": isa,
-            "platform": platform.platform(), "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "cores_available": available_cores(),
+        "isa": isa,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }

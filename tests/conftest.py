@@ -30,7 +30,7 @@ def write_images(folder: Path, n: int, label: int, ext: str = "png", seed: int =
     folder.mkdir(parents=True, exist_ok=True)
     images, _ = synthetic_images(n * len(CLASSES), seed)
     paths = []
-    for i, image in enumerate(images[label::len(CLASSES)][:n]):
+    for i, image in enumerate(images[label :: len(CLASSES)][:n]):
         paths.append(folder / f"{label}-{i:03d}.{ext}")
         Image.fromarray(image).save(paths[-1])
     return paths
@@ -54,11 +54,16 @@ def tar_of(folder: Path, archive: Path) -> Path:
 
 def huge_png(path, side: int = 20000) -> None:
     """A tiny file whose header declares side x side pixels (a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(b"\x00" * (side // 8 + 1) * 16)) + chunk(b"IEND", b""))
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * (side // 8 + 1) * 16))
+        + chunk(b"IEND", b"")
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(png)
 

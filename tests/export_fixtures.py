@@ -29,17 +29,31 @@ VARIANTS = ["PyTorch"] + [f"{BACKENDS[f].label} {p.upper()}" for f, p in ALL_EXP
 def backend_params(precision: str | None = None) -> list:
     """Every backend `--format all` exports (with `precision`: those that have it) as a pytest param, skipped
     with the reason where its converter or runtime is not installed here."""
-    return [pytest.param(b.name, id=b.name, marks=pytest.mark.skipif(bool(unavailable(b, export=True)),
-                                                                       reason=f"{b.name}: {unavailable(b, export=True)}"))
-            for b in BACKENDS.values() if in_all(b) and (precision is None or precision in b.precisions)]
+    return [
+        pytest.param(
+            b.name,
+            id=b.name,
+            marks=pytest.mark.skipif(
+                bool(unavailable(b, export=True)), reason=f"{b.name}: {unavailable(b, export=True)}"
+            ),
+        )
+        for b in BACKENDS.values()
+        if in_all(b) and (precision is None or precision in b.precisions)
+    ]
 
 
 def tinted_image(c: int, rng: np.random.Generator, size: tuple[int, int] = (32, 32)) -> np.ndarray:
     return np.clip(TINTS[c] + rng.normal(0, 60, (*size, 3)), 0, 255).astype(np.uint8)
 
 
-def make_image_tree(root: Path, n_train: int = 20, n_test: int = 70, seed: int = 0, size: tuple[int, int] = (32, 32),
-                    odd: tuple[int, int] | None = None) -> Path:
+def make_image_tree(
+    root: Path,
+    n_train: int = 20,
+    n_test: int = 70,
+    seed: int = 0,
+    size: tuple[int, int] = (32, 32),
+    odd: tuple[int, int] | None = None,
+) -> Path:
     """train/<class>/*.png and test/<class>/*.png: noisy images tinted by class (learnable in a few steps), of
     `size` (height, width); every fourth training image of size `odd` instead, when given."""
     from PIL import Image
@@ -76,8 +90,14 @@ def make_run(run_dir: Path, data_dir: Path, cache_dir: Path, steps: int = 15) ->
         optimizer.step()
     run_dir.mkdir(parents=True)
     save_weights(model.eval(), run_dir)
-    write_config(run_dir, {"model": model.meta, "train": {"model": "scratch_cnn", "cache_dir": str(cache_dir)},
-                           "data": splits.describe()})
+    write_config(
+        run_dir,
+        {
+            "model": model.meta,
+            "train": {"model": "scratch_cnn", "cache_dir": str(cache_dir)},
+            "data": splits.describe(),
+        },
+    )
     return run_dir
 
 

@@ -11,6 +11,7 @@ from edgecifar.nets import ConvGroup
 from edgecifar.optim import Muon, linear_decay, muon_param_groups, zeropower_via_newtonschulz5
 from edgecifar.train import TrainConfig, init_from_data, train
 
+
 # params and MACs of one 32x32 image, computed by hand from the layer shapes (whitening 2x2 conv 3->24 at 31x31,
 # then per group: 3x3 conv at the group's input size, 3x3 conv at the pooled size, 2 BN biases; head w3 x 10)
 def expected(w1: int, w2: int, w3: int) -> tuple[int, int]:
@@ -22,8 +23,15 @@ def expected(w1: int, w2: int, w3: int) -> tuple[int, int]:
     return params + 10 * w3, macs + 10 * w3
 
 
-@pytest.mark.parametrize("name, widths", [("airnet_t", (16, 40, 56)), ("airnet_s", (32, 128, 128)),
-                                          ("airnet_m", (48, 192, 192)), ("airnet_l", (64, 256, 256))])
+@pytest.mark.parametrize(
+    "name, widths",
+    [
+        ("airnet_t", (16, 40, 56)),
+        ("airnet_s", (32, 128, 128)),
+        ("airnet_m", (48, 192, 192)),
+        ("airnet_l", (64, 256, 256)),
+    ],
+)
 def test_airnet_shapes_params_and_macs(name, widths):
     model = create_model(name, num_classes=10).eval()
     params, macs = expected(*widths)
@@ -114,8 +122,9 @@ def test_muon_groups_and_linear_decay_follow_airbench():
     assert any(math.isclose(lr, 0.67 * 2000) for _, lr in by_role)  # head: airbench's summed-loss rate x batch
     whiten = [g for g in groups if "decay_epochs" in g]
     assert len(whiten) == 1 and whiten[0]["params"][0] is model.backbone.whiten.bias
-    frozen = {id(model.backbone.whiten.weight)} | {id(m.weight) for m in model.modules()
-                                                   if isinstance(m, nn.BatchNorm2d)}
+    frozen = {id(model.backbone.whiten.weight)} | {
+        id(m.weight) for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+    }
     assert not frozen & {id(p) for g in groups for p in g["params"]}
     opt = Muon(groups, lr=0.24)
     sched = linear_decay(opt, total_steps=80, steps_per_epoch=10)
@@ -131,10 +140,20 @@ def test_muon_groups_and_linear_decay_follow_airbench():
 def test_airnet_recipe_trains_and_exports_through_verification(name, image_tree, tmp_path):
     from edgecifar.export import export_run
 
-    run = train(TrainConfig(model=name, data=str(image_tree), cache_dir=str(tmp_path / "cache"), epochs=2,
-                            batch_size=16, out=str(tmp_path / "run")), log=lambda *a: None)
-    entries = export_run(run, ["onnx", "openvino"], "all", out_dir=tmp_path / "exported", calib_size=32,
-                         verify_size=30)  # the edge formats' global max pool rewrite: tests/test_edge_backends.py
+    run = train(
+        TrainConfig(
+            model=name,
+            data=str(image_tree),
+            cache_dir=str(tmp_path / "cache"),
+            epochs=2,
+            batch_size=16,
+            out=str(tmp_path / "run"),
+        ),
+        log=lambda *a: None,
+    )
+    entries = export_run(
+        run, ["onnx", "openvino"], "all", out_dir=tmp_path / "exported", calib_size=32, verify_size=30
+    )  # the edge formats' global max pool rewrite: tests/test_edge_backends.py
     fp32 = [e for e in entries if e["precision"] == "fp32"]
     assert len(entries) == 6 and all(e["verification"]["agreement"] >= 0.999 for e in fp32), fp32
 

@@ -24,9 +24,13 @@ def arm64_module():
 
 
 arm64 = arm64_module()
-WHY_NOT = (f"{arm64.QEMU} not installed (Debian: qemu-user-static)" if not shutil.which(arm64.QEMU) else
-           f"no prepared arm64 sysroot at {arm64.SYSROOT} (python benchmarks/arm64.py --setup-only)"
-           if not arm64.READY.is_file() else "")
+WHY_NOT = (
+    f"{arm64.QEMU} not installed (Debian: qemu-user-static)"
+    if not shutil.which(arm64.QEMU)
+    else f"no prepared arm64 sysroot at {arm64.SYSROOT} (python benchmarks/arm64.py --setup-only)"
+    if not arm64.READY.is_file()
+    else ""
+)
 
 
 def test_the_cpuinfo_names_the_core():
@@ -43,8 +47,9 @@ def test_smallest_int8_file_on_cortex_a72_matches_x86(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     np.savez(tmp_path / "images.npz", images=images)
     x86 = arm64.run([file], tmp_path / "images.npz", [sys.executable], None, tmp_path / "x86.npz", 300)
-    arm = arm64.run([file], tmp_path / "images.npz", arm64.qemu_python("cortex-a72"), arm64.qemu_env(),
-                    tmp_path / "arm.npz", 600)
+    arm = arm64.run(
+        [file], tmp_path / "images.npz", arm64.qemu_python("cortex-a72"), arm64.qemu_env(), tmp_path / "arm.npz", 600
+    )
     assert "error" not in x86 and "error" not in arm, (x86.get("error"), arm.get("error"))
     assert x86["outputs"][0].shape[0] == 4
     np.testing.assert_array_equal(arm["outputs"][0], x86["outputs"][0])

@@ -128,10 +128,29 @@ def test_report_files(benched):
     with open(results / "bench.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows)
-    assert {"cpu", "cores", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput_ips", "load_s", "params",
-            "macs", "size_bytes", "accuracy", "threads", "version_onnxruntime", "version_openvino", "accuracy_low",
-            "accuracy_high", "latency_p50_min_ms", "latency_p50_max_ms", "test_set", "isa_int8_path",
-            "isa_flags"} <= set(table[0])
+    assert {
+        "cpu",
+        "cores",
+        "latency_p50_ms",
+        "latency_p90_ms",
+        "latency_p99_ms",
+        "throughput_ips",
+        "load_s",
+        "params",
+        "macs",
+        "size_bytes",
+        "accuracy",
+        "threads",
+        "version_onnxruntime",
+        "version_openvino",
+        "accuracy_low",
+        "accuracy_high",
+        "latency_p50_min_ms",
+        "latency_p50_max_ms",
+        "test_set",
+        "isa_int8_path",
+        "isa_flags",
+    } <= set(table[0])
     assert "per_image" not in table[0] and len(table[0]["latency_trial_p50_ms"].split()) == 2
     md = (results / "bench.md").read_text()
     row = next(r for r in rows if r["threads"] == 1)
@@ -154,8 +173,17 @@ def test_artifact_worker_is_a_fresh_process_without_torch(exported, tiny_run):
     np.savez(data, test_x=splits.test_x[:40], test_y=splits.test_y[:40])
     for e in entries:
         if e["precision"] == "int8":
-            job = {"kind": "artifact", "path": str(out_dir / e["path"]), "threads": 1, "classes": e["classes"],
-                   "data": str(data), "accuracy": True, "batch_size": 16, "images": 40, **FAST}
+            job = {
+                "kind": "artifact",
+                "path": str(out_dir / e["path"]),
+                "threads": 1,
+                "classes": e["classes"],
+                "data": str(data),
+                "accuracy": True,
+                "batch_size": 16,
+                "images": 40,
+                **FAST,
+            }
             result = run_worker(job, 1)
             # ExecuTorch's Python runtime imports torch itself (README: on the device side)
             assert result["ok"] and result["torch_imported"] is (e["format"] == "executorch"), result
@@ -166,9 +194,22 @@ def test_checksum_mismatch_skips_that_row_and_says_so(exported_copy, tmp_path):
     bad = exported_copy / "tiny" / "tiny-fp16.onnx"
     bad.write_bytes(bad.read_bytes() + b"\0")
     good = exported_copy / "tiny" / "tiny-int8.onnx"
-    result = invoke("bench", bad, good, "--threads", "1", "--no-baseline", "--runs", tmp_path / "runs", "--out",
-                    tmp_path / "res",
-                    "--latency-seconds", 0.05, "--throughput-seconds", 0.05)
+    result = invoke(
+        "bench",
+        bad,
+        good,
+        "--threads",
+        "1",
+        "--no-baseline",
+        "--runs",
+        tmp_path / "runs",
+        "--out",
+        tmp_path / "res",
+        "--latency-seconds",
+        0.05,
+        "--throughput-seconds",
+        0.05,
+    )
     assert result.exit_code == 0, result.output
     assert "skipped" in result.output and "checksum mismatch" in result.output
     rows = json.loads((tmp_path / "res" / "bench.json").read_text())["rows"]
@@ -179,8 +220,9 @@ def test_checksum_mismatch_skips_that_row_and_says_so(exported_copy, tmp_path):
 
 def test_listed_but_missing_artifact_is_skipped(exported_copy, tmp_path):
     (exported_copy / "tiny" / "tiny-fp32.bin").unlink()
-    rows = bench([exported_copy], threads=(1,), out_dir=tmp_path / "res", runs_dir=tmp_path / "runs",
-                 show_progress=True, **FAST)  # the progress bar (on stderr) along the way
+    rows = bench(
+        [exported_copy], threads=(1,), out_dir=tmp_path / "res", runs_dir=tmp_path / "runs", show_progress=True, **FAST
+    )  # the progress bar (on stderr) along the way
     by_variant = {r["variant"]: r for r in rows}
     assert by_variant["OpenVINO FP32"]["status"] == "skipped" and "missing" in by_variant["OpenVINO FP32"]["reason"]
     assert sum(r["status"] == "ok" for r in rows) == len(VARIANTS) - 1
@@ -191,8 +233,14 @@ def test_runtime_not_installed_is_that_rows_error(exported_copy, tmp_path, monke
     (fake / "openvino").mkdir(parents=True)
     (fake / "openvino" / "__init__.py").write_text("raise ImportError('No module named openvino')\n")
     monkeypatch.setenv("PYTHONPATH", str(fake))  # the worker processes see no usable openvino
-    rows = bench([exported_copy / "tiny" / "tiny-fp32.xml", exported_copy / "tiny" / "tiny-fp32.onnx"],
-                 threads=(1,), out_dir=tmp_path / "res", runs_dir=tmp_path / "runs", baseline=False, **FAST)
+    rows = bench(
+        [exported_copy / "tiny" / "tiny-fp32.xml", exported_copy / "tiny" / "tiny-fp32.onnx"],
+        threads=(1,),
+        out_dir=tmp_path / "res",
+        runs_dir=tmp_path / "runs",
+        baseline=False,
+        **FAST,
+    )
     by_variant = {r["variant"]: r for r in rows}
     assert by_variant["ONNX FP32"]["status"] == "ok"
     assert by_variant["OpenVINO FP32"]["status"] == "error"
@@ -211,8 +259,19 @@ def test_nothing_measurable_fails_and_writes_nothing(exported_copy, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-@pytest.mark.parametrize("case", ["missing manifest", "empty manifest", "corrupt manifest", "no such path",
-                                  "unsupported device", "unwritable out", "bad threads", "negative threads"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing manifest",
+        "empty manifest",
+        "corrupt manifest",
+        "no such path",
+        "unsupported device",
+        "unwritable out",
+        "bad threads",
+        "negative threads",
+    ],
+)
 def test_bad_input_is_one_clear_line(case, exported_copy, tmp_path):
     args = [exported_copy, "--runs", tmp_path / "runs", "--out", tmp_path / "res", "--threads", "1"]
     code = ArtifactError.exit_code
@@ -247,16 +306,19 @@ def test_bad_input_is_one_clear_line(case, exported_copy, tmp_path):
 def test_reuse_returns_a_current_result_without_measuring(benched, exported, tiny_run):
     rows, results = benched
     out_dir, _ = exported
-    again = bench([out_dir], threads=(1, 2), batch_size=32, out_dir=results, runs_dir=tiny_run.parent, reuse=True,
-                  **FAST)
+    again = bench(
+        [out_dir], threads=(1, 2), batch_size=32, out_dir=results, runs_dir=tiny_run.parent, reuse=True, **FAST
+    )
     assert again.reused and list(again) == json.loads(json.dumps(list(rows)))
 
 
 # ---------------------------------------------------------------- manifests edited by hand, files it does not list
 
+
 def test_hand_edited_manifest_costs_only_its_broken_entries(exported_copy, tmp_path):
     """Each problem is one line; every valid entry is still measured; a label that the file's own metadata
     contradicts fails that row instead of naming it wrongly."""
+
     def edit(entries):
         by = {(e["format"], e["precision"]): e for e in entries}
         by["onnx", "fp32"]["files"] = list(by["onnx", "fp32"]["files"])  # a bad merge
@@ -264,26 +326,53 @@ def test_hand_edited_manifest_costs_only_its_broken_entries(exported_copy, tmp_p
         by["onnx", "fp16"]["precision"] = "int4"
         by["openvino", "fp16"]["precision"] = "int8"  # valid, but not what the file says
         entries += [None, "tiny/tiny-fp32.onnx"]
+
     edit_manifest(exported_copy, edit)
     logs = []
-    rows = bench([exported_copy], threads=(1,), out_dir=tmp_path / "res", runs_dir=tmp_path / "runs", baseline=False,
-                 log=logs.append, **FAST)
+    rows = bench(
+        [exported_copy],
+        threads=(1,),
+        out_dir=tmp_path / "res",
+        runs_dir=tmp_path / "runs",
+        baseline=False,
+        log=logs.append,
+        **FAST,
+    )
     notes = rows.header["notes"]
     assert len([n for n in notes if "manifest.json: artifacts[" in n]) == 5
-    expected = ["'files' must be an object", "'classes' is missing", "precision 'int4' is not one of",
-                "an entry must be an object, found null", "an entry must be an object, found a string"]
+    expected = [
+        "'files' must be an object",
+        "'classes' is missing",
+        "precision 'int4' is not one of",
+        "an entry must be an object, found null",
+        "an entry must be an object, found a string",
+    ]
     assert all(any(e in n for n in notes) for e in expected), notes
     assert all(any(n in line for line in logs) for n in notes)
     untouched = [(v, "ok") for v in VARIANTS if v != "PyTorch" and not v.startswith(("ONNX", "OpenVINO"))]
     assert sorted((r["variant"], r["status"]) for r in rows) == sorted(
-        [("ONNX INT8", "ok"), ("OpenVINO INT8", "error"), ("OpenVINO INT8", "ok")] + untouched)
+        [("ONNX INT8", "ok"), ("OpenVINO INT8", "error"), ("OpenVINO INT8", "ok")] + untouched
+    )
     wrong = next(r for r in rows if r["status"] == "error")
     assert "the manifest says precision 'int8', the file's own metadata 'fp16'" in wrong["reason"]
     assert not any("INT4" in r["variant"] for r in rows)
     md = (tmp_path / "res" / "bench.md").read_text()
     assert "## Notes" in md and "precision 'int4'" in md
-    result = invoke("bench", exported_copy, "--runs", tmp_path / "runs", "--no-baseline", "--threads", "1",
-                    "--out", tmp_path / "res2", "--latency-seconds", 0.05, "--throughput-seconds", 0.05)
+    result = invoke(
+        "bench",
+        exported_copy,
+        "--runs",
+        tmp_path / "runs",
+        "--no-baseline",
+        "--threads",
+        "1",
+        "--out",
+        tmp_path / "res2",
+        "--latency-seconds",
+        0.05,
+        "--throughput-seconds",
+        0.05,
+    )
     assert result.exit_code == 0 and "Traceback" not in result.output
 
 
@@ -293,8 +382,17 @@ def test_export_and_bench_refuse_what_they_cannot_read(exported_copy, tiny_run, 
     edit_manifest(exported_copy, lambda entries: entries.append(None))
     with pytest.raises(ArtifactError, match=r"(?s)invalid manifest.*\n  artifacts\[\d+\]: an entry must be an object"):
         export_run(tiny_run, "onnx", "fp32", out_dir=exported_copy, verify_size=20)
-    fast = ["--no-baseline", "--runs", tmp_path / "runs", "--threads", "1", "--latency-seconds", 0.05,
-            "--throughput-seconds", 0.05]
+    fast = [
+        "--no-baseline",
+        "--runs",
+        tmp_path / "runs",
+        "--threads",
+        "1",
+        "--latency-seconds",
+        0.05,
+        "--throughput-seconds",
+        0.05,
+    ]
     result = invoke("bench", exported_copy / "tiny" / "tiny-int8.onnx", *fast, "--out", tmp_path / "res")
     assert result.exit_code == 0, result.output  # a named file with a valid entry: the others do not matter
     edit_manifest(exported_copy, lambda entries: entries[0].update(files=["x"]))
@@ -308,12 +406,15 @@ def test_unlisted_files_and_uncommitted_artifacts_are_said(exported_copy, tmp_pa
     (exported_copy / ".staging-x").mkdir()  # an interrupted export's leftovers are not artifacts
     shutil.copy(exported_copy / "tiny" / "tiny-int8.onnx", exported_copy / ".staging-x" / "tiny-int8.onnx")
     regenerate = "uv run edgecifar export runs/tiny --format openvino --precision fp32"
-    edit_manifest(exported_copy, lambda entries: next(e for e in entries if e["path"] == "tiny/tiny-fp32.xml")
-                  .update(regenerate=regenerate))
+    edit_manifest(
+        exported_copy,
+        lambda entries: next(e for e in entries if e["path"] == "tiny/tiny-fp32.xml").update(regenerate=regenerate),
+    )
     for name in ("tiny-fp32.xml", "tiny-fp32.bin"):  # as a clone has it: not committed (size budget)
         (exported_copy / "tiny" / name).unlink()
-    rows = bench([exported_copy], threads=(1,), out_dir=tmp_path / "res", runs_dir=tmp_path / "runs",
-                 baseline=False, **FAST)
+    rows = bench(
+        [exported_copy], threads=(1,), out_dir=tmp_path / "res", runs_dir=tmp_path / "runs", baseline=False, **FAST
+    )
     assert all(r["status"] == "ok" for r in rows) and "OpenVINO FP32" not in {r["variant"] for r in rows}
     assert len(rows) == len(VARIANTS) - 2  # no baseline, and not the artifact that is not here
     notes = rows.header["notes"]
@@ -327,15 +428,22 @@ def test_threads_above_the_cores_warn_and_record_what_ran(exported_copy, tmp_pat
 
     over = available_cores() + 2
     logs = []
-    rows = bench([exported_copy / "tiny" / "tiny-int8.onnx", exported_copy / "tiny" / "tiny-int8.xml"],
-                 threads=(1, over), out_dir=tmp_path / "res", runs_dir=tmp_path / "runs", baseline=False,
-                 log=logs.append, **FAST)
+    rows = bench(
+        [exported_copy / "tiny" / "tiny-int8.onnx", exported_copy / "tiny" / "tiny-int8.xml"],
+        threads=(1, over),
+        out_dir=tmp_path / "res",
+        runs_dir=tmp_path / "runs",
+        baseline=False,
+        log=logs.append,
+        **FAST,
+    )
     assert sum(f"warning: {over} threads is more than the {available_cores()} core" in line for line in logs) == 1
     for r in rows:  # what the runtime reports it used, beside what was asked
         assert isinstance(r["threads_runtime"], int) and 1 <= r["threads_runtime"] <= r["threads"]
     md = (tmp_path / "res" / "bench.md").read_text()
-    assert all(f"| {r['threads']} (ran {r['threads_runtime']}) |" in md for r in rows
-               if r["threads_runtime"] != r["threads"])
+    assert all(
+        f"| {r['threads']} (ran {r['threads_runtime']}) |" in md for r in rows if r["threads_runtime"] != r["threads"]
+    )
     assert rows.header["machine"]["cores_available"] == available_cores()
 
 
@@ -346,8 +454,17 @@ def test_class_without_test_images_is_null_in_the_bench(exported, tmp_path):
     shutil.rmtree(data / "test" / "gamma")
     out_dir, _ = exported
     logs = []
-    rows = bench([out_dir / "tiny" / "tiny-fp32.onnx"], threads=(1,), out_dir=tmp_path / "res", data=str(data),
-                 cache_dir=tmp_path / "cache", runs_dir=None, baseline=False, log=logs.append, **FAST)
+    rows = bench(
+        [out_dir / "tiny" / "tiny-fp32.onnx"],
+        threads=(1,),
+        out_dir=tmp_path / "res",
+        data=str(data),
+        cache_dir=tmp_path / "cache",
+        runs_dir=None,
+        baseline=False,
+        log=logs.append,
+        **FAST,
+    )
     (row,) = rows
     assert row["per_class"]["gamma"] is None and row["images"] == 8
     assert all(isinstance(row["per_class"][c], float) for c in ("alpha", "beta"))
@@ -384,7 +501,9 @@ def _children(pid: int) -> list[tuple[int, str]]:
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
             if int(fields[1]) == pid and fields[0] != "Z":
-                found.append((int(stat.parent.name), (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+                found.append(
+                    (int(stat.parent.name), (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+                )
         except (OSError, IndexError, ValueError):
             continue
     return found
@@ -412,9 +531,27 @@ def test_a_signal_stops_bench_and_its_worker_at_once(signame, exported, tiny_run
     results = tmp_path / "results"
     results.mkdir()
     (results / "bench.json").write_text('{"previous": "report"}')
-    proc = subprocess.Popen([sys.executable, "-m", "edgecifar", "bench", str(out_dir), "--runs", str(tiny_run.parent),
-                             "--no-baseline", "--threads", "1", "--latency-seconds", "900", "--out", str(results)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgecifar",
+            "bench",
+            str(out_dir),
+            "--runs",
+            str(tiny_run.parent),
+            "--no-baseline",
+            "--threads",
+            "1",
+            "--latency-seconds",
+            "900",
+            "--out",
+            str(results),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         worker = None
         deadline = time.monotonic() + 300  # a guard against a hung test only: the worker shows up in seconds

@@ -35,8 +35,21 @@ def assert_one_line_error(result, code=None):
 def cli_run(image_tree, tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     out = root / "run"
-    result = invoke("train", "--model", "scratch_cnn", "--data", image_tree, "--cache-dir", root / "cache",
-                    "--epochs", 1, "--batch-size", 16, "--out", out)
+    result = invoke(
+        "train",
+        "--model",
+        "scratch_cnn",
+        "--data",
+        image_tree,
+        "--cache-dir",
+        root / "cache",
+        "--epochs",
+        1,
+        "--batch-size",
+        16,
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     assert "test accuracy" in result.output
     return out
@@ -60,25 +73,44 @@ def test_models_lists_the_whole_registry_in_a_fresh_process():
     REGISTERED = list_models()
     assert {"airnet_m", "edge_tiny", "efficientnet_lite0", "resnet18", "scratch_cnn"} <= set(REGISTERED)
     root = Path(__file__).resolve().parents[1]
-    listed = subprocess.run([sys.executable, "-c", "from edgecifar.models import list_models; print(list_models())"],
-                            capture_output=True, text=True, cwd=root, timeout=120)
+    listed = subprocess.run(
+        [sys.executable, "-c", "from edgecifar.models import list_models; print(list_models())"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=120,
+    )
     assert listed.stdout.strip() == str(REGISTERED), listed.stderr
-    shown = subprocess.run([sys.executable, "-m", "edgecifar", "models"], capture_output=True, text=True, cwd=root,
-                           timeout=120, env={"COLUMNS": "200", "PATH": ""})
+    shown = subprocess.run(
+        [sys.executable, "-m", "edgecifar", "models"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=120,
+        env={"COLUMNS": "200", "PATH": ""},
+    )
     assert shown.returncode == 0, shown.stderr
-    assert [line.split("│")[1].strip() for line in shown.stdout.splitlines()
-            if line.startswith("│") and line.split("│")[1].strip()] == REGISTERED
+    assert [
+        line.split("│")[1].strip()
+        for line in shown.stdout.splitlines()
+        if line.startswith("│") and line.split("│")[1].strip()
+    ] == REGISTERED
 
 
-@pytest.mark.parametrize("args, code", [
-    (["train", "--model", "nonsense_net", "--data", "DATA"], 3),
-    (["train", "--data", "/does/not/exist"], 2),
-    (["train", "--resume", "--data", "DATA"], 4),  # nothing to resume in --out
-    (["evaluate", "/does/not/exist"], 4),
-])
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        (["train", "--model", "nonsense_net", "--data", "DATA"], 3),
+        (["train", "--data", "/does/not/exist"], 2),
+        (["train", "--resume", "--data", "DATA"], 4),  # nothing to resume in --out
+        (["evaluate", "/does/not/exist"], 4),
+    ],
+)
 def test_bad_input_is_one_line(args, code, image_tree, tmp_path):
-    result = invoke(*[str(image_tree) if a == "DATA" else a for a in args], *(["--out", tmp_path / "x"]
-                                                                            if args[0] == "train" else []))
+    result = invoke(
+        *[str(image_tree) if a == "DATA" else a for a in args],
+        *(["--out", tmp_path / "x"] if args[0] == "train" else []),
+    )
     assert_one_line_error(result, code)
     assert not (tmp_path / "x").exists()
 
@@ -124,8 +156,19 @@ def test_many_classes_evaluate_with_a_summary_plot(tmp_path):
             for i in range(n):
                 Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     run = tmp_path / "run"
-    result = invoke("train", "--data", tmp_path / "data", "--cache-dir", tmp_path / "cache", "--epochs", 1,
-                    "--batch-size", 40, "--out", run)
+    result = invoke(
+        "train",
+        "--data",
+        tmp_path / "data",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--epochs",
+        1,
+        "--batch-size",
+        40,
+        "--out",
+        run,
+    )
     assert result.exit_code == 0, result.output
     result = invoke("evaluate", run)
     assert result.exit_code == 0, result.output
@@ -146,9 +189,10 @@ def test_confusion_plot_of_1000_classes_draws_no_cell_text(tmp_path, monkeypatch
     matrix[7] = 0  # a class without test images
     plot_confusion(matrix, [f"c{i}" for i in range(1000)], "1,000 classes", tmp_path / "big.png")
     assert texts == [] and (tmp_path / "big.png").read_bytes()[:4] == b"\x89PNG"
-    plot_confusion(matrix[:CELL_TEXT_MAX, :CELL_TEXT_MAX], [f"c{i}" for i in range(CELL_TEXT_MAX)], "few",
-                   tmp_path / "small.png")
-    assert len(texts) == CELL_TEXT_MAX ** 2
+    plot_confusion(
+        matrix[:CELL_TEXT_MAX, :CELL_TEXT_MAX], [f"c{i}" for i in range(CELL_TEXT_MAX)], "few", tmp_path / "small.png"
+    )
+    assert len(texts) == CELL_TEXT_MAX**2
 
 
 def test_evaluate_corrupt_checkpoint(cli_run, tmp_path):

@@ -63,9 +63,17 @@ def bench_file(tmp_path, rows) -> str:
 
 
 def bench_row(model, variant, hits, test_set="set-1", threads=1):
-    return {"model": model, "variant": variant, "threads": threads, "status": "ok", "accuracy": float(hits.mean()),
-            "correct": int(hits.sum()), "images": len(hits), "path": f"exported/{model}.onnx",
-            "per_image": stats.per_image_record(hits, test_set)}
+    return {
+        "model": model,
+        "variant": variant,
+        "threads": threads,
+        "status": "ok",
+        "accuracy": float(hits.mean()),
+        "correct": int(hits.sum()),
+        "images": len(hits),
+        "path": f"exported/{model}.onnx",
+        "per_image": stats.per_image_record(hits, test_set),
+    }
 
 
 def test_two_bench_rows_are_compared_without_running_anything(tmp_path):
@@ -73,7 +81,11 @@ def test_two_bench_rows_are_compared_without_running_anything(tmp_path):
     a = rng.random(1000) < 0.9
     b = a.copy()
     b[:40] = ~b[:40]
-    rows = [bench_row("m1", "ONNX INT8", a), bench_row("m1", "ONNX INT8", a, threads=2), bench_row("m2", "ONNX INT8", b)]
+    rows = [
+        bench_row("m1", "ONNX INT8", a),
+        bench_row("m1", "ONNX INT8", a, threads=2),
+        bench_row("m2", "ONNX INT8", b),
+    ]
     path = bench_file(tmp_path, rows)
     found = compare("exported/m1.onnx", "m2 ONNX INT8", bench=path)
     c = found["comparison"]
@@ -106,4 +118,6 @@ def test_rows_that_cannot_be_compared_say_why(tmp_path):
     same_path = {**bench_row("m1", "OpenVINO FP32 bf16", other), "path": "exported/m1.onnx"}
     path = bench_file(tmp_path, [bench_row("m1", "ONNX INT8", hits), same_path])
     assert "name one of" in one_line_error(invoke("compare", "exported/m1.onnx", "m1 ONNX INT8", "--bench", path))
-    assert one_line_error(invoke("compare", "a", "b", "--bench", tmp_path / "none"), 7).startswith("error: no bench result")
+    assert one_line_error(invoke("compare", "a", "b", "--bench", tmp_path / "none"), 7).startswith(
+        "error: no bench result"
+    )

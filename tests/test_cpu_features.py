@@ -53,15 +53,35 @@ def test_a_run_records_its_autocast_and_says_it_once(cpu, image_tree, tmp_path):
     """scratch_cnn's recipe autocasts to bf16 where the CPU computes in it; elsewhere it trains in fp32, and the
     summary line (after the data summary) says so once."""
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["train", "--data", str(image_tree), "--cache-dir", str(tmp_path / "cache"),
-                                      "--epochs", "1", "--batch-size", "32", "--max-train", "32", "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(image_tree),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--max-train",
+            "32",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("data:") or "classes" in lines[0], lines  # the data summary comes first
     config = json.loads((out / "config.json").read_text())
     native = HAS_BF16[cpu]
-    assert config["autocast"] == {"bf16": native, "native_bf16": native, "by": "recipe",
-                                  "note": config["autocast"]["note"]}
+    assert config["autocast"] == {
+        "bf16": native,
+        "native_bf16": native,
+        "by": "recipe",
+        "note": config["autocast"]["note"],
+    }
     assert config["train"]["bf16"] is native
     said = [line for line in lines if "bf16" in line]  # once, in the summary line
     assert len(said) == 1 and said[0].startswith("training "), lines

@@ -75,14 +75,17 @@ def _write(path, data):
     return path
 
 
-@pytest.mark.parametrize("make_bad, message", [
-    (lambda tmp: tmp / "nope", "not found"),
-    (lambda tmp: _write(tmp / "empty" / ".keep", b"").parent, "no images"),
-    (lambda tmp: _write(tmp / "only" / "train" / "a" / "1.png", b"").parents[2], "no images"),
-    (lambda tmp: _write(tmp / "x.tar.gz", gzip.compress(b"not a tar")), "corrupt"),
-    (lambda tmp: _write(tmp / "y.tar.gz", b"\x00garbage"), "corrupt"),
-    (lambda tmp: _write(tmp / "plain.txt", b"hi"), "not a .tar.gz"),
-])
+@pytest.mark.parametrize(
+    "make_bad, message",
+    [
+        (lambda tmp: tmp / "nope", "not found"),
+        (lambda tmp: _write(tmp / "empty" / ".keep", b"").parent, "no images"),
+        (lambda tmp: _write(tmp / "only" / "train" / "a" / "1.png", b"").parents[2], "no images"),
+        (lambda tmp: _write(tmp / "x.tar.gz", gzip.compress(b"not a tar")), "corrupt"),
+        (lambda tmp: _write(tmp / "y.tar.gz", b"\x00garbage"), "corrupt"),
+        (lambda tmp: _write(tmp / "plain.txt", b"hi"), "not a .tar.gz"),
+    ],
+)
 def test_bad_sources(tmp_path, cache_dir, make_bad, message):
     with pytest.raises(DataError, match=message):
         load_data(str(make_bad(tmp_path)), cache_dir)
@@ -105,8 +108,12 @@ def test_crop_flip_is_a_translation_or_mirror():
     # every output is the input shifted by at most 4 px (maybe mirrored): its centre 24x24 appears in the input
     for src, dst in zip(images[:8], out[:8]):
         centre = dst[4:28, 4:28]
-        found = any(torch.equal(cand[dy:dy + 24, dx:dx + 24], centre)
-                    for cand in (src, src.flip(1)) for dy in range(9) for dx in range(9))
+        found = any(
+            torch.equal(cand[dy : dy + 24, dx : dx + 24], centre)
+            for cand in (src, src.flip(1))
+            for dy in range(9)
+            for dx in range(9)
+        )
         assert found
     flips = random_crop_flip(images, 0, torch.Generator().manual_seed(1))
     mirrored = [torch.equal(f, i.flip(1)) for f, i in zip(flips, images)]

@@ -40,9 +40,11 @@ def reshaped_openvino(tmp_path, shape):
     return path
 
 
-@pytest.mark.parametrize("make", [lambda t: fixed_onnx(t, 1), lambda t: fixed_onnx(t, 2),
-                                  lambda t: reshaped_openvino(t, [1, 32, 32, 3])], ids=["onnx-b1", "onnx-b2",
-                                                                                         "openvino-b1"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda t: fixed_onnx(t, 1), lambda t: fixed_onnx(t, 2), lambda t: reshaped_openvino(t, [1, 32, 32, 3])],
+    ids=["onnx-b1", "onnx-b2", "openvino-b1"],
+)
 def test_a_file_with_a_fixed_batch_takes_any_number_of_images(tmp_path, make):
     model = make(tmp_path)
     images = colour_images(tmp_path / "img", 5)
@@ -61,7 +63,9 @@ def test_a_fixed_size_other_than_the_metadata_is_one_line(tmp_path, capsys):
     images = colour_images(tmp_path / "img", 2)
     assert runtime.main([*map(str, images), "--model", str(model)]) == ArtifactError.exit_code
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "takes uint8 [N, 48, 48, 3] images but its metadata says uint8 [N, 32, 32, 3]" in err
+    assert (
+        err.count("\n") == 1 and "takes uint8 [N, 48, 48, 3] images but its metadata says uint8 [N, 32, 32, 3]" in err
+    )
 
 
 def test_the_predict_command_batches_a_fixed_file(tmp_path):
@@ -74,8 +78,13 @@ def test_the_predict_command_batches_a_fixed_file(tmp_path):
 
 # ---------------------------------------------------------------- manifest.json of another tool
 
-WEB_MANIFEST = {"name": "Cat or dog", "short_name": "catdog", "start_url": "/", "display": "standalone",
-                "icons": [{"src": "icon-192.png", "sizes": "192x192", "type": "image/png"}]}
+WEB_MANIFEST = {
+    "name": "Cat or dog",
+    "short_name": "catdog",
+    "start_url": "/",
+    "display": "standalone",
+    "icons": [{"src": "icon-192.png", "sizes": "192x192", "type": "image/png"}],
+}
 
 
 def test_another_tools_manifest_above_a_model_is_passed_by(tmp_path, capsys):
@@ -91,8 +100,10 @@ def test_another_tools_manifest_above_a_model_is_passed_by(tmp_path, capsys):
     # ours, further up, is still found: the foreign one on the way is passed by
     shutil.move(web, tmp_path / "exported" / "webapp")
     update_manifest(tmp_path / "exported" / "manifest.json", [])
-    assert find_manifest(tmp_path / "exported" / "webapp" / "public" / "models" / "cat.onnx") == \
-        tmp_path / "exported" / "manifest.json"
+    assert (
+        find_manifest(tmp_path / "exported" / "webapp" / "public" / "models" / "cat.onnx")
+        == tmp_path / "exported" / "manifest.json"
+    )
 
 
 def test_export_never_overwrites_another_tools_manifest(tmp_path):
@@ -117,6 +128,7 @@ def test_ours_is_marked_and_older_or_broken_ones_are_still_ours(tmp_path):
 
 # ---------------------------------------------------------------- the predict table at 80 columns
 
+
 def test_predict_at_80_columns_shows_what_tells_the_images_apart(tmp_path):
     import os
     import subprocess
@@ -126,8 +138,13 @@ def test_predict_at_80_columns_shows_what_tells_the_images_apart(tmp_path):
     deep = tmp_path / "a-rather-long-folder-name" / "another-long-folder-name-of-a-photo-library" / "2026-12"
     images = colour_images(deep, 3)
     env = {**os.environ, "COLUMNS": "80"}
-    done = subprocess.run([sys.executable, "-m", "edgecifar", "predict", *map(str, images), "--model", str(model),
-                           "--topk", "3"], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "edgecifar", "predict", *map(str, images), "--model", str(model), "--topk", "3"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert max(map(len, lines[1:])) <= 80  # the table; the folder's line is the terminal's to wrap

@@ -46,8 +46,11 @@ def test_hidden_appledouble_and_macosx_are_skipped_and_counted(tmp_path):
     from_archive = load_data(str(tar_of(tree, tmp_path / "tree.tar.gz")), tmp_path / "cache")
     assert_same_data(from_folder, from_archive)
     assert from_folder.classes == CLASSES and np.array_equal(from_folder.train_x, clean.train_x)
-    assert from_folder.describe()["skipped"] == {"hidden file or folder": 4, "macOS AppleDouble file (._*)": 1,
-                                                 "macOS __MACOSX folder": 1}
+    assert from_folder.describe()["skipped"] == {
+        "hidden file or folder": 4,
+        "macOS AppleDouble file (._*)": 1,
+        "macOS __MACOSX folder": 1,
+    }
     (warning,) = from_folder.warnings()
     assert warning.startswith("6 files/folders skipped: ") and "train/cat/._0-000.png" in warning
 
@@ -62,8 +65,10 @@ def test_image_extensions_in_any_case(tmp_path):
     (tree / "train" / "loose.png").write_bytes((tree / "train" / "ship" / "extra0.JPG").read_bytes())
     splits = load_data(str(tree), tmp_path / "cache")
     assert splits.counts()["train"] == [4, 4, 4 + len(extensions)]
-    assert splits.describe()["skipped"] == {"not an image file name": 1,
-                                            "file directly in train/ (not in a class folder)": 1}
+    assert splits.describe()["skipped"] == {
+        "not an image file name": 1,
+        "file directly in train/ (not in a class folder)": 1,
+    }
 
 
 def test_symlinked_test_folder_and_class_folder_are_followed(tmp_path):
@@ -99,8 +104,9 @@ def test_a_folder_symlinked_into_an_image_pool_and_its_archive_agree(tmp_path):
     assert_same_data(from_folder, from_archive)
 
 
-def add_member(tar: tarfile.TarFile, name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"",
-               link: str = "") -> None:
+def add_member(
+    tar: tarfile.TarFile, name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", link: str = ""
+) -> None:
     info = tarfile.TarInfo(name)
     info.type, info.linkname, info.size = kind, link, len(data)
     tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
@@ -125,8 +131,12 @@ def test_archive_links_resolve_inside_the_archive_only(tmp_path):
         add_member(tar, "../escape/train/cat/x.png", data=image)
     splits = load_data(str(archive), tmp_path / "cache")
     assert splits.counts()["train"] == [4, 4 + 3, 4]
-    assert splits.describe()["skipped"] == {"link pointing outside the archive": 3, "broken link": 1,
-                                            "link loop": 1, "member path outside the archive": 1}
+    assert splits.describe()["skipped"] == {
+        "link pointing outside the archive": 3,
+        "broken link": 1,
+        "link loop": 1,
+        "member path outside the archive": 1,
+    }
     dog = splits.train_x[splits.train_y == 1]
     first, second = load_data(str(tree), tmp_path / "cache").train_x[4:6]  # dog's 1-000.png and 1-001.png
     # by name: 1-000 .. 1-003, then chain.png (-> soft.png -> 1-001.png), hard.png (-> 1-000.png), soft.png
@@ -170,8 +180,11 @@ def test_summary_and_warnings(tmp_path):
     (tree / "train" / ".DS_Store").write_bytes(b"\x00")
     splits = load_data(str(tree), tmp_path / "cache")
     described = splits.describe()
-    assert described["per_class"] == {"cat": {"train": 200, "test": 2}, "dog": {"train": 150, "test": 0},
-                                      "ship": {"train": 1, "test": 1}}
+    assert described["per_class"] == {
+        "cat": {"train": 200, "test": 2},
+        "dog": {"train": 150, "test": 0},
+        "ship": {"train": 1, "test": 1},
+    }
     assert described["train"] == 351 and described["test"] == 3 and described["layout"] == "ImageFolder"
     warnings = described["warnings"]
     assert len(warnings) == 3
@@ -196,8 +209,11 @@ def test_stratified_validation_split(tmp_path):
 
 def test_too_small_validation_split_is_refused(tmp_path):
     tree = small_tree(tmp_path / "tree", {"cat": (20, 2), "dog": (3, 2)})
-    with pytest.raises(DataError, match=r"--val-split 0.1 leaves class dog \(3 training images\) with no "
-                                        r"validation image"):
+    with pytest.raises(
+        DataError,
+        match=r"--val-split 0.1 leaves class dog \(3 training images\) with no "
+        r"validation image",
+    ):
         load_data(str(tree), tmp_path / "cache", val_split=0.1)
     tiny = small_tree(tmp_path / "tiny", {"cat": (1, 1), "dog": (1, 1)})
     with pytest.raises(DataError, match="no training image"):
@@ -217,28 +233,54 @@ def test_train_prints_and_records_the_summary(tmp_path):
     tree = small_tree(tmp_path / "tree")
     write_images(tree / "train" / ".thumbnails", 2, 0)
     printed: list[str] = []
-    run = train(TrainConfig(model="scratch_cnn", data=str(tree), cache_dir=str(tmp_path / "cache"), epochs=1,
-                            batch_size=8, out=str(tmp_path / "run")), log=printed.append)
+    run = train(
+        TrainConfig(
+            model="scratch_cnn",
+            data=str(tree),
+            cache_dir=str(tmp_path / "cache"),
+            epochs=1,
+            batch_size=8,
+            out=str(tmp_path / "run"),
+        ),
+        log=printed.append,
+    )
     data = json.loads((run / "config.json").read_text())["data"]
     assert data["classes"] == CLASSES and data["train"] == 12
     assert data["skipped"] == {"hidden file or folder": 1}
     assert data["per_class"]["cat"] == {"train": 4, "test": 2}
-    assert printed[0].startswith("data: ") and "warning: 1 files/folders skipped: hidden file or folder: 1 " \
-                                                "(train/.thumbnails)" in printed
+    assert (
+        printed[0].startswith("data: ")
+        and "warning: 1 files/folders skipped: hidden file or folder: 1 (train/.thumbnails)" in printed
+    )
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda tree: small_tree(tree, {"cat": (6, 2)}), "only one class"),
-    (lambda tree: huge_png(small_tree(tree) / "train" / "cat" / "panorama.png"), "panorama.png"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda tree: small_tree(tree, {"cat": (6, 2)}), "only one class"),
+        (lambda tree: huge_png(small_tree(tree) / "train" / "cat" / "panorama.png"), "panorama.png"),
+    ],
+)
 def test_train_refuses_bad_data_with_one_line(tmp_path, make, message):
     from typer.testing import CliRunner
 
     from edgecifar.cli import app
 
     make(tmp_path / "tree")
-    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "tree"), "--epochs", "1",
-                                      "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(tmp_path / "tree"),
+            "--epochs",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code == 2 and result.output.startswith("error: ") and message in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
@@ -266,6 +308,15 @@ def test_a_closed_output_does_not_stop_the_run(tmp_path):
             raise BrokenPipeError(32, "Broken pipe")
         printed.append(line)
 
-    run = train(TrainConfig(model="scratch_cnn", data=str(small_tree(tmp_path / "tree")), epochs=1, batch_size=8,
-                            cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "run")), log=head_2)
+    run = train(
+        TrainConfig(
+            model="scratch_cnn",
+            data=str(small_tree(tmp_path / "tree")),
+            epochs=1,
+            batch_size=8,
+            cache_dir=str(tmp_path / "cache"),
+            out=str(tmp_path / "run"),
+        ),
+        log=head_2,
+    )
     assert printed[0].startswith("data: ") and (run / "config.json").is_file() and (run / "metrics.json").is_file()

@@ -19,8 +19,9 @@ from edgecifar.train import TrainConfig, train
 
 # 49 images in global batches of 16: the last one holds 1 image, so process 1's part of it is empty; fp32, since
 # bf16 autocast (scratch_cnn's recipe on bf16 CPUs) rounds a split batch's gradients apart from the whole one's
-OPTIONS = dict(model="scratch_cnn", epochs=2, batch_size=16, lr=0.01, optimizer="muon", seed=3, max_train=49,
-               bf16=False)
+OPTIONS = dict(
+    model="scratch_cnn", epochs=2, batch_size=16, lr=0.01, optimizer="muon", seed=3, max_train=49, bf16=False
+)
 KILL_IN_EPOCH_2 = """
 import os, signal, time
 import edgecifar.train as t
@@ -39,14 +40,21 @@ if os.environ.get("RANK") == os.environ["KILLED_RANK"]:
 
 def command_line(data, cache, out, **options) -> list[str]:
     given = {**OPTIONS, "data": data, "cache_dir": cache, "out": out, **options}
-    return [(f"--{'' if v else 'no-'}{k}" if isinstance(v, bool) else f"--{k.replace('_', '-')}={v}")
-            for k, v in given.items()]
+    return [
+        (f"--{'' if v else 'no-'}{k}" if isinstance(v, bool) else f"--{k.replace('_', '-')}={v}")
+        for k, v in given.items()
+    ]
 
 
 def launch(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     """`edgecifar train ARGS` in a new process, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "edgecifar", "train", *args], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "edgecifar", "train", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
 def assert_same_weights(a, b):
@@ -74,8 +82,14 @@ def test_two_processes_train_as_one(image_tree, one_process, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in one_process.iterdir())
     configs = [json.loads((run / "config.json").read_text()) for run in (one_process, out)]
     assert configs[0].keys() == configs[1].keys() and configs[0]["train"].keys() == configs[1]["train"].keys()
-    assert configs[1]["distributed"] == {"world_size": 2, "backend": "gloo", "global_batch_size": 16,
-                                         "batch_size_per_process": [8, 8], "lr": 0.01, "sync_batchnorm": False}
+    assert configs[1]["distributed"] == {
+        "world_size": 2,
+        "backend": "gloo",
+        "global_batch_size": 16,
+        "batch_size_per_process": [8, 8],
+        "lr": 0.01,
+        "sync_batchnorm": False,
+    }
     assert configs[0]["distributed"]["world_size"] == 1
     metrics = [json.loads((run / "metrics.json").read_text()) for run in (one_process, out)]
     assert metrics[0].keys() == metrics[1].keys() and metrics[1]["processes"] == 2
@@ -111,25 +125,70 @@ def test_each_process_takes_its_part_and_their_mean_gradient_is_the_global_batch
             parts = [Ranks(r, world).bounds(batch) for r in range(world)]
             assert [i for start, stop in parts for i in range(start, stop)] == list(range(batch))
             assert max(b - a for a, b in parts) - min(b - a for a, b in parts) <= 1
-            mean = sum(torch.autograd.grad(F.cross_entropy(layer(x[a:b]), y[a:b]) * Ranks(r, world).share(batch)
-                                           if b > a else layer(x[a:b]).sum() * 0.0, layer.weight)[0]
-                       for r, (a, b) in enumerate(parts)) / world  # what DDP's all-reduce computes
+            mean = (
+                sum(
+                    torch.autograd.grad(
+                        F.cross_entropy(layer(x[a:b]), y[a:b]) * Ranks(r, world).share(batch)
+                        if b > a
+                        else layer(x[a:b]).sum() * 0.0,
+                        layer.weight,
+                    )[0]
+                    for r, (a, b) in enumerate(parts)
+                )
+                / world
+            )  # what DDP's all-reduce computes
             torch.testing.assert_close(mean, whole)
 
 
 def test_nproc_passes_the_given_options_on_to_torchrun(monkeypatch):
     launched = []
     monkeypatch.setattr(distributed, "launch", lambda nproc, argv: launched.append((nproc, argv)))
-    result = CliRunner().invoke(app, ["train", "--nproc", "3", "--model", "airnet_s", "--no-pretrained", "--lr",
-                                      "0.5", "--flip", "alternating", "--out", "runs/x", "--resume"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--nproc",
+            "3",
+            "--model",
+            "airnet_s",
+            "--no-pretrained",
+            "--lr",
+            "0.5",
+            "--flip",
+            "alternating",
+            "--out",
+            "runs/x",
+            "--resume",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert launched == [(3, ["--model", "airnet_s", "--no-pretrained", "--lr", "0.5", "--flip", "alternating",
-                             "--out", "runs/x", "--resume"])]
+    assert launched == [
+        (
+            3,
+            [
+                "--model",
+                "airnet_s",
+                "--no-pretrained",
+                "--lr",
+                "0.5",
+                "--flip",
+                "alternating",
+                "--out",
+                "runs/x",
+                "--resume",
+            ],
+        )
+    ]
 
 
 def test_nproc_under_torchrun_is_refused(monkeypatch):
-    for key, value in {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
-                       "TORCHELASTIC_RUN_ID": "job"}.items():  # what torchrun gives each process
+    for key, value in {
+        "WORLD_SIZE": "2",
+        "RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29500",
+        "TORCHELASTIC_RUN_ID": "job",
+    }.items():  # what torchrun gives each process
         monkeypatch.setenv(key, value)
     result = CliRunner().invoke(app, ["train", "--nproc", "2"])
     assert result.exit_code == 2 and "--nproc starts torchrun itself: under torchrun" in result.output
@@ -145,8 +204,10 @@ def test_rank_0_speaks_for_the_run():
     assert stopped.value.code == TrainingError.exit_code
     with pytest.raises(DataError, match="^process 1 of 2: data path not found"), follower_errors(follower):
         raise DataError("data path not found")
-    with pytest.raises(EdgecifarError, match="^process 1 of 2: RuntimeError: connection closed$"), \
-            follower_errors(follower):
+    with (
+        pytest.raises(EdgecifarError, match="^process 1 of 2: RuntimeError: connection closed$"),
+        follower_errors(follower),
+    ):
         raise RuntimeError("connection closed\n(a page more)")
     with pytest.raises(KeyboardInterrupt), follower_errors(Ranks(0, 2)):
         raise KeyboardInterrupt
@@ -163,21 +224,38 @@ def test_torchrun_variables_left_in_the_shell_are_one_line(image_tree, tmp_path,
     for key, value in STALE.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
-    result = CliRunner().invoke(app, ["train", "--data", str(image_tree), "--epochs", "1",
-                                      "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(image_tree),
+            "--epochs",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code == 2 and result.output.count("\n") == 1
-    assert "process 0 of 2 (RANK=0, WORLD_SIZE=2, LOCAL_RANK=0, MASTER_ADDR=127.0.0.1, MASTER_PORT=29511)" \
-        in result.output and "no torchrun started it" in result.output
+    assert (
+        "process 0 of 2 (RANK=0, WORLD_SIZE=2, LOCAL_RANK=0, MASTER_ADDR=127.0.0.1, MASTER_PORT=29511)" in result.output
+        and "no torchrun started it" in result.output
+    )
     assert "`unset RANK WORLD_SIZE LOCAL_RANK MASTER_ADDR MASTER_PORT`" in result.output
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"RANK": "2"}, "RANK 2 is not below WORLD_SIZE 2"),
-    ({"LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "2"}, "LOCAL_RANK 3 is not below LOCAL_WORLD_SIZE 2"),
-    ({"MASTER_PORT": None}, "MASTER_ADDR and MASTER_PORT are needed"),
-    ({"RANK": "zero"}, "not whole numbers"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"RANK": "2"}, "RANK 2 is not below WORLD_SIZE 2"),
+        ({"LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "2"}, "LOCAL_RANK 3 is not below LOCAL_WORLD_SIZE 2"),
+        ({"MASTER_PORT": None}, "MASTER_ADDR and MASTER_PORT are needed"),
+        ({"RANK": "zero"}, "not whole numbers"),
+    ],
+)
 def test_a_distributed_environment_that_contradicts_itself(monkeypatch, env, message):
     for key, value in {**STALE, "TORCHELASTIC_RUN_ID": "job", **env}.items():
         if value is None:
@@ -220,8 +298,18 @@ def test_a_signal_stops_a_waiting_rendezvous(image_tree, tmp_path, signum):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, **STALE, "MASTER_PORT": str(port), "TORCHELASTIC_RUN_ID": "test", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "edgecifar", "train", *command_line(
-        image_tree, tmp_path / "cache", tmp_path / "run", epochs=1)], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgecifar",
+            "train",
+            *command_line(image_tree, tmp_path / "cache", tmp_path / "run", epochs=1),
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stderr.readline()  # the first line it says: that it waits
         assert "process 0 of 2 is waiting for the others" in line, line
@@ -240,9 +328,16 @@ def test_variables_of_a_torchrun_that_is_gone(monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    for key, value in {**STALE, "MASTER_PORT": str(port), "TORCHELASTIC_RUN_ID": "none",
-                       "TORCHELASTIC_USE_AGENT_STORE": "True"}.items():
+    for key, value in {
+        **STALE,
+        "MASTER_PORT": str(port),
+        "TORCHELASTIC_RUN_ID": "none",
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+    }.items():
         monkeypatch.setenv(key, value)
-    with pytest.raises(EdgecifarError, match=rf"the torchrun that set this environment is gone \(nothing listens "
-                                             rf"at 127.0.0.1:{port}.*`unset RANK WORLD_SIZE LOCAL_RANK"):
+    with pytest.raises(
+        EdgecifarError,
+        match=rf"the torchrun that set this environment is gone \(nothing listens "
+        rf"at 127.0.0.1:{port}.*`unset RANK WORLD_SIZE LOCAL_RANK",
+    ):
         distributed.from_environment()

@@ -75,7 +75,7 @@ def test_batches_past_the_files_own_give_the_per_image_logits(exported, fmt):
     equal (batch 1, 16, and past ExecuTorch's bound of 64)."""
     images = np.random.default_rng(1).integers(0, 256, (70, 32, 32, 3), dtype=np.uint8)
     model = load_artifact(artifact(exported, fmt, "fp32"))
-    single = np.concatenate([model.run(images[i:i + 1]) for i in range(len(images))])
+    single = np.concatenate([model.run(images[i : i + 1]) for i in range(len(images))])
     for n in (1, 16, 70):
         np.testing.assert_allclose(model.run(images[:n]), single[:n], rtol=1e-4, atol=1e-4)
 
@@ -122,7 +122,7 @@ def test_truncated_file_is_one_line_not_a_crash(exported, image, tmp_path, fmt):
     for suffix in BACKENDS[fmt].suffixes[1:]:  # companions whole, the main file cut
         bad.with_suffix(suffix).write_bytes(source.with_suffix(suffix).read_bytes())
     for keep in (0.5, 0.97):
-        bad.write_bytes(source.read_bytes()[:int(source.stat().st_size * keep)])
+        bad.write_bytes(source.read_bytes()[: int(source.stat().st_size * keep)])
         proc = run_python("-m", "edgecifar.runtime", str(image), "--model", str(bad))
         assert proc.returncode > 0, (proc.returncode, proc.stderr)  # an exit code, not a signal
         lines = proc.stderr.strip().splitlines()
@@ -135,20 +135,29 @@ def test_missing_runtime_is_one_line(exported, image, tmp_path, fmt):
     module = BACKENDS[fmt].runtime
     (fake / module).mkdir(parents=True)
     (fake / module / "__init__.py").write_text(f"raise ImportError('No module named {module}')\n")
-    proc = run_python("-m", "edgecifar.runtime", str(image), "--model", str(artifact(exported, fmt, "fp32")),
-                      env={"PYTHONPATH": f"{fake}{os.pathsep}{ROOT}"})
+    proc = run_python(
+        "-m",
+        "edgecifar.runtime",
+        str(image),
+        "--model",
+        str(artifact(exported, fmt, "fp32")),
+        env={"PYTHONPATH": f"{fake}{os.pathsep}{ROOT}"},
+    )
     assert proc.returncode > 0 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().startswith("error:") and "not installed" in proc.stderr, proc.stderr
 
 
 @pytest.mark.skipif(bool(unavailable(BACKENDS["litert"])), reason="ai-edge-litert not installed")
 def test_litert_runs_on_the_device_without_torch(exported, image):
-    proc = run_python("-c", f"""
+    proc = run_python(
+        "-c",
+        f"""
 import sys
 from edgecifar import runtime
-print(runtime.predict([{str(image)!r}], {str(artifact(exported, 'litert', 'int8'))!r})[0]['predictions'][0]['class'])
+print(runtime.predict([{str(image)!r}], {str(artifact(exported, "litert", "int8"))!r})[0]['predictions'][0]['class'])
 print(sorted(m for m in ('torch', 'tensorflow', 'timm') if m in sys.modules))
-""")
+""",
+    )
     assert proc.returncode == 0, proc.stderr
     answer, heavy = proc.stdout.strip().splitlines()[-2:]
     assert answer in CLASSES and heavy == "[]"
@@ -182,7 +191,7 @@ def test_litert_files_take_any_batch(exported):
     for precision in ("fp32", "fp16", "int8"):
         path = artifact(exported, "litert", precision)
         together = _interpreter_logits(path.read_bytes(), images)
-        alone = np.concatenate([_interpreter_logits(path.read_bytes(), images[i:i + 1]) for i in range(3)])
+        alone = np.concatenate([_interpreter_logits(path.read_bytes(), images[i : i + 1]) for i in range(3)])
         np.testing.assert_allclose(together, alone, atol=1e-4)
 
 
@@ -196,8 +205,9 @@ def test_a_flatten_before_a_linear_does_not_fix_the_batch():
     from edgecifar.errors import ExportError
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.ReLU(), torch.nn.Flatten(),
-                              torch.nn.Linear(4 * 8 * 8, 5)).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 5)
+    ).eval()
 
     class Nhwc(torch.nn.Module):
         def forward(self, x):

@@ -8,14 +8,23 @@ from edgecifar.train import TrainConfig, train
 
 @pytest.mark.parametrize("name", ["edge_tiny", "edge_small"])
 def test_edge_net_exports_pass_verification(name, image_tree, tmp_path):
-    run = train(TrainConfig(model=name, data=str(image_tree), cache_dir=str(tmp_path / "cache"), epochs=2,
-                            batch_size=16, out=str(tmp_path / "run")), log=lambda *a: None)
+    run = train(
+        TrainConfig(
+            model=name,
+            data=str(image_tree),
+            cache_dir=str(tmp_path / "cache"),
+            epochs=2,
+            batch_size=16,
+            out=str(tmp_path / "run"),
+        ),
+        log=lambda *a: None,
+    )
     # the architectures' ops in the x86 runtimes; LiteRT and ExecuTorch convert edge_tiny and airnet_m in the
     # reference exports (exported/), at a minute per file, too slow to repeat here for two nets
-    entries = export_run(run, ["onnx", "openvino"], "all", out_dir=tmp_path / "exported", calib_size=32,
-                         verify_size=30)
+    entries = export_run(run, ["onnx", "openvino"], "all", out_dir=tmp_path / "exported", calib_size=32, verify_size=30)
     assert {(e["format"], e["precision"]) for e in entries} == {
-        (f, p) for f in ("onnx", "openvino") for p in ("fp32", "fp16", "int8")}
+        (f, p) for f in ("onnx", "openvino") for p in ("fp32", "fp16", "int8")
+    }
     for entry in entries:
         assert (tmp_path / "exported" / entry["path"]).is_file()
         assert entry["model"] == name
@@ -62,8 +71,11 @@ def test_export_reports_which_accelerators_take_every_op(act, tmp_path):
 
     pytest.importorskip("onnxruntime.tools.mobile_helpers.usability_checker")
     torch.manual_seed(0)
-    backbone = (AirbenchNet((8, 8, 8), 10) if act == "GELU" else
-                AirbenchNet((8, 8, 8), 10, act=nn.ReLU, pool=GlobalMaxPool, group=ActThenPoolGroup))
+    backbone = (
+        AirbenchNet((8, 8, 8), 10)
+        if act == "GELU"
+        else AirbenchNet((8, 8, 8), 10, act=nn.ReLU, pool=GlobalMaxPool, group=ActThenPoolGroup)
+    )
     model = EdgeModel(backbone, dict(create_model("airnet_t").meta)).eval()
     path = tmp_path / "net-fp32.onnx"
     BACKENDS["onnx"].export(model, path, "fp32", None, {"classes": json.dumps(list("abcdefghij"))})

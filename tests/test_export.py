@@ -39,11 +39,13 @@ def entry(entries: list[dict], fmt: str, precision: str) -> dict:
 
 # ---------------------------------------------------------------- the export itself
 
+
 def test_exports_every_format_and_precision(exported):
     out, entries = exported
     assert sorted((e["format"], e["precision"]) for e in entries) == sorted(ALL_EXPORTS)
     assert sorted(p.name for p in (out / "tiny").iterdir()) == sorted(
-        f"tiny-{p}{s}" for f, p in ALL_EXPORTS for s in BACKENDS[f].suffixes)
+        f"tiny-{p}{s}" for f, p in ALL_EXPORTS for s in BACKENDS[f].suffixes
+    )
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging folder left behind"
     for e in entries:
         v = e["verification"]
@@ -128,8 +130,19 @@ def test_manifest_lists_every_artifact_with_checksums(exported, tiny_run):
     manifest = json.loads((out / "manifest.json").read_text())
     assert [a["path"] for a in manifest["artifacts"]] == sorted(e["path"] for e in entries)
     for a in manifest["artifacts"]:
-        for key in ("model", "format", "precision", "path", "bytes", "sha256", "classes", "input", "output",
-                    "source_run", "verification"):
+        for key in (
+            "model",
+            "format",
+            "precision",
+            "path",
+            "bytes",
+            "sha256",
+            "classes",
+            "input",
+            "output",
+            "source_run",
+            "verification",
+        ):
             assert key in a, key
         assert a["sha256"] == sha256_file(out / a["path"])
         assert a["files"] == {name: sha256_file(out / name) for name in a["files"]}
@@ -154,8 +167,9 @@ def test_reexport_replaces_its_manifest_entry(tiny_run, tmp_path):
 def test_int8_calibration_is_deterministic(tiny_run, tmp_path):
     runs = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        runs[name] = export_run(tiny_run, "all", "int8", out_dir=tmp_path / name, calib_size=CALIB_SIZE,
-                                verify_size=50, seed=seed)
+        runs[name] = export_run(
+            tiny_run, "all", "int8", out_dir=tmp_path / name, calib_size=CALIB_SIZE, verify_size=50, seed=seed
+        )
     for fmt in FORMATS:
         a, b, c = (entry(runs[n], fmt, "int8") for n in "abc")
         assert a["files"] == b["files"], f"{fmt}: same seed, different INT8 files"
@@ -164,6 +178,7 @@ def test_int8_calibration_is_deterministic(tiny_run, tmp_path):
 
 
 # ---------------------------------------------------------------- verification cannot be skipped or loosened
+
 
 def corrupt_run(monkeypatch, fmt: str, flip_rows: int | None):
     """Make `fmt`'s runtime lie: flip the top-1 of the first `flip_rows` images (None: every image)."""
@@ -201,8 +216,15 @@ def test_fp32_threshold_is_99_9_percent(monkeypatch, tiny_run, tmp_path, fmt):
 def test_low_agreement_in_reduced_precision_warns_but_is_kept(monkeypatch, tiny_run, tmp_path):
     corrupt_run(monkeypatch, "onnx", 10)  # 95 %
     logs = []
-    (e,) = export_run(tiny_run, "onnx", "int8", out_dir=tmp_path / "exp", calib_size=CALIB_SIZE,
-                      verify_size=VERIFY_SIZE, log=logs.append)
+    (e,) = export_run(
+        tiny_run,
+        "onnx",
+        "int8",
+        out_dir=tmp_path / "exp",
+        calib_size=CALIB_SIZE,
+        verify_size=VERIFY_SIZE,
+        log=logs.append,
+    )
     assert e["verification"]["agreement"] == pytest.approx(0.95) and "warning" in e["verification"]
     assert any(line.startswith("warning: onnx int8") for line in logs)
 
@@ -219,6 +241,7 @@ def test_a_failure_keeps_earlier_exports_and_manifest(monkeypatch, tiny_run, tmp
 
 # ---------------------------------------------------------------- bad input
 
+
 def test_missing_run_and_missing_weights(tiny_run, tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         export_run(tmp_path / "nope", out_dir=tmp_path / "exp")
@@ -231,9 +254,11 @@ def test_missing_run_and_missing_weights(tiny_run, tmp_path):
 
 
 def test_unknown_format_precision_and_method(tiny_run, tmp_path):
-    for kwargs, match in (({"formats": "tflite"}, "unknown format 'tflite'"),
-                          ({"precisions": "int4"}, "unknown precision 'int4'"),
-                          ({"calib_method": "magic"}, "unknown calibration method")):
+    for kwargs, match in (
+        ({"formats": "tflite"}, "unknown format 'tflite'"),
+        ({"precisions": "int4"}, "unknown precision 'int4'"),
+        ({"calib_method": "magic"}, "unknown calibration method"),
+    ):
         with pytest.raises(UsageError, match=match):
             export_run(tiny_run, out_dir=tmp_path / "exp", **kwargs)
     assert not (tmp_path / "exp").exists()
@@ -260,11 +285,14 @@ def test_data_with_other_classes_is_refused(tiny_run, tmp_path):
     assert not (tmp_path / "exp").exists()
 
 
-@pytest.mark.parametrize("args, code", [
-    (["{missing}"], 4),
-    (["{run}", "--format", "tflite"], 2),
-    (["{run}", "--precision", "int4"], 2),
-])
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        (["{missing}"], 4),
+        (["{run}", "--format", "tflite"], 2),
+        (["{run}", "--precision", "int4"], 2),
+    ],
+)
 def test_cli_bad_input_is_one_clear_line(tiny_run, tmp_path, args, code):
     out = tmp_path / "exp"
     args = [a.format(missing=tmp_path / "nope", run=tiny_run) for a in args]
@@ -279,8 +307,10 @@ def test_cli_bad_input_is_one_clear_line(tiny_run, tmp_path, args, code):
 
 def test_cli_export_prints_a_table(tiny_run, tmp_path):
     out = tmp_path / "exp"
-    result = CliRunner().invoke(app, ["export", str(tiny_run), "--format", "onnx", "--precision", "fp32", "--out",
-                                      str(out), "--verify-size", "50"])
+    result = CliRunner().invoke(
+        app,
+        ["export", str(tiny_run), "--format", "onnx", "--precision", "fp32", "--out", str(out), "--verify-size", "50"],
+    )
     assert result.exit_code == 0, result.output
     assert "100.00%" in result.output and (out / "manifest.json").is_file()
 
@@ -298,9 +328,15 @@ def test_onnx_int8_keeps_shape_arithmetic_out_of_the_graph(tmp_path):
     torch.manual_seed(0)
     meta = create_model("scratch_cnn", 3, classes=CLASSES).meta
     # kernel 5, stride 2 on 32 and 16 px: pads of (1, 2), the case efficientnet_lite0's INT8 got wrong
-    backbone = torch.nn.Sequential(Conv2dSame(3, 16, 5, stride=2), torch.nn.ReLU(), Conv2dSame(16, 16, 5, stride=2),
-                                   torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                                   torch.nn.Linear(16, 3))
+    backbone = torch.nn.Sequential(
+        Conv2dSame(3, 16, 5, stride=2),
+        torch.nn.ReLU(),
+        Conv2dSame(16, 16, 5, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, 3),
+    )
     model = EdgeModel(backbone, {**meta, "source_sha256": "same-padding"}).eval()
     rng = np.random.default_rng(0)
     calib, test = (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8) for n in (64, 200))
@@ -332,22 +368,34 @@ def test_unwritable_output_is_one_clear_error(tiny_run, tmp_path):
 
 # ---------------------------------------------------------------- issue 18: collapse, calibration, NaN, SIGTERM, disk
 
+
 def test_collapsed_agreement_is_refused_unless_kept(monkeypatch, tiny_run, tmp_path):
     corrupt_run(monkeypatch, "onnx", None)  # every top-1 changed: 0 % agreement
-    with pytest.raises(ExportError, match=r"onnx int8 failed verification: .*0\.00% .*needs >= 90\.0% "
-                                          r"\(--keep-low-agreement"):
+    with pytest.raises(
+        ExportError,
+        match=r"onnx int8 failed verification: .*0\.00% .*needs >= 90\.0% "
+        r"\(--keep-low-agreement",
+    ):
         export_run(tiny_run, "onnx", "int8", out_dir=tmp_path / "exp", calib_size=CALIB_SIZE, verify_size=50)
     assert not (tmp_path / "exp").exists()
-    (e,) = export_run(tiny_run, "onnx", "int8", out_dir=tmp_path / "kept", calib_size=CALIB_SIZE, verify_size=50,
-                      keep_low_agreement=True)
+    (e,) = export_run(
+        tiny_run,
+        "onnx",
+        "int8",
+        out_dir=tmp_path / "kept",
+        calib_size=CALIB_SIZE,
+        verify_size=50,
+        keep_low_agreement=True,
+    )
     assert e["verification"]["agreement"] == 0.0 and "warning" in e["verification"]
     assert (tmp_path / "kept" / e["path"]).is_file()
 
 
 def test_fewer_calibration_images_than_asked_are_reported(tiny_run, tmp_path):
     logs = []
-    (e,) = export_run(tiny_run, "onnx", "int8", out_dir=tmp_path / "exp", calib_size=1000, verify_size=50,
-                      log=logs.append)
+    (e,) = export_run(
+        tiny_run, "onnx", "int8", out_dir=tmp_path / "exp", calib_size=1000, verify_size=50, log=logs.append
+    )
     assert e["calibration"]["images"] == 60 and e["calibration"]["requested"] == 1000
     assert "60" in e["calibration"]["note"] and "1000" in e["calibration"]["note"]
     assert any("all 60 training images, fewer than --calib-size 1000" in line for line in logs)
@@ -408,8 +456,12 @@ def test_sigterm_cleans_up_like_ctrl_c(tiny_run, tmp_path):
     export_run(tiny_run, "onnx", "fp32", out_dir=out, verify_size=20)
     before = tree_snapshot(out)
     (tmp_path / "tmp").mkdir()
-    done = subprocess.run([sys.executable, "-c", SIGTERM_DURING_EXPORT, str(tiny_run), str(out), str(tmp_path / "tmp"),
-                           str(CALIB_SIZE)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", SIGTERM_DURING_EXPORT, str(tiny_run), str(out), str(tmp_path / "tmp"), str(CALIB_SIZE)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 128 + signal.SIGTERM, done.stderr[-2000:]
     assert tree_snapshot(out) == before and sorted(p.name for p in out.iterdir()) == ["manifest.json", "tiny"]
     assert list((tmp_path / "tmp").iterdir()) == []
@@ -444,11 +496,25 @@ def test_a_full_disk_is_one_line_and_changes_nothing(monkeypatch, tiny_run, tmp_
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(BACKENDS["openvino"], "export", full)
-    result = CliRunner().invoke(app, ["export", str(tiny_run), "--format", "openvino", "--precision", "fp32",
-                                      "--out", str(out), "--verify-size", "20"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            str(tiny_run),
+            "--format",
+            "openvino",
+            "--precision",
+            "fp32",
+            "--out",
+            str(out),
+            "--verify-size",
+            "20",
+        ],
+    )
     assert result.exit_code == 8 and "Traceback" not in result.output
-    assert result.output.strip() == (f"error: the disk is full: could not write tiny-fp32.xml; {out} was left as "
-                                     f"it was")
+    assert result.output.strip() == (
+        f"error: the disk is full: could not write tiny-fp32.xml; {out} was left as it was"
+    )
     assert tree_snapshot(out) == before and not list(out.glob(".staging-*"))
 
 
@@ -495,8 +561,9 @@ def test_predict_never_prints_nan(monkeypatch, exported, tmp_path):
     real_run = backend.run
     monkeypatch.setattr(backend, "run", lambda session, images: real_run(session, images) * np.float32("nan"))
     for extra in ([], ["--json"]):
-        result = CliRunner().invoke(app, ["predict", str(image), "--model", str(out / entry(entries, "onnx", "fp32")
-                                                                                ["path"]), *extra])
+        result = CliRunner().invoke(
+            app, ["predict", str(image), "--model", str(out / entry(entries, "onnx", "fp32")["path"]), *extra]
+        )
         assert result.exit_code == ArtifactError.exit_code and "NaN or infinite outputs" in result.output
         assert "nan%" not in result.output and "NaN," not in result.output
 
@@ -531,8 +598,17 @@ except KeyboardInterrupt:
 
 
 # what the libraries say on their own, which an export's output must not carry (edgecifar.quiet)
-LIBRARY_NOISE = ("cpuinfo", "XNNPACK", "os.fork()", "out-of-range for weight", "absl::InitializeLog",
-                 "oneDNN custom operations", "threadpool", "Traceback", "_pytree")
+LIBRARY_NOISE = (
+    "cpuinfo",
+    "XNNPACK",
+    "os.fork()",
+    "out-of-range for weight",
+    "absl::InitializeLog",
+    "oneDNN custom operations",
+    "threadpool",
+    "Traceback",
+    "_pytree",
+)
 
 
 def test_an_export_prints_only_our_lines(tiny_run, tmp_path):
@@ -544,10 +620,29 @@ def test_an_export_prints_only_our_lines(tiny_run, tmp_path):
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-m", "edgecifar", "export", str(tiny_run), "--precision", "int8",
-                           "--out", str(tmp_path / "exp"), "--calib-size", str(CALIB_SIZE), "--verify-size",
-                           str(VERIFY_SIZE), "--keep-low-agreement"], capture_output=True, text=True, cwd=root,
-                          env={**os.environ, "COLUMNS": "200"}, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecifar",
+            "export",
+            str(tiny_run),
+            "--precision",
+            "int8",
+            "--out",
+            str(tmp_path / "exp"),
+            "--calib-size",
+            str(CALIB_SIZE),
+            "--verify-size",
+            str(VERIFY_SIZE),
+            "--keep-low-agreement",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr
     said = done.stdout + done.stderr
     assert not [line for line in said.splitlines() if any(n in line for n in LIBRARY_NOISE)], said
@@ -562,13 +657,20 @@ def test_openvino_and_nncf_take_their_no_telemetry_path():
     import subprocess
     import sys
 
-    code = ("import edgecifar.backends\n"
-            "import openvino.tools.ovc.convert_impl as ovc\n"
-            "import nncf.telemetry.wrapper as nncf\n"
-            "print(ovc.tm.__name__, type(nncf.telemetry).__name__)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[1], env={k: v for k, v in os.environ.items()
-                                                                        if k not in ("NNCF_CI", "NNCF_DEV")})
+    code = (
+        "import edgecifar.backends\n"
+        "import openvino.tools.ovc.convert_impl as ovc\n"
+        "import nncf.telemetry.wrapper as nncf\n"
+        "print(ovc.tm.__name__, type(nncf.telemetry).__name__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+        env={k: v for k, v in os.environ.items() if k not in ("NNCF_CI", "NNCF_DEV")},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["openvino.tools.ovc.telemetry_stub", "MagicMock"], done.stdout
 
@@ -595,8 +697,9 @@ def test_the_quick_profile_keeps_a_near_chance_int8_file_and_says_why(monkeypatc
     with pytest.raises(ExportError, match="--keep-low-agreement"):
         export_run(tiny_run, "onnx", "int8", out_dir=tmp_path / "full", **export_options(quick=False))
     said = []
-    (e,) = export_run(tiny_run, "onnx", "int8", out_dir=tmp_path / "quick", log=said.append,
-                      **export_options(quick=True))
+    (e,) = export_run(
+        tiny_run, "onnx", "int8", out_dir=tmp_path / "quick", log=said.append, **export_options(quick=True)
+    )
     assert e["verification"]["agreement"] == 0.0 and "near chance" in e["verification"]["warning"]
     assert [line for line in said if line.startswith("note: onnx int8") and "kept" in line]
     (e,) = export_run(tiny_run, "onnx", "int8", out_dir=tmp_path / "asked", **export_options(False, True))

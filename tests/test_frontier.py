@@ -30,12 +30,37 @@ def hits(correct: int, first: int = 0) -> np.ndarray:
     return v
 
 
-def row(model: str, run: str, variant: str, latency: float, size: int, correct: int, *, threads: int = 1,
-        per_image: np.ndarray | None = None, test_set: str = "set-a", fmt: str = "onnx", cap=None) -> dict:
+def row(
+    model: str,
+    run: str,
+    variant: str,
+    latency: float,
+    size: int,
+    correct: int,
+    *,
+    threads: int = 1,
+    per_image: np.ndarray | None = None,
+    test_set: str = "set-a",
+    fmt: str = "onnx",
+    cap=None,
+) -> dict:
     """A bench row as bench writes it (the fields the frontier reads)."""
-    r = {"model": model, "source_run": run, "variant": variant, "format": fmt, "threads": threads, "status": "ok",
-         "accuracy": correct / N, "correct": correct, "images": N, "size_bytes": size, "latency_p50_ms": latency,
-         "input_size": "32x32", "path": f"exported/{run}/{variant.replace(' ', '-')}", "isa": {"cap": cap}}
+    r = {
+        "model": model,
+        "source_run": run,
+        "variant": variant,
+        "format": fmt,
+        "threads": threads,
+        "status": "ok",
+        "accuracy": correct / N,
+        "correct": correct,
+        "images": N,
+        "size_bytes": size,
+        "latency_p50_ms": latency,
+        "input_size": "32x32",
+        "path": f"exported/{run}/{variant.replace(' ', '-')}",
+        "isa": {"cap": cap},
+    }
     if per_image is not None:
         r["per_image"] = per_image_record(per_image, test_set)
     return r
@@ -53,13 +78,20 @@ TRANSFER_BIG = row("mobilenet_v2", "mobilenet_v2-96", "ONNX FP32", 2.5, 9_000_00
 
 
 def test_families_come_from_the_registry_and_baselines_are_left_out():
-    rows = [SCRATCH_MID, TRANSFER_MID, {**SCRATCH_MID, "format": "pytorch", "path": "runs/x/model.safetensors"},
-            {**TRANSFER_MID, "isa": {"cap": "avx2"}, "latency_p50_ms": 3.0},  # a capped INT8 path: not native
-            {**SCRATCH_MID, "threads": 2, "latency_p50_ms": 0.5},  # the same file at 2 threads: latency from 1
-            row("some_timm_net", "t", "ONNX FP32", 1.0, 1, 500)]
+    rows = [
+        SCRATCH_MID,
+        TRANSFER_MID,
+        {**SCRATCH_MID, "format": "pytorch", "path": "runs/x/model.safetensors"},
+        {**TRANSFER_MID, "isa": {"cap": "avx2"}, "latency_p50_ms": 3.0},  # a capped INT8 path: not native
+        {**SCRATCH_MID, "threads": 2, "latency_p50_ms": 0.5},  # the same file at 2 threads: latency from 1
+        row("some_timm_net", "t", "ONNX FP32", 1.0, 1, 500),
+    ]
     points, notes = points_from_rows(rows)
-    assert {p.label: p.family for p in points} == {"airnet_m-kd ONNX INT8": "scratch",
-                                                   "efficientnet_lite0 ONNX INT8": "transfer", "t ONNX FP32": "other"}
+    assert {p.label: p.family for p in points} == {
+        "airnet_m-kd ONNX INT8": "scratch",
+        "efficientnet_lite0 ONNX INT8": "transfer",
+        "t ONNX FP32": "other",
+    }
     assert {p.label: p.latency_ms for p in points}["airnet_m-kd ONNX INT8"] == 0.9
     assert any("PyTorch baseline" in n for n in notes) and any("capped INT8 path" in n for n in notes)
     assert any("some_timm_net" in n for n in notes)
@@ -70,19 +102,25 @@ def test_families_come_from_the_registry_and_baselines_are_left_out():
 
 
 def test_pareto_front_per_family():
-    points, _ = points_from_rows([SCRATCH_FAST, SCRATCH_MID, SCRATCH_SLOW, row("airnet_t", "airnet_t-kd",
-                                                                               "ONNX FP32", 0.3, 300_000, 880)])
+    points, _ = points_from_rows(
+        [SCRATCH_FAST, SCRATCH_MID, SCRATCH_SLOW, row("airnet_t", "airnet_t-kd", "ONNX FP32", 0.3, 300_000, 880)]
+    )
     assert [p.label for p in pareto_front(points, "latency")] == ["airnet_s-kd ONNX INT8", "airnet_m-kd ONNX INT8"]
     # on size, the smaller file of equal top-1 is the one on the front
     assert [p.label for p in pareto_front(points, "size")] == ["airnet_t-kd ONNX FP32", "airnet_m-kd ONNX INT8"]
     fr = build_frontier(bench([SCRATCH_FAST, SCRATCH_MID, SCRATCH_SLOW, TRANSFER_MID, TRANSFER_BIG]))
-    assert [p.label for p in fr.fronts["latency"]["transfer"]] == ["efficientnet_lite0 ONNX INT8",
-                                                                   "mobilenet_v2-96 ONNX FP32"]
+    assert [p.label for p in fr.fronts["latency"]["transfer"]] == [
+        "efficientnet_lite0 ONNX INT8",
+        "mobilenet_v2-96 ONNX FP32",
+    ]
 
 
 def test_budget_table_says_which_family_wins_and_that_one_run_is_not_tested():
-    fr = build_frontier(bench([SCRATCH_FAST, SCRATCH_MID, SCRATCH_SLOW, TRANSFER_MID, TRANSFER_BIG]),
-                        latency_budgets=(0.25, 0.5, 1.0, 4.0), size_budgets=(128_000, 4_000_000))
+    fr = build_frontier(
+        bench([SCRATCH_FAST, SCRATCH_MID, SCRATCH_SLOW, TRANSFER_MID, TRANSFER_BIG]),
+        latency_budgets=(0.25, 0.5, 1.0, 4.0),
+        size_budgets=(128_000, 4_000_000),
+    )
     by = {v.budget: v for v in fr.budgets["latency"]}
     assert by[0.25].winner is None and by[0.25].test == "no file fits"
     assert by[0.5].winner == "scratch" and by[0.5].test == "only scratch fits"
@@ -103,22 +141,35 @@ def test_equal_top1_is_a_tie():
 
 def test_paired_results_decide_ties_and_significant_wins():
     """Per-image results on one test set: the exact McNemar test says whether the leader's margin is real."""
-    close = [row("airnet_m", "airnet_m-kd", "ONNX INT8", 0.9, 1_100_000, 900, per_image=hits(900)),
-             row("efficientnet_lite0", "efficientnet_lite0", "ONNX INT8", 0.8, 3_800_000, 905,
-                 per_image=hits(905, first=3))]  # 8 images only the transfer file gets, 3 only the scratch one
+    close = [
+        row("airnet_m", "airnet_m-kd", "ONNX INT8", 0.9, 1_100_000, 900, per_image=hits(900)),
+        row("efficientnet_lite0", "efficientnet_lite0", "ONNX INT8", 0.8, 3_800_000, 905, per_image=hits(905, first=3)),
+    ]  # 8 images only the transfer file gets, 3 only the scratch one
     v = build_frontier(bench(close), latency_budgets=(1.0,)).budgets["latency"][0]
     assert v.test == "exact McNemar" and v.winner == "tie" and v.leader == "transfer"
     assert v.p_value == pytest.approx(0.2266, abs=1e-3)  # binomial(3; 11, 1/2), two-sided
-    clear = [close[0], row("efficientnet_lite0", "efficientnet_lite0", "ONNX INT8", 0.8, 3_800_000, 950,
-                           per_image=hits(950))]
+    clear = [
+        close[0],
+        row("efficientnet_lite0", "efficientnet_lite0", "ONNX INT8", 0.8, 3_800_000, 950, per_image=hits(950)),
+    ]
     v = build_frontier(bench(clear), latency_budgets=(1.0,)).budgets["latency"][0]
     assert v.winner == "transfer" and v.p_value < 1e-10 and v.difference == pytest.approx(0.05)
 
 
 def test_results_on_different_test_sets_are_not_paired():
-    rows = [row("airnet_m", "airnet_m-kd", "ONNX INT8", 0.9, 1_100_000, 900, per_image=hits(900)),
-            row("efficientnet_lite0", "efficientnet_lite0", "ONNX INT8", 0.8, 3_800_000, 950, per_image=hits(950),
-                test_set="set-b")]
+    rows = [
+        row("airnet_m", "airnet_m-kd", "ONNX INT8", 0.9, 1_100_000, 900, per_image=hits(900)),
+        row(
+            "efficientnet_lite0",
+            "efficientnet_lite0",
+            "ONNX INT8",
+            0.8,
+            3_800_000,
+            950,
+            per_image=hits(950),
+            test_set="set-b",
+        ),
+    ]
     v = build_frontier(bench(rows), latency_budgets=(1.0,)).budgets["latency"][0]
     assert v.test == NOT_TESTED and v.p_value is None and v.winner == "transfer"
     fr = build_frontier(bench([rows[0], TRANSFER_MID]), latency_budgets=(1.0,))
@@ -133,8 +184,12 @@ def test_the_crossover_is_named():
     cheap_transfer = row("mobilenet_v2", "mobilenet_v2-32", "ONNX INT8", 0.2, 2_000_000, 850)
     points, _ = points_from_rows([SCRATCH_FAST, SCRATCH_MID, cheap_transfer, TRANSFER_BIG])
     (cross,) = crossovers(points, "latency")  # scratch leads from 0.3 ms (88 against 85), transfer from 2.5 ms
-    assert (cross.before, cross.after, cross.cost, cross.point) == ("scratch", "transfer", 2.5,
-                                                                    "mobilenet_v2-96 ONNX FP32")
+    assert (cross.before, cross.after, cross.cost, cross.point) == (
+        "scratch",
+        "transfer",
+        2.5,
+        "mobilenet_v2-96 ONNX FP32",
+    )
     (cross,) = crossovers(points, "size")  # 90.0 in 1.1 MB against 85.0 in 2 MB; 93.0 in 9 MB
     assert (cross.before, cross.after, cross.cost) == ("scratch", "transfer", 9_000_000)
 

@@ -99,8 +99,10 @@ def test_transparency_is_composited_on_the_documented_background(tmp_path):
 def test_decompression_bomb_is_a_data_error_naming_the_file(tmp_path, monkeypatch):
     tree = small_tree(tmp_path / "tree")
     huge_png(tree / "train" / "cat" / "panorama.png")
-    for load in (lambda: load_data(str(tree), tmp_path / "cache"),
-                 lambda: runtime.read_image(tree / "train" / "cat" / "panorama.png")):
+    for load in (
+        lambda: load_data(str(tree), tmp_path / "cache"),
+        lambda: runtime.read_image(tree / "train" / "cat" / "panorama.png"),
+    ):
         with pytest.raises(DataError, match=r"panorama\.png.*(limit|bomb)") as error:
             load()
         assert "\n" not in str(error.value)
@@ -111,13 +113,16 @@ def test_decompression_bomb_is_a_data_error_naming_the_file(tmp_path, monkeypatc
         read_image(tmp_path / "1600px.png")
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "empty"),
-    (b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + b"\x00" * 200, "not an image"),
-    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n", "PostScript image .*never opens"),  # never Ghostscript
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "x.png"),
-    (b"GIF89a\xff\xff\xff\xff", "x.png"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty"),
+        (b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + b"\x00" * 200, "not an image"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n", "PostScript image .*never opens"),  # never Ghostscript
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "x.png"),
+        (b"GIF89a\xff\xff\xff\xff", "x.png"),
+    ],
+)
 def test_any_decode_failure_is_one_line_naming_the_file(tmp_path, content, message):
     (tmp_path / "x.png").write_bytes(content)
     with pytest.raises(DataError, match=message) as error:
@@ -157,14 +162,17 @@ def test_the_decoder_is_light():
     import subprocess
     import sys
 
-    code = ("import json, sys; import edgecifar.images, edgecifar.discovery, edgecifar.cifar_batches; "
-            "print(json.dumps([m for m in ('torch', 'torchvision', 'timm') if m in sys.modules]))")
+    code = (
+        "import json, sys; import edgecifar.images, edgecifar.discovery, edgecifar.cifar_batches; "
+        "print(json.dumps([m for m in ('torch', 'torchvision', 'timm') if m in sys.modules]))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
 
 
 # ---------------------------------------------------------------- formats that need a plugin (HEIC) or none here
+
 
 def _heic_bytes(image: np.ndarray) -> bytes:
     from pillow_heif import register_heif_opener
@@ -206,8 +214,9 @@ def test_heic_without_pillow_heif_is_named_with_how_to_read_it(tmp_path, without
     assert image_name("IMG_0001.HEIC") and "pillow-heif" in unreadable_format("IMG_0001.HEIC")
 
 
-@pytest.mark.parametrize("name, kind", [("a.jxl", "JPEG XL"), ("a.CR2", "camera RAW"), ("a.psd", "Photoshop"),
-                                        ("a.svg", "SVG")])
+@pytest.mark.parametrize(
+    "name, kind", [("a.jxl", "JPEG XL"), ("a.CR2", "camera RAW"), ("a.psd", "Photoshop"), ("a.svg", "SVG")]
+)
 def test_known_formats_never_decoded_here_are_named(tmp_path, name, kind):
     from edgecifar.images import image_name, unreadable_format
 

@@ -31,6 +31,7 @@ def photo_tree(root: Path, side: int, n_train: int = 12, n_test: int = 8, odd: t
 
 # ---------------------------------------------------------------- the size: parsed, defaulted, cached
 
+
 def test_parse_size():
     assert parse_size("96") == (96, 96) and parse_size("64x128") == (64, 128) and parse_size(" 28 X 28 ") == (28, 28)
     assert parse_size(64) == (64, 64) and parse_size([48, 80]) == (48, 80)
@@ -69,6 +70,7 @@ def test_the_cache_key_holds_the_size(tmp_path):
 
 
 # ---------------------------------------------------------------- every model at any size its poolings allow
+
 
 @pytest.mark.parametrize("size", [(96, 64)])  # 96 px, and not square
 def test_every_registered_model_takes_the_input_size(size):
@@ -133,6 +135,7 @@ def test_cli_input_size_is_checked_and_img_size_still_works(tmp_path):
 
 # ---------------------------------------------------------------- end to end at 64 and 96 px
 
+
 @pytest.fixture(scope="module", params=[64, 96])
 def sized_export(request, tmp_path_factory):
     """A scratch_cnn trained one epoch on a tree of side x side photos at the tree's default size, exported to
@@ -144,8 +147,18 @@ def sized_export(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"px{side}")
     tree = photo_tree(root / "data", side)
     said: list[str] = []
-    run = train(TrainConfig(model="scratch_cnn", data=str(tree), cache_dir=str(root / "cache"), epochs=3,
-                            batch_size=12, lr=0.02, out=str(root / "runs" / f"px{side}")), log=said.append)
+    run = train(
+        TrainConfig(
+            model="scratch_cnn",
+            data=str(tree),
+            cache_dir=str(root / "cache"),
+            epochs=3,
+            batch_size=12,
+            lr=0.02,
+            out=str(root / "runs" / f"px{side}"),
+        ),
+        log=said.append,
+    )
     precisions = ["int8"] if side == 64 else ["fp32"]
     entries = export_run(run, "all", precisions, out_dir=root / "exported", calib_size=16, verify_size=24)
     return side, run, root / "exported", entries, said
@@ -168,9 +181,11 @@ def test_every_file_and_the_manifest_carry_the_contract(sized_export):
     side, _, out, entries, _ = sized_export
     precision = "int8" if side == 64 else "fp32"
     manifest = json.loads((out / "manifest.json").read_text())["artifacts"]
-    assert {e["format"] for e in entries} == {name for name, b in BACKENDS.items()  # every one installed here
-                                              if in_all(b) and unavailable(b, export=True) is None
-                                              and precision in b.precisions}
+    assert {e["format"] for e in entries} == {
+        name
+        for name, b in BACKENDS.items()  # every one installed here
+        if in_all(b) and unavailable(b, export=True) is None and precision in b.precisions
+    }
     for entry in manifest:
         assert entry["input"]["shape"] == ["N", side, side, 3]
         artifact = runtime.load_artifact(out / entry["path"])
@@ -199,8 +214,15 @@ def test_bench_reads_the_size_from_the_manifest(sized_export, tmp_path):
     from edgecifar.bench import bench
 
     side, run, out, _, _ = sized_export
-    rows = bench([out], threads=(1,), batch_size=8, out_dir=tmp_path / "res", runs_dir=run.parent,
-                 latency_seconds=0.05, throughput_seconds=0.05)
+    rows = bench(
+        [out],
+        threads=(1,),
+        batch_size=8,
+        out_dir=tmp_path / "res",
+        runs_dir=run.parent,
+        latency_seconds=0.05,
+        throughput_seconds=0.05,
+    )
     assert rows and all(r["status"] == "ok" for r in rows), [r["reason"] for r in rows]
     assert {r["input_size"] for r in rows} == {f"{side}x{side}"} and {r["format"] for r in rows} >= {"pytorch", "onnx"}
     assert all(r["images"] == 3 * 8 and r["macs"] for r in rows)

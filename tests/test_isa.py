@@ -28,9 +28,17 @@ def fake_cpu(flags: set[str]) -> CpuIsa:
     return read_cpu_isa(flags=lambda: set(flags), model=lambda: "Fake CPU")
 
 
-@pytest.mark.parametrize("flags, path, vnni", [(ZEN3, "avx2", False), (SKYLAKE_SP, "avx512", False),
-                                               (ICELAKE, "avx512_vnni", True), (SAPPHIRE, "amx", True),
-                                               (ZEN3 | {"avx_vnni"}, "avx_vnni", True), (set(), "sse", False)])
+@pytest.mark.parametrize(
+    "flags, path, vnni",
+    [
+        (ZEN3, "avx2", False),
+        (SKYLAKE_SP, "avx512", False),
+        (ICELAKE, "avx512_vnni", True),
+        (SAPPHIRE, "amx", True),
+        (ZEN3 | {"avx_vnni"}, "avx_vnni", True),
+        (set(), "sse", False),
+    ],
+)
 def test_int8_path_from_flags(flags, path, vnni):
     cpu = fake_cpu(flags)
     assert (cpu.int8_path, cpu.vnni) == (path, vnni)
@@ -79,8 +87,9 @@ def exported_vnni(tiny_run, tmp_path_factory):
     from edgecifar.export import export_run
 
     out = tmp_path_factory.mktemp("vnni")
-    return out, export_run(tiny_run, ISA_FORMATS, "int8", out_dir=out, calib_size=CALIB_SIZE, verify_size=VERIFY_SIZE,
-                           int8_isa="vnni")
+    return out, export_run(
+        tiny_run, ISA_FORMATS, "int8", out_dir=out, calib_size=CALIB_SIZE, verify_size=VERIFY_SIZE, int8_isa="vnni"
+    )
 
 
 def _int8_weights(path):
@@ -93,8 +102,11 @@ def _int8_weights(path):
     import openvino as ov
 
     model = ov.Core().read_model(str(path))
-    return [op.get_data() for op in model.get_ordered_ops()
-            if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8]
+    return [
+        op.get_data()
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8
+    ]
 
 
 def test_int8_isa_is_recorded_and_decides_the_weight_range(exported, exported_vnni):
@@ -134,8 +146,17 @@ def test_bench_records_the_isa_of_every_row_and_runs_the_avx2_path(exported_vnni
 
     monkeypatch.setattr(isa.shutil, "which", lambda name: None)  # no emulator: the ONNX @avx2 row says why
     out, _ = exported_vnni
-    rows = bench([out], threads=(1,), out_dir=tmp_path / "res", runs_dir=tiny_run.parent, baseline=False,
-                 isa="native,avx2", max_images=40, latency_seconds=0.05, throughput_seconds=0.05)
+    rows = bench(
+        [out],
+        threads=(1,),
+        out_dir=tmp_path / "res",
+        runs_dir=tiny_run.parent,
+        baseline=False,
+        isa="native,avx2",
+        max_images=40,
+        latency_seconds=0.05,
+        throughput_seconds=0.05,
+    )
     by_variant = {r["variant"]: r for r in rows}
     assert set(by_variant) == {"ONNX INT8", "OpenVINO INT8", "ONNX INT8 @avx2", "OpenVINO INT8 @avx2"}
     native = by_variant["OpenVINO INT8"]["isa"]
@@ -181,8 +202,14 @@ def _grouped_convs(path):
             x = torch.relu(self.dw(image.permute(0, 3, 1, 2).float() / 255))
             return self.dense(torch.relu(self.multiplier(x)))
 
-    torch.onnx.export(Net().eval(), (torch.zeros(1, 8, 8, 3, dtype=torch.uint8),), str(path), dynamo=True,
-                      input_names=["image"], output_names=["logits"])
+    torch.onnx.export(
+        Net().eval(),
+        (torch.zeros(1, 8, 8, 3, dtype=torch.uint8),),
+        str(path),
+        dynamo=True,
+        input_names=["image"],
+        output_names=["logits"],
+    )
     return path
 
 
@@ -206,31 +233,42 @@ def test_depthwise_weights_keep_8_bits_under_the_x86_rule(tmp_path):
 
     for setting in ("x86", "vnni"):
         quantized = onnx.load(str(_quantized(tmp_path, setting)[1]))
-        widest = {t.name: int(np.abs(onnx.numpy_helper.to_array(t).astype(np.int32)).max())
-                  for t in quantized.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4}
+        widest = {
+            t.name: int(np.abs(onnx.numpy_helper.to_array(t).astype(np.int32)).max())
+            for t in quantized.graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4
+        }
         depthwise = depthwise_weights(quantized)
         assert len(depthwise) == 1 and widest.pop(depthwise[0]) == 127  # the 3-group, 1-output conv only
         assert list(widest.values()) == [64 if setting == "x86" else 127] * 2, (setting, widest)
 
 
-@pytest.mark.skipif(not isa.shutil.which(isa.EMULATOR) or not read_cpu_isa().vnni or platform.machine() != "x86_64",
-                    reason="needs an x86 CPU with VNNI (the exact native path) and qemu-x86_64 for the AVX2 path")
+@pytest.mark.skipif(
+    not isa.shutil.which(isa.EMULATOR) or not read_cpu_isa().vnni or platform.machine() != "x86_64",
+    reason="needs an x86 CPU with VNNI (the exact native path) and qemu-x86_64 for the AVX2 path",
+)
 def test_the_x86_rule_is_exact_on_the_avx2_path(tmp_path):
     """The same file, natively (VNNI: exact) and under QEMU's AVX2 CPU model (no VNNI): the x86 file (8-bit
     depthwise, 7-bit GEMM weights) gives the same logits on both; the vnni file (8-bit GEMM weights) does not."""
     import subprocess
     import sys
 
-    script = ("import sys, numpy as np, onnxruntime as ort; s = ort.InferenceSession(sys.argv[1], "
-              "providers=['CPUExecutionProvider']); np.save(sys.argv[2], s.run(None, "
-              "{'image': np.full((1, 8, 8, 3), 255, np.uint8)})[0])")
+    script = (
+        "import sys, numpy as np, onnxruntime as ort; s = ort.InferenceSession(sys.argv[1], "
+        "providers=['CPUExecutionProvider']); np.save(sys.argv[2], s.run(None, "
+        "{'image': np.full((1, 8, 8, 3), 255, np.uint8)})[0])"
+    )
     for setting in ("x86", "vnni"):
         path = _quantized(tmp_path, setting)[1]
         outputs = []
         for prefix in ([], [isa.shutil.which(isa.EMULATOR), "-cpu", isa.CAPS["avx2"].emulator_cpu]):
             out = tmp_path / f"{setting}-{len(prefix)}.npy"
-            subprocess.run([*prefix, sys.executable, "-c", script, str(path), str(out)], check=True,
-                           capture_output=True, timeout=300)
+            subprocess.run(
+                [*prefix, sys.executable, "-c", script, str(path), str(out)],
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
             outputs.append(np.load(out))
         same = np.array_equal(*outputs)
         assert same if setting == "x86" else not same, (setting, np.abs(outputs[0] - outputs[1]).max())

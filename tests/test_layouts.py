@@ -81,8 +81,11 @@ def test_images_directly_in_train_are_counted_in_the_refusal(tmp_path, base):
 
 
 def test_a_split_folder_given_as_data_points_at_its_parent(tmp_path, base):
-    with pytest.raises(DataError, match=rf"looks like one split itself .*cat/, dog/, ship/.*pass the folder above "
-                                        rf"it, {tmp_path / 'base'}, as --data"):
+    with pytest.raises(
+        DataError,
+        match=rf"looks like one split itself .*cat/, dog/, ship/.*pass the folder above "
+        rf"it, {tmp_path / 'base'}, as --data",
+    ):
         load_data(str(base / "train"), tmp_path / "cache")
     shutil.copytree(base / "train", tmp_path / "classes")
     with pytest.raises(DataError, match=r"its folders cat/, dog/, ship/ hold images, but are not inside train/"):

@@ -11,7 +11,10 @@ def test_scratch_cnn_is_the_reports_cnn():
     assert count_params(model) == 1_147_466
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
-        (3, 32, (3, 3), (1, 1)), (32, 64, (3, 3), (1, 1)), (64, 128, (3, 3), (1, 1))]
+        (3, 32, (3, 3), (1, 1)),
+        (32, 64, (3, 3), (1, 1)),
+        (64, 128, (3, 3), (1, 1)),
+    ]
     fcs = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert fcs == [(2048, 512), (512, 10)]
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
@@ -58,8 +61,19 @@ def test_unknown_model():
 
 
 def test_registry_lists_and_counts():
-    assert {"airnet_l", "airnet_m", "airnet_s", "airnet_t", "edge_small", "edge_tiny", "efficientnet_lite0",
-            "efficientnet_lite1", "mobilenet_v2", "resnet18", "scratch_cnn"} <= set(list_models())
+    assert {
+        "airnet_l",
+        "airnet_m",
+        "airnet_s",
+        "airnet_t",
+        "edge_small",
+        "edge_tiny",
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "mobilenet_v2",
+        "resnet18",
+        "scratch_cnn",
+    } <= set(list_models())
     assert 11_000_000 < count_macs(create_model("scratch_cnn")) < 12_000_000
     assert get_spec("efficientnet_lite0").recipe.img_size == 40
 
@@ -67,8 +81,12 @@ def test_registry_lists_and_counts():
 def test_family_is_typed_registry_metadata():
     """scratch: trained from random weights; transfer: the recipe starts from ImageNet weights."""
     families = {name: get_spec(name).family for name in list_models()}
-    assert {n for n, f in families.items() if f == "transfer"} == {"efficientnet_lite0", "efficientnet_lite1",
-                                                                   "mobilenet_v2", "resnet18"}
+    assert {n for n, f in families.items() if f == "transfer"} == {
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "mobilenet_v2",
+        "resnet18",
+    }
     assert set(families.values()) == {"scratch", "transfer"}
     assert all(bool(get_spec(n).pretrained_source) == (f == "transfer") for n, f in families.items())
 
@@ -114,8 +132,10 @@ def sees_a_cat_and_espresso(model: torch.nn.Module, mean, std, side: int = 224) 
         assert probs.argmax().item() == want and probs.max() > 0.5
 
 
-@pytest.mark.parametrize("arch, bundled, side", [("tf_efficientnet_lite0", "LITE0_WEIGHTS", 224),
-                                                 ("tf_efficientnet_lite1", "LITE1_WEIGHTS", 240)])
+@pytest.mark.parametrize(
+    "arch, bundled, side",
+    [("tf_efficientnet_lite0", "LITE0_WEIGHTS", 224), ("tf_efficientnet_lite1", "LITE1_WEIGHTS", 240)],
+)
 def test_bundled_lite_mapping_is_strict_and_keeps_imagenet_predictions(arch, bundled, side):
     """The TF-ported lukemelas weights land on timm's tf_efficientnet_lite0/1 and still see a cat and espresso."""
     import timm
@@ -230,12 +250,15 @@ def test_models_lists_without_torch_and_fits_80_columns(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from edgecifar.cli import app\n"
-            "try:\n    app(['models'])\nexcept SystemExit:\n    pass\n"
-            "assert 'torch' not in sys.modules, 'models imported torch'")
+    code = (
+        "import sys; from edgecifar.cli import app\n"
+        "try:\n    app(['models'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'models imported torch'"
+    )
     env = {**os.environ, "COLUMNS": "80", "TERM": "dumb"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80
@@ -252,8 +275,14 @@ def test_models_lists_without_torch_and_fits_80_columns(tmp_path):
     for name, info in read_catalog().items():
         assert " ".join(rows[name]) == info.description
         assert len(rows[name]) <= len(info.description) // 40 + 1, rows[name]  # lines of 40+ characters
-    wide = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**env, "COLUMNS": "200"}, timeout=120, check=True).stdout
+    wide = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**env, "COLUMNS": "200"},
+        timeout=120,
+        check=True,
+    ).stdout
     assert "description" in wide.splitlines()[2]  # one table: the descriptions beside the figures
 
 
@@ -277,8 +306,9 @@ def test_pretrained_efficientnet_keeps_backbone_weights():
     assert pretrained.backbone.classifier.out_features == 10
 
 
-@pytest.mark.parametrize("name, max_params, max_macs", [("edge_tiny", 120_000, 20_000_000),
-                                                        ("edge_small", 500_000, 11_000_000)])
+@pytest.mark.parametrize(
+    "name, max_params, max_macs", [("edge_tiny", 120_000, 20_000_000), ("edge_small", 500_000, 11_000_000)]
+)
 def test_edge_nets_are_small_and_registered(name, max_params, max_macs):
     from edgecifar.models import model_summary
 

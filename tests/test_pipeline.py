@@ -21,8 +21,19 @@ def run_pipeline(*args):
 
 def test_pipeline_quick_end_to_end(image_tree, cache_dir, tmp_path):
     root = tmp_path / "work"
-    common = ["--quick", "--models", "scratch_cnn", "--data", image_tree, "--cache-dir", cache_dir, "--root", root,
-              "--threads", "1"]
+    common = [
+        "--quick",
+        "--models",
+        "scratch_cnn",
+        "--data",
+        image_tree,
+        "--cache-dir",
+        cache_dir,
+        "--root",
+        root,
+        "--threads",
+        "1",
+    ]
     result = run_pipeline(*common)
     assert result.exit_code == 0, result.output
     assert "train scratch_cnn: done" in result.output and "export scratch_cnn: done" in result.output
@@ -31,7 +42,9 @@ def test_pipeline_quick_end_to_end(image_tree, cache_dir, tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["epochs"] == 1  # the quick profile
     manifest = json.loads((root / "exported" / "manifest.json").read_text())
-    assert len(manifest["artifacts"]) == len(ALL_EXPORTS) and {e["source_run"] for e in manifest["artifacts"]} == {"scratch_cnn"}
+    assert len(manifest["artifacts"]) == len(ALL_EXPORTS) and {e["source_run"] for e in manifest["artifacts"]} == {
+        "scratch_cnn"
+    }
     results = root / "results"
     assert sorted(p.name for p in results.iterdir()) == ["bench.csv", "bench.json", "bench.md", "bench.png"]
     rows = json.loads((results / "bench.json").read_text())["rows"]
@@ -76,8 +89,19 @@ def test_bad_options_fail_before_any_work(tmp_path):
 def test_a_typo_in_models_stops_before_any_work(image_tree, cache_dir, tmp_path):
     from edgecifar.errors import ModelError
 
-    result = run_pipeline("--quick", "--models", "scratch_cnn,scrach_cnn", "--data", image_tree, "--cache-dir",
-                          cache_dir, "--root", tmp_path / "w", "--threads", "1")
+    result = run_pipeline(
+        "--quick",
+        "--models",
+        "scratch_cnn,scrach_cnn",
+        "--data",
+        image_tree,
+        "--cache-dir",
+        cache_dir,
+        "--root",
+        tmp_path / "w",
+        "--threads",
+        "1",
+    )
     assert result.exit_code == ModelError.exit_code and "unknown model 'scrach_cnn'" in result.output
     assert not (tmp_path / "w").exists()  # scratch_cnn was not trained first
 
@@ -106,11 +130,33 @@ def test_a_teacher_run_distils_the_model(image_tree, cache_dir, tmp_path):
     """`--teacher MODEL=RUN` trains MODEL-kd from the run's flip-averaged logits, evaluated once at the end."""
     from edgecifar.train import TrainConfig, train
 
-    teacher = train(TrainConfig(model="scratch_cnn", data=str(image_tree), cache_dir=str(cache_dir), epochs=1,
-                                batch_size=16, out=str(tmp_path / "teacher")), log=lambda *a: None)
+    teacher = train(
+        TrainConfig(
+            model="scratch_cnn",
+            data=str(image_tree),
+            cache_dir=str(cache_dir),
+            epochs=1,
+            batch_size=16,
+            out=str(tmp_path / "teacher"),
+        ),
+        log=lambda *a: None,
+    )
     root = tmp_path / "w"
-    result = run_pipeline("--quick", "--models", "scratch_cnn", "--teacher", f"scratch_cnn={teacher}", "--data",
-                          image_tree, "--cache-dir", cache_dir, "--root", root, "--threads", "1")
+    result = run_pipeline(
+        "--quick",
+        "--models",
+        "scratch_cnn",
+        "--teacher",
+        f"scratch_cnn={teacher}",
+        "--data",
+        image_tree,
+        "--cache-dir",
+        cache_dir,
+        "--root",
+        root,
+        "--threads",
+        "1",
+    )
     assert result.exit_code == 0, result.output
     assert "train scratch_cnn-kd: done" in result.output and "export scratch_cnn-kd: done" in result.output
     run = root / "runs" / "scratch_cnn-kd"
@@ -135,22 +181,49 @@ def test_a_teacher_must_fit_the_data(image_tree, cache_dir, tmp_path, monkeypatc
     shutil.copytree(image_tree, other)
     shutil.rmtree(other / "train" / "ship")
     shutil.rmtree(other / "test" / "ship")
-    teacher = train(TrainConfig(model="scratch_cnn", data=str(other), cache_dir=str(cache_dir), epochs=1,
-                                batch_size=16, out=str(tmp_path / "teacher")), log=lambda *a: None)
-    for given, why in ((teacher, "trained on other data (its classes, train, test, per_class differ)"),
-                       (tmp_path / "none", "holds no trained run")):
-        result = run_pipeline("--quick", "--models", "scratch_cnn", "--teacher", f"scratch_cnn={given}", "--data",
-                              image_tree, "--cache-dir", cache_dir, "--root", tmp_path / "w", "--threads", "1")
+    teacher = train(
+        TrainConfig(
+            model="scratch_cnn",
+            data=str(other),
+            cache_dir=str(cache_dir),
+            epochs=1,
+            batch_size=16,
+            out=str(tmp_path / "teacher"),
+        ),
+        log=lambda *a: None,
+    )
+    for given, why in (
+        (teacher, "trained on other data (its classes, train, test, per_class differ)"),
+        (tmp_path / "none", "holds no trained run"),
+    ):
+        result = run_pipeline(
+            "--quick",
+            "--models",
+            "scratch_cnn",
+            "--teacher",
+            f"scratch_cnn={given}",
+            "--data",
+            image_tree,
+            "--cache-dir",
+            cache_dir,
+            "--root",
+            tmp_path / "w",
+            "--threads",
+            "1",
+        )
         assert result.exit_code == UsageError.exit_code and why in result.output, result.output
         assert "Traceback" not in result.output and not (tmp_path / "w").exists()
 
     said = []
     monkeypatch.setattr(pipeline_module, "DEFAULT_TEACHERS", {"scratch_cnn": str(teacher), "airnet_m": str(teacher)})
     assert pipeline_module.teachers_for(["scratch_cnn"], None, str(image_tree), cache_dir, said.append) == {}
-    assert said == [f"pipeline: scratch_cnn trains without a teacher: {teacher} was trained on other data (its "
-                    "classes, train, test, per_class differ)"]
+    assert said == [
+        f"pipeline: scratch_cnn trains without a teacher: {teacher} was trained on other data (its "
+        "classes, train, test, per_class differ)"
+    ]
     assert pipeline_module.teachers_for(["scratch_cnn"], None, str(other), cache_dir, said.append) == {
-        "scratch_cnn": str(teacher.resolve())}
+        "scratch_cnn": str(teacher.resolve())
+    }
 
 
 @pytest.mark.parametrize("text, parsed", [(None, None), ("none", {}), ("a=r1, b=r2", {"a": "r1", "b": "r2"})])
@@ -170,7 +243,8 @@ def test_malformed_teachers_are_refused(text):
 
 
 def test_a_teacher_for_a_model_not_trained_is_refused(tmp_path):
-    result = run_pipeline("--models", "scratch_cnn", "--teacher", "airnet_m=runs/reference/airnet_m", "--root",
-                          tmp_path / "w")
+    result = run_pipeline(
+        "--models", "scratch_cnn", "--teacher", "airnet_m=runs/reference/airnet_m", "--root", tmp_path / "w"
+    )
     assert result.exit_code != 0 and "airnet_m is not one of --models" in result.output
     assert not (tmp_path / "w").exists()

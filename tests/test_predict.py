@@ -55,6 +55,7 @@ def images(tmp_path_factory) -> dict[str, tuple[Path, int | None]]:
 
 # ---------------------------------------------------------------- predictions
 
+
 def test_read_image_matches_training_decoding(tiny_run, images):
     from edgecifar.data import load_data
     from edgecifar.images import decode_image
@@ -68,8 +69,9 @@ def test_read_image_matches_training_decoding(tiny_run, images):
         assert np.array_equal(image, decode_image(path.read_bytes(), path.name))
 
 
-@pytest.mark.parametrize("fmt, precision", [("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp16"),
-                                            ("openvino", "int8")])
+@pytest.mark.parametrize(
+    "fmt, precision", [("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp16"), ("openvino", "int8")]
+)
 def test_predict_on_image_files(exported, images, fmt, precision):
     model = artifact(exported, fmt, precision)
     paths = [p for p, _ in images.values()]
@@ -100,6 +102,7 @@ def test_cli_predict_table_and_json(exported, images):
 
 # ---------------------------------------------------------------- the light, device-side path
 
+
 def run_python(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
@@ -111,8 +114,8 @@ import json, sys
 import edgecifar
 assert 'numpy' not in sys.modules, 'edgecifar/__init__.py must stay import-free'
 from edgecifar import runtime
-for model in {[str(artifact(exported, 'onnx', 'int8')), str(artifact(exported, 'openvino', 'fp32'))]!r}:
-    runtime.predict([{str(images['photo.jpg'][0])!r}], model)
+for model in {[str(artifact(exported, "onnx", "int8")), str(artifact(exported, "openvino", "fp32"))]!r}:
+    runtime.predict([{str(images["photo.jpg"][0])!r}], model)
 print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))
 """
     proc = run_python("-c", code)
@@ -121,8 +124,17 @@ print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))
 
 
 def test_python_m_edgecifar_runtime(exported, images):
-    proc = run_python("-m", "edgecifar.runtime", str(images["small.png"][0]), str(images["large.webp"][0]),
-                      "--model", str(artifact(exported, "openvino", "int8")), "--json", "--topk", "2")
+    proc = run_python(
+        "-m",
+        "edgecifar.runtime",
+        str(images["small.png"][0]),
+        str(images["large.webp"][0]),
+        "--model",
+        str(artifact(exported, "openvino", "int8")),
+        "--json",
+        "--topk",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     assert [r["predictions"][0]["class"] for r in results] == ["beta", "gamma"]
@@ -132,6 +144,7 @@ def test_python_m_edgecifar_runtime(exported, images):
 
 
 # ---------------------------------------------------------------- manifest checksums
+
 
 @pytest.fixture()
 def exported_copy(exported, tmp_path) -> Path:
@@ -143,8 +156,12 @@ def exported_copy(exported, tmp_path) -> Path:
 def test_checksum_mismatch_stops_unless_allowed(exported_copy, images, capsys):
     image = str(images["small.png"][0])
     model = exported_copy / "tiny" / "tiny-fp32.onnx"
-    edit_manifest(exported_copy, lambda entries: next(e for e in entries if e["path"] == "tiny/tiny-fp32.onnx")
-                  .update(sha256="0" * 64, files={"tiny/tiny-fp32.onnx": "0" * 64}))
+    edit_manifest(
+        exported_copy,
+        lambda entries: next(e for e in entries if e["path"] == "tiny/tiny-fp32.onnx").update(
+            sha256="0" * 64, files={"tiny/tiny-fp32.onnx": "0" * 64}
+        ),
+    )
     with pytest.raises(ArtifactError, match="does not match its manifest.*--allow-checksum-mismatch"):
         runtime.predict([image], model)
     warnings = []
@@ -173,8 +190,14 @@ def test_hand_edited_manifest_is_reported_not_a_traceback(exported_copy, images)
     """An entry that breaks the schema (files as a list here, as a bad merge leaves it) cannot be checked: a
     warning that says why, and the answer; other broken entries do not concern this file."""
     image = str(images["small.png"][0])
-    edit_manifest(exported_copy, lambda entries: (
-        entries[0].update(files=list(entries[0]["files"])), entries.append(None), entries.append("stray line")))
+    edit_manifest(
+        exported_copy,
+        lambda entries: (
+            entries[0].update(files=list(entries[0]["files"])),
+            entries.append(None),
+            entries.append("stray line"),
+        ),
+    )
     model = exported_copy / listed_path(exported_copy, 0)
     warnings = []
     (r,) = runtime.predict([image], model, on_warning=warnings.append)
@@ -196,6 +219,7 @@ def test_checksum_without_manifest_or_entry(exported_copy, images, tmp_path):
 
 
 # ---------------------------------------------------------------- bad input
+
 
 def make_bad(kind: str, exported, tmp_path: Path) -> tuple[Path, Path | None]:
     """A broken model (returns (model, None)) or a broken image (returns (None-able model, image))."""
@@ -246,8 +270,12 @@ def make_bad(kind: str, exported, tmp_path: Path) -> tuple[Path, Path | None]:
         model.set_rt_info(json.dumps(CLASSES + ["delta"]), ["edgecifar", "classes"])
         ov.save_model(model, str(bad / "m.xml"), compress_to_fp16=False)
         return bad / "m.xml", None
-    image = {"not-an-image": bad / "notes.jpg", "empty-image": bad / "empty.png", "image-is-dir": bad,
-             "missing-image": bad / "nope.png"}[kind]
+    image = {
+        "not-an-image": bad / "notes.jpg",
+        "empty-image": bad / "empty.png",
+        "image-is-dir": bad,
+        "missing-image": bad / "nope.png",
+    }[kind]
     if kind == "not-an-image":
         image.write_text("this is not a picture\n")
     if kind == "empty-image":
@@ -255,13 +283,23 @@ def make_bad(kind: str, exported, tmp_path: Path) -> tuple[Path, Path | None]:
     return onnx_file, image
 
 
-BAD = {"corrupt-onnx": "cannot load", "truncated-onnx": "cannot load", "truncated-xml": "cannot load",
-       "truncated-bin": "cannot load", "missing-bin": "m.bin is missing", "empty-model": "is empty",
-       "model-is-dir": "is a directory", "missing-model": "not found", "unknown-suffix": "unknown model format",
-       "onnx-classes": "outputs 3 logits but its metadata names 2 classes",
-       "openvino-classes": "outputs 3 logits but its metadata names 4 classes",
-       "not-an-image": "not an image", "empty-image": "empty file", "image-is-dir": "no image files",
-       "missing-image": "image not found"}
+BAD = {
+    "corrupt-onnx": "cannot load",
+    "truncated-onnx": "cannot load",
+    "truncated-xml": "cannot load",
+    "truncated-bin": "cannot load",
+    "missing-bin": "m.bin is missing",
+    "empty-model": "is empty",
+    "model-is-dir": "is a directory",
+    "missing-model": "not found",
+    "unknown-suffix": "unknown model format",
+    "onnx-classes": "outputs 3 logits but its metadata names 2 classes",
+    "openvino-classes": "outputs 3 logits but its metadata names 4 classes",
+    "not-an-image": "not an image",
+    "empty-image": "empty file",
+    "image-is-dir": "no image files",
+    "missing-image": "image not found",
+}
 
 
 @pytest.mark.parametrize("kind", list(BAD))
@@ -279,6 +317,7 @@ def test_bad_input_is_one_clear_line(kind, exported, images, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- many images, some bad
+
 
 def test_good_images_are_answered_and_each_bad_one_is_its_own_error(exported, images, tmp_path, capsys):
     model = str(artifact(exported, "onnx", "int8"))
@@ -321,6 +360,7 @@ def test_a_folder_stands_for_the_images_in_it(exported, images, tmp_path):
 
 # ---------------------------------------------------------------- names printed literally (rich markup)
 
+
 def test_bracketed_names_are_printed_literally(exported, images, tmp_path, monkeypatch):
     """`[red]` is a rich style tag and `[/x]` a closing tag: both must reach the user as written."""
     monkeypatch.chdir(tmp_path)
@@ -328,8 +368,9 @@ def test_bracketed_names_are_printed_literally(exported, images, tmp_path, monke
     for name in ("cat [red].jpg", "IMG_0001 [edited].jpg", "shots [/edited].jpg"):
         shutil.copy(images["photo.jpg"][0], tmp_path / name)
     model = str(artifact(exported, "onnx", "int8"))
-    result = CliRunner().invoke(app, ["predict", "cat [red].jpg", "IMG_0001 [edited].jpg", "shots [/edited].jpg",
-                                      "--model", model])
+    result = CliRunner().invoke(
+        app, ["predict", "cat [red].jpg", "IMG_0001 [edited].jpg", "shots [/edited].jpg", "--model", model]
+    )
     assert result.exit_code == 0, result.output
     assert all(n in result.output for n in ("cat [red].jpg", "IMG_0001 [edited].jpg", "shots [/edited].jpg"))
     for missing in ("holiday [red]/cat.jpg", "trip [/day2]/cat.jpg"):  # the error line: literal, no crash
@@ -341,6 +382,7 @@ def test_bracketed_names_are_printed_literally(exported, images, tmp_path, monke
 
 
 # ---------------------------------------------------------------- threads, LFS pointers, runtime versions
+
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 @pytest.mark.parametrize("threads", [0, -1, 2.5, True])
@@ -366,7 +408,7 @@ def test_more_threads_than_cores_warns(exported, images):
     assert len(warnings) == 1 and f"more than the {available_cores()} core" in warnings[0]
 
 
-LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\noid sha256:" + "ab" * 32 + "\nsize 1187264\n")
+LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:" + "ab" * 32 + "\nsize 1187264\n"
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
@@ -419,14 +461,19 @@ def test_onnx_versions_read_without_onnx(exported):
 def test_runtime_error_text_keeps_the_cause():
     from edgecifar.backends import error_text
 
-    ort = RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed:/onnxruntime_src/onnxruntime/"
-                       "core/graph/model.cc:180 onnxruntime::Model::Model(onnx::ModelProto&&, const PathString&, "
-                       "const IOnnxRuntimeOpSchemaRegistryList*, const logging::Logger&, const ModelOptions&) "
-                       "Unsupported model IR version: 10, max supported IR version: 9\n")
+    ort = RuntimeError(
+        "[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed:/onnxruntime_src/onnxruntime/"
+        "core/graph/model.cc:180 onnxruntime::Model::Model(onnx::ModelProto&&, const PathString&, "
+        "const IOnnxRuntimeOpSchemaRegistryList*, const logging::Logger&, const ModelOptions&) "
+        "Unsupported model IR version: 10, max supported IR version: 9\n"
+    )
     cause = "Unsupported model IR version: 10, max supported IR version: 9"
     assert error_text(ort) == f"Load model from m.onnx failed: {cause}"
-    ov = RuntimeError("Exception from src/inference/src/cpp/core.cpp:92:\nCheck 'false' failed at src/frontends/"
-                      "common/src/frontend.cpp:54:\nFrontEnd API failed with GeneralFailure:\n" + "x" * 3000 +
-                      "\nthe cause at the end\n")
+    ov = RuntimeError(
+        "Exception from src/inference/src/cpp/core.cpp:92:\nCheck 'false' failed at src/frontends/"
+        "common/src/frontend.cpp:54:\nFrontEnd API failed with GeneralFailure:\n"
+        + "x" * 3000
+        + "\nthe cause at the end\n"
+    )
     text = error_text(ov)
     assert text.startswith("FrontEnd API failed") and text.endswith("the cause at the end") and len(text) <= 1000

@@ -37,8 +37,10 @@ def quantize(quantizer_class, config, images):
     from edgecifar.backends.pt2e import with_minmax_activations
 
     model = ConvBnReLU6().eval()
-    prepared = prepare_pt2e(torch.export.export(model, (images,)).module(),
-                            quantizer_class().set_global(with_minmax_activations(config(is_per_channel=True))))
+    prepared = prepare_pt2e(
+        torch.export.export(model, (images,)).module(),
+        quantizer_class().set_global(with_minmax_activations(config(is_per_channel=True))),
+    )
     with torch.no_grad():
         prepared(images)
         return model, convert_pt2e(prepared)
@@ -54,13 +56,17 @@ def test_conv_and_relu6_are_quantized_as_one_op(name):
     _, fused = quantize(quantizer_with_fused_relu6(quantizer_class), config, images)
 
     def relu6_inputs(graph):
-        return [str(n.args[0].target) for n in graph.graph.nodes
-                if "relu6" in str(n.target) or "hardtanh" in str(n.target)]
+        return [
+            str(n.args[0].target) for n in graph.graph.nodes if "relu6" in str(n.target) or "hardtanh" in str(n.target)
+        ]
 
     assert len(relu6_inputs(fused)) == 2 and all("conv" in t for t in relu6_inputs(fused))
     assert len(relu6_inputs(plain)) == 2 and all("dequantize" in t for t in relu6_inputs(plain))  # alone: quantized
-    output_scales = [float(n.args[1]) for n in fused.graph.nodes
-                     if "quantize_per_tensor" in str(n.target) and "dequantize" not in str(n.target)]
+    output_scales = [
+        float(n.args[1])
+        for n in fused.graph.nodes
+        if "quantize_per_tensor" in str(n.target) and "dequantize" not in str(n.target)
+    ]
     assert max(output_scales) <= 6.0 / 255 * 1.001  # the input and both ReLU6 outputs: [0, 6] in 8 bits at most
     with torch.no_grad():
         want = model(images)

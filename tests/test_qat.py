@@ -83,8 +83,9 @@ def test_qat_keeps_x86_weights_within_64_steps(qat_run):
     assert found
     for quantizer, weight in found:
         with torch.no_grad():
-            steps = quantizer.quantize(weight) / (quantizer.scale.abs().reshape(-1, *[1] * (weight.dim() - 1))
-                                                  / quantizer.level_high)
+            steps = quantizer.quantize(weight) / (
+                quantizer.scale.abs().reshape(-1, *[1] * (weight.dim() - 1)) / quantizer.level_high
+            )
         assert steps.abs().max().item() <= 64 + 1e-3
 
 
@@ -117,12 +118,12 @@ def test_qat_onnx_file_quantizes_with_the_learned_scales(qat_run, tmp_path):
     from edgecifar.runs import load_run
 
     twin, learned = requantizable(load_run(qat_run))
-    entry, = export_run(qat_run, "onnx", "int8", out_dir=tmp_path, calib_size=16, verify_size=60,
-                        log=lambda _: None)
+    (entry,) = export_run(qat_run, "onnx", "int8", out_dir=tmp_path, calib_size=16, verify_size=60, log=lambda _: None)
     graph = onnx.load(str(tmp_path / entry["path"])).graph
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    scales = sorted(float(consts[n.input[1]]) for n in graph.node
-                    if n.op_type == "QuantizeLinear" and consts[n.input[1]].ndim == 0)
+    scales = sorted(
+        float(consts[n.input[1]]) for n in graph.node if n.op_type == "QuantizeLinear" and consts[n.input[1]].ndim == 0
+    )
     for r in learned:  # per tensor, activations: every learned scale is one of the file's
         assert min(abs(s - r.scale) for s in scales) <= 1e-6 * r.scale, r
     dequantized = {}
@@ -156,8 +157,10 @@ def test_pt2e_observers_keep_learned_ranges():
     average pool after it (an observer XNNPACK may share with the ReLU's) does not clip the ReLU's."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("executorch")
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                         get_symmetric_quantization_config)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     from edgecifar.backends.pt2e import keep_learned_ranges
@@ -177,18 +180,21 @@ def test_pt2e_observers_keep_learned_ranges():
     prepared(*example)
     # XNNPACK fuses conv + relu: the relu's output (the top module's op) is the tensor that gets quantized
     relu = ActivationRange(module="", op="relu", index=0, scale=0.037, zero_point=-5, qmin=-128, qmax=127)
-    pool = ActivationRange(module="", op="adaptive_avg_pool2d", index=0, scale=0.01, zero_point=-128, qmin=-128,
-                           qmax=127)
+    pool = ActivationRange(
+        module="", op="adaptive_avg_pool2d", index=0, scale=0.01, zero_point=-128, qmin=-128, qmax=127
+    )
     assert keep_learned_ranges(prepared, [relu, pool]) >= 1
     converted = convert_pt2e(prepared)
-    quantize = [n for n in converted.graph.nodes if "quantize_per_tensor" in str(n.target)
-                and "dequantize" not in str(n.target)]
+    quantize = [
+        n for n in converted.graph.nodes if "quantize_per_tensor" in str(n.target) and "dequantize" not in str(n.target)
+    ]
     params = [(float(n.args[1]), int(n.args[2])) for n in quantize]
     assert any(abs(s - 0.037) < 1e-6 and z == -5 for s, z in params), params
 
 
-@pytest.mark.parametrize("formats, precisions, max_drop", [("onnx", "fp16", None), ("openvino", "fp32", None),
-                                                           ("openvino", "int8", 0.3)])
+@pytest.mark.parametrize(
+    "formats, precisions, max_drop", [("onnx", "fp16", None), ("openvino", "fp32", None), ("openvino", "int8", 0.3)]
+)
 def test_qat_export_refuses_what_would_drop_its_quantizers(qat_run, tmp_path, formats, precisions, max_drop):
     from edgecifar.export import export_run
 
@@ -201,8 +207,9 @@ def test_float_finetune_control_is_a_plain_run(tiny_run, tmp_path):
     from edgecifar.qat import QatConfig, finetune
     from edgecifar.runs import load_run
 
-    out = finetune(QatConfig(run=str(tiny_run), epochs=1, fake_quant=False, out=str(tmp_path / "ft")),
-                   log=lambda _: None)
+    out = finetune(
+        QatConfig(run=str(tiny_run), epochs=1, fake_quant=False, out=str(tmp_path / "ft")), log=lambda _: None
+    )
     config = json.loads((out / "config.json").read_text())
     assert "qat" not in config and config["finetune"]["fake_quant"] is False
     assert "qat" not in load_run(out).meta
@@ -240,8 +247,7 @@ def test_an_interrupted_qat_leaves_no_run_folder(tiny_run, tmp_path, monkeypatch
 
     monkeypatch.setattr(qat, "_fit", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        qat.finetune(qat.QatConfig(run=str(tiny_run), calib_size=16, out=str(tmp_path / "stopped")),
-                     log=lambda _: None)
+        qat.finetune(qat.QatConfig(run=str(tiny_run), calib_size=16, out=str(tmp_path / "stopped")), log=lambda _: None)
     assert not (tmp_path / "stopped").exists()
 
 

@@ -26,12 +26,18 @@ def toy_graph(path) -> dict[str, np.ndarray]:
 
     rng = np.random.default_rng(0)
     w = {"W1": rng.normal(0, 1, (4, 6)).astype(np.float32), "W2": rng.normal(0, 1, (6, 3)).astype(np.float32)}
-    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="mm1"),
-             helper.make_node("Relu", ["h"], ["r"], name="relu"),
-             helper.make_node("MatMul", ["r", "W2"], ["y"], name="mm2")]
-    graph = helper.make_graph(nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
-                              [numpy_helper.from_array(v, k) for k, v in w.items()])
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h"], name="mm1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "W2"], ["y"], name="mm2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "toy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(v, k) for k, v in w.items()],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return w
 
@@ -53,16 +59,25 @@ def test_report_matches_an_independent_computation_on_a_toy_graph(tmp_path):
         def get_next(self):
             return next(self.items, None)
 
-    quantize_static(str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(float_path),
+        str(qdq_path),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
     layers = {layer.node: layer for layer in layer_errors(float_path, qdq_path, [x], input_name="x")}
 
     # independently: read each QDQ pair's scale and zero point and redo the INT8 graph's arithmetic in numpy
     qdq = onnx.load(str(qdq_path)).graph
     init = {t.name: numpy_helper.to_array(t) for t in qdq.initializer}
     pair = {n.input[0]: (init[n.input[1]], init[n.input[2]]) for n in qdq.node if n.op_type == "QuantizeLinear"}
-    weight = {n.output[0]: (init[n.input[0]].astype(np.float32) - init[n.input[2]]) * init[n.input[1]]
-              for n in qdq.node if n.op_type == "DequantizeLinear" and n.input[0] in init}
+    weight = {
+        n.output[0]: (init[n.input[0]].astype(np.float32) - init[n.input[2]]) * init[n.input[1]]
+        for n in qdq.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in init
+    }
 
     def qdq_of(name: str, v: np.ndarray) -> np.ndarray:
         scale, zero = pair[name]
@@ -107,9 +122,15 @@ def hard_model():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(len(CLASSES)), 100)
     images = np.stack([tinted_image(c, rng) for c in labels])
-    backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                                   torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
-                                   torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    backbone = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 3),
+    )
     meta = {**create_model("scratch_cnn", 3, classes=CLASSES).meta, "source_sha256": "hard-layer"}
     model = EdgeModel(backbone, meta)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
@@ -156,8 +177,9 @@ def test_accuracy_control_leaves_exactly_the_hard_layer_in_float(tmp_path, fmt):
     path, logs = tmp_path / f"controlled{backend.suffixes[0]}", []
     control = Control(0.3 * 100 / 100, images, labels, float_acc)
     metadata = {"classes": json.dumps(CLASSES), "precision": "int8"}
-    files, outcome = export_controlled(backend, model, path, Calibration(images[::5], control=control), metadata,
-                                       logs.append)
+    files, outcome = export_controlled(
+        backend, model, path, Calibration(images[::5], control=control), metadata, logs.append
+    )
     assert len(outcome["float_nodes"]) == 1 and outcome["accuracy_drop"] <= 0.3
     artifact = load_artifact(path)
     assert json.loads(artifact.metadata["float_nodes"]) == outcome["float_nodes"]

@@ -14,10 +14,19 @@ from edgecifar.recommend import recommend
 
 
 def row(model, variant, threads, acc, p50, size, status="ok", p99=None):
-    return {"model": model, "variant": variant, "threads": threads, "status": status, "reason": "",
-            "accuracy": acc, "latency_p50_ms": p50, "latency_p90_ms": p50 * 1.2 if p50 else None,
-            "latency_p99_ms": p99 if p99 is not None else (p50 * 1.5 if p50 else None), "size_mb": size,
-            "path": f"exported/{model}/{variant.replace(' ', '-').lower()}"}
+    return {
+        "model": model,
+        "variant": variant,
+        "threads": threads,
+        "status": status,
+        "reason": "",
+        "accuracy": acc,
+        "latency_p50_ms": p50,
+        "latency_p90_ms": p50 * 1.2 if p50 else None,
+        "latency_p99_ms": p99 if p99 is not None else (p50 * 1.5 if p50 else None),
+        "size_mb": size,
+        "path": f"exported/{model}/{variant.replace(' ', '-').lower()}",
+    }
 
 
 ROWS = [
@@ -122,9 +131,17 @@ def test_min_accuracy_as_a_fraction_is_refused_with_the_percent_to_pass(fraction
     assert pick(min_accuracy=0)["met"]  # 0: no constraint, not ambiguous
 
 
-MALFORMED = [None, "a string", ["a", "list"], {"status": "ok"},  # not rows, or rows with nothing in them
-             {**ROWS[0], "accuracy": "high"}, {**ROWS[0], "latency_p50_ms": float("nan")},
-             {**ROWS[0], "size_mb": None}, {**ROWS[0], "threads": "1"}, {**ROWS[0], "accuracy": 85.0}]
+MALFORMED = [
+    None,
+    "a string",
+    ["a", "list"],
+    {"status": "ok"},  # not rows, or rows with nothing in them
+    {**ROWS[0], "accuracy": "high"},
+    {**ROWS[0], "latency_p50_ms": float("nan")},
+    {**ROWS[0], "size_mb": None},
+    {**ROWS[0], "threads": "1"},
+    {**ROWS[0], "accuracy": 85.0},
+]
 
 
 def test_malformed_rows_are_left_out_and_listed(tmp_path):
@@ -167,20 +184,29 @@ def test_shipping_verdict_names_the_file_and_the_pareto_front_with_reasons():
     # at one thread: scratch INT8 (0.15 ms) < airnet INT8 (0.55 ms, +10.7 points) < lite0 OpenVINO INT8 (1.2 ms,
     # 91.5 %) < lite0 FP32 (3.0 ms, 92 %); the others are beaten on both
     front = [(f["row"]["model"], f["row"]["variant"]) for f in verdict["front"]]
-    assert front == [("scratch_cnn", "ONNX INT8"), ("airnet_m", "ONNX INT8"), ("lite0", "OpenVINO INT8"),
-                     ("lite0", "ONNX FP32")]
+    assert front == [
+        ("scratch_cnn", "ONNX INT8"),
+        ("airnet_m", "ONNX INT8"),
+        ("lite0", "OpenVINO INT8"),
+        ("lite0", "ONNX FP32"),
+    ]
     assert "more accurate (+10.70 pt; top-1 only" in verdict["front"][1]["reason"]
     assert verdict["lines"][0].startswith("ship (max-latency-ms 1 (p50), max-size-mb 5, 1 thread): exported/airnet_m/")
 
 
 # ---------------------------------------------------------------- ties (issue 27)
 
+
 def hits_row(model, variant, hits, p50, size, trials=None, test_set="set-1"):
     """A bench row with per-image results (stats.per_image_record) and, optionally, latency trials."""
     from edgecifar import stats
 
-    r = {**row(model, variant, 1, float(hits.mean()), p50, size), "correct": int(hits.sum()), "images": len(hits),
-         "per_image": stats.per_image_record(hits, test_set)}
+    r = {
+        **row(model, variant, 1, float(hits.mean()), p50, size),
+        "correct": int(hits.sum()),
+        "images": len(hits),
+        "per_image": stats.per_image_record(hits, test_set),
+    }
     if trials is not None:
         r["latency_trial_p50_ms"] = trials
     return r
@@ -203,14 +229,18 @@ def vectors(n=2000, seed=0):
 
 def test_a_tie_ships_the_smaller_file_and_says_why():
     best, tied, _ = vectors()
-    rows = [hits_row("lite0", "ONNX INT8", best, 0.92, 3.82, trials=[0.90, 0.92, 0.95, 0.91, 0.93]),
-            hits_row("airnet_m-kd", "ONNX INT8", tied, 0.50, 1.16, trials=[0.49, 0.50, 0.52, 0.50, 0.51])]
+    rows = [
+        hits_row("lite0", "ONNX INT8", best, 0.92, 3.82, trials=[0.90, 0.92, 0.95, 0.91, 0.93]),
+        hits_row("airnet_m-kd", "ONNX INT8", tied, 0.50, 1.16, trials=[0.49, 0.50, 0.52, 0.50, 0.51]),
+    ]
     found = recommend({"header": {}, "rows": rows})
     assert found["best"]["model"] == "lite0" and found["choice"]["model"] == "airnet_m-kd"
     assert found["method"] == "exact McNemar" and len(found["tied"]) == 2
     reason = found["reason"]
-    assert reason.startswith("airnet_m-kd ONNX INT8 @1 thread: tied with lite0 ONNX INT8 @1 thread on accuracy "
-                             "(p = 0.75, -0.10 pt), 3.3x smaller and 1.8x faster"), reason
+    assert reason.startswith(
+        "airnet_m-kd ONNX INT8 @1 thread: tied with lite0 ONNX INT8 @1 thread on accuracy "
+        "(p = 0.75, -0.10 pt), 3.3x smaller and 1.8x faster"
+    ), reason
 
 
 def test_a_clear_winner_is_shipped_whatever_its_size():
@@ -233,16 +263,20 @@ def test_the_threshold_is_an_option():
 
 
 def test_without_per_image_results_ties_fall_back_to_wilson_intervals_and_say_so():
-    rows = [{**row("lite0", "ONNX INT8", 1, 0.8998, 0.92, 3.82), "correct": 8998, "images": 10000},
-            {**row("airnet_m-kd", "ONNX INT8", 1, 0.8990, 0.50, 1.16), "correct": 8990, "images": 10000},
-            {**row("scratch", "ONNX INT8", 1, 0.8530, 0.15, 1.17), "correct": 8530, "images": 10000}]
+    rows = [
+        {**row("lite0", "ONNX INT8", 1, 0.8998, 0.92, 3.82), "correct": 8998, "images": 10000},
+        {**row("airnet_m-kd", "ONNX INT8", 1, 0.8990, 0.50, 1.16), "correct": 8990, "images": 10000},
+        {**row("scratch", "ONNX INT8", 1, 0.8530, 0.15, 1.17), "correct": 8530, "images": 10000},
+    ]
     found = recommend({"header": {}, "rows": rows})
     assert found["choice"]["model"] == "airnet_m-kd" and found["method"] == "Wilson intervals"
     assert "Wilson intervals overlap" in found["reason"] and "not a paired test" in found["reason"]
     # test sets that differ cannot be paired either: the same fallback
     best, tied, _ = vectors()
-    rows = [hits_row("lite0", "ONNX INT8", best, 0.92, 3.82), hits_row("airnet_m-kd", "ONNX INT8", tied, 0.5, 1.16,
-                                                                    test_set="another")]
+    rows = [
+        hits_row("lite0", "ONNX INT8", best, 0.92, 3.82),
+        hits_row("airnet_m-kd", "ONNX INT8", tied, 0.5, 1.16, test_set="another"),
+    ]
     assert recommend({"header": {}, "rows": rows})["method"] == "Wilson intervals"
 
 
@@ -250,11 +284,13 @@ def test_the_pareto_front_respects_ties():
     from edgecifar.recommend import shipping_verdict
 
     best, tied, worse = vectors()
-    rows = [hits_row("lite0", "ONNX INT8", best, 0.92, 3.82, trials=[0.90, 0.92, 0.95, 0.91, 0.93]),
-            hits_row("airnet_m-kd", "ONNX INT8", tied, 0.50, 1.16, trials=[0.49, 0.50, 0.52, 0.50, 0.51]),
-            hits_row("scratch", "ONNX INT8", worse, 0.15, 1.17, trials=[0.14, 0.15, 0.16, 0.15, 0.15]),
-            # as accurate as airnet_m-kd and its latency inside airnet's noise: on the front beside it
-            hits_row("airnet_m-kd", "LiteRT INT8", tied, 0.505, 1.15, trials=[0.48, 0.53, 0.50, 0.51, 0.49])]
+    rows = [
+        hits_row("lite0", "ONNX INT8", best, 0.92, 3.82, trials=[0.90, 0.92, 0.95, 0.91, 0.93]),
+        hits_row("airnet_m-kd", "ONNX INT8", tied, 0.50, 1.16, trials=[0.49, 0.50, 0.52, 0.50, 0.51]),
+        hits_row("scratch", "ONNX INT8", worse, 0.15, 1.17, trials=[0.14, 0.15, 0.16, 0.15, 0.15]),
+        # as accurate as airnet_m-kd and its latency inside airnet's noise: on the front beside it
+        hits_row("airnet_m-kd", "LiteRT INT8", tied, 0.505, 1.15, trials=[0.48, 0.53, 0.50, 0.51, 0.49]),
+    ]
     verdict = shipping_verdict({"header": {}, "rows": rows})
     front = [(f["row"]["model"], f["row"]["variant"]) for f in verdict["front"]]
     # lite0 is more accurate than airnet_m-kd by 2 images of 2,000, not significantly, and 1.8x slower: off it
@@ -267,8 +303,9 @@ def test_recommend_names_the_machine_and_warns_when_it_is_another(tmp_path):
     from edgecifar.utils import machine_info
 
     here = machine_info()
-    found = recommend({"header": {"machine": {"cpu": here["cpu"], "isa": here["isa"]}, "date": "2026-11-30"},
-                       "rows": ROWS})
+    found = recommend(
+        {"header": {"machine": {"cpu": here["cpu"], "isa": here["isa"]}, "date": "2026-11-30"}, "rows": ROWS}
+    )
     assert found["machine"].startswith(f"rows measured on {here['cpu']}") and found["machine_warning"] is None
     other = {"header": {"machine": {"cpu": "Some Other CPU 9000", "isa": ["avx2"]}, "date": "2026-11-30"}, "rows": ROWS}
     found = recommend(other)

@@ -52,6 +52,7 @@ def stop_in_epoch(monkeypatch, index: int, action):
 
 # ---------------------------------------------------------------- the schedule: any number of steps (F26)
 
+
 def test_one_cycle_takes_any_step_count():
     for total in range(1, 41):
         optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9)
@@ -72,6 +73,7 @@ def test_five_steps_train(image_tree, tmp_path):
 
 def test_fast_forward_matches_stepping():
     """A resumed schedule starts where an uninterrupted one is after the same steps (learning rate and momentum)."""
+
     def stepped(done):
         optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9, nesterov=True)
         scheduler = make_scheduler(optimizer, TrainConfig(lr=0.3), 20)
@@ -88,11 +90,13 @@ def test_fast_forward_matches_stepping():
 
 # ---------------------------------------------------------------- resume with changed options (G1)
 
+
 def one_cycle_lr(peak: float, total: int, step: int) -> float:
     """torch's OneCycleLR on its own, stepped `step` times: what a run's schedule must give at that step."""
     optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=peak, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=total, pct_start=0.2,
-                                                    div_factor=20, final_div_factor=200)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=peak, total_steps=total, pct_start=0.2, div_factor=20, final_div_factor=200
+    )
     for _ in range(step):
         optimizer.step()
         scheduler.step()
@@ -119,10 +123,12 @@ def test_resume_refuses_other_changes_and_leaves_the_run_alone(image_tree, tmp_p
     cache = str(tmp_path / "c")
     run = train(tiny(image_tree, tmp_path / "run", cache_dir=cache), **QUIET)
     before = snapshot(run)
-    for change, match in (({"optimizer": "adamw"}, "cannot change --optimizer adamw"),
-                          ({"batch_size": 8}, "cannot change --batch-size 8"),
-                          ({"model": "edge_tiny", "seed": 5}, "--model edge_tiny .*--seed 5"),
-                          ({"epochs": 1}, "already trained 2 epochs")):
+    for change, match in (
+        ({"optimizer": "adamw"}, "cannot change --optimizer adamw"),
+        ({"batch_size": 8}, "cannot change --batch-size 8"),
+        ({"model": "edge_tiny", "seed": 5}, "--model edge_tiny .*--seed 5"),
+        ({"epochs": 1}, "already trained 2 epochs"),
+    ):
         with pytest.raises(CheckpointError, match=match):
             train(tiny(image_tree, run, cache_dir=cache, resume=True, **change), **QUIET)
     assert snapshot(run) == before
@@ -154,6 +160,7 @@ def test_resume_refuses_other_data(image_tree, tmp_path):
 
 # ---------------------------------------------------------------- SIGTERM and leftovers (G2)
 
+
 def deliver(signum: int) -> None:
     """Run the Python handler installed for `signum`, as the interpreter does when the signal arrives. A real
     signal raised inside pytest's process once it has loaded OpenVINO and onnxruntime crashed the interpreter
@@ -177,8 +184,22 @@ def test_sigterm_in_the_first_epoch_leaves_no_run(image_tree, tmp_path, monkeypa
 
 def test_sigterm_later_keeps_a_resumable_run(image_tree, tmp_path, monkeypatch):
     stop_in_epoch(monkeypatch, 1, sigterm)
-    result = CliRunner().invoke(app, ["train", "--data", str(image_tree), "--epochs", "2", "--batch-size", "16",
-                                      "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(image_tree),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code == 143 and "interrupted" in result.output
     assert "--resume --out" in result.output and checkpoint_epoch(tmp_path / "run") == 1
     monkeypatch.undo()
@@ -195,8 +216,12 @@ def test_a_folder_without_checkpoint_is_not_a_run(image_tree, tmp_path):
         (folder / ".checkpoint.pt.k3j2x9.pt").write_bytes(b"half")
         said = []
         train(tiny(image_tree, folder, cache_dir=cache, epochs=1, resume=resume), log=said.append)
-        assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "config.json", "metrics.json",
-                                                              "model.safetensors"]
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "checkpoint.pt",
+            "config.json",
+            "metrics.json",
+            "model.safetensors",
+        ]
         assert not resume or any("nothing to resume" in line for line in said)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -219,6 +244,7 @@ def test_terminate_as_interrupt_raises_once():
 
 # ---------------------------------------------------------------- a full disk (G4)
 
+
 @pytest.fixture()
 def file_size_limit():
     """set(bytes): make larger writes fail with EFBIG, as `ulimit -f` does; the limit is lifted afterwards."""
@@ -239,9 +265,26 @@ def test_full_disk_keeps_the_last_checkpoint(image_tree, tmp_path, monkeypatch, 
 def test_full_disk_in_the_cli_is_one_line(image_tree, tmp_path):
     """A real file-size limit on a real `edgecifar train`: one line, exit 8, no folder left."""
     limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))  # noqa: E731
-    done = subprocess.run([sys.executable, "-m", "edgecifar", "train", "--data", str(image_tree), "--epochs", "1",
-                           "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "run")], capture_output=True,
-                          text=True, preexec_fn=limit, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecifar",
+            "train",
+            "--data",
+            str(image_tree),
+            "--epochs",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=600,
+    )
     assert done.returncode == DiskFullError.exit_code, done.stderr
     assert "error: the file-size limit is reached" in done.stderr and "Traceback" not in done.stderr
     assert "nothing was kept" in done.stderr and not (tmp_path / "run").exists()
@@ -258,12 +301,16 @@ def test_atomic_path_says_the_disk_is_full(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- divergence (G5)
 
+
 def test_divergence_stops_and_keeps_the_last_good_epoch(image_tree, tmp_path):
     cache = str(tmp_path / "c")
     run = train(tiny(image_tree, tmp_path / "run", cache_dir=cache, epochs=1), **QUIET)
     before = snapshot(run)
-    with pytest.raises(TrainingError, match=r"loss became (nan|inf) in epoch 2, step \d of 4 .*keeps its checkpoint "
-                                            r"of epoch 1"):
+    with pytest.raises(
+        TrainingError,
+        match=r"loss became (nan|inf) in epoch 2, step \d of 4 .*keeps its checkpoint "
+        r"of epoch 1",
+    ):
         train(tiny(image_tree, run, cache_dir=cache, resume=True, epochs=3, lr=1e6), **QUIET)
     assert snapshot(run) == before
     train(tiny(image_tree, run, cache_dir=cache, resume=True, epochs=3), **QUIET)  # a sound --lr goes on from it
@@ -291,11 +338,14 @@ def test_non_finite_weights_are_never_loaded(image_tree, tmp_path):
 
 def test_json_is_always_strict(tmp_path):
     write_json(tmp_path / "m.json", {"loss": float("nan"), "acc": [1.0, float("inf")]})
-    assert json.loads((tmp_path / "m.json").read_text(), parse_constant=pytest.fail) == {"loss": None,
-                                                                                        "acc": [1.0, None]}
+    assert json.loads((tmp_path / "m.json").read_text(), parse_constant=pytest.fail) == {
+        "loss": None,
+        "acc": [1.0, None],
+    }
 
 
 # ---------------------------------------------------------------- data paths (G12)
+
 
 def test_relative_data_is_recorded_absolute(image_tree, tmp_path, monkeypatch):
     monkeypatch.chdir(image_tree.parent)
@@ -355,14 +405,18 @@ def test_a_folder_held_by_another_process_is_refused_at_once(image_tree, tmp_pat
     out, proc = held
     (out / "config.json").write_text('{"train": "the other run\'s"}')  # what it wrote so far: never touched
     before = snapshot(out)
-    for attempt in (lambda: choose_run_dir(str(out), "scratch_cnn"), lambda: claim_run_dir(out),
-                    lambda: train(tiny(image_tree, out, cache_dir=str(tmp_path / "c"), epochs=1), **QUIET),
-                    lambda: train(tiny(image_tree, out, cache_dir=str(tmp_path / "c"), epochs=1, resume=True),
-                                  **QUIET)):
+    for attempt in (
+        lambda: choose_run_dir(str(out), "scratch_cnn"),
+        lambda: claim_run_dir(out),
+        lambda: train(tiny(image_tree, out, cache_dir=str(tmp_path / "c"), epochs=1), **QUIET),
+        lambda: train(tiny(image_tree, out, cache_dir=str(tmp_path / "c"), epochs=1, resume=True), **QUIET),
+    ):
         with pytest.raises(EdgecifarError, match=rf"{out} is in use by another process \(pid {proc.pid} on "):
             attempt()
-    result = CliRunner().invoke(app, ["train", "--data", str(image_tree), "--epochs", "1", "--cache-dir",
-                                      str(tmp_path / "c"), "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        ["train", "--data", str(image_tree), "--epochs", "1", "--cache-dir", str(tmp_path / "c"), "--out", str(out)],
+    )
     assert result.exit_code == 1 and result.output.count("\n") == 1 and f"pid {proc.pid}" in result.output
     assert snapshot(out) == before
 
@@ -373,8 +427,12 @@ def test_a_killed_holder_releases_the_folder(image_tree, tmp_path, held):
     proc.wait()
     assert (out / ".edgecifar-lock").is_file()
     run = train(tiny(image_tree, out, cache_dir=str(tmp_path / "c"), epochs=1), **QUIET)
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "metrics.json",
-                                                      "model.safetensors"]  # its lock file gone with its end
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoint.pt",
+        "config.json",
+        "metrics.json",
+        "model.safetensors",
+    ]  # its lock file gone with its end
 
 
 def test_unnamed_runs_pass_a_held_folder_by(tmp_path, held, monkeypatch):
@@ -389,8 +447,10 @@ def test_unnamed_runs_pass_a_held_folder_by(tmp_path, held, monkeypatch):
 
 def test_a_finished_training_lets_the_folder_go(image_tree, tmp_path):
     run = train(tiny(image_tree, tmp_path / "run", cache_dir=str(tmp_path / "c"), epochs=1), **QUIET)
-    code = ("import sys; from pathlib import Path; from edgecifar.utils import take_folder; "
-            "print(take_folder(Path(sys.argv[1]), '.edgecifar-lock') or 'taken')")
+    code = (
+        "import sys; from pathlib import Path; from edgecifar.utils import take_folder; "
+        "print(take_folder(Path(sys.argv[1]), '.edgecifar-lock') or 'taken')"
+    )
     taken = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True)
     assert taken.stdout == "taken\n", taken.stderr
 
@@ -401,8 +461,11 @@ def test_another_tools_config_json_is_not_a_corrupt_run(tmp_path):
     hf = tmp_path / "bert-base"  # a Hugging Face model folder
     hf.mkdir()
     (hf / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "hidden_size": 768}))
-    with pytest.raises(CheckpointError, match=r"bert-base is not a run folder made by `edgecifar train`: its "
-                                              r"config.json is another tool's"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"bert-base is not a run folder made by `edgecifar train`: its "
+        r"config.json is another tool's",
+    ):
         read_config(hf)
     (hf / "config.json").write_text(json.dumps({"model": {"classes": []}, "train": {}}))  # ours, hand-edited
     with pytest.raises(CheckpointError, match=r"corrupt .*config.json: no model name"):

@@ -38,8 +38,9 @@ def evil_copy(cifar_batches: Path, tmp_path: Path, file: str) -> tuple[Path, Pat
     root = tmp_path / "evil"
     shutil.copytree(cifar_batches, root)
     marker = tmp_path / "MARKER"
-    value = {"label_names": Payload(marker)} if file == "batches.meta" else \
-        {"data": Payload(marker), "labels": [0, 1, 2]}
+    value = (
+        {"label_names": Payload(marker)} if file == "batches.meta" else {"data": Payload(marker), "labels": [0, 1, 2]}
+    )
     (root / "cifar-10-batches-py" / file).write_bytes(pickle.dumps(value, protocol=2))
     return root, marker
 
@@ -55,8 +56,20 @@ def test_crafted_batch_file_is_refused_and_never_run(cifar_batches, tmp_path, fi
             load_data(str(source), tmp_path / "cache")
         assert "\n" not in str(error.value)
     assert not marker.exists() and not (tmp_path / "cache" / "decoded").exists()
-    result = CliRunner().invoke(app, ["train", "--data", str(archive), "--cache-dir", str(tmp_path / "cache"),
-                                      "--epochs", "1", "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(archive),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code == 2 and result.output.startswith("error: refusing CIFAR batch file")
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert not marker.exists() and not (tmp_path / "run").exists()
@@ -86,14 +99,17 @@ def test_genuine_batches_load_with_the_same_arrays(tmp_path, protocol):
     assert splits.layout == "CIFAR-10 python batches"
 
 
-@pytest.mark.parametrize("batch, message", [
-    ([1, 2, 3], "not a dict"),
-    ({"labels": [0]}, "no 'data'"),
-    ({"data": np.zeros((2, 10), np.uint8), "labels": [0, 1]}, r"\[N, 3072\]"),
-    ({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, "2 images but labels"),
-    ({"data": np.full((1, 3072), 300, np.int32), "labels": [0]}, "0-255"),
-    ({"data": np.zeros((1, 3072), np.float32), "labels": [0]}, "not integers"),
-])
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        ([1, 2, 3], "not a dict"),
+        ({"labels": [0]}, "no 'data'"),
+        ({"data": np.zeros((2, 10), np.uint8), "labels": [0, 1]}, r"\[N, 3072\]"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, "2 images but labels"),
+        ({"data": np.full((1, 3072), 300, np.int32), "labels": [0]}, "0-255"),
+        ({"data": np.zeros((1, 3072), np.float32), "labels": [0]}, "not integers"),
+    ],
+)
 def test_malformed_batch_is_a_one_line_error(cifar_batches, tmp_path, batch, message):
     root = tmp_path / "bad"
     shutil.copytree(cifar_batches, root)
@@ -179,8 +195,11 @@ def unsafe_calls(tree: ast.AST) -> list[str]:
             found.append(f"{owner}.{name}")
         elif owner == "torch" and name == "load" and not flag("weights_only", True):
             found.append("torch.load without weights_only=True")
-        elif owner in ("np", "numpy") and name == "load" and not (flag("allow_pickle", False)
-                                                                   or "allow_pickle" not in keywords):
+        elif (
+            owner in ("np", "numpy")
+            and name == "load"
+            and not (flag("allow_pickle", False) or "allow_pickle" not in keywords)
+        ):
             found.append("numpy.load with allow_pickle")
         elif owner == "yaml" and name in ("load", "unsafe_load", "full_load", "load_all"):
             found.append(f"yaml.{name}")
@@ -188,9 +207,15 @@ def unsafe_calls(tree: ast.AST) -> list[str]:
 
 
 def test_no_unsafe_deserialization_in_the_code():
-    offenders = {str(path.relative_to(PACKAGE)): calls for path in sorted(PACKAGE.rglob("*.py"))
-                 if (calls := unsafe_calls(ast.parse(path.read_text())))}
+    offenders = {
+        str(path.relative_to(PACKAGE)): calls
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (calls := unsafe_calls(ast.parse(path.read_text())))
+    }
     assert offenders == {}
-    assert unsafe_calls(ast.parse("import torch, pickle, numpy as np\ntorch.load(f)\npickle.loads(b)\n"
-                                  "np.load(f, allow_pickle=True)\ntorch.load(f, weights_only=True)")) == \
-        ["torch.load without weights_only=True", "pickle.loads", "numpy.load with allow_pickle"]
+    assert unsafe_calls(
+        ast.parse(
+            "import torch, pickle, numpy as np\ntorch.load(f)\npickle.loads(b)\n"
+            "np.load(f, allow_pickle=True)\ntorch.load(f, weights_only=True)"
+        )
+    ) == ["torch.load without weights_only=True", "pickle.loads", "numpy.load with allow_pickle"]

@@ -17,8 +17,16 @@ from edgecifar.train import TrainConfig
 
 
 def recipe(data, out, cache, **kw) -> TrainConfig:
-    base = dict(model="scratch_cnn", data=str(data), cache_dir=str(cache), epochs=1, batch_size=16, lr=0.01,
-                out=str(out), seed=5)
+    base = dict(
+        model="scratch_cnn",
+        data=str(data),
+        cache_dir=str(cache),
+        epochs=1,
+        batch_size=16,
+        lr=0.01,
+        out=str(out),
+        seed=5,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -26,7 +34,10 @@ def test_seeds_train_into_their_folders_and_are_summarized(image_tree, tmp_path)
     lines: list[str] = []
     summary = train_seeds(recipe(image_tree, tmp_path / "m", tmp_path / "c"), 2, log=lines.append)
     runs = [tmp_path / "m-s5", tmp_path / "m-s6"]
-    assert [r["run"] for r in summary["runs"]] == [str(r) for r in runs] and [r["seed"] for r in summary["runs"]] == [5, 6]
+    assert [r["run"] for r in summary["runs"]] == [str(r) for r in runs] and [r["seed"] for r in summary["runs"]] == [
+        5,
+        6,
+    ]
     accs = [json.loads((r / "metrics.json").read_text())["test_acc"] for r in runs]
     assert summary["mean"] == pytest.approx(np.mean(accs)) and summary["std"] == pytest.approx(np.std(accs, ddof=1))
     assert summary["n"] == 2 and summary["model"] == "scratch_cnn" and summary["test_images"] == 30
@@ -39,9 +50,28 @@ def test_seeds_train_into_their_folders_and_are_summarized(image_tree, tmp_path)
 
 
 def test_the_cli_option(image_tree, tmp_path):
-    result = CliRunner().invoke(app, ["train", "--model", "scratch_cnn", "--data", str(image_tree), "--epochs", "1",
-                                      "--batch-size", "16", "--cache-dir", str(tmp_path / "c"), "--seeds", "1", "--seed", "4",
-                                      "--out", str(tmp_path / "r")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--model",
+            "scratch_cnn",
+            "--data",
+            str(image_tree),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--seeds",
+            "1",
+            "--seed",
+            "4",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "r-s4" / "metrics.json").is_file() and "over 1 seed: mean" in result.output
     assert json.loads((tmp_path / "r-seeds.json").read_text())["std"] is None  # one run: no spread to give
@@ -51,8 +81,9 @@ def test_the_cli_option(image_tree, tmp_path):
 
 def fake_run(folder, seed, acc, lr=0.01, images=30):
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"train": {"model": "m", "lr": lr, "seed": seed, "out": str(folder)},
-                                                    "data": {"test": images}}))
+    (folder / "config.json").write_text(
+        json.dumps({"train": {"model": "m", "lr": lr, "seed": seed, "out": str(folder)}, "data": {"test": images}})
+    )
     (folder / "metrics.json").write_text(json.dumps({"test_acc": acc}))
     return folder
 
@@ -61,7 +92,9 @@ def test_two_models_over_seeds_with_welch(tmp_path):
     a = [fake_run(tmp_path / f"a-s{i}", i, acc) for i, acc in enumerate([0.902, 0.898, 0.905])]
     b = [fake_run(tmp_path / f"b-s{i}", i, acc) for i, acc in enumerate([0.899, 0.900, 0.897])]
     found = compare_seeds(summarize(a), summarize(b))
-    assert found["comparison"].difference == pytest.approx(np.mean([0.902, 0.898, 0.905]) - np.mean([0.899, 0.9, 0.897]))
+    assert found["comparison"].difference == pytest.approx(
+        np.mean([0.902, 0.898, 0.905]) - np.mean([0.899, 0.9, 0.897])
+    )
     assert found["comparison"].p_value > 0.05 and "not significantly different" in found["lines"][-1]
     result = CliRunner().invoke(app, ["compare", ",".join(map(str, a)), ",".join(map(str, b))])
     assert result.exit_code == 0 and "Welch 95 % interval" in result.output, result.output

@@ -11,8 +11,10 @@ import pytest
 from edgecifar import stats
 
 
-@pytest.mark.parametrize("x, n, low, high", [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605),
-                                             (0, 20, 0.0, 0.1611), (1, 29, 0.0061, 0.1718)])
+@pytest.mark.parametrize(
+    "x, n, low, high",
+    [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611), (1, 29, 0.0061, 0.1718)],
+)
 def test_wilson_interval_matches_newcombe(x, n, low, high):
     got = stats.wilson_interval(x, n)
     assert got == pytest.approx((low, high), abs=5e-5)
@@ -22,7 +24,10 @@ def test_wilson_interval_is_the_score_formula():
     """The closed form (Wilson 1927) at z = 1.959964, for a bench-sized count."""
     x, n, z = 9022, 10_000, 1.959963984540054
     p = x / n
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    centre, half = (
+        (p + z * z / (2 * n)) / (1 + z * z / n),
+        z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)),
+    )
     assert stats.wilson_interval(x, n) == pytest.approx((centre - half, centre + half), abs=1e-9)
     with pytest.raises(ValueError):
         stats.wilson_interval(3, 0)
@@ -106,9 +111,17 @@ def test_fingerprint_names_images_labels_order_and_classes():
     assert base == stats.test_set_fingerprint(y.copy(), x.copy(), ["a", "b", "c"])
     other = x.copy()
     other[0, 0, 0, 0] ^= 1
-    assert len({base, stats.test_set_fingerprint(y, other, ["a", "b", "c"]),  # one pixel
+    assert (
+        len(
+            {
+                base,
+                stats.test_set_fingerprint(y, other, ["a", "b", "c"]),  # one pixel
                 stats.test_set_fingerprint(y[::-1], x[::-1], ["a", "b", "c"]),  # the order
-                stats.test_set_fingerprint(y, x, ["a", "b", "d"])}) == 4  # a class name
+                stats.test_set_fingerprint(y, x, ["a", "b", "d"]),
+            }
+        )
+        == 4
+    )  # a class name
 
 
 def test_latency_ratio_and_what_may_be_called_faster():

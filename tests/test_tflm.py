@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 from edgecifar.backends import BACKENDS, Calibration, backend_for, unavailable
 
 pytest.register_assert_rewrite("export_fixtures")
-from export_fixtures import make_image_tree
+from export_fixtures import make_image_tree  # noqa: E402 (after register_assert_rewrite, which must come first)
 
-pytestmark = pytest.mark.skipif(bool(unavailable(BACKENDS["tflm"], export=True)),
-                                reason=f"tflm: {unavailable(BACKENDS['tflm'], export=True)}")
+pytestmark = pytest.mark.skipif(
+    bool(unavailable(BACKENDS["tflm"], export=True)), reason=f"tflm: {unavailable(BACKENDS['tflm'], export=True)}"
+)
 
 
 def tiny_model(act: str = "ReLU"):
@@ -29,9 +30,16 @@ def tiny_model(act: str = "ReLU"):
     from edgecifar.models import EdgeModel, create_model
 
     torch.manual_seed(0)
-    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), getattr(nn, act)(), nn.MaxPool2d(2),
-                             nn.Conv2d(8, 16, 3, padding=1), getattr(nn, act)(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                             nn.Linear(16, 10))
+    backbone = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        getattr(nn, act)(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        getattr(nn, act)(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
     return EdgeModel(backbone, dict(create_model("edge_tiny").meta)).eval()
 
 
@@ -45,8 +53,13 @@ def micro(tmp_path_factory) -> tuple[object, Path]:
     model = tiny_model()
     path = tmp_path_factory.mktemp("tflm") / "tiny-int8.micro.tflite"
     backend = BACKENDS["tflm"]
-    backend.export(model, path, "int8", Calibration(pixels(64, 0)), {"classes": json.dumps(list("abcdefghij")),
-                                                                     **backend.metadata()})
+    backend.export(
+        model,
+        path,
+        "int8",
+        Calibration(pixels(64, 0)),
+        {"classes": json.dumps(list("abcdefghij")), **backend.metadata()},
+    )
     return model, path
 
 
@@ -68,8 +81,11 @@ def test_the_file_is_full_integer_with_the_documented_input_rule(micro):
     assert np.array_equal(1.0 * (to_int8(every).astype(int) + 128), every)
     meta = BACKENDS["tflm"].load(path).metadata  # the output's scale and zero point travel in the metadata
     output = json.loads(meta["tflm_output"])
-    assert output == {"dtype": "int8", "scale": pytest.approx(float(last.quantization.scale[0])),
-                      "zero_point": int(last.quantization.zeroPoint[0])}
+    assert output == {
+        "dtype": "int8",
+        "scale": pytest.approx(float(last.quantization.scale[0])),
+        "zero_point": int(last.quantization.zeroPoint[0]),
+    }
 
 
 def test_uint8_pixels_through_the_int8_input_match_the_float_model(micro):
@@ -97,8 +113,7 @@ def test_tflite_micro_agrees_with_litert_reference_kernels(micro):
     _, path = micro
     backend = BACKENDS["tflm"]
     session = backend.load(path)
-    litert = Interpreter(model_content=path.read_bytes(),
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    litert = Interpreter(model_content=path.read_bytes(), experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
     litert.allocate_tensors()
     (inp,), (out,) = litert.get_input_details(), litert.get_output_details()
     images = pixels(20, 2)
@@ -143,18 +158,40 @@ def test_gelu_is_refused_with_one_line_and_nothing_written(tmp_path):
     run = tmp_path / "runs" / "gelu"
     run.mkdir(parents=True)
     save_weights(model, run)
-    write_config(run, {"model": model.meta, "train": {"model": "airnet_t", "cache_dir": str(tmp_path / "cache")},
-                       "data": {"source": str(data), "classes": classes}})
+    write_config(
+        run,
+        {
+            "model": model.meta,
+            "train": {"model": "airnet_t", "cache_dir": str(tmp_path / "cache")},
+            "data": {"source": str(data), "classes": classes},
+        },
+    )
     out = tmp_path / "exported"
-    result = CliRunner().invoke(app, ["export", str(run), "--format", "tflm", "--out", str(out), "--data", str(data),
-                                      "--calib-size", "4", "--verify-size", "4"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            str(run),
+            "--format",
+            "tflm",
+            "--out",
+            str(out),
+            "--data",
+            str(data),
+            "--calib-size",
+            "4",
+            "--verify-size",
+            "4",
+        ],
+    )
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "GELU" in lines[0] and "layer backbone.layers.0" in lines[0], result.output
     assert not out.exists() or not any(out.rglob("*.tflite")) and not (out / "manifest.json").exists()
     # before any data is read: a data path that does not exist is never reached
-    again = CliRunner().invoke(app, ["export", str(run), "--format", "tflm", "--out", str(out),
-                                     "--data", str(tmp_path / "nowhere")])
+    again = CliRunner().invoke(
+        app, ["export", str(run), "--format", "tflm", "--out", str(out), "--data", str(tmp_path / "nowhere")]
+    )
     assert again.exit_code == 2 and "GELU" in again.output and "nowhere" not in again.output, again.output
 
 
@@ -170,10 +207,20 @@ def test_export_and_bench_report_the_microcontroller_figures(tmp_path):
     data = make_image_tree(tmp_path / "data", n_train=8, n_test=6)
     run = make_run(tmp_path / "runs" / "tiny", data, tmp_path / "cache", steps=3)
     entries = export_run(run, "tflm", "all", out_dir=tmp_path / "exported", calib_size=8, verify_size=12)
-    assert [(e["format"], e["precision"], e["path"]) for e in entries] == [("tflm", "int8", "tiny/tiny-int8.micro.tflite")]
+    assert [(e["format"], e["precision"], e["path"]) for e in entries] == [
+        ("tflm", "int8", "tiny/tiny-int8.micro.tflite")
+    ]
     assert entries[0]["edge_targets"] == {"TFLite Micro": {"all_ops": True, "lacking": []}}
-    rows = bench([tmp_path / "exported"], threads=(1,), batch_size=4, out_dir=tmp_path / "results",
-                 runs_dir=tmp_path / "runs", baseline=False, latency_seconds=0.05, throughput_seconds=0.05)
+    rows = bench(
+        [tmp_path / "exported"],
+        threads=(1,),
+        batch_size=4,
+        out_dir=tmp_path / "results",
+        runs_dir=tmp_path / "runs",
+        baseline=False,
+        latency_seconds=0.05,
+        throughput_seconds=0.05,
+    )
     (row,) = rows
     file = tmp_path / "exported" / entries[0]["path"]
     assert row["status"] == "ok" and row["images"] == 18 and row["flash_bytes"] == file.stat().st_size

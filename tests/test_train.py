@@ -41,10 +41,14 @@ def test_run_folder_contents(image_tree, tmp_path):
 def test_eval_every_chooses_the_evaluated_epochs_and_not_the_weights(image_tree, tmp_path):
     """Evaluation reads the model and nothing else: the epochs evaluated change, the weights do not."""
     cache = str(tmp_path / "c")
-    runs = {n: train(tiny(image_tree, tmp_path / f"e{n}", cache_dir=cache, epochs=3, eval_every=n), log=lambda *a: None)
-            for n in (0, 1, 2)}
-    evaluated = {n: [e["epoch"] for e in json.loads((r / "metrics.json").read_text())["epochs"] if "test_acc" in e]
-                 for n, r in runs.items()}
+    runs = {
+        n: train(tiny(image_tree, tmp_path / f"e{n}", cache_dir=cache, epochs=3, eval_every=n), log=lambda *a: None)
+        for n in (0, 1, 2)
+    }
+    evaluated = {
+        n: [e["epoch"] for e in json.loads((r / "metrics.json").read_text())["epochs"] if "test_acc" in e]
+        for n, r in runs.items()
+    }
     assert evaluated == {0: [3], 1: [1, 2, 3], 2: [2, 3]}
     finals = {json.loads((r / "metrics.json").read_text())["test_acc"] for r in runs.values()}
     assert len(finals) == 1
@@ -78,8 +82,9 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(image_tree, tmp_path, 
     assert (tmp_path / "killed" / "checkpoint.pt").exists()
     assert not (tmp_path / "killed" / "model.safetensors").exists()
     monkeypatch.setattr(train_module, "_train_epoch", real_epoch)
-    resumed = train(tiny(image_tree, tmp_path / "killed", cache_dir=cache, epochs=3, ema=0.9, resume=True),
-                    log=lambda *a: None)
+    resumed = train(
+        tiny(image_tree, tmp_path / "killed", cache_dir=cache, epochs=3, ema=0.9, resume=True), log=lambda *a: None
+    )
     ww, wr = weights(whole), weights(resumed)
     assert all(torch.equal(ww[k], wr[k]) for k in ww)
     history = json.loads((resumed / "metrics.json").read_text())["epochs"]
@@ -114,8 +119,10 @@ def test_corrupt_and_mismatched_checkpoints(image_tree, tmp_path):
     (run / "checkpoint.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt checkpoint"):
         train(tiny(image_tree, run, cache_dir=cache, resume=True), log=lambda *a: None)
-    other = train(tiny(image_tree, tmp_path / "other", cache_dir=cache, epochs=1, model="resnet18",
-                       img_size=32), log=lambda *a: None)
+    other = train(
+        tiny(image_tree, tmp_path / "other", cache_dir=cache, epochs=1, model="resnet18", img_size=32),
+        log=lambda *a: None,
+    )
     with pytest.raises(CheckpointError, match="cannot change --model edge_tiny"):
         train(tiny(image_tree, other, cache_dir=cache, model="edge_tiny", resume=True), log=lambda *a: None)
     # a checkpoint of an older edgecifar (no config inside) beside another model's config.json
@@ -186,8 +193,10 @@ def test_distillation_from_a_teacher_run(image_tree, tmp_path):
         teacher_logits(str(teacher), images, ["a", "b", "c"])
 
     plain = train(tiny(image_tree, tmp_path / "plain", cache_dir=cache), log=lambda *a: None)
-    taught = train(tiny(image_tree, tmp_path / "taught", cache_dir=cache, teacher=str(teacher), distill_alpha=0.9),
-                   log=lambda *a: None)
+    taught = train(
+        tiny(image_tree, tmp_path / "taught", cache_dir=cache, teacher=str(teacher), distill_alpha=0.9),
+        log=lambda *a: None,
+    )
     assert json.loads((taught / "config.json").read_text())["train"]["teacher"] == str(teacher)
     assert json.loads((taught / "metrics.json").read_text())["teacher_seconds"] > 0
     assert not torch.equal(weights(plain)["backbone.0.weight"], weights(taught)["backbone.0.weight"])
@@ -195,8 +204,18 @@ def test_distillation_from_a_teacher_run(image_tree, tmp_path):
 
 def test_real_data_smoke(real_data, tmp_path):
     """scratch_cnn, briefly, on a subset of the real CIFAR-10 JPEG copy must beat 35 %."""
-    run = train(TrainConfig(model="scratch_cnn", data=str(real_data), epochs=3, max_train=8000, max_test=2000,
-                            out=str(tmp_path / "run"), seed=0), log=lambda *a: None)
+    run = train(
+        TrainConfig(
+            model="scratch_cnn",
+            data=str(real_data),
+            epochs=3,
+            max_train=8000,
+            max_test=2000,
+            out=str(tmp_path / "run"),
+            seed=0,
+        ),
+        log=lambda *a: None,
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test_acc"] > 0.35
 
@@ -204,8 +223,19 @@ def test_real_data_smoke(real_data, tmp_path):
 def test_frozen_stages_keep_their_pretrained_weights(image_tree, tmp_path):
     from edgecifar.models import create_model
 
-    run = train(tiny(image_tree, tmp_path / "run", cache_dir=str(tmp_path / "c"), model="efficientnet_lite0",
-                     pretrained=True, freeze=2, epochs=1, img_size=32), log=lambda *a: None)
+    run = train(
+        tiny(
+            image_tree,
+            tmp_path / "run",
+            cache_dir=str(tmp_path / "c"),
+            model="efficientnet_lite0",
+            pretrained=True,
+            freeze=2,
+            epochs=1,
+            img_size=32,
+        ),
+        log=lambda *a: None,
+    )
     start = create_model("efficientnet_lite0", 3, pretrained=True).backbone.state_dict()
     trained = weights(run)
     assert torch.equal(trained["backbone.conv_stem.weight"], start["conv_stem.weight"])
@@ -231,12 +261,15 @@ def test_recipe_bf16_only_where_the_cpu_has_it(native, monkeypatch):
     assert fp32.bf16 is False and not record["note"]  # a recipe without bf16 stays fp32 on any CPU
 
 
-@pytest.mark.parametrize("n, batch, expected", [
-    (17, 8, [(0, 8), (8, 17)]),  # a last batch of one joins the one before
-    (18, 8, [(0, 8), (8, 16), (16, 18)]),
-    (16, 8, [(0, 8), (8, 16)]),
-    (1, 8, [(0, 1)]),  # a single batch stays what it is
-])
+@pytest.mark.parametrize(
+    "n, batch, expected",
+    [
+        (17, 8, [(0, 8), (8, 17)]),  # a last batch of one joins the one before
+        (18, 8, [(0, 8), (8, 16), (16, 18)]),
+        (16, 8, [(0, 8), (8, 16)]),
+        (1, 8, [(0, 1)]),  # a single batch stays what it is
+    ],
+)
 def test_a_last_batch_of_one_image_is_folded(n, batch, expected):
     assert train_module.batch_bounds(n, batch) == expected
 
@@ -248,8 +281,18 @@ def test_batch_norm_trains_when_the_last_batch_would_hold_one_image(tmp_path):
 
     data = small_tree(tmp_path / "data", {"cat": (9, 2), "dog": (8, 2)})
     said = []
-    run = train(TrainConfig(model="resnet18", img_size=32, data=str(data), cache_dir=str(tmp_path / "c"), epochs=1,
-                            batch_size=8, out=str(tmp_path / "run")), log=said.append)
+    run = train(
+        TrainConfig(
+            model="resnet18",
+            img_size=32,
+            data=str(data),
+            cache_dir=str(tmp_path / "c"),
+            epochs=1,
+            batch_size=8,
+            out=str(tmp_path / "run"),
+        ),
+        log=said.append,
+    )
     assert (run / "model.safetensors").is_file()
     assert [line for line in said if "leave 1 in the last batch of 8" in line and "joins the batch before" in line]
     epochs = json.loads((run / "metrics.json").read_text())["epochs"]
@@ -263,10 +306,20 @@ def test_an_input_size_far_above_the_images_is_refused_before_decoding(image_tre
     from edgecifar.errors import DataError
 
     cache = tmp_path / "cache"
-    with pytest.raises(DataError, match=r"upsamples these 32x32 images 7\.0x per side.*--backbone-size 224.*"
-                                        r"--allow-upsample"):
-        train(TrainConfig(data=str(image_tree), cache_dir=str(cache), input_size=[224, 224], epochs=1,
-                          out=str(tmp_path / "run")), log=lambda *a: None)
+    with pytest.raises(
+        DataError,
+        match=r"upsamples these 32x32 images 7\.0x per side.*--backbone-size 224.*"
+        r"--allow-upsample",
+    ):
+        train(
+            TrainConfig(
+                data=str(image_tree), cache_dir=str(cache), input_size=[224, 224], epochs=1, out=str(tmp_path / "run")
+            ),
+            log=lambda *a: None,
+        )
     assert not (tmp_path / "run").exists() and not list(cache.rglob("*.npz"))
-    assert load_data(str(image_tree), cache, input_size=64, max_upsample=train_module.UPSAMPLE_LIMIT).input_size == (64, 64)
+    assert load_data(str(image_tree), cache, input_size=64, max_upsample=train_module.UPSAMPLE_LIMIT).input_size == (
+        64,
+        64,
+    )
     assert load_data(str(image_tree), cache, input_size=96, max_upsample=None).input_size == (96, 96)  # insisted

@@ -51,6 +51,7 @@ def test_available_cores_follow_the_affinity_and_warn_above_them():
 
 # ---------------------------------------------------------------- no writable home (H8)
 
+
 @pytest.fixture
 def no_home(tmp_path, monkeypatch):
     """HOME that nobody can write into, root included (a file, as a broken image's HOME may be), no XDG_*
@@ -113,15 +114,21 @@ def test_nothing_writable_is_one_line_naming_the_fix(no_home, monkeypatch, image
     from edgecifar.errors import DataError
 
     monkeypatch.setattr(tempfile, "tempdir", str(no_home / "home" / "tmp"))  # under a file: cannot be made
-    with pytest.raises(DataError, match=r"cannot write to the cache folder .*/home/.cache/edgecifar \(Not a "
-                                        r"directory\): pass --cache-dir DIR, or set EDGECIFAR_CACHE"):
+    with pytest.raises(
+        DataError,
+        match=r"cannot write to the cache folder .*/home/.cache/edgecifar \(Not a "
+        r"directory\): pass --cache-dir DIR, or set EDGECIFAR_CACHE",
+    ):
         load_data(str(image_tree))
     monkeypatch.delenv("HOME")
     monkeypatch.setattr("pwd.getpwuid", lambda uid: {}[uid])  # and no home at all
     with pytest.raises(DataError, match=r"no folder to cache data in: HOME is unset .* pass --cache-dir DIR"):
         load_data(str(image_tree))
-    with pytest.raises(DataError, match=r"cannot write to the cache folder .*/home/c \(Not a directory\): pass "
-                                        r"--cache-dir"):
+    with pytest.raises(
+        DataError,
+        match=r"cannot write to the cache folder .*/home/c \(Not a directory\): pass "
+        r"--cache-dir",
+    ):
         load_data(str(image_tree), no_home / "home" / "c")
 
 
@@ -132,9 +139,28 @@ def test_train_without_a_writable_home_trains(no_home, image_tree):
 
     env = {k: v for k, v in os.environ.items() if k not in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "EDGECIFAR_CACHE")}
     env.update(HOME=str(no_home / "home"), TMPDIR=str(no_home / "tmp"), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", "edgecifar", "train", "--data", str(image_tree), "--epochs", "1",
-                           "--batch-size", "16", "--max-train", "16", "--out", str(no_home / "run")],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecifar",
+            "train",
+            "--data",
+            str(image_tree),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--max-train",
+            "16",
+            "--out",
+            str(no_home / "run"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "cannot be written: caches and settings go to" in done.stderr
     assert list((no_home / "tmp" / f"edgecifar-{os.getuid()}" / "cache" / "edgecifar" / "decoded").glob("*.npz"))
@@ -147,11 +173,18 @@ def test_a_thread_count_that_is_no_number_is_one_note_not_a_library_warning(valu
     import sys
 
     code = "from edgecifar.utils import checked_thread_variables; checked_thread_variables(); import torch"
-    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": value},
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "OMP_NUM_THREADS": value},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0 and "libgomp" not in done.stderr
-    assert done.stderr == f"note: OMP_NUM_THREADS={value!r} is not a whole number of threads (1 or more): ignored; " \
-                          f"unset it or set one\n"
+    assert (
+        done.stderr == f"note: OMP_NUM_THREADS={value!r} is not a whole number of threads (1 or more): ignored; "
+        f"unset it or set one\n"
+    )
 
 
 def test_a_good_thread_count_is_kept(monkeypatch, capsys):

@@ -17,13 +17,19 @@ def tiny_onnx(path: Path, batch: int | str = "N", size: tuple[int, int] = (32, 3
     import onnx
     from onnx import TensorProto, helper
 
-    nodes = [helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
-             helper.make_node("ReduceMean", ["pixels"], ["means"], axes=[1, 2], keepdims=0),
-             helper.make_node("MatMul", ["means", "weights"], ["logits"])]
+    nodes = [
+        helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["pixels"], ["means"], axes=[1, 2], keepdims=0),
+        helper.make_node("MatMul", ["means", "weights"], ["logits"]),
+    ]
     weights = helper.make_tensor("weights", TensorProto.FLOAT, [3, 3], np.eye(3, dtype=np.float32).ravel() / 8)
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.UINT8, [batch, *size, 3])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, len(CLASSES)])], [weights])
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [batch, *size, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, len(CLASSES)])],
+        [weights],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     contract = {"name": "image", "dtype": "uint8", "shape": ["N", *size, 3], "layout": "NHWC", "color": "RGB"}
     helper.set_model_props(model, {"classes": json.dumps(CLASSES), "input": json.dumps(contract)})

@@ -42,7 +42,7 @@ class Calibration:
 
     def batches(self) -> Iterator[np.ndarray]:
         for start in range(0, len(self.images), self.batch_size):
-            yield np.ascontiguousarray(self.images[start:start + self.batch_size])
+            yield np.ascontiguousarray(self.images[start : start + self.batch_size])
 
     @property
     def num_batches(self) -> int:
@@ -88,8 +88,9 @@ class Backend(Protocol):
     def threads_used(self, session: Session) -> int | None:
         """The thread count the runtime reports it will use (None when it does not say)."""
 
-    def export(self, model: Any, path: Path, precision: str, calibration: Calibration | None,
-               metadata: dict[str, str]) -> list[Path]:
+    def export(
+        self, model: Any, path: Path, precision: str, calibration: Calibration | None, metadata: dict[str, str]
+    ) -> list[Path]:
         """Write `model` (an EdgeModel) to `path` (and its companions); returns every file written."""
 
     def load(self, path: Path, threads: int | None = None, precision: str | None = None) -> Session:
@@ -152,7 +153,7 @@ def error_text(error: BaseException, limit: int = 1000) -> str:
     useful = [_drop_cpp(_ORT_PREFIX.sub("", ln)) for ln in lines if not _LOCATION.match(ln)]
     text = " ".join(ln for ln in useful if ln) or type(error).__name__
     if len(text) > limit:
-        text = f"{text[:limit // 3]} ... {text[-(limit - limit // 3 - 5):]}"
+        text = f"{text[: limit // 3]} ... {text[-(limit - limit // 3 - 5) :]}"
     return text
 
 
@@ -163,14 +164,14 @@ def _drop_cpp(line: str) -> str:
         open_at = line.find("(", end)
         name = line[end:open_at] if open_at != -1 else ""
         if "::" not in name:  # a location without a C++ signature after it
-            line = f"{line[:found.start()].rstrip()} {line[end:]}".strip()
+            line = f"{line[: found.start()].rstrip()} {line[end:]}".strip()
             continue
         depth, i = 0, open_at
         for i in range(open_at, len(line)):
             depth += {"(": 1, ")": -1}.get(line[i], 0)
             if depth == 0:
                 break
-        line = f"{line[:found.start()].rstrip()} {line[i + 1:].lstrip()}".strip()
+        line = f"{line[: found.start()].rstrip()} {line[i + 1 :].lstrip()}".strip()
     return line
 
 
@@ -213,8 +214,7 @@ def _registry() -> dict[str, Backend]:
     from .openvino import OpenVinoBackend
     from .tflm import TflmBackend
 
-    return {b.name: b for b in (OnnxBackend(), OpenVinoBackend(), LiteRtBackend(), ExecuTorchBackend(),
-                                TflmBackend())}
+    return {b.name: b for b in (OnnxBackend(), OpenVinoBackend(), LiteRtBackend(), ExecuTorchBackend(), TflmBackend())}
 
 
 # at the end: the backend modules import the names above

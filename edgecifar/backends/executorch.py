@@ -56,8 +56,9 @@ class ExecuTorchBackend:
 
     # ------------------------------------------------------------ export (host side: torch, executorch)
 
-    def export(self, model: Any, path: Path, precision: str, calibration: Calibration | None,
-               metadata: dict[str, str]) -> list[Path]:
+    def export(
+        self, model: Any, path: Path, precision: str, calibration: Calibration | None, metadata: dict[str, str]
+    ) -> list[Path]:
         import torch
 
         if precision not in self.precisions:
@@ -74,12 +75,13 @@ class ExecuTorchBackend:
                 from executorch.exir import to_edge_transform_and_lower
 
                 example = (torch.zeros(MAX_BATCH, *model_size(model.meta), 3, dtype=torch.uint8),)
-                program = torch.export.export(module, example,
-                                              dynamic_shapes=({0: _batch_dim()},))
+                program = torch.export.export(module, example, dynamic_shapes=({0: _batch_dim()},))
                 blob = json.dumps(metadata, sort_keys=True).encode()
                 lowered = to_edge_transform_and_lower(
-                    program, partitioner=[XnnpackPartitioner()],
-                    constant_methods={METADATA_METHOD: torch.tensor(list(blob), dtype=torch.uint8)})
+                    program,
+                    partitioner=[XnnpackPartitioner()],
+                    constant_methods={METADATA_METHOD: torch.tensor(list(blob), dtype=torch.uint8)},
+                )
                 path.write_bytes(lowered.to_executorch().buffer)
             except Exception as e:
                 raise ExportError(f"ExecuTorch lowering failed: {error_text(e)}") from e
@@ -91,8 +93,10 @@ class ExecuTorchBackend:
         if precision not in (None, "f32"):
             raise ArtifactError(f"the ExecuTorch runtime takes no precision hint ('{precision}')")
         try:
-            from executorch.extension.pybindings.portable_lib import (_threadpool_get_thread_count,
-                                                                      _unsafe_reset_threadpool)
+            from executorch.extension.pybindings.portable_lib import (
+                _threadpool_get_thread_count,
+                _unsafe_reset_threadpool,
+            )
             from executorch.runtime import Runtime
         except ImportError as e:
             raise ArtifactError(f"executorch is not installed: {self.install}") from e
@@ -112,16 +116,23 @@ class ExecuTorchBackend:
         if meta.num_inputs() != 1 or meta.num_outputs() != 1:
             raise ArtifactError(f"{path}: expected one input and one output")
         inp, out = meta.input_tensor_meta(0), meta.output_tensor_meta(0)
-        return Session(handle=method, metadata=metadata, input_type=_DTYPES.get(str(inp.dtype()), str(inp.dtype())),
-                       input_shape=[None, *inp.sizes()[1:]], output_shape=[None, *out.sizes()[1:]],
-                       extra={"program": program, "max_batch": int(inp.sizes()[0])})
+        return Session(
+            handle=method,
+            metadata=metadata,
+            input_type=_DTYPES.get(str(inp.dtype()), str(inp.dtype())),
+            input_shape=[None, *inp.sizes()[1:]],
+            output_shape=[None, *out.sizes()[1:]],
+            extra={"program": program, "max_batch": int(inp.sizes()[0])},
+        )
 
     def run(self, session: Session, images: np.ndarray) -> np.ndarray:
         import torch
 
         step = session.extra["max_batch"]
-        outs = [session.handle.execute([torch.from_numpy(np.ascontiguousarray(images[i:i + step]))])[0]
-                for i in range(0, len(images), step)]
+        outs = [
+            session.handle.execute([torch.from_numpy(np.ascontiguousarray(images[i : i + step]))])[0]
+            for i in range(0, len(images), step)
+        ]
         return np.concatenate([o.numpy() for o in outs]).astype(np.float32, copy=False)
 
 
@@ -156,13 +167,13 @@ def _check_whole(path: Path) -> None:
     at = head.find(b"eh00")
     if at < 0 or len(head) < at + 32:
         return  # no extended header: the runtime's own verification covers a plain flatbuffer
-    header_len = int.from_bytes(head[at + 4:at + 8], "little")
-    program_size, segment_base, segment_size = (int.from_bytes(head[at + 8 + 8 * i:at + 16 + 8 * i], "little")
-                                                for i in range(3))
+    header_len = int.from_bytes(head[at + 4 : at + 8], "little")
+    program_size, segment_base, segment_size = (
+        int.from_bytes(head[at + 8 + 8 * i : at + 16 + 8 * i], "little") for i in range(3)
+    )
     needed = max(program_size, segment_base + segment_size if segment_size else 0)
     if header_len >= 32 and size < needed:
-        raise ArtifactError(f"cannot load {path}: the file is cut off ({size} bytes of the {needed} its header "
-                            f"gives)")
+        raise ArtifactError(f"cannot load {path}: the file is cut off ({size} bytes of the {needed} its header gives)")
 
 
 def _read_metadata(program: Any) -> dict[str, str]:
@@ -177,17 +188,23 @@ def _quantize(model: Any, calibration: Calibration, learned: list) -> Any:
     """XNNPACK's PT2E quantizer: per-channel symmetric int8 weights, int8 activations; observers see the
     calibration batches, except where a QAT model learned the range (`learned`)."""
     import torch
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                         get_symmetric_quantization_config)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
 
     config = get_symmetric_quantization_config(is_per_channel=True)
     if calibration.method == "minmax":
         config = with_minmax_activations(config)
     try:
         with _quiet(), torch.no_grad():
-            graph = torch.export.export(model, (torch.zeros(2, *model_size(model.meta), 3, dtype=torch.uint8),),
-                                        dynamic_shapes=({0: _batch_dim()},)).module()
-            return calibrated(graph, quantizer_with_fused_relu6(XNNPACKQuantizer)().set_global(config), calibration,
-                              learned)
+            graph = torch.export.export(
+                model,
+                (torch.zeros(2, *model_size(model.meta), 3, dtype=torch.uint8),),
+                dynamic_shapes=({0: _batch_dim()},),
+            ).module()
+            return calibrated(
+                graph, quantizer_with_fused_relu6(XNNPACKQuantizer)().set_global(config), calibration, learned
+            )
     except Exception as e:
         raise ExportError(f"PT2E quantization for ExecuTorch failed: {error_text(e)}") from e

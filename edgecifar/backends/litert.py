@@ -51,8 +51,9 @@ class LiteRtBackend:
 
     # ------------------------------------------------------------ export (host side: torch, litert-torch)
 
-    def export(self, model: Any, path: Path, precision: str, calibration: Calibration | None,
-               metadata: dict[str, str]) -> list[Path]:
+    def export(
+        self, model: Any, path: Path, precision: str, calibration: Calibration | None, metadata: dict[str, str]
+    ) -> list[Path]:
         if precision == "fp32":
             data = with_metadata(_fp32(model), metadata)
         elif precision == "fp16":  # the quantizer keeps the metadata entry (and stores weights past the flatbuffer)
@@ -88,18 +89,27 @@ class LiteRtBackend:
         if len(inputs) != 1 or len(outputs) != 1:
             raise ArtifactError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
         # the file holds batch 1; the interpreter is resized to each batch it is given
-        return Session(handle=interpreter, metadata=metadata, input_type=np.dtype(inputs[0]["dtype"]).name,
-                       input_shape=[None, *map(int, inputs[0]["shape"][1:])],
-                       output_shape=[None, *map(int, outputs[0]["shape"][1:])],
-                       extra={"input": inputs[0]["index"], "output": outputs[0]["index"], "batch": 1,
-                              "output_quantization": tuple(outputs[0]["quantization"]),
-                              "threads": threads, "image_shape": [int(d) for d in inputs[0]["shape"][1:]]})
+        return Session(
+            handle=interpreter,
+            metadata=metadata,
+            input_type=np.dtype(inputs[0]["dtype"]).name,
+            input_shape=[None, *map(int, inputs[0]["shape"][1:])],
+            output_shape=[None, *map(int, outputs[0]["shape"][1:])],
+            extra={
+                "input": inputs[0]["index"],
+                "output": outputs[0]["index"],
+                "batch": 1,
+                "output_quantization": tuple(outputs[0]["quantization"]),
+                "threads": threads,
+                "image_shape": [int(d) for d in inputs[0]["shape"][1:]],
+            },
+        )
 
     def run(self, session: Session, images: np.ndarray) -> np.ndarray:
         extra = session.extra
         if extra["batch"] != len(images) and not _resize(session.handle, extra, len(images)):
             # a graph whose reshapes hold batch 1 (a file made elsewhere, or before `batch_free`) runs image by image
-            return np.concatenate([self._invoke(session, images[i:i + 1]) for i in range(len(images))])
+            return np.concatenate([self._invoke(session, images[i : i + 1]) for i in range(len(images))])
         return self._invoke(session, images)
 
     @staticmethod
@@ -129,6 +139,7 @@ def _resize(interpreter: Any, extra: dict[str, Any], batch: int) -> bool:
 
 
 # ---------------------------------------------------------------- metadata in the flatbuffer
+
 
 def with_metadata(data: bytes, metadata: dict[str, str]) -> bytes:
     """The .tflite bytes with our metadata entry (replacing an earlier one)."""
@@ -178,12 +189,17 @@ def _name(name: Any) -> str:
 
 # ---------------------------------------------------------------- conversion
 
+
 @contextlib.contextmanager
 def _quiet():
     """litert-torch reports progress on stdout/stderr and TensorFlow's C++ logs at import: keep the CLI's
     output ours (edgecifar.quiet)."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()), c_stderr_filtered():
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+        c_stderr_filtered(),
+    ):
         warnings.simplefilter("ignore")
         yield
 
@@ -219,19 +235,27 @@ def check_any_batch(data: bytes, image_shape: Any, batch: int = 3) -> None:
         with c_stderr_filtered():
             interpreter = Interpreter(model_content=data, num_threads=1)
             interpreter.allocate_tensors()
-        extra = {"input": interpreter.get_input_details()[0]["index"], "image_shape": list(image_shape), "batch": 1,
-                 "output": interpreter.get_output_details()[0]["index"], "output_quantization": (0.0, 0)}
-        session = Session(handle=interpreter, metadata={}, input_type="uint8", input_shape=[], output_shape=[],
-                          extra=extra)
-        alone = np.concatenate([LiteRtBackend._invoke(session, images[i:i + 1]) for i in range(batch)])
+        extra = {
+            "input": interpreter.get_input_details()[0]["index"],
+            "image_shape": list(image_shape),
+            "batch": 1,
+            "output": interpreter.get_output_details()[0]["index"],
+            "output_quantization": (0.0, 0),
+        }
+        session = Session(
+            handle=interpreter, metadata={}, input_type="uint8", input_shape=[], output_shape=[], extra=extra
+        )
+        alone = np.concatenate([LiteRtBackend._invoke(session, images[i : i + 1]) for i in range(batch)])
         resized = _resize(interpreter, extra, batch)
         together = LiteRtBackend._invoke(session, images) if resized else None
     except Exception as e:
         raise ExportError(f"the converted .tflite file does not run: {error_text(e)}") from e
     if together is None or together.shape != alone.shape or not np.allclose(together, alone, atol=1e-4):
-        raise ExportError(f"the converted .tflite file fixes its batch at 1 (a batch of {batch} "
-                          f"{'fails' if together is None else 'gives other logits'}), while its metadata says "
-                          f"[N, {', '.join(map(str, image_shape))}]; nothing was written")
+        raise ExportError(
+            f"the converted .tflite file fixes its batch at 1 (a batch of {batch} "
+            f"{'fails' if together is None else 'gives other logits'}), while its metadata says "
+            f"[N, {', '.join(map(str, image_shape))}]; nothing was written"
+        )
 
 
 def batch_free(data: bytes) -> bytes:
@@ -256,9 +280,15 @@ def batch_free(data: bytes) -> bytes:
             if codes[op.opcodeIndex] != schema.BuiltinOperator.RESHAPE:
                 continue
             out, users = int(op.outputs[0]), readers.get(int(op.outputs[0]), [])
-            if (out in set(map(int, graph.outputs)) or not users or len(graph.tensors[out].shape) != 2
-                    or any(codes[u.opcodeIndex] != schema.BuiltinOperator.FULLY_CONNECTED or int(u.inputs[0]) != out
-                           for u in users)):
+            if (
+                out in set(map(int, graph.outputs))
+                or not users
+                or len(graph.tensors[out].shape) != 2
+                or any(
+                    codes[u.opcodeIndex] != schema.BuiltinOperator.FULLY_CONNECTED or int(u.inputs[0]) != out
+                    for u in users
+                )
+            ):
                 continue
             for user in users:
                 user.inputs[0] = op.inputs[0]
@@ -297,12 +327,17 @@ def _fp16_weights(fp32: bytes) -> bytes:
 
             q = quantizer.Quantizer(bytearray(fp32))
             q.update_quantization_recipe(
-                regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                regex=".*",
+                operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
                 algorithm_key=quantizer.AlgorithmName.FLOAT_CASTING,
                 op_config=qtyping.OpQuantizationConfig(
-                    weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16,
-                                                                          dtype=qtyping.TensorDataType.FLOAT),
-                    compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True))
+                    weight_tensor_config=qtyping.TensorQuantizationConfig(
+                        num_bits=16, dtype=qtyping.TensorDataType.FLOAT
+                    ),
+                    compute_precision=qtyping.ComputePrecision.FLOAT,
+                    explicit_dequantize=True,
+                ),
+            )
             return bytes(q.quantize(enable_progress_report=False).quantized_model)
         except Exception as e:
             raise ExportError(f"ai-edge-quantizer FP16 conversion failed: {error_text(e)}") from e
@@ -324,8 +359,9 @@ def _int8(model: Any, learned: list, calibration: Calibration) -> bytes:
     batch = torch.export.Dim("N", min=1, max=max(2, calibration.batch_size))
     try:
         with _quiet(), torch.no_grad():
-            graph = torch.export.export(global_max_pools_as_amax(model), _example(model, batch=2),
-                                        dynamic_shapes=({0: batch},)).module()
+            graph = torch.export.export(
+                global_max_pools_as_amax(model), _example(model, batch=2), dynamic_shapes=({0: batch},)
+            ).module()
             converted = calibrated(graph, quantizer, calibration, learned, fold_quantize=False)
     except Exception as e:
         raise ExportError(f"PT2E quantization for LiteRT failed: {error_text(e)}") from e

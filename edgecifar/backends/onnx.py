@@ -49,8 +49,9 @@ class OnnxBackend:
 
     # ------------------------------------------------------------ export (host side: torch, onnx)
 
-    def export(self, model: Any, path: Path, precision: str, calibration: Calibration | None,
-               metadata: dict[str, str]) -> list[Path]:
+    def export(
+        self, model: Any, path: Path, precision: str, calibration: Calibration | None, metadata: dict[str, str]
+    ) -> list[Path]:
         import onnx
 
         model, learned = float_graph(model) if precision == "int8" else (model, [])
@@ -93,16 +94,20 @@ class OnnxBackend:
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
-            raise ArtifactError(f"cannot load {path} with onnxruntime {ort.__version__}: {error_text(e)}"
-                                f"{_file_versions(path)}") from e
+            raise ArtifactError(
+                f"cannot load {path} with onnxruntime {ort.__version__}: {error_text(e)}{_file_versions(path)}"
+            ) from e
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise ArtifactError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
-        return Session(handle=session, metadata=dict(session.get_modelmeta().custom_metadata_map),
-                       input_type=_ORT_TYPES.get(inputs[0].type, inputs[0].type),
-                       input_shape=[d if isinstance(d, int) else None for d in inputs[0].shape],
-                       output_shape=[d if isinstance(d, int) else None for d in outputs[0].shape],
-                       extra={"input": inputs[0].name, "output": outputs[0].name})
+        return Session(
+            handle=session,
+            metadata=dict(session.get_modelmeta().custom_metadata_map),
+            input_type=_ORT_TYPES.get(inputs[0].type, inputs[0].type),
+            input_shape=[d if isinstance(d, int) else None for d in inputs[0].shape],
+            output_shape=[d if isinstance(d, int) else None for d in outputs[0].shape],
+            extra={"input": inputs[0].name, "output": outputs[0].name},
+        )
 
     def run(self, session: Session, images: np.ndarray) -> np.ndarray:
         out = session.handle.run([session.extra["output"]], {session.extra["input"]: images})[0]
@@ -113,7 +118,7 @@ _ORT_TYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(floa
 
 
 def _file_versions(path: Path) -> str:
-    """" (the file is ONNX IR version 10, opset 20)": what a runtime must read, for its error message."""
+    """ " (the file is ONNX IR version 10, opset 20)": what a runtime must read, for its error message."""
     ir_version, opsets = onnx_versions(path)
     if ir_version is None:
         return ""
@@ -193,9 +198,17 @@ def _torch_export(model: Any, path: Path) -> None:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
             warnings.simplefilter("ignore")
             try:
-                program = torch.onnx.export(model.eval(), (example,), input_names=[INPUT_NAME],
-                                            output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("N")},),
-                                            opset_version=OPSET, dynamo=True, optimize=True, verbose=False)
+                program = torch.onnx.export(
+                    model.eval(),
+                    (example,),
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_shapes=({0: torch.export.Dim("N")},),
+                    opset_version=OPSET,
+                    dynamo=True,
+                    optimize=True,
+                    verbose=False,
+                )
             except Exception as e:
                 raise ExportError(f"torch.onnx.export failed: {error_text(e)}") from e
         _FP32_CACHE.clear()  # hold one model's bytes at most
@@ -244,8 +257,7 @@ def _quantize(fp32: Path, tmp: Path, calibration: Calibration, learned: list) ->
     return onnx.load(str(prepare_and_quantize(fp32, tmp, calibration, learned)[1]))
 
 
-def prepare_and_quantize(fp32: Path, tmp: Path, calibration: Calibration,
-                         learned: list = ()) -> tuple[Path, Path]:
+def prepare_and_quantize(fp32: Path, tmp: Path, calibration: Calibration, learned: list = ()) -> tuple[Path, Path]:
     """The exporter's INT8 quantization: (the prepared float graph, its QDQ quantization), both written in `tmp`
     with the same tensor names (the per-layer report compares them). `learned`: a QAT model's activation
     ranges (edgecifar.qat.requantizable), which replace calibration where they apply."""
@@ -264,21 +276,30 @@ def prepare_and_quantize(fp32: Path, tmp: Path, calibration: Calibration,
     overrides = _overrides(fp32, prepared_proto, calibration, learned)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print(...) their progress
-            quantize_static(str(prepared), str(quantized), _Reader(calibration), quant_format=QuantFormat.QDQ,
-                            # U8 activations / S8 weights: the x86 fast path of ORT's CPU kernels. Without
-                            # VNNI (AVX2 CPUs) that path sums u8*s8 pairs in int16 and saturates: 8-bit weights
-                            # cost 3-23 points there (edge_small 86.26 -> 63.41 %) and nothing on a VNNI CPU.
-                            # reduce_range (7-bit weights) is ORT's remedy; the same files measured 0.00-0.33
-                            # points under FP32 on the AVX2 CPU. The file runs wherever it is shipped
-                            # (--int8-isa vnni opts out, for VNNI/AMX-only fleets: edgecifar.isa).
-                            per_channel=True, reduce_range=calibration.isa != "vnni",
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=getattr(CalibrationMethod, ORT_CALIB[calibration.method]),
-                            nodes_to_exclude=_preprocessing_nodes(prepared_proto) + list(calibration.exclude),
-                            # a few batches per pass (not CalibMaxIntermediateOutputs: in onnxruntime 1.32
-                            # it drops the batches it flushes)
-                            extra_options={"CalibStridedMinMax": _stride(calibration.num_batches),
-                                           "TensorQuantOverrides": overrides})
+            quantize_static(
+                str(prepared),
+                str(quantized),
+                _Reader(calibration),
+                quant_format=QuantFormat.QDQ,
+                # U8 activations / S8 weights: the x86 fast path of ORT's CPU kernels. Without
+                # VNNI (AVX2 CPUs) that path sums u8*s8 pairs in int16 and saturates: 8-bit weights
+                # cost 3-23 points there (edge_small 86.26 -> 63.41 %) and nothing on a VNNI CPU.
+                # reduce_range (7-bit weights) is ORT's remedy; the same files measured 0.00-0.33
+                # points under FP32 on the AVX2 CPU. The file runs wherever it is shipped
+                # (--int8-isa vnni opts out, for VNNI/AMX-only fleets: edgecifar.isa).
+                per_channel=True,
+                reduce_range=calibration.isa != "vnni",
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, ORT_CALIB[calibration.method]),
+                nodes_to_exclude=_preprocessing_nodes(prepared_proto) + list(calibration.exclude),
+                # a few batches per pass (not CalibMaxIntermediateOutputs: in onnxruntime 1.32
+                # it drops the batches it flushes)
+                extra_options={
+                    "CalibStridedMinMax": _stride(calibration.num_batches),
+                    "TensorQuantOverrides": overrides,
+                },
+            )
     except Exception as e:  # onnxruntime raises plain ValueError/RuntimeError from deep inside
         raise ExportError(f"onnxruntime quantization failed: {error_text(e)}") from e
     return prepared, quantized
@@ -294,12 +315,18 @@ def qat_overrides(fp32: Any, prepared: Any, learned: list, most: int) -> dict[st
 
     names = {out for node in prepared.graph.node for out in node.output}
     found = {name: learned_range for name, learned_range in _learned_tensors(fp32, learned).items() if name in names}
-    overrides = {name: [{"scale": np.array(r.scale, np.float32),
-                         "zero_point": np.array(r.zero_point - r.qmin, np.uint8)}
-                        if r.qmax - r.qmin == 255 else  # ORT's activations are uint8: [qmin, qmax] shifted
-                        {"rmin": np.array((r.qmin - r.zero_point) * r.scale, np.float32),
-                         "rmax": np.array((r.qmax - r.zero_point) * r.scale, np.float32)}]
-                 for name, r in found.items()}
+    overrides = {
+        name: [
+            {"scale": np.array(r.scale, np.float32), "zero_point": np.array(r.zero_point - r.qmin, np.uint8)}
+            if r.qmax - r.qmin == 255
+            # ORT's activations are uint8: [qmin, qmax] shifted
+            else {
+                "rmin": np.array((r.qmin - r.zero_point) * r.scale, np.float32),
+                "rmax": np.array((r.qmax - r.zero_point) * r.scale, np.float32),
+            }
+        ]
+        for name, r in found.items()
+    }
     weights = {t.name: t for t in prepared.graph.initializer}
     for node in prepared.graph.node:
         if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 and node.input[1] in weights:
@@ -307,8 +334,10 @@ def qat_overrides(fp32: Any, prepared: Any, learned: list, most: int) -> dict[st
             axis = 0 if node.op_type == "Conv" or trans_b else 1
             grid = _grid(np.moveaxis(numpy_helper.to_array(weights[node.input[1]]), axis, 0), most)
             if grid is not None:
-                overrides[node.input[1]] = [{"axis": axis, "scale": np.array(step, np.float32),
-                                             "zero_point": np.array(0, np.int8)} for step in grid]
+                overrides[node.input[1]] = [
+                    {"axis": axis, "scale": np.array(step, np.float32), "zero_point": np.array(0, np.int8)}
+                    for step in grid
+                ]
     return overrides
 
 
@@ -322,8 +351,9 @@ def _overrides(fp32: Path, prepared: Any, calibration: Calibration, learned: lis
     if learned:
         from ..qat import X86_WEIGHT_STEPS
 
-        overrides = qat_overrides(onnx.load(str(fp32)), prepared, learned,
-                                  X86_WEIGHT_STEPS if calibration.isa != "vnni" else 127)
+        overrides = qat_overrides(
+            onnx.load(str(fp32)), prepared, learned, X86_WEIGHT_STEPS if calibration.isa != "vnni" else 127
+        )
     if calibration.isa != "vnni":
         for name in depthwise_weights(prepared):
             overrides.setdefault(name, [{"axis": 0, "reduce_range": False}])
@@ -381,8 +411,14 @@ def _grid(weight: np.ndarray, most: int) -> list[float] | None:
         if top == 0.0:
             steps.append(1.0)
             continue
-        step = next((top / k for k in range(most, 0, -1)
-                     if np.abs(channel / (top / k) - np.round(channel / (top / k))).max() < 1e-3), None)
+        step = next(
+            (
+                top / k
+                for k in range(most, 0, -1)
+                if np.abs(channel / (top / k) - np.round(channel / (top / k))).max() < 1e-3
+            ),
+            None,
+        )
         if step is None:
             return None
         steps.append(step)

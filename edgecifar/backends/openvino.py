@@ -20,9 +20,26 @@ from . import INPUT_NAME, OUTPUT_NAME, Calibration, Session, error_text
 quiet_libraries()  # before openvino or nncf load (edgecifar.quiet)
 
 RT_SECTION = "edgecifar"  # our metadata lives under rt_info/edgecifar/<key>
-METADATA_KEYS = ("edgecifar_version", "format", "precision", "model", "classes", "num_classes", "img_size",
-                 "source_run", "source_sha256", "input", "output", "contract", "opset", "int8_isa", "int8_weight_bits",
-                 "float_nodes", "accuracy_drop", "quantization")
+METADATA_KEYS = (
+    "edgecifar_version",
+    "format",
+    "precision",
+    "model",
+    "classes",
+    "num_classes",
+    "img_size",
+    "source_run",
+    "source_sha256",
+    "input",
+    "output",
+    "contract",
+    "opset",
+    "int8_isa",
+    "int8_weight_bits",
+    "float_nodes",
+    "accuracy_drop",
+    "quantization",
+)
 # inference precision hints we accept; "auto" leaves the plugin's own choice (bf16 on CPUs that have it)
 HINTS = ("f32", "bf16", "f16", "auto")
 # nncf range estimators for our calibration methods (None: nncf's default, mean of per-batch min/max);
@@ -53,8 +70,9 @@ class OpenVinoBackend:
 
     # ------------------------------------------------------------ export (host side: torch, nncf)
 
-    def export(self, model: Any, path: Path, precision: str, calibration: Calibration | None,
-               metadata: dict[str, str]) -> list[Path]:
+    def export(
+        self, model: Any, path: Path, precision: str, calibration: Calibration | None, metadata: dict[str, str]
+    ) -> list[Path]:
         import openvino as ov
 
         if precision not in ("fp32", "fp16", "int8"):
@@ -94,15 +112,20 @@ class OpenVinoBackend:
             ov_model = core.read_model(str(path))
             compiled = core.compile_model(ov_model, "CPU", config)
         except Exception as e:  # OpenVINO raises RuntimeError with a multi-line C++ trace
-            raise ArtifactError(f"cannot load {path} with OpenVINO {ov.get_version()}: {error_text(e)}"
-                                f"{_file_versions(path)}") from e
+            raise ArtifactError(
+                f"cannot load {path} with OpenVINO {ov.get_version()}: {error_text(e)}{_file_versions(path)}"
+            ) from e
         if len(compiled.inputs) != 1 or len(compiled.outputs) < 1:
             raise ArtifactError(f"{path}: expected one input and one output")
         inp, out = compiled.input(0), compiled.output(0)
-        return Session(handle=compiled.create_infer_request(), metadata=_read_rt_info(ov_model),
-                       input_type=_OV_TYPES.get(inp.get_element_type().get_type_name(), "?"),
-                       input_shape=_dims(inp.get_partial_shape()), output_shape=_dims(out.get_partial_shape()),
-                       extra={"compiled": compiled, "hint": hint})
+        return Session(
+            handle=compiled.create_infer_request(),
+            metadata=_read_rt_info(ov_model),
+            input_type=_OV_TYPES.get(inp.get_element_type().get_type_name(), "?"),
+            input_shape=_dims(inp.get_partial_shape()),
+            output_shape=_dims(out.get_partial_shape()),
+            extra={"compiled": compiled, "hint": hint},
+        )
 
     def run(self, session: Session, images: np.ndarray) -> np.ndarray:
         request = session.handle
@@ -115,7 +138,7 @@ _OV_TYPES = {"u8": "uint8", "f32": "float32", "f16": "float16"}
 
 
 def _file_versions(path: Path) -> str:
-    """" (the file is IR v11, saved by OpenVINO 2026.4.1)": what a runtime must read, for its error message.
+    """ " (the file is IR v11, saved by OpenVINO 2026.4.1)": what a runtime must read, for its error message.
     Both are near the ends of the .xml: the version on its <net> tag, the saver in <rt_info>."""
     try:
         with open(path, "rb") as f:
@@ -160,8 +183,9 @@ def _convert(model: Any) -> Any:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # torch.jit.trace deprecation and traced shape checks
             try:
-                converted = ov.convert_model(model.eval(), example_input=example,
-                                             input=[(ov.PartialShape([-1, height, width, 3]), ov.Type.u8)])
+                converted = ov.convert_model(
+                    model.eval(), example_input=example, input=[(ov.PartialShape([-1, height, width, 3]), ov.Type.u8)]
+                )
             except Exception as e:
                 raise ExportError(f"openvino.convert_model failed: {error_text(e)}") from e
         _CONVERTED.clear()  # hold one model at most
@@ -199,14 +223,18 @@ def openvino_ptq_parameters(isa: str, num_batches: int, **advanced: Any) -> tupl
     # over the six reference runs the drops went 0.43/0.28/0.16/0.07/0.05/-0.01 -> -0.04/0.12/0.05/-0.02/0.11/0.09
     # points (edge_small, edge_tiny, airnet_m-kd, airnet_s-kd, Lite0, scratch_cnn); export takes 1-3 s more
     # (Lite0's INT8 IR 9.7 -> 12.6 s, airnet_m-kd's 2.2 -> 5.0 s)
-    return ({"preset": nncf.QuantizationPreset.PERFORMANCE, "subset_size": num_batches, "fast_bias_correction": False},
-            nncf.AdvancedQuantizationParameters(
-                # each item is a batch of images: statistics per image, as if batch size were 1 (nncf's defaults
-                # are tuned for that); safe here, the batch is axis 0 of every activation of these CNNs
-                batchwise_statistics=True,
-                # 7-bit weights in every layer (nncf's default: the first only), so that the file is exact on
-                # CPUs without VNNI too (edgecifar.isa); --int8-isa vnni keeps 8 bits
-                overflow_fix=OverflowFix.DISABLE if isa == "vnni" else OverflowFix.ENABLE, **advanced))
+    return (
+        {"preset": nncf.QuantizationPreset.PERFORMANCE, "subset_size": num_batches, "fast_bias_correction": False},
+        nncf.AdvancedQuantizationParameters(
+            # each item is a batch of images: statistics per image, as if batch size were 1 (nncf's defaults
+            # are tuned for that); safe here, the batch is axis 0 of every activation of these CNNs
+            batchwise_statistics=True,
+            # 7-bit weights in every layer (nncf's default: the first only), so that the file is exact on
+            # CPUs without VNNI too (edgecifar.isa); --int8-isa vnni keeps 8 bits
+            overflow_fix=OverflowFix.DISABLE if isa == "vnni" else OverflowFix.ENABLE,
+            **advanced,
+        ),
+    )
 
 
 def _quantize(ov_model: Any, calibration: Calibration, metadata: dict[str, str]) -> Any:
@@ -222,9 +250,13 @@ def _quantize(ov_model: Any, calibration: Calibration, metadata: dict[str, str])
     estimator = NNCF_CALIB[calibration.method]
     batches = list(calibration.batches())
     settings, advanced = openvino_ptq_parameters(
-        calibration.isa, len(batches), inplace_statistics=True,
-        **({"activations_range_estimator_params": getattr(RangeEstimatorParametersSet, estimator)}
-           if estimator else {}))
+        calibration.isa,
+        len(batches),
+        inplace_statistics=True,
+        **(
+            {"activations_range_estimator_params": getattr(RangeEstimatorParametersSet, estimator)} if estimator else {}
+        ),
+    )
     settings["ignored_scope"] = nncf.IgnoredScope(names=list(calibration.exclude), validate=False)
     try:
         # nncf draws rich progress bars on stdout with no switch to turn them off: send them nowhere
@@ -232,8 +264,13 @@ def _quantize(ov_model: Any, calibration: Calibration, metadata: dict[str, str])
             if calibration.control is not None:
                 from ..accuracy_control import nncf_control
 
-                return nncf_control(ov_model, batches, calibration.control,
-                                    {**settings, "advanced_quantization_parameters": advanced}, metadata)
+                return nncf_control(
+                    ov_model,
+                    batches,
+                    calibration.control,
+                    {**settings, "advanced_quantization_parameters": advanced},
+                    metadata,
+                )
             return nncf.quantize(ov_model, nncf.Dataset(batches), advanced_parameters=advanced, **settings)
     except Exception as e:
         raise ExportError(f"nncf.quantize failed: {error_text(e)}") from e

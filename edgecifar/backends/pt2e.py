@@ -47,8 +47,9 @@ def annotate_conv_relu6(graph: Any, config: Any) -> int:
     hardtanh = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)  # nn.ReLU6 (timm's)
     found = 0
     for clamp in graph.graph.nodes:
-        if clamp.op != "call_function" or not (clamp.target in relu6 or
-                                               clamp.target in hardtanh and tuple(clamp.args[1:3]) == (0, 6)):
+        if clamp.op != "call_function" or not (
+            clamp.target in relu6 or clamp.target in hardtanh and tuple(clamp.args[1:3]) == (0, 6)
+        ):
             continue
         conv = clamp.args[0]
         if not isinstance(conv, torch.fx.Node) or conv.target not in convs or len(conv.users) != 1:
@@ -61,8 +62,9 @@ def annotate_conv_relu6(graph: Any, config: Any) -> int:
         if len(conv.args) > 2 and isinstance(conv.args[2], torch.fx.Node) and config.bias is not None:
             inputs[conv.args[2]] = config.bias
         conv.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=inputs, _annotated=True)
-        clamp.meta["quantization_annotation"] = QuantizationAnnotation(output_qspec=config.output_activation,
-                                                                       _annotated=True)
+        clamp.meta["quantization_annotation"] = QuantizationAnnotation(
+            output_qspec=config.output_activation, _annotated=True
+        )
         found += 1
     return found
 
@@ -109,7 +111,7 @@ def with_minmax_activations(config: Any) -> Any:
 
     from torchao.quantization.pt2e.observer import MinMaxObserver
 
-    act = replace(config.input_activation, observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2 ** -12))
+    act = replace(config.input_activation, observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
     return replace(config, input_activation=act, output_activation=act)
 
 
@@ -137,11 +139,18 @@ def keep_learned_ranges(prepared: Any, learned: list) -> int:
             if isinstance(observer, ObserverBase) and getattr(observer, "qscheme", None) == torch.per_tensor_affine:
                 wanted.setdefault(id(observer), (observer, []))[1].append(r)
     for old, ranges in wanted.values():
-        fixed = MinMaxObserver(dtype=old.dtype, qscheme=old.qscheme, quant_min=old.quant_min,
-                               quant_max=old.quant_max, eps=old.eps.item())
+        fixed = MinMaxObserver(
+            dtype=old.dtype, qscheme=old.qscheme, quant_min=old.quant_min, quant_max=old.quant_max, eps=old.eps.item()
+        )
         # torchao's min/max qparams give back a learned range's own scale and zero point
-        fixed(torch.tensor([min((r.qmin - r.zero_point) * r.scale for r in ranges),
-                            max((r.qmax - r.zero_point) * r.scale for r in ranges)]))
+        fixed(
+            torch.tensor(
+                [
+                    min((r.qmin - r.zero_point) * r.scale for r in ranges),
+                    max((r.qmax - r.zero_point) * r.scale for r in ranges),
+                ]
+            )
+        )
         for name, module in list(prepared._modules.items()):  # every alias of the shared observer
             if module is old:
                 setattr(prepared, name, fixed)

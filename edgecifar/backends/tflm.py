@@ -32,14 +32,125 @@ from . import Calibration, Session, error_text, float_graph
 
 # the builtin operators (TFLite schema names) that tflite-micro's PythonOpsResolver registers; its custom ops (audio
 # front end, Ethos-U, detection post-processing) are left out: no converter emits them for these nets
-TFLM_OPS = frozenset(["ABS", "ADD", "ADD_N", "ARG_MAX", "ARG_MIN", "ASSIGN_VARIABLE", "AVERAGE_POOL_2D", "BATCH_TO_SPACE_ND", "BROADCAST_ARGS", "BROADCAST_TO", "CALL_ONCE", "CAST", "CEIL", "CONCATENATION", "CONV_2D", "COS", "CUMSUM", "DEPTH_TO_SPACE", "DEPTHWISE_CONV_2D", "DEQUANTIZE", "DIV", "ELU", "EQUAL", "EXP", "EXPAND_DIMS", "FILL", "FLOOR", "FLOOR_DIV", "FLOOR_MOD", "FULLY_CONNECTED", "GATHER", "GATHER_ND", "GREATER", "GREATER_EQUAL", "HARD_SWISH", "IF", "L2_NORMALIZATION", "L2_POOL_2D", "LEAKY_RELU", "LESS", "LESS_EQUAL", "LOG", "LOGICAL_AND", "LOGICAL_NOT", "LOGICAL_OR", "LOGISTIC", "LOG_SOFTMAX", "MAX_POOL_2D", "MAXIMUM", "MEAN", "MINIMUM", "MIRROR_PAD", "MUL", "NEG", "NOT_EQUAL", "PACK", "PAD", "PADV2", "PRELU", "QUANTIZE", "READ_VARIABLE", "REDUCE_MAX", "RELU", "RELU6", "RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "ROUND", "RSQRT", "SELECT_V2", "SHAPE", "SIN", "SLICE", "SOFTMAX", "SPACE_TO_BATCH_ND", "SPACE_TO_DEPTH", "SPLIT", "SPLIT_V", "SQRT", "SQUARE", "SQUARED_DIFFERENCE", "SQUEEZE", "STRIDED_SLICE", "SUB", "SUM", "SVDF", "TANH", "TRANSPOSE", "TRANSPOSE_CONV", "UNIDIRECTIONAL_SEQUENCE_LSTM", "UNPACK", "VAR_HANDLE", "WHILE", "ZEROS_LIKE"])
+TFLM_OPS = frozenset(
+    [
+        "ABS",
+        "ADD",
+        "ADD_N",
+        "ARG_MAX",
+        "ARG_MIN",
+        "ASSIGN_VARIABLE",
+        "AVERAGE_POOL_2D",
+        "BATCH_TO_SPACE_ND",
+        "BROADCAST_ARGS",
+        "BROADCAST_TO",
+        "CALL_ONCE",
+        "CAST",
+        "CEIL",
+        "CONCATENATION",
+        "CONV_2D",
+        "COS",
+        "CUMSUM",
+        "DEPTH_TO_SPACE",
+        "DEPTHWISE_CONV_2D",
+        "DEQUANTIZE",
+        "DIV",
+        "ELU",
+        "EQUAL",
+        "EXP",
+        "EXPAND_DIMS",
+        "FILL",
+        "FLOOR",
+        "FLOOR_DIV",
+        "FLOOR_MOD",
+        "FULLY_CONNECTED",
+        "GATHER",
+        "GATHER_ND",
+        "GREATER",
+        "GREATER_EQUAL",
+        "HARD_SWISH",
+        "IF",
+        "L2_NORMALIZATION",
+        "L2_POOL_2D",
+        "LEAKY_RELU",
+        "LESS",
+        "LESS_EQUAL",
+        "LOG",
+        "LOGICAL_AND",
+        "LOGICAL_NOT",
+        "LOGICAL_OR",
+        "LOGISTIC",
+        "LOG_SOFTMAX",
+        "MAX_POOL_2D",
+        "MAXIMUM",
+        "MEAN",
+        "MINIMUM",
+        "MIRROR_PAD",
+        "MUL",
+        "NEG",
+        "NOT_EQUAL",
+        "PACK",
+        "PAD",
+        "PADV2",
+        "PRELU",
+        "QUANTIZE",
+        "READ_VARIABLE",
+        "REDUCE_MAX",
+        "RELU",
+        "RELU6",
+        "RESHAPE",
+        "RESIZE_BILINEAR",
+        "RESIZE_NEAREST_NEIGHBOR",
+        "ROUND",
+        "RSQRT",
+        "SELECT_V2",
+        "SHAPE",
+        "SIN",
+        "SLICE",
+        "SOFTMAX",
+        "SPACE_TO_BATCH_ND",
+        "SPACE_TO_DEPTH",
+        "SPLIT",
+        "SPLIT_V",
+        "SQRT",
+        "SQUARE",
+        "SQUARED_DIFFERENCE",
+        "SQUEEZE",
+        "STRIDED_SLICE",
+        "SUB",
+        "SUM",
+        "SVDF",
+        "TANH",
+        "TRANSPOSE",
+        "TRANSPOSE_CONV",
+        "UNIDIRECTIONAL_SEQUENCE_LSTM",
+        "UNPACK",
+        "VAR_HANDLE",
+        "WHILE",
+        "ZEROS_LIKE",
+    ]
+)
 
 # torch modules -> the TFLite op litert-torch lowers them to: checked against TFLM_OPS on the PyTorch model, so that
 # a model TFLite Micro cannot run is refused in a second, before the conversion (the converted file is checked too)
-MODULE_OPS = {"GELU": "GELU", "ReLU": "RELU", "ReLU6": "RELU6", "Hardswish": "HARD_SWISH", "LeakyReLU": "LEAKY_RELU",
-              "ELU": "ELU", "Sigmoid": "LOGISTIC", "Tanh": "TANH", "MaxPool2d": "MAX_POOL_2D",
-              "AvgPool2d": "AVERAGE_POOL_2D", "AdaptiveAvgPool2d": "MEAN", "AdaptiveMaxPool2d": "REDUCE_MAX",
-              "Conv2d": "CONV_2D", "Linear": "FULLY_CONNECTED", "Softmax": "SOFTMAX", "PReLU": "PRELU"}
+MODULE_OPS = {
+    "GELU": "GELU",
+    "ReLU": "RELU",
+    "ReLU6": "RELU6",
+    "Hardswish": "HARD_SWISH",
+    "LeakyReLU": "LEAKY_RELU",
+    "ELU": "ELU",
+    "Sigmoid": "LOGISTIC",
+    "Tanh": "TANH",
+    "MaxPool2d": "MAX_POOL_2D",
+    "AvgPool2d": "AVERAGE_POOL_2D",
+    "AdaptiveAvgPool2d": "MEAN",
+    "AdaptiveMaxPool2d": "REDUCE_MAX",
+    "Conv2d": "CONV_2D",
+    "Linear": "FULLY_CONNECTED",
+    "Softmax": "SOFTMAX",
+    "PReLU": "PRELU",
+}
 
 INPUT_SCALE, INPUT_ZERO_POINT = 1.0, -128  # int8 = uint8 - 128: real = 1.0 * (q + 128) = the pixel value
 INPUT_RULE = "int8 = uint8 - 128 (scale 1, zero point -128)"
@@ -71,16 +182,20 @@ class TflmBackend:
         check_modules(model)
 
     def metadata(self) -> dict[str, str]:
-        return {"tflm_input": json.dumps({"dtype": "int8", "scale": INPUT_SCALE, "zero_point": INPUT_ZERO_POINT,
-                                          "rule": INPUT_RULE})}
+        return {
+            "tflm_input": json.dumps(
+                {"dtype": "int8", "scale": INPUT_SCALE, "zero_point": INPUT_ZERO_POINT, "rule": INPUT_RULE}
+            )
+        }
 
     def threads_used(self, session: Session) -> int | None:
         return 1  # TFLite Micro runs on one core
 
     # ------------------------------------------------------------ export (host side: torch, litert-torch)
 
-    def export(self, model: Any, path: Path, precision: str, calibration: Calibration | None,
-               metadata: dict[str, str]) -> list[Path]:
+    def export(
+        self, model: Any, path: Path, precision: str, calibration: Calibration | None, metadata: dict[str, str]
+    ) -> list[Path]:
         from .litert import _int8, with_metadata
 
         if precision != "int8":
@@ -111,17 +226,27 @@ class TflmBackend:
         interpreter = _interpreter(path, data, recorded or None)
         details_in, details_out = interpreter.get_input_details(0), interpreter.get_output_details(0)
         if np.dtype(details_in["dtype"]) != np.int8 or np.dtype(details_out["dtype"]) != np.int8:
-            raise ArtifactError(f"{path}: not a full-integer TFLite Micro file (input {np.dtype(details_in['dtype'])}, "
-                                f"output {np.dtype(details_out['dtype'])})")
+            raise ArtifactError(
+                f"{path}: not a full-integer TFLite Micro file (input {np.dtype(details_in['dtype'])}, "
+                f"output {np.dtype(details_out['dtype'])})"
+            )
         quant_in, quant_out = details_in["quantization_parameters"], details_out["quantization_parameters"]
         if (float(quant_in["scales"][0]), int(quant_in["zero_points"][0])) != (INPUT_SCALE, INPUT_ZERO_POINT):
             raise ArtifactError(f"{path}: its int8 input is not quantized as {INPUT_RULE}")
         shape_in, shape_out = [int(d) for d in details_in["shape"]], [int(d) for d in details_out["shape"]]
         # run() takes the contract's uint8 pixels and applies INPUT_RULE itself
-        return Session(handle=interpreter, metadata=metadata, input_type="uint8",
-                       input_shape=[None, *shape_in[1:]], output_shape=[None, *shape_out[1:]],
-                       extra={"output_quantization": (float(quant_out["scales"][0]), int(quant_out["zero_points"][0])),
-                              "data": data, "path": path})
+        return Session(
+            handle=interpreter,
+            metadata=metadata,
+            input_type="uint8",
+            input_shape=[None, *shape_in[1:]],
+            output_shape=[None, *shape_out[1:]],
+            extra={
+                "output_quantization": (float(quant_out["scales"][0]), int(quant_out["zero_points"][0])),
+                "data": data,
+                "path": path,
+            },
+        )
 
     def run(self, session: Session, images: np.ndarray) -> np.ndarray:
         interpreter = session.handle
@@ -131,8 +256,9 @@ class TflmBackend:
             interpreter.set_input(image[None], 0)
             interpreter.invoke()
             logits.append(interpreter.get_output(0)[0].astype(np.float32))
-        return (np.stack(logits) - zero_point) * scale if logits else np.zeros((0, session.output_shape[-1]),
-                                                                                np.float32)
+        return (
+            (np.stack(logits) - zero_point) * scale if logits else np.zeros((0, session.output_shape[-1]), np.float32)
+        )
 
     def device_figures(self, session: Session) -> dict[str, Any]:
         """What a microcontroller needs, measured by the interpreter (bench adds these to the file's rows): flash
@@ -140,8 +266,12 @@ class TflmBackend:
         own account of that arena by kind of allocation; the latency columns come from reference kernels."""
         data = session.extra["data"]
         arena = arena_size(data)
-        return {"flash_bytes": len(data), "arena_bytes": arena, "arena_detail": allocations(data, arena),
-                "latency_note": LATENCY_NOTE}
+        return {
+            "flash_bytes": len(data),
+            "arena_bytes": arena,
+            "arena_detail": allocations(data, arena),
+            "latency_note": LATENCY_NOTE,
+        }
 
 
 def to_int8(images: np.ndarray) -> np.ndarray:
@@ -151,16 +281,22 @@ def to_int8(images: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- op support
 
+
 def check_modules(model: Any) -> None:
     """Refuse (UsageError, one line) a PyTorch model with a layer whose TFLite op TFLite Micro has no kernel for,
     naming the op and the first such layer."""
-    lacking = [(name, type(m).__name__) for name, m in model.named_modules()
-               if type(m).__name__ in MODULE_OPS and MODULE_OPS[type(m).__name__] not in TFLM_OPS]
+    lacking = [
+        (name, type(m).__name__)
+        for name, m in model.named_modules()
+        if type(m).__name__ in MODULE_OPS and MODULE_OPS[type(m).__name__] not in TFLM_OPS
+    ]
     if lacking:
         name, kind = lacking[0]
         more = f" (and {len(lacking) - 1} more layers)" if len(lacking) > 1 else ""
-        raise UsageError(f"tflm: TFLite Micro has no {MODULE_OPS[kind]} kernel: layer {name} ({kind}){more}; "
-                         f"export this model to litert, or train a variant without {kind}")
+        raise UsageError(
+            f"tflm: TFLite Micro has no {MODULE_OPS[kind]} kernel: layer {name} ({kind}){more}; "
+            f"export this model to litert, or train a variant without {kind}"
+        )
 
 
 def op_names(data: bytes) -> list[tuple[str, str]]:
@@ -201,6 +337,7 @@ def check_ops(data: bytes) -> None:
 
 # ---------------------------------------------------------------- the full-integer graph
 
+
 def micro_graph(data: bytes) -> bytes:
     """LiteRT's INT8 file (uint8 input -> CAST -> QUANTIZE -> int8 graph -> int8 logits) as TFLite Micro runs it:
     CAST and QUANTIZE cut, the int8 tensor after them the input, quantized as INPUT_RULE; a trailing DEQUANTIZE, if
@@ -229,7 +366,9 @@ def micro_graph(data: bytes) -> bytes:
     chain = ("CAST", "QUANTIZE")
     for step in chain:
         if len(first) != 1 or kind(first[0]) != step:
-            raise ExportError(f"tflm: expected the graph to start with CAST, QUANTIZE; found {[kind(o) for o in first]}")
+            raise ExportError(
+                f"tflm: expected the graph to start with CAST, QUANTIZE; found {[kind(o) for o in first]}"
+            )
         cut, first = first[0], users(int(first[0].outputs[0]))
         graph.operators.remove(cut)
     new_input = int(cut.outputs[0])
@@ -238,8 +377,10 @@ def micro_graph(data: bytes) -> bytes:
         # calibration saw less than 0..255: the first ops requantize from whatever their input says, so the exact
         # pixel mapping may replace the calibrated one before them (one rounding fewer)
         if not all(kind(op) in _REQUANTIZING for op in first):
-            raise ExportError(f"tflm: the input's quantization ({quant.scale[0]:.4g}, {quant.zeroPoint[0]}) is not "
-                              f"{INPUT_RULE} and {', '.join(kind(o) for o in first)} cannot take it")
+            raise ExportError(
+                f"tflm: the input's quantization ({quant.scale[0]:.4g}, {quant.zeroPoint[0]}) is not "
+                f"{INPUT_RULE} and {', '.join(kind(o) for o in first)} cannot take it"
+            )
         quant.scale, quant.zeroPoint = np.array([INPUT_SCALE], np.float32), np.array([INPUT_ZERO_POINT], np.int64)
     graph.inputs = np.array([new_input], np.int32)
     last = [op for op in graph.operators if int(graph.outputs[0]) in list(op.outputs)]
@@ -247,8 +388,11 @@ def micro_graph(data: bytes) -> bytes:
         graph.operators.remove(last[0])
         graph.outputs = np.array([int(last[0].inputs[0])], np.int32)
     _drop_unused(model, graph)
-    float_left = [t.name.decode(errors="replace") for t in graph.tensors
-                  if t.type not in (schema.TensorType.INT8, schema.TensorType.INT32)]
+    float_left = [
+        t.name.decode(errors="replace")
+        for t in graph.tensors
+        if t.type not in (schema.TensorType.INT8, schema.TensorType.INT32)
+    ]
     if float_left:
         raise ExportError(f"tflm: not full-integer: tensor {layer_name(float_left[0])} is not int8/int32")
     builder = flatbuffers.Builder(len(data) + 4096)
@@ -258,8 +402,10 @@ def micro_graph(data: bytes) -> bytes:
 
 def _drop_unused(model: Any, graph: Any) -> None:
     """Remove the tensors and operator codes no operator uses any more (renumbering the references)."""
-    used = sorted({int(i) for op in graph.operators for i in (*op.inputs, *op.outputs) if i >= 0}
-                  | {int(i) for i in (*graph.inputs, *graph.outputs)})
+    used = sorted(
+        {int(i) for op in graph.operators for i in (*op.inputs, *op.outputs) if i >= 0}
+        | {int(i) for i in (*graph.inputs, *graph.outputs)}
+    )
     index = {old: new for new, old in enumerate(used)}
 
     def renumber(ids: Any) -> np.ndarray:
@@ -296,6 +442,7 @@ def output_quantization(data: bytes) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- the interpreter and its arena
+
 
 @contextlib.contextmanager
 def _stderr_to(target: Any) -> Iterator[None]:
@@ -370,7 +517,7 @@ def allocations(data: bytes, arena: int) -> dict[str, int]:
             words = text.split()
             found[words[2]] = int(words[3])
         elif text.startswith("'") and " used " in text:  # "'NodeAndRegistration struct' used 1152 bytes ..."
-            found[text[1:text.index("'", 1)]] = int(text.split(" used ")[1].split()[0])
+            found[text[1 : text.index("'", 1)]] = int(text.split(" used ")[1].split()[0])
     return found
 
 
@@ -388,4 +535,6 @@ def _interpreter(path: Path, data: bytes, arena: int | None) -> Any:
     try:
         return _try(data, arena_size(data))[0]
     except ArtifactError as e:
-        raise ArtifactError(f"cannot load {path} with TFLite Micro: {str(e).removeprefix('TFLite Micro cannot run this file: ')}") from e
+        raise ArtifactError(
+            f"cannot load {path} with TFLite Micro: {str(e).removeprefix('TFLite Micro cannot run this file: ')}"
+        ) from e
