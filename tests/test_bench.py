@@ -77,7 +77,8 @@ def test_fields_present_and_sane(benched):
         assert r["latency_p50_min_ms"] <= r["latency_p50_ms"] <= r["latency_p50_max_ms"]
         assert r["latency_p50_ms"] == pytest.approx(float(np.median(r["latency_trial_p50_ms"])))
         assert r["accuracy_low"] <= r["accuracy"] <= r["accuracy_high"]  # Wilson 95 %
-        assert r["isa"]["cpu"] == r["cpu"] and isinstance(r["isa"]["flags"], list)
+        # the same CPU; under EDGECIFAR_CPU_FLAGS the ISA record says its flags are the switch's
+        assert r["isa"]["cpu"].startswith(r["cpu"]) and isinstance(r["isa"]["flags"], list)
         assert r["latency_iterations"] >= 20 and r["throughput_ips"] > 0 and r["load_s"] >= 0
         assert r["threads_runtime"] == r["threads"]  # the runtime reports the pinned count
         assert r["images"] == 3 * 70 and list(r["per_class"]) == CLASSES
