@@ -43,7 +43,7 @@ def frontier(
         verdict_text,
         write_frontier,
     )
-    from .report import load_result
+    from .bench_rows import load_result
 
     if bad := [f for f in fmt or [] if f not in BACKENDS]:
         raise UsageError(f"--format {bad[0]}: choose from {', '.join(BACKENDS)}")

@@ -54,7 +54,7 @@ def compare(
     if bench is None and is_group(a) and is_group(b):  # two models over their training seeds
         return {**compare_seeds(load_group(a), load_group(b), alpha), "alpha": alpha}
     if bench is not None:
-        from .report import load_result
+        from .bench_rows import load_result
 
         result = load_result(bench)
         first, second = (from_bench(result, x, str(bench)) for x in (a, b))
@@ -105,7 +105,7 @@ def from_bench(result: dict[str, Any], wanted: str, source: str) -> Measured:
     """The bench row `wanted` names (its file path as the row records it, the same file by another path, or
     "model variant"), with its per-image results. UsageError when no row or several different ones match, or
     the row has no per-image results (a bench written before they were kept)."""
-    from .report import model_shown
+    from .bench_rows import model_shown
 
     rows = [r for r in result["rows"] if isinstance(r, dict) and r.get("status") == "ok"]
     target = Path(wanted).resolve()

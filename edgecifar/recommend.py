@@ -26,7 +26,7 @@ import numpy as np
 
 from . import stats
 from .errors import BenchError, UsageError
-from .report import load_result, model_shown, threads_shown
+from .bench_rows import load_result, model_shown, threads_shown
 
 PERCENTILES = ("p50", "p90", "p99")
 

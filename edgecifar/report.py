@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .backends import BACKENDS
-from .errors import BenchError
+from .bench_rows import REPORT_FILES, load_result, model_shown, threads_shown  # noqa: F401 (read from here too)
 from .utils import atomic_path
 
-REPORT_FILES = {"json": "bench.json", "csv": "bench.csv", "md": "bench.md", "png": "bench.png"}
 FORMAT_MARKERS = {"pytorch": "o", **dict(zip(BACKENDS, "s^DvPX*"))}  # one marker per backend, registry order
 
 
@@ -38,22 +37,6 @@ def write_reports(header: dict[str, Any], rows: list[dict[str, Any]], out_dir: P
         for path in tmp.values():
             path.chmod(0o644)  # results are for sharing (the temporary files start as 0600)
     return final
-
-
-def load_result(path: Path | str) -> dict[str, Any]:
-    """A bench.json (or a folder holding one) -> {"header", "rows"}."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / REPORT_FILES["json"]
-    if not path.is_file():
-        raise BenchError(f"no bench result at {path}: run `edgecifar bench` first")
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
-            raise ValueError("no 'rows' list")
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise BenchError(f"corrupt bench result {path}: {e}") from None
-    return data
 
 
 # ---------------------------------------------------------------- CSV
@@ -94,20 +77,6 @@ def _fmt(value: Any, spec: str, scale: float | None = None) -> str:
 def _title(header: dict[str, Any]) -> str:
     machine = header.get("machine", {})
     return f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, {header.get('date', '')[:10]}"
-
-
-def threads_shown(row: dict[str, Any]) -> str:
-    """ "2", or "16 (ran 2)" where the runtime used fewer threads than asked (OpenVINO caps its pool at the
-    cores it sees)."""
-    used = row.get("threads_runtime")
-    return f"{row['threads']}" if used in (None, row["threads"]) else f"{row['threads']} (ran {used})"
-
-
-def model_shown(row: dict[str, Any]) -> str:
-    """The row's run when it is not named after its architecture ("airnet_m-kd-qat"), else the model: two
-    runs of one architecture (a QAT run and its source) stay apart in every table and plot."""
-    run = row.get("source_run")
-    return run if run and run != row["model"] else row["model"]
 
 
 def accuracy_shown(row: dict[str, Any]) -> str:
