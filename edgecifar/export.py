@@ -125,7 +125,7 @@ def _export_run(
     kept_because: str,
     log: Log,
 ) -> list[dict[str, Any]]:
-    from .qat import qat_section
+    from .qat_model import qat_section
     from .runs import load_run, read_config
 
     backends = _choose_backends(formats, log)

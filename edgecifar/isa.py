@@ -146,21 +146,25 @@ CAPS = {"avx2": IsaCap("avx2", {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "Haswell", frozen
 EMULATOR = "qemu-x86_64"
 
 
-def cap_command(cap: str, runtime: str) -> tuple[dict[str, str], list[str], bool]:
-    """(environment, command prefix, emulated) to run a `runtime` ("onnx", "openvino") worker on the `cap` path.
-    Raises LookupError when this machine cannot (no emulator for ONNX Runtime)."""
-    spec = CAPS[cap]
-    if runtime == "openvino":
+def cap_command(cap: str, fmt: str) -> tuple[dict[str, str], list[str], bool]:
+    """(environment, command prefix, emulated) to run a worker for the format `fmt` on the `cap` path, as its
+    backend's `isa_switch` says (OpenVINO: oneDNN's own cap; ONNX Runtime: QEMU). Raises LookupError when this
+    machine cannot (no emulator) or the format has no such path."""
+    from .backends import BACKENDS
+
+    spec, backend = CAPS[cap], BACKENDS.get(fmt)
+    switch = getattr(backend, "isa_switch", "")
+    if switch == "env":
         return dict(spec.env), [], False
-    if runtime == "onnx":
+    if switch == "emulator":
         emulator = shutil.which(EMULATOR)
         if emulator is None:
             raise LookupError(
-                f"onnxruntime has no ISA switch; the {cap} path needs {EMULATOR} (apt install "
+                f"{backend.runtime} has no ISA switch; the {cap} path needs {EMULATOR} (apt install "
                 f"qemu-user) on this {read_cpu_isa().int8_path} CPU"
             )
         return {}, [emulator, "-cpu", spec.emulator_cpu], True
-    raise LookupError(f"{runtime} has no {cap} path to run")
+    raise LookupError(f"{fmt} has no {cap} path to run")
 
 
 def current_isa(flags: Callable[[], set[str]] = cpu_flags) -> CpuIsa:
@@ -206,13 +210,14 @@ def parse_isa(isa: Sequence[str] | str) -> list[str]:
 
 
 def isa_variants(targets: list[Any], caps: list[str]) -> list[Any]:
-    """A copy of every ONNX/OpenVINO bench target (bench_targets.Target) per narrower INT8 path (skipped, with
-    the reason, where this machine cannot run that path)."""
+    """A copy of every bench target (bench_targets.Target) whose format can run on a narrower INT8 path (its
+    backend's `isa_switch`), per such path (skipped, with the reason, where this machine cannot run it)."""
+    from .backends import BACKENDS
 
     variants = []
     for cap in caps:
         for target in targets:
-            if target.format in ("onnx", "openvino") and target.isa_cap is None:
+            if getattr(BACKENDS.get(target.format), "isa_switch", "") and target.isa_cap is None:
                 variant = replace(target, isa_cap=cap)
                 try:
                     cap_command(cap, target.format)

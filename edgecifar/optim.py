@@ -22,7 +22,7 @@ from .errors import EdgecifarError
 
 if TYPE_CHECKING:
     from .models import EdgeModel
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
 # airbench94_muon.py's rates are for a loss summed over the batch; edgecifar's loss is the batch mean, so
 # the SGD rates below are per example and get multiplied by the batch size (Muon's update is normalized,

@@ -250,7 +250,7 @@ def run_name(model: str, teacher: str | None) -> str:
 def train_config(model: str, lay: Layout, data: str, cache_dir, quick: bool, teacher: str | None = None):
     """The model's own recipe, evaluated once, at the end (evaluating every epoch cost 6 minutes of the pipeline)."""
     from .models import get_spec
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
     # transfer models start from their ImageNet weights; scratch ones have none to start from
     pretrained = bool(get_spec(model).pretrained_source)

@@ -26,7 +26,7 @@ from .runs import CHECKPOINT, leftovers, load_checkpoint, load_state, read_confi
 
 if TYPE_CHECKING:
     from .data import Splits
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
 RESUMABLE = ("epochs", "lr", "data", "device", "bf16", "cache_dir", "eval_every")
 _NOT_COMPARED = ("out", "resume")
@@ -53,7 +53,7 @@ def saved_config(checkpoint: dict[str, Any], out: Path) -> dict[str, Any]:
 def resume_config(cfg: TrainConfig, saved: dict[str, Any], epochs_done: int) -> tuple[TrainConfig, dict[str, list]]:
     """The run's training options with those given in `cfg` applied; returns it and the changes
     ({option: [run's value, new value]}). CheckpointError for an option that may not change."""
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
     run, defaults = saved.get("train") or {}, TrainConfig()
     values, changes, refused = {}, {}, []

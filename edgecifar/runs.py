@@ -174,7 +174,7 @@ def load_run(run_dir: Path | str) -> EdgeModel:
         raise CheckpointError(f"{run_dir} has no {WEIGHTS} (training did not finish?)")
     model = model_from_config(config)
     if "qat" in config:  # a QAT run (edgecifar.qat): its quantizers, then all weights
-        from .qat import qat_section, quantized_model
+        from .qat_model import qat_section, quantized_model
 
         qat = qat_section(config)
         model = quantized_model(model, qat["nncf"])

@@ -6,7 +6,7 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from .distill import distillation_loss, teacher_logits
 from .distributed import Ranks
 from .errors import DiskFullError, EdgecifarError, TrainingError
 from .isa import cpu_has_bf16
-from .models import EdgeModel, count_params, create_model, freeze_stages, get_spec, predict_logits
+from .models import EdgeModel, count_params, create_model, freeze_stages, predict_logits
 from .optim import EMA, make_optimizer, make_scheduler
 from .resume import check_same_data, find_checkpoint, restore_state, resume_config, saved_config
 from .runs import (
@@ -36,55 +36,8 @@ from .runs import (
     write_config,
     write_metrics,
 )
+from .train_config import TrainConfig
 from .utils import library_versions, remove_tree, terminate_as_interrupt
-
-
-@dataclass
-class TrainConfig:
-    """What `edgecifar train` takes. None means "the model's own recipe"."""
-
-    model: str = "scratch_cnn"
-    data: str = "cifar10"
-    cache_dir: str | None = None
-    pretrained: bool = False
-    weights: str | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    optimizer: str | None = None  # sgd | adamw
-    weight_decay: float | None = None
-    label_smoothing: float | None = None
-    img_size: int | None = None  # the backbone's resolution, resized to inside the model (`--backbone-size`)
-    input_size: list[int] | None = None  # [H, W] of the images the model takes; None: the data's default
-    cutout: int | None = None
-    ema: float | None = None
-    bf16: bool | None = None
-    freeze: int | None = None  # applies to pretrained starts only
-    schedule: str | None = None  # onecycle | linear
-    translate: int | None = None  # random translation, pixels
-    flip: str | None = None  # random | alternating
-    teacher: str | None = None  # run folder of a trained model to distill from
-    teacher_tta: bool = False  # soft targets: the teacher's logits averaged over both flips, not the student's view
-    distill_alpha: float = 0.5
-    distill_temperature: float = 4.0
-    val_split: float = 0.0
-    max_train: int | None = None  # cap the training images (quick runs, tests)
-    max_test: int | None = None
-    allow_upsample: bool = False  # decode at an --input-size far above the images' own size (UPSAMPLE_LIMIT)
-    eval_every: int = 1  # evaluate after every N-th epoch and the last; 0: after the last only (no learning curve)
-    seed: int = 0
-    device: str = "auto"
-    out: str | None = None
-    resume: bool = False
-
-    def resolved(self) -> "TrainConfig":
-        """A copy with every None filled from the model's registered recipe."""
-        recipe = asdict(get_spec(self.model).recipe)
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key, default in recipe.items():
-            if values.get(key) is None:
-                values[key] = default
-        return TrainConfig(**values)
 
 
 # an --input-size with more than this many times the pixels of the images' own size is refused before anything is

@@ -189,7 +189,7 @@ def test_accuracy_control_leaves_exactly_the_hard_layer_in_float(tmp_path, fmt):
         (kept,) = _float_convs(path)
         assert kept.max() == OUTLIER
     else:
-        from edgecifar.accuracy_control import float_layers
+        from edgecifar.backends.openvino import float_layers
 
         import openvino as ov
 

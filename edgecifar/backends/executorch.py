@@ -21,7 +21,7 @@ import numpy as np
 from ..contract import model_size
 from ..errors import ArtifactError, ExportError
 from ..quiet import c_stderr_filtered
-from . import Calibration, Session, error_text, float_graph
+from .base import Calibration, Session, error_text, float_graph
 from .pt2e import calibrated, global_max_pools_as_amax, quantizer_with_fused_relu6, with_minmax_activations
 
 METADATA_METHOD = "edgecifar_metadata"

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ArtifactError, ExportError
 from ..quiet import c_stderr_filtered, quiet_libraries
-from . import Calibration, Session, error_text, float_graph
+from .base import Calibration, Session, error_text, float_graph
 from .pt2e import calibrated, global_max_pools_as_amax, quantizer_with_fused_relu6, with_minmax_activations
 
 METADATA_NAME = "edgecifar"

@@ -10,13 +10,15 @@ import re
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from dataclasses import asdict, replace
+from typing import Any, Callable
 
 import numpy as np
 
+from ..accuracy_control import MAX_FLOAT_LAYERS, accuracy, control_metadata, outcome
 from ..errors import ArtifactError, ExportError
 from ..quiet import quiet_libraries
-from . import INPUT_NAME, OUTPUT_NAME, Calibration, Session, error_text, float_graph
+from .base import INPUT_NAME, OUTPUT_NAME, Calibration, Session, error_text, float_graph
 
 quiet_libraries()  # before onnxruntime's quantizer loads (edgecifar.quiet)
 
@@ -38,6 +40,7 @@ class OnnxBackend:
     install = "pip install onnxruntime"
     startup_s = 0.8
     int8_isa_rule = True
+    isa_switch = "emulator"  # no ISA switch of its own (MLAS dispatches on CPUID): QEMU with an older CPU model
     accuracy_control = True
     qat = "twin"  # a QAT run: its float twin, quantized with the learned grids and ranges
 
@@ -75,6 +78,44 @@ class OnnxBackend:
             raise ExportError(f"onnx.checker rejected the {precision} model: {error_text(e)}") from e
         onnx.save(proto, str(path))
         return [path]
+
+    def export_controlled(
+        self, model: Any, path: Path, calibration: Calibration, metadata: dict[str, str], log: Callable[[str], None]
+    ) -> tuple[list[Path], dict[str, Any]]:
+        """The INT8 file at `path` with as few layers in float as keep the top-1 drop <= calibration.control's
+        bound: the layers are ranked once by the per-layer report (`report_for`: the most sensitive first) and
+        left in float one at a time (onnxruntime's nodes_to_exclude: mixed precision) until the bound holds.
+        Returns (files, edgecifar.accuracy_control.outcome). Raises ExportError when MAX_FLOAT_LAYERS layers in
+        float do not meet the bound."""
+        control, calibration = calibration.control, replace(calibration, control=None)
+        order: list[str] | None = None
+        excluded: list[str] = []
+        while True:
+            trial = replace(calibration, exclude=tuple(excluded))
+            self.export(model, path, "int8", trial, metadata)
+            session = self.load(path)
+            int8_accuracy = accuracy(lambda batch: self.run(session, batch), control.images, control.labels)
+            drop = control.drop_points(int8_accuracy)
+            log(
+                f"onnx int8: {len(excluded)} layer(s) in float, drop {drop:.2f} points on {len(control.labels)} "
+                f"held-out training images (bound {control.max_drop})"
+            )
+            if drop <= control.max_drop:
+                break
+            if order is None:  # ranked once, on the held-out images: the most sensitive layer first
+                with tempfile.TemporaryDirectory(prefix="edgecifar-control-") as tmp:
+                    fp32 = Path(tmp) / "fp32.onnx"
+                    self.export(model, fp32, "fp32", None, {})
+                    order = report_for(fp32, calibration, control.images)["ranking"]
+            if len(excluded) >= min(MAX_FLOAT_LAYERS, len(order)):
+                raise ExportError(
+                    f"onnx int8: the drop stays {drop:.2f} points (> {control.max_drop}) with "
+                    f"{len(excluded)} layers in float; raise --max-drop or use fp16"
+                )
+            excluded.append(order[len(excluded)])
+        # the file now carries what was measured (the same quantization again: deterministic, same weights)
+        files = self.export(model, path, "int8", trial, {**metadata, **control_metadata(excluded, drop)})
+        return files, outcome(control, excluded, drop, int8_accuracy)
 
     # ------------------------------------------------------------ device side (onnxruntime + numpy)
 
@@ -305,6 +346,30 @@ def prepare_and_quantize(fp32: Path, tmp: Path, calibration: Calibration, learne
     return prepared, quantized
 
 
+def report_for(fp32_onnx: Path, calibration: Any, images: np.ndarray, batch_size: int = 32) -> dict[str, Any]:
+    """Quantize `fp32_onnx` as the exporter does (`calibration`) and measure every layer on
+    `images` (uint8 [N, H, W, 3], held-out training images). Returns the JSON-ready report (edgecifar.quant_report describes it)."""
+    from .onnx_layers import layer_errors, ranking
+
+    with tempfile.TemporaryDirectory(prefix="edgecifar-qreport-") as tmp:
+        prepared, quantized = prepare_and_quantize(Path(fp32_onnx), Path(tmp), calibration)
+        batches = [np.ascontiguousarray(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        layers = layer_errors(prepared, quantized, batches)
+    return {
+        "model": Path(fp32_onnx).name,
+        "images": int(len(images)),
+        "image_shape": list(images.shape[1:]),
+        "calibration": {
+            "images": int(len(calibration.images)),
+            "method": calibration.method,
+            "int8_isa": calibration.isa,
+        },
+        "metric": "SQNR dB = 20 log10(||x|| / ||x - q(x)||); higher is better",
+        "ranking": ranking(layers),
+        "layers": [{**asdict(layer), "sensitivity_db": layer.sensitivity_db} for layer in layers],
+    }
+
+
 def qat_overrides(fp32: Any, prepared: Any, learned: list, most: int) -> dict[str, list[dict[str, Any]]]:
     """quantize_static's TensorQuantOverrides that keep what a QAT model learned: each learned activation range
     as the scale and zero point of the tensor it quantizes (found in the torch.onnx graph `fp32` by module and
@@ -349,7 +414,7 @@ def _overrides(fp32: Path, prepared: Any, calibration: Calibration, learned: lis
 
     overrides: dict[str, list[dict]] = {}
     if learned:
-        from ..qat import X86_WEIGHT_STEPS
+        from ..qat_model import X86_WEIGHT_STEPS
 
         overrides = qat_overrides(
             onnx.load(str(fp32)), prepared, learned, X86_WEIGHT_STEPS if calibration.isa != "vnni" else 127

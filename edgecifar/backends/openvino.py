@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from ..accuracy_control import EVAL_BATCH, Control, accuracy, control_metadata, outcome
 from ..errors import ArtifactError, ExportError
 from ..quiet import quiet_libraries
-from . import INPUT_NAME, OUTPUT_NAME, Calibration, Session, error_text
+from .base import INPUT_NAME, OUTPUT_NAME, Calibration, Session, error_text
 
 quiet_libraries()  # before openvino or nncf load (edgecifar.quiet)
 
@@ -59,6 +61,7 @@ class OpenVinoBackend:
     install = "pip install openvino"
     startup_s = 1.2
     int8_isa_rule = True
+    isa_switch = "env"  # oneDNN's own ISA cap (ONEDNN_MAX_CPU_ISA): real kernels, real timings
     accuracy_control = True
     qat = "native"  # a QAT run: NNCF's quantizers converted as they are
 
@@ -91,6 +94,21 @@ class OpenVinoBackend:
         return [path, path.with_suffix(".bin")]
 
     # ------------------------------------------------------------ device side (openvino + numpy)
+
+    def export_controlled(
+        self, model: Any, path: Path, calibration: Calibration, metadata: dict[str, str], log: Callable[[str], None]
+    ) -> tuple[list[Path], dict[str, Any]]:
+        """The INT8 file at `path` under calibration.control's bound, by NNCF's own search (`nncf_control`):
+        (files, edgecifar.accuracy_control.outcome). Raises ExportError when NNCF fails."""
+        control = calibration.control
+        files = self.export(model, path, "int8", calibration, metadata)  # nncf's search; fills in the metadata
+        drop = float(metadata["accuracy_drop"])
+        float_nodes = json.loads(metadata["float_nodes"])
+        log(
+            f"{self.name} int8: {len(float_nodes)} layer(s) in float, drop {drop:.2f} "
+            f"points on {len(control.labels)} held-out training images (bound {control.max_drop})"
+        )
+        return files, outcome(control, float_nodes, drop, round(control.float_accuracy - drop / 100, 6))
 
     def load(self, path: Path, threads: int | None = None, precision: str | None = None) -> Session:
         """Compile for CPU. precision: the INFERENCE_PRECISION_HINT; None pins f32 so that an FP32 figure is
@@ -262,8 +280,6 @@ def _quantize(ov_model: Any, calibration: Calibration, metadata: dict[str, str])
         # nncf draws rich progress bars on stdout with no switch to turn them off: send them nowhere
         with contextlib.redirect_stdout(io.StringIO()):
             if calibration.control is not None:
-                from ..accuracy_control import nncf_control
-
                 return nncf_control(
                     ov_model,
                     batches,
@@ -274,3 +290,69 @@ def _quantize(ov_model: Any, calibration: Calibration, metadata: dict[str, str])
             return nncf.quantize(ov_model, nncf.Dataset(batches), advanced_parameters=advanced, **settings)
     except Exception as e:
         raise ExportError(f"nncf.quantize failed: {error_text(e)}") from e
+
+
+def nncf_control(
+    ov_model: Any,
+    calibration_batches: list[np.ndarray],
+    control: Control,
+    quantize_kwargs: dict,
+    metadata: dict[str, str],
+) -> Any:
+    """nncf.quantize_with_accuracy_control with the same quantization settings as the plain path; records the
+    layers left in float and the drop it measured into `metadata` (the caller writes it into the file)."""
+    import nncf
+    import openvino as ov
+
+    validation = [
+        (control.images[i : i + EVAL_BATCH], control.labels[i : i + EVAL_BATCH])
+        for i in range(0, len(control.labels), EVAL_BATCH)
+    ]
+
+    def validate(compiled: Any, items: Any) -> tuple[float, None]:
+        pairs = list(items)
+        x = np.concatenate([p[0] for p in pairs])
+        y = np.concatenate([p[1] for p in pairs])
+        return accuracy(lambda b: compiled(b)[0], x, y), None
+
+    try:
+        quantized = nncf.quantize_with_accuracy_control(
+            ov_model,
+            nncf.Dataset(calibration_batches),
+            nncf.Dataset(validation, lambda item: item[0]),
+            validate,
+            max_drop=control.max_drop / 100,
+            drop_type=nncf.DropType.ABSOLUTE,
+            **quantize_kwargs,
+        )
+    except Exception as e:
+        raise ExportError(f"nncf.quantize_with_accuracy_control failed: {e}") from e
+    compiled = ov.Core().compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    int8_accuracy = validate(compiled, validation)[0]
+    metadata.update(control_metadata(float_layers(quantized), control.drop_points(int8_accuracy)))
+    return quantized
+
+
+_WEIGHTED = {"Convolution", "GroupConvolution", "MatMul"}
+_PASS = {"Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze"}
+
+
+def float_layers(ov_model: Any) -> list[str]:
+    """Names of the convolutions and matrix products whose weights are not quantized (no FakeQuantize and no
+    8-bit constant on their weight path)."""
+    found = []
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() not in _WEIGHTED:
+            continue
+        pending, quantized = [op.input_value(1).get_node()], False
+        while pending and not quantized:
+            node = pending.pop()
+            kind = node.get_type_name()
+            quantized = kind == "FakeQuantize" or (
+                kind == "Constant" and node.get_element_type().get_type_name() in ("i8", "u8", "i4", "u4")
+            )
+            if kind in _PASS:
+                pending += [node.input_value(i).get_node() for i in range(node.get_input_size())]
+        if not quantized:
+            found.append(op.get_friendly_name())
+    return found

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
-from . import Calibration
+from .base import Calibration
 
 
 def quantizer_with_fused_relu6(quantizer_class: type) -> type:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, ExportError, UsageError
-from . import Calibration, Session, error_text, float_graph
+from .base import Calibration, Session, error_text, float_graph
 
 # the builtin operators (TFLite schema names) that tflite-micro's PythonOpsResolver registers; its custom ops (audio
 # front end, Ethos-U, detection post-processing) are left out: no converter emits them for these nets
