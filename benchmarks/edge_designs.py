@@ -5,7 +5,7 @@ scratch_cnn's architecture exported the same way, and the committed INT8 files o
 
     uv run python benchmarks/edge_designs.py --data ../shared/data/cifar10-jpeg.tar.gz
 
-Writes benchmarks/results/edge_designs.{json,md}. It chose edge_small's layout (see README).
+Writes benchmarks/results/edge_designs.{json,md}. It chose edge_small's layout (docs/reference-runs.md).
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """The published comparison: scratch_cnn, efficientnet_lite0 (transfer), the scratch airnet_m-kd (and its QAT run),
 airnet_s-kd, edge_tiny, edge_small, the ceiling airnet_l and the tiny airnet_t-kd x {PyTorch, every exported
 format} x {FP32, FP16, INT8} at 1 and 2 threads, accuracy on the full CIFAR-10 test set (the JPEG copy), into
-benchmarks/results/bench.{json,csv,md,png}, and the README's results section updated from it.
+benchmarks/results/bench.{json,csv,md,png}; then the results index, benchmarks/results/README.md, is rewritten
+(benchmarks/results_index.py), whose "reference comparison" entry carries the headline figures.
 
-    uv run --extra edge python benchmarks/run_reference.py           # bench, check the 24-minute budget, README
+    uv run --extra edge python benchmarks/run_reference.py           # bench, check the 24-minute budget, index
     uv run --extra edge python benchmarks/run_reference.py --verify  # + each file re-evaluated by its runtime alone
     uv run --extra edge python benchmarks/run_reference.py --repeat  # + a second bench: p50 within 10 %, same top-1
 
 Needs the exports in exported/manifest.json (committed) and, for the PyTorch rows, the reference runs in
-runs/reference/ (committed: weights, config, metrics); the README's "Reference runs" gives each one's command.
+runs/reference/ (committed: weights, config, metrics); docs/reference-runs.md gives each one's command.
 Run it on a quiet machine: the latency figures are only as steady as the CPU is idle.
 """
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -36,11 +36,10 @@ MODELS = (
     "airnet_l",
     "airnet_t-kd",
 )  # --models
-# the whole reference bench must take under 24 minutes on the 2-core CPU: nine runs, each in all four runtimes but
-# airnet_l (ONNX Runtime and OpenVINO: the ceiling model, not a shipping candidate); 939 s for the first seven
+# the whole reference bench must take under 24 minutes on a 2-core CPU: nine runs, each in all four runtimes but
+# airnet_l (ONNX Runtime and OpenVINO: the ceiling model, not a shipping candidate)
 BUDGET_S = 1440
 P50_TOLERANCE, ACCURACY_TOLERANCE = 0.10, 0.0005  # repeat runs; independent evaluation (0.05 points)
-README_START, README_END = "<!-- reference-results:start -->", "<!-- reference-results:end -->"
 
 
 def reference_artifacts(manifest: Path, models: tuple[str, ...] = MODELS) -> list[Path]:
@@ -155,43 +154,18 @@ def compare(first: list[dict], second: list[dict]) -> list[dict]:
     return found
 
 
-def update_readme(rows: list[dict], header: dict) -> None:
-    """Replace the README's results section (between its markers) with this bench's table and plot."""
-    from edgecifar.report import markdown_table
+def update_index() -> int:
+    """Rewrite benchmarks/results/README.md (benchmarks/results_index.py): 0, or 1 when a result lacks its entry.
+    The entry's figures are written by hand from bench.md: say so when they may be stale."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import results_index
 
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        print(f"README.md has no {README_START} ... {README_END} section: not updated")
-        return
-    machine, versions = header["machine"], header["versions"]
-    order = {m: i for i, m in enumerate(MODELS)}  # one thread setting at a time, models in reference order
-    ok = sorted(
-        (r for r in rows if r["status"] == "ok"), key=lambda r: (r["threads"], order.get(r["model"], len(order)))
+    status = results_index.main([])
+    print(
+        "the reference entry's headline figures in benchmarks/results_index.py are the bench's own: check them "
+        "against benchmarks/results/bench.md, then run benchmarks/results_index.py again if they changed"
     )
-    section = "\n".join(
-        [
-            README_START,
-            "",
-            f"Measured {header['date'][:10]} on {machine['cpu']} ({machine['cores']} cores, "
-            f"{', '.join(machine.get('isa', [])) or 'ISA not recorded'}), "
-            f"onnxruntime {versions.get('onnxruntime')}, OpenVINO {versions.get('openvino')}, "
-            f"ai-edge-litert {versions.get('ai-edge-litert')}, ExecuTorch {versions.get('executorch')}, "
-            f"PyTorch {versions.get('torch')}; top-1 on the {ok[0]['images']:,} CIFAR-10 test images through each "
-            f"file's own runtime, latency at batch 1, throughput at batch {header['settings']['batch_size']} "
-            f"(`uv run --extra edge python benchmarks/run_reference.py`, {header['bench_seconds']:.0f} s; details in "
-            f"[benchmarks/results/bench.md](benchmarks/results/bench.md)).",
-            "",
-            "![accuracy against latency](benchmarks/results/bench.png)",
-            "",
-            markdown_table(ok),
-            "",
-            README_END,
-        ]
-    )
-    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
-    readme.write_text(pattern.sub(lambda _m: section, text))
-    print("README.md results section updated")
+    return status
 
 
 def main() -> int:
@@ -202,7 +176,7 @@ def main() -> int:
     parser.add_argument("--verify", action="store_true", help="re-evaluate every file with its runtime alone")
     parser.add_argument("--repeat", action="store_true", help="bench twice and compare")
     parser.add_argument("--models", default=",".join(MODELS), help="source runs to include, comma-separated")
-    parser.add_argument("--no-readme", action="store_true", help="leave README.md as it is")
+    parser.add_argument("--no-index", action="store_true", help="leave benchmarks/results/README.md as it is")
     args = parser.parse_args()
     os.chdir(ROOT)  # runs/ and exported/ are relative to the repository
     from edgecifar.errors import EdgecifarError
@@ -239,8 +213,8 @@ def reference(args: argparse.Namespace) -> int:
             f"largest p50 change {worst['p50_change']:+.1%} "
             f"({worst['model']} {worst['variant']} @{worst['threads']})"
         )
-    if not args.no_readme:
-        update_readme(list(rows), rows.header)
+    if not args.no_index:
+        status |= update_index()
     print(json.dumps({k: str(v) for k, v in rows.files.items()}))
     return status
 

@@ -422,7 +422,7 @@ def pipeline(
     ] = False,
     force: Annotated[bool, typer.Option(help="redo every step, even those whose outputs are valid")] = False,
     root: Annotated[Optional[Path], typer.Option(help="put runs/, exported/, results/ here instead")] = None,
-    # 1 thread, the row the verdict ships by: a 2-thread row per file cost 4 of the measured 83 minutes
+    # 1 thread, the row the verdict ships by: a 2-thread row per file costs minutes and changes nothing it decides
     threads: Annotated[
         str, typer.Option(help="comma-separated runtime thread counts; each is its own row (bench's default is 1,2)")
     ] = "1",

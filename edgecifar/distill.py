@@ -16,13 +16,13 @@ def teacher_logits(run_dir: str, images: torch.Tensor, classes: list[str], tta: 
     """A trained model's logits for every training image as is and mirrored: [N, 2, classes].
 
     Computed once, so distilling from a large teacher costs one pass over the data instead of a
-    teacher forward per step (4x the student's step for EfficientNet -> edge_tiny here). The student's
+    teacher forward per step (several times the student's step for a large teacher). The student's
     crop is up to 4 px off the view the teacher saw; its flip is matched exactly. With `tta` both views
     hold the mean of the two: the teacher distils its flip test-time augmentation (+1.08 points for
     `airnet_m-10ep`, benchmarks/results/tta_gap.md) into a student that is still run on one view.
     """
-    # channels_last: 9.1 s instead of 14.4 s per 10,000 images for airnet_m on the 2-core Zen 4 (the NHWC input
-    # is channels_last already; contiguous weights are reordered on every call)
+    # channels_last: the NHWC input is channels_last already, and contiguous weights would be reordered on every
+    # call (a third less time for airnet_m: docs/design-notes.md)
     teacher = load_run(run_dir).to(images.device, memory_format=torch.channels_last)
     if teacher.meta["classes"] != classes:
         raise EdgecifarError(f"teacher {run_dir} was trained on other classes")

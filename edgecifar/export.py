@@ -43,10 +43,9 @@ from .utils import (
 
 FP32_MIN_AGREEMENT = 0.999  # an FP32 export must reproduce PyTorch's top-1 on 99.9 % of images, or it fails
 WARN_AGREEMENT = 0.99  # FP16 / INT8 below this get a warning (kept: reduced precision is a trade-off)
-# FP16 / INT8 below this are broken, not traded off, and refused unless asked for (keep_low_agreement). The
-# worst sound file measured (efficientnet_lite0's OpenVINO INT8) agrees on 93.8 %; the INT8 files whose 8-bit
-# weights overflowed on a CPU without VNNI lost 11.4 and 22.9 points of accuracy, so agreed on at most 88.6 %
-# and 77.1 % (every lost point is a changed prediction)
+# FP16 / INT8 below this are broken, not traded off, and refused unless asked for (keep_low_agreement): it lies
+# between the worst sound file measured and the best of those whose 8-bit weights overflowed on a CPU without
+# VNNI (every lost point of accuracy is a changed prediction; docs/design-notes.md)
 MIN_AGREEMENT = 0.90
 KEEP_OPTION = "--keep-low-agreement"  # every command that exports (export, pipeline) has it
 KEEP_HINT = f"{KEEP_OPTION} keeps such a file"
@@ -199,7 +198,7 @@ def _for_qat(
     for b in backends:
         if not b.qat:
             log(f"note: {b.name} left out: it cannot keep a QAT run's quantizers")
-        elif b.qat != "native":  # measured: edge_tiny's QAT files 0.18-0.27 points under PTQ in these three
+        elif b.qat != "native":  # measured in benchmarks/results/qat/qat.md
             log(
                 f"note: {b.name} quantizes more tensors than the OpenVINO layout QAT trained in: its file may score "
                 f"under the source run's own PTQ (benchmarks/results/qat/qat.md)"

@@ -6,13 +6,12 @@ Why it matters: x86 INT8 kernels multiply uint8 activations by int8 weights. Wit
 or AMX the products are summed in int32, exactly. Without (AVX2, AVX-512 before Cascade Lake) ONNX Runtime's
 MLAS and oneDNN (OpenVINO's CPU plugin) use `vpmaddubsw`, which adds each pair of products in int16 and
 saturates: 255 * 127 * 2 = 64,770 does not fit in 32,767. With 7-bit weights (|w| <= 64) a pair is at most
-255 * 64 * 2 = 32,640, so the sum is exact on every x86 CPU. Measured: the 8-bit `edge_tiny` ONNX file scored
-81.0 % on an AVX2 CPU and 84.4 % with VNNI; EfficientNet-Lite0's INT8 IR 89.04 % and 90.04 %.
+255 * 64 * 2 = 32,640, so the sum is exact on every x86 CPU (the measured cost of 8-bit weights on an AVX2 CPU:
+docs/design-notes.md).
 
 ONNX Runtime's depthwise conv kernel widens to int32 instead, so depthwise weights keep 8 bits under the x86
 rule; the weight bits a file records are those of the weights on the int16-pair (GEMM) path. tests/test_isa.py
-runs such a graph natively and under QEMU's Haswell; EfficientNet-Lite0's INT8 ONNX file gained 0.15 points
-(89.83 -> 89.98 %, FP32 90.16 %).
+runs such a graph natively and under QEMU's Haswell.
 
 Every decision that depends on the CPU's features (the INT8 path, the VNNI warning, training's bf16 autocast,
 the bench's bf16 rows) reads them through `cpu_flags` here, so that EDGECIFAR_CPU_FLAGS, a list of flags as

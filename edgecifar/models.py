@@ -144,8 +144,8 @@ def freeze_stages(model: EdgeModel, groups: int) -> int:
     each stage); returns the parameters left trainable. Batch norm there still adapts its statistics.
 
     Early stages hold generic features and, at the upsampled input size, most of the activations:
-    not back-propagating through them makes each step cheaper (1.9x here for 4 groups of
-    EfficientNet-Lite0 at 64 px), but on upsampled 32 px images it cost accuracy (see README).
+    not back-propagating through them makes each step cheaper, but on upsampled 32 px images it cost accuracy
+    (docs/design-notes.md): the early layers need to adapt to the blur.
     """
     if groups <= 0:
         return count_params(model)
@@ -346,7 +346,7 @@ def resnet18(num_classes: int, pretrained: bool = False, weights: str | None = N
 
 # A 32x32 image upsampled to 64 px and run through the stem's stride 2 is mostly blur. Dropping the
 # stride of the first stage instead keeps every later feature map as large as an 80 px input would
-# (at 40 px): 80.7 % against 75.5 % after one short epoch here, for 23 % more time per image.
+# (at 40 px): several points more accurate for a little more time per image (docs/design-notes.md).
 # EfficientNet-Lite1 and MobileNetV2 get the same change at the same place: the first block of their 24-channel
 # stage (the three nets share MobileNetV2's inverted-residual layout up to there).
 LITE_RECIPE = replace(TIMM_RECIPE, epochs=5, lr=0.05, img_size=40)

@@ -12,11 +12,10 @@ from torch import nn
 from .registry import Recipe, register_model
 
 
-# bf16 autocast where the hardware has it (edgecifar.train): 2,810 against 1,337 img/s in fp32 on a 2-core Zen 4
-# (one epoch of 6,000 images), which takes 9 minutes off the default pipeline; EfficientNet-Lite0's depthwise convs
-# ran 2x slower in bf16 there (96 against 198 img/s), so TIMM_RECIPE stays fp32.
-# 24 epochs: 84.20 % in 11.2 min against 85.11 % after 40 (bf16, JPEG copy, Zen 4); the 4.5 minutes are what the
-# default pipeline needs to train the distilled airnet_m in its 75 (the reference run keeps its 40 fp32 epochs)
+# bf16 autocast where the CPU has it (edgecifar.train): about twice fp32's throughput for these plain convolutions,
+# while EfficientNet-Lite0's depthwise convs run slower in bf16, so TIMM_RECIPE stays fp32. 24 epochs instead of 40
+# cost under a point and free the time the default pipeline needs for the distilled airnet_m (the reference run
+# keeps its 40 fp32 epochs). Measurements: docs/design-notes.md
 @register_model(
     "scratch_cnn",
     recipe=Recipe(
@@ -131,8 +130,8 @@ class EdgePoolNet(nn.Module):
         return self.head(self.features(x))
 
 
-# bf16 autocast: 2x the training throughput of fp32 for these nets on a Zen 4 CPU (AVX-512 bf16); train
-# turns it off where bf16 is only emulated (AVX2 CPUs), which would be many times slower than fp32
+# bf16 autocast: about twice fp32's training throughput for these nets where the CPU has bf16 (docs/design-notes.md);
+# train turns it off where bf16 is only emulated (AVX2 CPUs), which would be many times slower than fp32
 EDGE_RECIPE = Recipe(
     epochs=40,
     batch_size=256,
@@ -300,11 +299,11 @@ def airnet_l(num_classes: int = 10, pretrained: bool = False, weights: str | Non
     return AirbenchNet((64, 256, 256), num_classes)
 
 
-# 18 epochs: 89.69 % in 33.8 min on a 2-core Zen 4 (bf16), against 89.24 % in 25.8 min for 10 (README)
+# 18 epochs: about half a point more than 10, for a third more training time (docs/design-notes.md)
 @register_model("airnet_m", recipe=replace(AIRBENCH_RECIPE, epochs=18))
 def airnet_m(num_classes: int = 10, pretrained: bool = False, weights: str | None = None) -> nn.Module:
-    """airbench's CifarNet at widths 48-192-192: 1.11 M params, 69 M MACs. Its INT8 files run in 0.54 ms at
-    batch 1 on one Zen 4 core, against EfficientNet-Lite0's 0.66 ms (benchmarks/results/edge_designs.md)."""
+    """airbench's CifarNet at widths 48-192-192: 1.11 M params, 69 M MACs. Its INT8 files run faster at batch 1
+    than EfficientNet-Lite0's (benchmarks/results/edge_designs.md)."""
     return AirbenchNet((48, 192, 192), num_classes)
 
 
@@ -316,8 +315,8 @@ def airnet_s(num_classes: int = 10, pretrained: bool = False, weights: str | Non
 
 # the tiny tier (INT8 ONNX <= 120 KB): as many parameters as edge_tiny (76 K against 78 K), in airbench's layout,
 # so it can be distilled from airnet_l and trained by the same recipe; small enough for 40 epochs on a 2-core CPU.
-# lr 0.08, a third of airbench's: at 0.24 the net stayed at 10 % for its first 3 epochs. 10 epochs: 80.78 % against
-# 77.62 %; distilled from airnet_l, 40 epochs: 84.32 % against 83.79 % (Zen 4 bf16 and H200, JPEG copy)
+# lr 0.08, a third of airbench's: at 0.24 the net stayed at chance for its first epochs and ended lower
+# (docs/design-notes.md)
 @register_model("airnet_t", recipe=replace(AIRBENCH_RECIPE, epochs=40, lr=0.08))
 def airnet_t(num_classes: int = 10, pretrained: bool = False, weights: str | None = None) -> nn.Module:
     """airbench's CifarNet at widths 16-40-56: 76 K params, 7.4 M MACs."""

@@ -22,10 +22,9 @@ from .utils import read_json, sha256_file, terminate_as_interrupt
 # the report's CNN, the from-scratch net that answers it (airbench's recipe) and the transfer model
 DEFAULT_MODELS = ("scratch_cnn", "airnet_m", "efficientnet_lite0")
 # The scratch model that dominates EfficientNet-Lite0 is a distilled one: airnet_m taught by the committed airnet_m's
-# flip-averaged logits, 90.20 % against 89.69 % alone (89.77 % in the pipeline's run of 2026-11-30: README). The
-# teacher is a committed from-scratch run, so the pipeline rebuilds that model without training the teacher again
-# (28 more minutes on the 2-core Zen 4). A default teacher counts only for data like its own (classes, images per
-# split and class); elsewhere the model trains alone.
+# flip-averaged logits scores about half a point over airnet_m alone (docs/design-notes.md). The teacher is a
+# committed from-scratch run, so the pipeline rebuilds that model without training the teacher again. A default
+# teacher counts only for data like its own (classes, images per split and class); elsewhere the model trains alone.
 DEFAULT_TEACHERS = {"airnet_m": "runs/reference/airnet_m"}
 QUICK_TRAIN = {"epochs": 1, "max_train": 2000, "max_test": 500}
 # A model trained one epoch on 2,000 images is near chance (the quick run on the JPEG copy: 12.6-46 % top-1): its

@@ -56,8 +56,7 @@ class QatConfig:
     run: str
     data: str | None = None  # default: the data the run was trained on
     cache_dir: str | None = None
-    # 1 epoch at 3e-5: edge_tiny's fake-quantized top-1 83.95 -> 84.08 % (1e-5: 84.00, 2 epochs at 1e-4: 84.05),
-    # airnet_m-kd's 89.98 -> 90.19 % (benchmarks/results/qat)
+    # 1 epoch at 3e-5: the most accuracy of the settings tried, longer and faster ones included (docs/design-notes.md)
     epochs: int = 1
     lr: float = 3e-5
     batch_size: int | None = None  # default: the run's recipe

@@ -71,13 +71,13 @@ def quantize_with_torch_ops() -> None:
     """Make NNCF's quantizers compute on the CPU with torch's own ops (NNCF's reference functions, run eagerly)
     instead of the C++ extension NNCF compiles on first use.
 
-    That extension needs g++ and ninja, and on a fresh machine its first build took 227 s on 2 busy cores, past
-    NNCF's 60 s limit (NNCF_EXTENSION_LOAD_TIMEOUT): `edgecifar qat` then failed. Its source
+    That extension needs g++ and ninja, and on a fresh machine its first build can take longer than NNCF's 60 s
+    limit (NNCF_EXTENSION_LOAD_TIMEOUT): `edgecifar qat` then failed. Its source
     (nncf/torch/extensions/src/quantization/cpu/functions_cpu.cpp) is the same ATen ops as the reference
-    (clamp to the range, shift by the zero point, round, rescale; the straight-through gradient): measured on a
-    [128, 64, 16, 16] tensor, both give bitwise-equal outputs and gradients in the same time (0.50-0.66 s against
-    0.53-0.55 s a forward and backward on 2 busy cores). NNCF itself falls back to the reference where the build
-    fails, though through torch.compile, a compiler again. An extension this process already loaded is kept."""
+    (clamp to the range, shift by the zero point, round, rescale; the straight-through gradient): both give
+    bitwise-equal outputs and gradients in the same time (docs/design-notes.md). NNCF itself falls back to the
+    reference where the build fails, though through torch.compile, a compiler again. An extension this process
+    already loaded is kept."""
     from types import SimpleNamespace
 
     from nncf.torch.quantization import extensions

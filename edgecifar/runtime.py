@@ -1,6 +1,6 @@
 """The device side: load an exported model file (.onnx, .xml, .tflite, .pte) and classify images, with only its
 runtime (onnxruntime, openvino, ai-edge-litert or executorch), numpy and Pillow installed. Never imports torch,
-timm or torchvision itself (ExecuTorch's Python runtime imports torch: see the README).
+timm or torchvision itself (ExecuTorch's Python runtime imports torch: docs/device.md).
 
     python -m edgecifar.runtime cat.jpg photos/ --model exported/scratch_cnn/scratch_cnn-int8.onnx [--json]
 

@@ -324,9 +324,9 @@ def _precision(cfg: TrainConfig) -> str:
 
 
 def _evaluates_after(epoch: int, cfg: TrainConfig) -> bool:
-    """Whether the (0-based) epoch ends with an evaluation: every `eval_every`-th and always the last. One
-    pass over the 10,000 test images costs 11 s for airnet_m and 25 s for EfficientNet-Lite0 on the 2-core
-    Zen 4, about 6 minutes of the default pipeline when every epoch is evaluated (so the pipeline evaluates once)."""
+    """Whether the (0-based) epoch ends with an evaluation: every `eval_every`-th and always the last. A pass
+    over the test images costs seconds per epoch, minutes over the default pipeline (docs/design-notes.md), so
+    the pipeline evaluates once."""
     return epoch + 1 == cfg.epochs or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0)
 
 

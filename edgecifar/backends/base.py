@@ -19,8 +19,8 @@ import numpy as np
 from ..errors import UsageError
 
 PRECISIONS = ("fp32", "fp16", "int8")  # every precision any backend exports, in report order
-# minmax is the default everywhere: on scratch_cnn nncf's own default (mean of per-image min/max) clipped
-# enough to cost 0.1 point of accuracy, minmax nothing
+# minmax is the default everywhere: nncf's own default (mean of per-image min/max) clips the ranges enough to cost
+# accuracy where minmax costs none (docs/export-and-quantization.md)
 CALIB_METHODS = ("minmax", "percentile", "entropy", "default")
 INPUT_NAME, OUTPUT_NAME = "image", "logits"  # the contract itself (shape, words): edgecifar.contract
 

@@ -1,7 +1,7 @@
 """ExecuTorch backend, files `.pte`: torch.export -> edge dialect -> the XNNPACK delegate, FP32 and INT8 (the
 XNNPACK quantizer through PT2E, static, calibrated), with a dynamic batch axis bounded by MAX_BATCH; load and run
 with ExecuTorch's Python runtime. That runtime imports torch (its inputs and outputs are torch tensors): on a
-device, ExecuTorch's C++ runtime runs the same file (see the README).
+device, ExecuTorch's C++ runtime runs the same file (docs/device.md).
 
 Our metadata (class names, the contract) rides in the program as a constant method, "edgecifar_metadata",
 returning the JSON as a uint8 tensor.

@@ -22,7 +22,9 @@ from .base import INPUT_NAME, OUTPUT_NAME, Calibration, Session, error_text, flo
 
 quiet_libraries()  # before onnxruntime's quantizer loads (edgecifar.quiet)
 
-OPSET = 20  # >= 20: GELU is one Gelu node (opset 18 wrote Div, Erf, Add, Mul, Mul: airnet_m-kd INT8 0.552 -> 0.496 ms); torch's exporter writes it natively
+# >= 20: torch's exporter writes GELU as one Gelu node, faster than opset 18's Div, Erf, Add, Mul, Mul
+# (docs/design-notes.md)
+OPSET = 20
 
 # onnxruntime's names for our calibration methods ("default" is onnxruntime's own default, MinMax)
 ORT_CALIB = {"default": "MinMax", "minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
@@ -324,10 +326,9 @@ def prepare_and_quantize(fp32: Path, tmp: Path, calibration: Calibration, learne
                 quant_format=QuantFormat.QDQ,
                 # U8 activations / S8 weights: the x86 fast path of ORT's CPU kernels. Without
                 # VNNI (AVX2 CPUs) that path sums u8*s8 pairs in int16 and saturates: 8-bit weights
-                # cost 3-23 points there (edge_small 86.26 -> 63.41 %) and nothing on a VNNI CPU.
-                # reduce_range (7-bit weights) is ORT's remedy; the same files measured 0.00-0.33
-                # points under FP32 on the AVX2 CPU. The file runs wherever it is shipped
-                # (--int8-isa vnni opts out, for VNNI/AMX-only fleets: edgecifar.isa).
+                # cost points of accuracy there and nothing on a VNNI CPU. reduce_range (7-bit
+                # weights) is ORT's remedy, exact on both (edgecifar.isa; docs/design-notes.md), so
+                # the file runs wherever it is shipped (--int8-isa vnni opts out, for VNNI/AMX fleets).
                 per_channel=True,
                 reduce_range=calibration.isa != "vnni",
                 activation_type=QuantType.QUInt8,
@@ -494,7 +495,7 @@ def _preprocessing_nodes(proto: Any) -> list[str]:
     """The nodes between the graph input and the first Conv (layout, cast, normalization, resize).
 
     They stay in float: quantized, the per-channel normalization becomes QLinearMul + QLinearAdd with a
-    broadcast that onnxruntime runs on a slow path (about a quarter of scratch_cnn's batch-1 latency here),
+    broadcast that onnxruntime runs on a slow path (a large share of a small net's batch-1 latency),
     while in float they cost a few microseconds on 3 x 32 x 32 values and nothing in accuracy.
     """
     producer = {out: node for node in proto.graph.node for out in node.output}

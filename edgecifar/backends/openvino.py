@@ -237,10 +237,8 @@ def openvino_ptq_parameters(isa: str, num_batches: int, **advanced: Any) -> tupl
     from nncf.quantization.advanced_parameters import OverflowFix
 
     # full bias correction (layer by layer, on the quantized model's own activations) rather than nncf's fast
-    # one: edge_small's IR lost 0.43 points of top-1 with the fast one and none with it (86.66 %, FP32 86.62 %);
-    # over the six reference runs the drops went 0.43/0.28/0.16/0.07/0.05/-0.01 -> -0.04/0.12/0.05/-0.02/0.11/0.09
-    # points (edge_small, edge_tiny, airnet_m-kd, airnet_s-kd, Lite0, scratch_cnn); export takes 1-3 s more
-    # (Lite0's INT8 IR 9.7 -> 12.6 s, airnet_m-kd's 2.2 -> 5.0 s)
+    # one: it removed the largest INT8 drops of the reference runs for a few seconds more per export
+    # (docs/design-notes.md)
     return (
         {"preset": nncf.QuantizationPreset.PERFORMANCE, "subset_size": num_batches, "fast_bias_correction": False},
         nncf.AdvancedQuantizationParameters(

@@ -89,8 +89,8 @@ def calibrated(graph: Any, quantizer: Any, calibration: Calibration, learned: li
 def _without_qat_folding() -> Iterator[None]:
     """convert_pt2e without its conv-bn QAT folding pass, which rewrites graphs from prepare_qat_pt2e. One from
     prepare_pt2e (ours, QAT runs included) had each conv-bn pair folded when prepared, yet while any batch norm is
-    left (airbench's, after the max-pool) the pass traces 204 patterns that cannot match: 30 s of each INT8 export
-    of airnet_m on the 2-core Zen 4, with files byte for byte the same without it (torchao 0.18)."""
+    left (airbench's, after the max-pool) the pass traces hundreds of patterns that cannot match: tens of
+    seconds of each airnet INT8 export, with files byte for byte the same without it (docs/design-notes.md)."""
     from torchao.quantization.pt2e import quantize_pt2e
 
     original = getattr(quantize_pt2e, "_fold_conv_bn_qat", None)
