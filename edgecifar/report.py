@@ -159,7 +159,7 @@ def markdown(header: dict[str, Any], rows: list[dict[str, Any]], image: str | No
                 + ", ".join(f"{model_shown(r)} {r['variant']}" for r in front),
                 "",
             ]
-    parts += _isa_lines(ok)
+    parts += _isa_lines(ok) + _memory_lines(ok)
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
         parts += ["## Not measured", "", "| model | variant | threads | status | reason |", "|---|---|---|---|---|"]
@@ -192,6 +192,32 @@ def _isa_lines(rows: list[dict[str, Any]]) -> list[str]:
         dict.fromkeys(f"- {model_shown(r)} {r['variant']}: {r['isa_warning']}" for r in rows if r.get("isa_warning"))
     )
     return lines + (["## ISA warnings", "", *warned, ""] if warned else [])
+
+
+def _memory_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """A microcontroller's two budgets for the rows that report them (a backend's device_figures, e.g. TFLite
+    Micro's): flash (the file's bytes) and the exact arena (the smallest that allocates and runs), with the
+    interpreter's split of that arena."""
+    measured = list({r.get("path"): r for r in rows if r.get("arena_bytes") is not None}.values())
+    if not measured:
+        return []
+    lines = [
+        "## Microcontroller memory",
+        "",
+        "Flash: the file's bytes. Arena: the smallest tensor arena with which the interpreter allocates and runs "
+        "the file (found by bisection), and the interpreter's own account of it (head: activations, tail: "
+        "persistent buffers and tensors).",
+        "",
+        "| model | variant | top-1 % (95 % CI) | flash bytes | arena bytes | head | tail |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in measured:
+        detail = r.get("arena_detail") or {}
+        lines.append(
+            f"| {model_shown(r)} | {r['variant']} | {accuracy_shown(r)} | {_fmt(r.get('flash_bytes'), ',')} | "
+            f"{_fmt(r['arena_bytes'], ',')} | {_fmt(detail.get('head'), ',')} | {_fmt(detail.get('tail'), ',')} |"
+        )
+    return lines + [""]
 
 
 # ---------------------------------------------------------------- Pareto plot
