@@ -17,6 +17,7 @@ from .contract import DEFAULT_SIZE, Size, size_of, size_text
 from .errors import ArtifactError, DataError, UsageError
 from .isa import cpu_has_bf16
 from .manifest import MANIFEST, entry_files, find_manifest, listed_paths, read_entries
+from .runs import CONFIG, WEIGHTS
 from .utils import data_source, read_json, sha256_file
 
 FORMAT_NAMES = {"pytorch": "PyTorch", **{name: b.label for name, b in BACKENDS.items()}}
@@ -228,7 +229,7 @@ def _baselines(artifacts: list[Target], runs: Path | None) -> list[Target]:
     for run_name in dict.fromkeys(t.source_run for t in artifacts):
         first = next(t for t in artifacts if t.source_run == run_name)
         run_dir = runs / run_name if runs else None
-        weights = run_dir / "model.safetensors" if run_dir else Path(run_name) / "model.safetensors"
+        weights = run_dir / WEIGHTS if run_dir else Path(run_name) / WEIGHTS
         target = Target(
             model=first.model,
             source_run=run_name,
@@ -275,10 +276,10 @@ def _attach_run_and_data(target: Target, runs: Path | None, data: str | None, ca
     """Which test set counts this target: --data, else the one its source run was trained on."""
     config: dict[str, Any] = {}
     run_dir = runs / target.source_run if runs else None
-    if run_dir is not None and (run_dir / "config.json").is_file():
+    if run_dir is not None and (run_dir / CONFIG).is_file():
         target.run_dir = run_dir
         try:
-            config = read_json(run_dir / "config.json")
+            config = read_json(run_dir / CONFIG)
         except (OSError, ValueError):
             config = {}
     target.data = data or (config.get("data") or {}).get("source")

@@ -13,6 +13,7 @@ import numpy as np
 
 from .contract import model_size
 from .errors import DataError
+from .runs import CONFUSION_JSON, CONFUSION_PNG
 from .utils import atomic_path, data_source, write_json
 
 CELL_TEXT_MAX = 30  # above this many classes the plot has no per-cell numbers: unreadable, and 1,000 classes
@@ -60,9 +61,9 @@ def evaluate_run(run_dir: Path | str, data: str | None = None, cache_dir: Path |
         "confusion": matrix.tolist(),
         "images": int(matrix.sum()),
     }
-    report["files"] = {"json": str(run_dir / "confusion.json"), "png": str(run_dir / "confusion.png")}
-    write_json(run_dir / "confusion.json", report)
-    plot_confusion(matrix, classes, f"{report['model']}: {report['test_acc']:.2%} top-1", run_dir / "confusion.png")
+    report["files"] = {"json": str(run_dir / CONFUSION_JSON), "png": str(run_dir / CONFUSION_PNG)}
+    write_json(run_dir / CONFUSION_JSON, report)
+    plot_confusion(matrix, classes, f"{report['model']}: {report['test_acc']:.2%} top-1", run_dir / CONFUSION_PNG)
     return report
 
 

@@ -14,19 +14,23 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .contract import model_size
 from .errors import CheckpointError, EdgecifarError
-from .models import EdgeModel, create_model
 from .utils import atomic_path, folder_holder, read_json, release_folder, sha256_file, take_folder, write_json
 
+if TYPE_CHECKING:  # torch and the models load with the functions that need them: the names below need neither
+    import torch
+
+    from .models import EdgeModel
+
+# a run folder's files: every module names them from here
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
+CONFUSION_JSON, CONFUSION_PNG = "confusion.json", "confusion.png"  # edgecifar evaluate's report
 LOCK = ".edgecifar-lock"  # held (flock) by the process writing the run; says which one it is
 _OURS = (WEIGHTS, CONFIG, METRICS, CHECKPOINT)
 
@@ -46,6 +50,8 @@ def save_weights(model: EdgeModel, run_dir: Path, state: dict[str, torch.Tensor]
 
 def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
     """Names of the floating-point tensors holding NaN or infinity (what a diverged training leaves)."""
+    import torch
+
     return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
@@ -131,6 +137,8 @@ def kept_message(out: Path) -> str:
     """What a run stopped early kept, and how to continue it."""
     if not is_run(out):
         return "nothing was kept (no epoch was saved)"
+    import torch
+
     try:  # mmap: the epoch number without reading the tensors
         epoch = f" of epoch {torch.load(out / CHECKPOINT, mmap=True, weights_only=True)['epoch']}"
     except Exception:  # the message is still right without the number
@@ -196,6 +204,8 @@ def load_run(run_dir: Path | str) -> EdgeModel:
 
 
 def model_from_config(config: dict[str, Any]) -> EdgeModel:
+    from .models import create_model
+
     meta = config["model"]
     try:
         return create_model(
@@ -218,6 +228,8 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: st
 
 
 def save_checkpoint(run_dir: Path, payload: dict[str, Any]) -> None:
+    import torch
+
     buffer = io.BytesIO()  # in memory first, as in save_weights: a full disk is then reported as one
     torch.save(payload, buffer)
     with atomic_path(run_dir / CHECKPOINT) as tmp:
@@ -225,6 +237,8 @@ def save_checkpoint(run_dir: Path, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:
+    import torch
+
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise CheckpointError(f"nothing to resume: {path} not found")

@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import UsageError
+from .runs import CONFIG, METRICS
 
 Log = Callable[[str], None]
 KIND = "edgecifar seeds"  # the summary file's "kind"
@@ -72,8 +73,8 @@ def train_seeds(cfg: Any, count: int, show_progress: bool = False, log: Log = pr
 def _finished(run_dir: Path, cfg: Any) -> bool:
     """Whether run_dir holds a finished run of this model and seed (its recipe is checked by summarize())."""
     try:
-        config = json.loads((run_dir / "config.json").read_text())
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        config = json.loads((run_dir / CONFIG).read_text())
+        metrics = json.loads((run_dir / METRICS).read_text())
     except (OSError, ValueError):
         return False
     train = config.get("train") or {}
@@ -90,8 +91,8 @@ def summarize(run_dirs: Sequence[Path | str]) -> dict[str, Any]:
     runs, recipes, images = [], [], set()
     for run_dir in map(Path, run_dirs):
         try:
-            config = json.loads((run_dir / "config.json").read_text())
-            acc = json.loads((run_dir / "metrics.json").read_text())["test_acc"]
+            config = json.loads((run_dir / CONFIG).read_text())
+            acc = json.loads((run_dir / METRICS).read_text())["test_acc"]
         except (OSError, ValueError, KeyError, TypeError):
             raise UsageError(f"{run_dir} holds no finished run (config.json and metrics.json with test_acc)") from None
         train = config.get("train") or {}
