@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -54,53 +55,65 @@ class BenchResult(list):
     reused: bool = False  # True: an earlier, still current result returned without measuring
 
 
+@dataclass(frozen=True)
+class BenchOptions:
+    """How `bench` measures: `edgecifar bench`'s options. Times in seconds."""
+
+    device: str = "cpu"
+    threads: Sequence[int] | str = (1, 2)  # the runtimes' thread counts: a row per count ("1,2" as on the CLI)
+    batch_size: int = 64  # the throughput rows' batch
+    out_dir: Path | str = DEFAULT_OUT  # where bench.{json,csv,md,png} go
+    data: str | None = None  # the test set; None: each run's own data
+    cache_dir: Path | str | None = None
+    runs_dir: Path | str | None = "runs"  # the source runs (PyTorch baseline, test set)
+    baseline: bool = True  # a row for each source run's PyTorch model
+    bf16: bool = False  # rows of the OpenVINO FP32 files executed in bf16
+    max_images: int | None = None  # accuracy on a seeded subset of the test set
+    latency_seconds: float = 1.5  # batch-1 timing per row, shared by its trials
+    throughput_seconds: float = 1.0  # batch timing per extra setting
+    reuse: bool = False  # return a complete earlier result for exactly these files and settings
+    show_progress: bool = False
+    isa: Sequence[str] | str = ("native",)  # "native" and/or a narrower INT8 path (edgecifar.isa.CAPS)
+    latency_trials: int = LATENCY_TRIALS  # independent batch-1 trials per row, each on a fresh session
+    notes: Sequence[str] = ()  # the caller's own notes for the header (e.g. "measured on a shared CPU")
+
+
 def bench(
     paths: Sequence[Path | str] | Path | str = ("exported",),
-    device: str = "cpu",
-    threads: Sequence[int] | str = (1, 2),
-    batch_size: int = 64,
-    out_dir: Path | str = DEFAULT_OUT,
-    data: str | None = None,
-    cache_dir: Path | str | None = None,
-    runs_dir: Path | str | None = "runs",
-    baseline: bool = True,
-    bf16: bool = False,
-    max_images: int | None = None,
-    latency_seconds: float = 1.5,
-    throughput_seconds: float = 1.0,
-    reuse: bool = False,
-    show_progress: bool = False,
-    isa: Sequence[str] | str = ("native",),
+    options: BenchOptions | None = None,
+    *,
     log: Log | None = None,
-    latency_trials: int = LATENCY_TRIALS,
-    notes: Sequence[str] = (),
+    **overrides: Any,
 ) -> BenchResult:
-    """Measure every artifact of the manifests/files in `paths` and write the reports into `out_dir`.
+    """Measure every artifact of the manifests/files in `paths` and write the reports into `options.out_dir`.
 
+    options: how (BenchOptions; its defaults when None); `overrides`, BenchOptions' fields by name, override it
+    (`bench([folder], threads=(1,), out_dir=...)`; a name BenchOptions lacks is a TypeError).
     reuse: when `out_dir` already holds a complete result for exactly these files and settings, return it
     without measuring (the pipeline's skip). isa: "native" and/or a narrower INT8 path (edgecifar.isa.CAPS,
     "avx2"): each artifact gets a row per path; every row records the ISA it ran on. What is left out
-    (invalid manifest entries, files no manifest lists, artifacts not in this checkout) and thread counts above the cores available are logged as
-    warnings and kept in the header's `notes`; `notes` adds the caller's own (e.g. "measured on a shared CPU").
+    (invalid manifest entries, files no manifest lists, artifacts not in this checkout) and thread counts above
+    the cores available are logged as warnings and kept in the header's `notes`, after the caller's own.
     latency_seconds: batch-1 timing per row, shared by its `latency_trials` trials. Raises UsageError for bad
     options, BenchError when nothing could be measured, KeyboardInterrupt (utils.Terminated for SIGTERM/SIGHUP)
     when stopped, after stopping the worker.
     """
+    opts = replace(options or BenchOptions(), **overrides)
     log = log or (lambda _msg: None)
-    check_device(device)
-    thread_list = parse_threads(threads)
+    check_device(opts.device)
+    thread_list = parse_threads(opts.threads)
     if (
-        batch_size < 1
-        or (max_images is not None and max_images < 1)
-        or latency_seconds <= 0
-        or throughput_seconds <= 0
-        or latency_trials < 1
+        opts.batch_size < 1
+        or (opts.max_images is not None and opts.max_images < 1)
+        or opts.latency_seconds <= 0
+        or opts.throughput_seconds <= 0
+        or opts.latency_trials < 1
     ):
         raise UsageError("--batch-size, --max-images, --latency-trials and the timing budgets must be positive")
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    targets, found_notes = resolve_targets(paths, runs_dir, baseline, bf16, data, cache_dir)
-    notes = [*notes, *found_notes]
-    isa_paths = parse_isa(isa)
+    targets, found_notes = resolve_targets(paths, opts.runs_dir, opts.baseline, opts.bf16, opts.data, opts.cache_dir)
+    notes = [*opts.notes, *found_notes]
+    isa_paths = parse_isa(opts.isa)
     targets += isa_variants(targets, [p for p in isa_paths if p != "native"])
     notes += [w for n in thread_list if (w := threads_warning(n))]
     for note in notes:
@@ -110,26 +123,26 @@ def bench(
             f"nothing to measure: {notes[0] if notes else 'no artifacts'}"
             + (f" (and {len(notes) - 1} more)" if len(notes) > 1 else "")
         )
-    out_dir = Path(out_dir)
+    out_dir = Path(opts.out_dir)
     settings = {
-        "device": device,
+        "device": opts.device,
         "threads": list(thread_list),
         "isa": isa_paths,
-        "batch_size": batch_size,
-        "max_images": max_images,
-        "latency_seconds": latency_seconds,
-        "latency_trials": latency_trials,
-        "throughput_seconds": throughput_seconds,
-        "data": data,
+        "batch_size": opts.batch_size,
+        "max_images": opts.max_images,
+        "latency_seconds": opts.latency_seconds,
+        "latency_trials": opts.latency_trials,
+        "throughput_seconds": opts.throughput_seconds,
+        "data": opts.data,
     }
     key = _request_key(targets, settings)
-    if reuse and (previous := _previous_result(out_dir, key)) is not None:
+    if opts.reuse and (previous := _previous_result(out_dir, key)) is not None:
         log(f"bench: {out_dir / 'bench.json'} is current for these files and settings; not measured again")
         return previous
     created = _check_writable(out_dir)
     try:
         with terminate_as_interrupt():  # SIGTERM/SIGHUP as Ctrl-C: the worker is stopped, nothing is written
-            return _measure_and_write(targets, thread_list, settings, key, notes, out_dir, show_progress, log)
+            return _measure_and_write(targets, thread_list, settings, key, notes, out_dir, opts.show_progress, log)
     except BaseException:
         for folder in reversed(created):  # leave no empty result folders behind
             if folder.is_dir() and not any(folder.iterdir()):

@@ -93,12 +93,9 @@ def export(
     verified against PyTorch on test images."""
     from rich.table import Table
 
-    from .export import export_run
+    from .export import ExportOptions, export_run
 
-    entries = export_run(
-        run_dir,
-        fmt.value,
-        precision.value,
+    options = ExportOptions(
         out_dir=out,
         calib_size=calib_size,
         calib_method=calib_method.value,
@@ -110,8 +107,8 @@ def export(
         int8_isa=int8_isa.value,
         max_drop=max_drop,
         control_size=control_images,
-        log=note,
     )
+    entries = export_run(run_dir, fmt.value, precision.value, options, log=note)
     table = Table(title=escape(f"exported {run_dir} -> {out} (manifest.json updated)"))
     for col in ("format", "precision", "MB", "agree", "max |dlogit|", "acc", "torch acc", "file"):
         table.add_column(col, justify="left" if col in ("format", "precision", "file") else "right")
@@ -291,11 +288,10 @@ def bench(
     ] = "native",
 ) -> None:
     """Accuracy, size, params, MACs, latency, throughput and load time of exported models and their PyTorch run."""
-    from .bench import bench as run_bench
+    from .bench import BenchOptions, bench as run_bench
     from .report import rich_table
 
-    rows = run_bench(
-        artifacts or [Path("exported")],
+    options = BenchOptions(
         device=device,
         threads=threads,
         batch_size=batch_size,
@@ -310,9 +306,9 @@ def bench(
         throughput_seconds=throughput_seconds,
         show_progress=sys.stderr.isatty(),
         isa=isa,
-        log=note,
         latency_trials=latency_trials,
     )
+    rows = run_bench(artifacts or [Path("exported")], options, log=note)
     machine = rows.header["machine"]
     console.print(
         rich_table(

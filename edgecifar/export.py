@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -54,76 +55,54 @@ VERIFY_BATCH = 100
 Log = Callable[[str], None]
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """How `export_run` exports: `edgecifar export`'s options. Sizes count images; `seed` draws them."""
+
+    out_dir: Path | str = "exported"  # the manifest's folder; each run's files go in <out_dir>/<run name>/
+    calib_size: int = 512  # INT8 calibration: a seeded draw from the training split
+    calib_method: str = "minmax"  # one of CALIB_METHODS
+    data: str | None = None  # None: the run's own data
+    cache_dir: Path | str | None = None
+    seed: int = 0
+    verify_size: int = 500  # test images each file must agree on with PyTorch
+    keep_low_agreement: bool = False  # keep FP16/INT8 files under MIN_AGREEMENT (KEEP_OPTION)
+    int8_isa: str = DEFAULT_INT8_ISA  # one of edgecifar.isa.INT8_ISAS
+    max_drop: float | None = None  # accuracy-controlled INT8: the bound on the top-1 drop, points
+    control_size: int = 2000  # held-out training images the bound is measured on
+    kept_because: str = ""  # why a file kept under MIN_AGREEMENT is expected to agree less
+
+
 def export_run(
     run_dir: Path | str,
     formats: Iterable[str] | str = "all",
     precisions: Iterable[str] | str = "all",
-    out_dir: Path | str = "exported",
-    calib_size: int = 512,
-    calib_method: str = "minmax",
-    data: str | None = None,
-    cache_dir: Path | str | None = None,
-    seed: int = 0,
-    verify_size: int = 500,
-    keep_low_agreement: bool = False,
-    int8_isa: str = DEFAULT_INT8_ISA,
-    max_drop: float | None = None,
-    control_size: int = 2000,
-    kept_because: str = "",
+    options: ExportOptions | None = None,
+    *,
     log: Log | None = None,
+    **overrides: Any,
 ) -> list[dict[str, Any]]:
     """Export a run to every (format, precision) asked for; returns their manifest entries.
 
-    Calibration images (INT8) are a seeded draw of `calib_size` from the training split (all of it when it is
-    smaller: said in the log and the manifest), verification images a seeded draw of `verify_size` from the test
-    split, both of the run's data (or `data`, if given). Raises ExportError for a file that fails verification
-    (FP32 under FP32_MIN_AGREEMENT, FP16/INT8 under MIN_AGREEMENT unless `keep_low_agreement`, non-finite
-    outputs), DiskFullError when the disk is full; `out_dir` is then left as it was. int8_isa: "x86" (7-bit
-    weights, exact on every x86 CPU) or "vnni" (8-bit, exact only with VNNI/AMX), recorded in each INT8 file.
-    max_drop: keep each INT8 file's top-1 drop under this many points on `control_size` held-out training images
-    (edgecifar.accuracy_control), leaving the most sensitive layers in float; ExportError if it cannot.
-    kept_because: why a file kept under MIN_AGREEMENT (keep_low_agreement) is expected to agree less, said in
-    the log and recorded in its verification (the pipeline's quick profile: a model near chance).
+    options: how (ExportOptions; its defaults when None); `overrides`, ExportOptions' fields by name, override it
+    (`export_run(run, "onnx", "int8", out_dir=..., calib_size=64)`). Calibration images (INT8) are a seeded draw
+    of `calib_size` from the training split (all of it when it is smaller: said in the log and the manifest),
+    verification images a seeded draw of `verify_size` from the test split, both of the run's data (or `data`, if
+    given). Raises ExportError for a file that fails verification (FP32 under FP32_MIN_AGREEMENT, FP16/INT8 under
+    MIN_AGREEMENT unless `keep_low_agreement`, non-finite outputs), DiskFullError when the disk is full;
+    `out_dir` is then left as it was. int8_isa: "x86" (7-bit weights, exact on every x86 CPU) or "vnni" (8-bit,
+    exact only with VNNI/AMX), recorded in each INT8 file. max_drop: keep each INT8 file's top-1 drop under this
+    many points on `control_size` held-out training images (edgecifar.accuracy_control), leaving the most
+    sensitive layers in float; ExportError if it cannot. kept_because: why a file kept under MIN_AGREEMENT
+    (keep_low_agreement) is expected to agree less, said in the log and recorded in its verification (the
+    pipeline's quick profile: a model near chance). A setting ExportOptions lacks is a TypeError.
     """
+    options = replace(options or ExportOptions(), **overrides)
     with terminate_as_interrupt():  # SIGTERM cleans up the staging folder as Ctrl-C does
-        return _export_run(
-            run_dir,
-            formats,
-            precisions,
-            out_dir,
-            calib_size,
-            calib_method,
-            data,
-            cache_dir,
-            seed,
-            verify_size,
-            keep_low_agreement,
-            int8_isa,
-            max_drop,
-            control_size,
-            kept_because,
-            log or (lambda _msg: None),
-        )
+        return _export_run(run_dir, formats, precisions, options, log or (lambda _msg: None))
 
 
-def _export_run(
-    run_dir,
-    formats,
-    precisions,
-    out_dir,
-    calib_size: int,
-    calib_method: str,
-    data,
-    cache_dir,
-    seed: int,
-    verify_size: int,
-    keep_low_agreement: bool,
-    int8_isa: str,
-    max_drop: float | None,
-    control_size: int,
-    kept_because: str,
-    log: Log,
-) -> list[dict[str, Any]]:
+def _export_run(run_dir, formats, precisions, opts: ExportOptions, log: Log) -> list[dict[str, Any]]:
     from .qat_model import qat_section
     from .runs import load_run, read_config
 
@@ -133,45 +112,52 @@ def _export_run(
     qat = qat_section(config)
     if qat:
         backends, precisions, int8_isa = _for_qat(
-            qat, backends, precisions, not _is_all(formats), not _is_all(precisions_asked), int8_isa, max_drop, log
+            qat,
+            backends,
+            precisions,
+            not _is_all(formats),
+            not _is_all(precisions_asked),
+            opts.int8_isa,
+            opts.max_drop,
+            log,
         )
-    if calib_method not in CALIB_METHODS:
-        raise UsageError(f"unknown calibration method '{calib_method}': use one of {', '.join(CALIB_METHODS)}")
-    if int8_isa not in INT8_ISAS:
-        raise UsageError(f"unknown --int8-isa '{int8_isa}': use one of {', '.join(INT8_ISAS)}")
-    jobs = _jobs(backends, precisions, calib_method, explicit=not (_is_all(formats) or _is_all(precisions_asked)))
-    if max_drop is not None and (lacking := [b.name for b, p in jobs if p == "int8" and not b.accuracy_control]):
+        opts = replace(opts, int8_isa=int8_isa)
+    if opts.calib_method not in CALIB_METHODS:
+        raise UsageError(f"unknown calibration method '{opts.calib_method}': use one of {', '.join(CALIB_METHODS)}")
+    if opts.int8_isa not in INT8_ISAS:
+        raise UsageError(f"unknown --int8-isa '{opts.int8_isa}': use one of {', '.join(INT8_ISAS)}")
+    jobs = _jobs(backends, precisions, opts.calib_method, explicit=not (_is_all(formats) or _is_all(precisions_asked)))
+    if opts.max_drop is not None and (lacking := [b.name for b, p in jobs if p == "int8" and not b.accuracy_control]):
         controlled = " or ".join(name for name, b in BACKENDS.items() if b.accuracy_control)
         raise UsageError(
             f"--max-drop: {', '.join(lacking)} has no accuracy-controlled INT8 (export it without "
             f"--max-drop, or choose --format {controlled})"
         )
-    if calib_size < 1 or verify_size < 1:
+    if opts.calib_size < 1 or opts.verify_size < 1:
         raise UsageError("--calib-size and --verify-size must be at least 1")
-    out_dir = Path(out_dir)
+    out_dir = Path(opts.out_dir)
     read_manifest(out_dir / MANIFEST)  # a corrupt manifest stops us before any work, and is never overwritten
     model = load_run(run_dir)
     for backend in dict.fromkeys(b for b, _ in jobs):  # a backend that cannot take the model says so before any work
         getattr(backend, "check_model", lambda _model: None)(model)
     run_name = Path(run_dir).resolve().name
     model.meta["source_run"] = run_name
-    splits = _load_splits(config, model.meta, data, cache_dir)
-    check = _verification_set(model, splits, verify_size, seed)
+    splits = _load_splits(config, model.meta, opts.data, opts.cache_dir)
+    check = _verification_set(model, splits, opts.verify_size, opts.seed)
     calibration = None
     if any(p == "int8" for _, p in jobs):
         calibration = Calibration(
-            _sample(splits.train_x, calib_size, [seed, 0]),
-            calib_method,
-            isa=int8_isa,
-            control=_control(model, splits, calib_size, control_size, seed, max_drop),
+            _sample(splits.train_x, opts.calib_size, [opts.seed, 0]),
+            opts.calib_method,
+            isa=opts.int8_isa,
+            control=_control(model, splits, opts.calib_size, opts.control_size, opts.seed, opts.max_drop),
         )
-        if len(calibration.images) < calib_size:
+        if len(calibration.images) < opts.calib_size:
             log(
                 f"note: INT8 calibration uses all {len(calibration.images)} training images, fewer than "
-                f"--calib-size {calib_size}"
+                f"--calib-size {opts.calib_size}"
             )
-    floor = 0.0 if keep_low_agreement else MIN_AGREEMENT
-    return _export_all(model, jobs, out_dir, run_name, calibration, check, seed, calib_size, floor, kept_because, log)
+    return _export_all(model, jobs, out_dir, run_name, calibration, check, opts, log)
 
 
 def _for_qat(
@@ -362,10 +348,7 @@ def _export_all(
     run_name: str,
     calibration: Calibration | None,
     check: dict[str, Any],
-    seed: int,
-    calib_size: int,
-    floor: float,
-    kept_because: str,
+    opts: ExportOptions,
     log: Log,
 ) -> list[dict[str, Any]]:
     target = out_dir / run_name
@@ -377,11 +360,11 @@ def _export_all(
             for backend, precision in jobs:
                 doing = f"the {backend.name} {precision} file"
                 main = staging / f"{run_name}-{precision}{backend.suffixes[0]}"
-                entry = _export_one(model, backend, precision, main, calibration, check, floor, kept_because, log)
+                entry = _export_one(model, backend, precision, main, calibration, check, opts, log)
                 entry["path"] = f"{run_name}/{main.name}"  # paths in the manifest are relative to it
                 entry["files"] = {f"{run_name}/{name}": sha for name, sha in entry["files"].items()}
                 if calibration is not None and precision == "int8":
-                    entry["calibration"] = _calibration_info(calibration, backend, seed, calib_size)
+                    entry["calibration"] = _calibration_info(calibration, backend, opts.seed, opts.calib_size)
                 entries.append(entry)
                 staged += artifact_files(main, backend)
             _add_size_ratios(entries)
@@ -447,8 +430,7 @@ def _export_one(
     main: Path,
     calibration: Calibration | None,
     check: dict[str, Any],
-    floor: float,
-    kept_because: str,
+    opts: ExportOptions,
     log: Log,
 ) -> dict[str, Any]:
     started = time.perf_counter()
@@ -470,7 +452,7 @@ def _export_one(
     restore_signal_stack()  # OpenVINO may have left the signal stack on freed memory: SIGTERM must still clean up
     agreement = verification["agreement"]
     what = f"{backend.name} {precision}"
-    needed = FP32_MIN_AGREEMENT if precision == "fp32" else floor
+    needed = FP32_MIN_AGREEMENT if precision == "fp32" else 0.0 if opts.keep_low_agreement else MIN_AGREEMENT
     if agreement < needed:
         keep = "" if precision == "fp32" else f" ({KEEP_HINT})"
         raise ExportError(
@@ -478,8 +460,10 @@ def _export_one(
             f"{verification['images']} test images (needs >= {needed:.1%}{keep}), max |logit "
             f"diff| {verification['max_abs_logit_diff']:.3g}; nothing was written"
         )
-    if agreement < MIN_AGREEMENT and kept_because:
-        verification["warning"] = f"top-1 agreement {agreement:.2%} is under {MIN_AGREEMENT:.0%}, kept: {kept_because}"
+    if agreement < MIN_AGREEMENT and opts.kept_because:
+        verification["warning"] = (
+            f"top-1 agreement {agreement:.2%} is under {MIN_AGREEMENT:.0%}, kept: {opts.kept_because}"
+        )
         log(f"note: {what}: {verification['warning']}")
     elif agreement < WARN_AGREEMENT:
         verification["warning"] = f"top-1 agreement {agreement:.2%} is under {WARN_AGREEMENT:.0%}"

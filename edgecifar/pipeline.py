@@ -14,10 +14,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from .errors import CheckpointError, UsageError
+from .runs import CHECKPOINT, CONFIG, METRICS, WEIGHTS
 from .utils import read_json, sha256_file, terminate_as_interrupt
+
+if TYPE_CHECKING:
+    from .bench import BenchOptions
 
 # the report's CNN, the from-scratch net that answers it (airbench's recipe) and the transfer model
 DEFAULT_MODELS = ("scratch_cnn", "airnet_m", "efficientnet_lite0")
@@ -113,7 +117,7 @@ def _pipeline(
     keep_low_agreement: bool,
     log: Log,
 ) -> dict[str, Any]:
-    from .bench import bench
+    from .bench import BenchOptions, bench
     from .bench_targets import parse_threads
     from .models import get_spec
 
@@ -145,16 +149,20 @@ def _pipeline(
             log,
             lambda r=run_dir: export_step(r, lay, data, cache_dir, quick, force, log, keep_low_agreement),
         )
-    extra = QUICK_BENCH if quick else {}
-    rows = _step(
-        steps,
-        "bench",
-        "all",
-        log,
-        lambda: _bench_step(
-            bench, artifacts, lay, data, cache_dir, threads, batch_size, bf16, force, show_progress, log, extra
-        ),
+    options = BenchOptions(
+        device="cpu",
+        threads=threads,
+        batch_size=batch_size,
+        out_dir=lay.results,
+        data=data,
+        cache_dir=cache_dir,
+        runs_dir=lay.runs,
+        bf16=bf16,
+        reuse=not force,  # a complete earlier result for the same files and settings is the step's output
+        show_progress=show_progress,
+        **(QUICK_BENCH if quick else {}),
     )
+    rows = _step(steps, "bench", "all", log, lambda: _bench_step(bench, artifacts, options, log))
     return {"layout": lay, "steps": steps, "bench": rows, "verdict": _verdict(rows, threads)}
 
 
@@ -231,10 +239,10 @@ def _unfit_teacher(run: Path, data: str, cache_dir) -> str | None:
     from .data import load_data
 
     try:
-        made = read_json(run / "config.json")["data"]
+        made = read_json(run / CONFIG)["data"]
     except (OSError, ValueError, KeyError, TypeError):
         made = None
-    if not isinstance(made, dict) or "classes" not in made or not (run / "model.safetensors").is_file():
+    if not isinstance(made, dict) or "classes" not in made or not (run / WEIGHTS).is_file():
         return f"{run} holds no trained run"
     now = load_data(data, cache_dir).describe()  # decoded once, then from the cache
     # older runs recorded no per-class counts
@@ -287,11 +295,11 @@ def train_step(
     data_changed = None if differences else _data_changed(run_dir, cfg)
     if data_changed and not force:  # the run's inputs changed: its output is stale, like a make target's
         return _retrain(cfg, run_dir, show_progress, log), "done", f"retrained into {run_dir}: {data_changed}"
-    finished = (run_dir / "model.safetensors").is_file() and (run_dir / "metrics.json").is_file()
+    finished = (run_dir / WEIGHTS).is_file() and (run_dir / METRICS).is_file()
     if not force and finished and not differences and _weights_intact(run_dir):
-        acc = read_json(run_dir / "metrics.json").get("test_acc")
+        acc = read_json(run_dir / METRICS).get("test_acc")
         return run_dir, "skipped", f"valid run in {run_dir}" + (f", test acc {acc:.2%}" if acc is not None else "")
-    if not force and not finished and (run_dir / "checkpoint.pt").is_file() and not differences:
+    if not force and not finished and (run_dir / CHECKPOINT).is_file() and not differences:
         return train(replace(cfg, resume=True), show_progress, log), "resumed", f"continued the run in {run_dir}"
     if run_dir.exists() and any(run_dir.iterdir()) and not force:
         why = ", ".join(differences) or "it is incomplete and cannot be resumed"
@@ -320,10 +328,10 @@ def _retrain(cfg, run_dir: Path, show_progress: bool, log: Log) -> Path:
 
 def _differences(run_dir: Path, cfg) -> list[str]:
     """How the run in run_dir was trained otherwise than cfg asks (empty: same settings, or no run)."""
-    if not (run_dir / "config.json").is_file():
+    if not (run_dir / CONFIG).is_file():
         return []
     try:
-        made = read_json(run_dir / "config.json")["train"]
+        made = read_json(run_dir / CONFIG)["train"]
     except (OSError, ValueError, KeyError, TypeError):
         return ["unreadable config.json"]
     wanted = cfg.resolved()
@@ -340,7 +348,7 @@ def _data_changed(run_dir: Path, cfg) -> str | None:
     from .data import load_data
 
     try:
-        made = read_json(run_dir / "config.json")["data"]
+        made = read_json(run_dir / CONFIG)["data"]
     except (OSError, ValueError, KeyError, TypeError):
         return None  # no run, or _differences already calls its config unreadable
     now = load_data(cfg.data, cfg.cache_dir)  # decoded once, then from the cache
@@ -357,8 +365,8 @@ def _source(data: str | None) -> str | None:
 
 
 def _weights_intact(run_dir: Path) -> bool:
-    expected = read_json(run_dir / "metrics.json").get("weights_sha256")
-    return expected is None or sha256_file(run_dir / "model.safetensors") == expected
+    expected = read_json(run_dir / METRICS).get("weights_sha256")
+    return expected is None or sha256_file(run_dir / WEIGHTS) == expected
 
 
 # ---------------------------------------------------------------- export
@@ -406,7 +414,7 @@ def current_exports(run_dir: Path, exported: Path) -> list[Path] | None:
     manifest = exported / MANIFEST
     if not manifest.is_file():
         return None
-    weights = sha256_file(run_dir / "model.safetensors")
+    weights = sha256_file(run_dir / WEIGHTS)
     found = {}
     for e in read_manifest(manifest)["artifacts"]:
         if e.get("source_run") != run_dir.name or e.get("source_sha256") != weights:
@@ -424,34 +432,7 @@ def current_exports(run_dir: Path, exported: Path) -> list[Path] | None:
 # ---------------------------------------------------------------- bench
 
 
-def _bench_step(
-    bench,
-    artifacts: list[Path],
-    lay: Layout,
-    data: str,
-    cache_dir,
-    threads,
-    batch_size: int,
-    bf16: bool,
-    force: bool,
-    show_progress: bool,
-    log: Log,
-    extra: dict[str, Any],
-):
-    rows = bench(
-        artifacts,
-        device="cpu",
-        threads=threads,
-        batch_size=batch_size,
-        out_dir=lay.results,
-        data=data,
-        cache_dir=cache_dir,
-        runs_dir=lay.runs,
-        bf16=bf16,
-        reuse=not force,
-        show_progress=show_progress,
-        log=log,
-        **extra,
-    )
+def _bench_step(bench, artifacts: list[Path], options: BenchOptions, log: Log):
+    rows = bench(artifacts, options, log=log)
     status = "skipped" if rows.reused else "done"
-    return rows, status, f"{len(rows)} rows, report in {lay.results}"
+    return rows, status, f"{len(rows)} rows, report in {options.out_dir}"
