@@ -48,8 +48,8 @@ class EdgeModel(nn.Module):
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC [N, H, W, 3] -> normalized float NCHW [N, 3, H, W], the backbone's input before resize."""
         # contiguous: the permuted tensor keeps NHWC strides, which torch.export records, and a flatten of it
-        # became Shape/Range/Gather("as_strided") arithmetic in the ONNX head: 27 % of edge_tiny's FP32 time
-        # in onnxruntime's profile (benchmarks/results/int8_profile.md)
+        # became Shape/Range/Gather("as_strided") arithmetic in the ONNX head, a large share of a small net's FP32
+        # time in onnxruntime's profile (benchmarks/results/int8_profile.md)
         return (images.permute(0, 3, 1, 2).float() * self.scale + self.shift).contiguous()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
