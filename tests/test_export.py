@@ -164,9 +164,11 @@ def test_reexport_replaces_its_manifest_entry(tiny_run, tmp_path):
     assert [a["path"] for a in manifest["artifacts"]] == ["tiny/tiny-fp32.onnx", "tiny/tiny-fp32.xml"]
 
 
-def test_int8_calibration_is_deterministic(tiny_run, tmp_path):
-    runs = {}
-    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+def test_int8_calibration_is_deterministic(exported, tiny_run, tmp_path):
+    # the first is the session's export (every precision, the same calibration size), with the seed it records
+    runs = {"a": exported[1]}
+    first = entry(runs["a"], FORMATS[0], "int8")["calibration"]["seed"]
+    for name, seed in (("b", first), ("c", first + 1)):
         runs[name] = export_run(
             tiny_run, "all", "int8", out_dir=tmp_path / name, calib_size=CALIB_SIZE, verify_size=50, seed=seed
         )

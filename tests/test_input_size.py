@@ -222,6 +222,7 @@ def test_bench_reads_the_size_from_the_manifest(sized_export, tmp_path):
         runs_dir=run.parent,
         latency_seconds=0.05,
         throughput_seconds=0.05,
+        latency_trials=1,
     )
     assert rows and all(r["status"] == "ok" for r in rows), [r["reason"] for r in rows]
     assert {r["input_size"] for r in rows} == {f"{side}x{side}"} and {r["format"] for r in rows} >= {"pytorch", "onnx"}
