@@ -83,6 +83,26 @@ def _finished(run_dir: Path, cfg: Any) -> bool:
     )
 
 
+def recipe_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The recipe a run's config.json records, in today's terms, so that a run made before an option existed
+    compares with one made after: an option the older run did not record takes TrainConfig's default (each was
+    added with the earlier behaviour as its default); the evaluation schedule (eval_every) changes no weight and
+    is left out; the sizes are resolved (input_size None: the data's or the model's size; img_size None: the
+    input's side)."""
+    from dataclasses import MISSING, fields
+
+    from .train_config import TrainConfig
+
+    train = config.get("train") or {}
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    recipe = {k: v for k, v in {**defaults, **train}.items() if k not in NOT_RECIPE | {"eval_every"}}
+    side = (config.get("model") or {}).get("img_size")
+    size = recipe.get("input_size") or (config.get("data") or {}).get("input_size") or ([side, side] if side else None)
+    recipe["input_size"] = list(size) if size else None
+    recipe["img_size"] = recipe.get("img_size") or (max(size) if size else None)
+    return recipe
+
+
 def summarize(run_dirs: Sequence[Path | str]) -> dict[str, Any]:
     """Per-model figures over training runs of one recipe: {"kind", "model", "recipe", "runs": [{"seed", "run",
     "test_acc"}], "n", "mean", "std" (sample standard deviation, ddof 1; null for one run), "min", "max",
@@ -96,7 +116,7 @@ def summarize(run_dirs: Sequence[Path | str]) -> dict[str, Any]:
         except (OSError, ValueError, KeyError, TypeError):
             raise UsageError(f"{run_dir} holds no finished run (config.json and metrics.json with test_acc)") from None
         train = config.get("train") or {}
-        recipes.append({k: v for k, v in train.items() if k not in NOT_RECIPE})
+        recipes.append(recipe_of(config))
         images.add((config.get("data") or {}).get("test"))
         runs.append({"seed": train.get("seed"), "run": str(run_dir), "test_acc": float(acc)})
     if not runs:

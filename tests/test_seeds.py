@@ -112,3 +112,27 @@ def test_runs_of_different_recipes_are_refused(tmp_path):
         summarize([tmp_path / "nothing"])
     result = CliRunner().invoke(app, ["compare", f"{a[0]},{tmp_path / 'nothing'}", f"{a[0]},{a[1]}"])
     assert result.exit_code == UsageError.exit_code and result.output.startswith("error:")
+
+
+def test_a_run_made_before_an_option_existed_is_the_same_recipe(tmp_path):
+    """An older config.json lacks options added since (their defaults keep the old behaviour) and names its size
+    as img_size; a newer one records every option and the resolved input_size: the same recipe. A real
+    difference (the backbone size) is still refused."""
+
+    def run(folder, seed, train, model_side=32):
+        folder.mkdir()
+        config = {
+            "model": {"img_size": model_side},
+            "train": {"model": "m", "seed": seed, **train},
+            "data": {"test": 9},
+        }
+        (folder / "config.json").write_text(json.dumps(config))
+        (folder / "metrics.json").write_text(json.dumps({"test_acc": 0.9}))
+        return folder
+
+    old = run(tmp_path / "old", 0, {"lr": 0.1, "img_size": 32})
+    new = run(tmp_path / "new", 1, {"lr": 0.1, "img_size": None, "input_size": [32, 32], "eval_every": 1})
+    assert summarize([old, new])["n"] == 2
+    bigger = run(tmp_path / "bigger", 2, {"lr": 0.1, "img_size": 40, "input_size": [32, 32]})
+    with pytest.raises(UsageError, match="differ in img_size"):
+        summarize([old, bigger])
