@@ -78,6 +78,14 @@ SECTIONS = (
                 "uv run edgecifar frontier benchmarks/results/bench.json --out benchmarks/results/frontier",
             ),
             Entry(
+                ("seeds",),
+                "The headline over three training seeds per recipe (the reference runs <run>, -s1, -s2): "
+                "airnet_m-kd 90.18 % mean (sd 0.06), EfficientNet-Lite0 89.88 % (sd 0.25); +0.30 points, Welch "
+                "95 % interval [-0.27, +0.87], p = 0.17: tied; beside it the paired test of each seed's INT8 "
+                "ONNX pair (docs/statistics.md).",
+                "uv run --extra edge python benchmarks/seeds.py",
+            ),
+            Entry(
                 ("dominance",),
                 "An earlier comparison (2026-11-29) against the lost EfficientNet-Lite0 run's files; "
                 "`vnni_rule_bench.md`: `airnet_m`'s OpenVINO INT8 IR with 8-bit weights (90.13 %).",
