@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -52,7 +53,7 @@ CANDIDATES: dict[str, Callable[[], nn.Module]] = {
 def export_design(name: str, build: Callable[[], nn.Module], calibration: Calibration, tmp: Path) -> dict:
     """Export one design to INT8 ONNX and OpenVINO; returns its row, with the artifact paths under "paths"."""
     torch.manual_seed(0)
-    meta = create_model("scratch_cnn").meta | {"model": name, "source_run": "edge_designs", "source_sha256": name}
+    meta = replace(create_model("scratch_cnn").meta, model=name, source_run="edge_designs", source_sha256=name)
     model = EdgeModel(build(), meta)
     model.train()
     with torch.no_grad():  # BN statistics of real images, so calibration ranges look like a trained net's

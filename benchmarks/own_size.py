@@ -106,7 +106,7 @@ def main() -> int:
         rows = bench([work / "exported"], threads=(1,), batch_size=64, out_dir=out, runs_dir=run.parent, log=print)
         predictions = []
         if photos:
-            int8 = next(e["path"] for e in entries if e["format"] == "onnx" and e["precision"] == "int8")
+            int8 = next(e.path for e in entries if e.format == "onnx" and e.precision == "int8")
             model = work / "exported" / int8
             predictions = predict(photos, model, topk=1)
             print(format_results(predictions))

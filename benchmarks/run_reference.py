@@ -47,8 +47,8 @@ def reference_artifacts(manifest: Path, models: tuple[str, ...] = MODELS) -> lis
     from edgecifar.backends import BACKENDS
     from edgecifar.manifest import read_manifest
 
-    entries = read_manifest(manifest)["artifacts"] if manifest.is_file() else []
-    found = {(e["source_run"], e["format"], e["precision"]): manifest.parent / e["path"] for e in entries}
+    entries = read_manifest(manifest).artifacts if manifest.is_file() else []
+    found = {(e.source_run, e.format, e.precision): manifest.parent / e.path for e in entries}
     wanted = [(m, f, p) for m in models for f, backend in BACKENDS.items() for p in backend.precisions]
     missing = [" ".join(k) for k in wanted if k not in found]
     if len(missing) == len(wanted):

@@ -64,7 +64,7 @@ def main() -> None:
         rows.append(
             {
                 "run": str(run),
-                "model": model.meta["model"],
+                "model": model.meta.model,
                 "single_view": accs[0],
                 "flip": accs[1],
                 "flip_translate": accs[2],

@@ -10,13 +10,14 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from .backends import BACKENDS, check_threads, git_lfs_pointer, unavailable
 from .contract import DEFAULT_SIZE, Size, size_of, size_text
-from .errors import ArtifactError, DataError, UsageError
+from .errors import ArtifactError, DataError, EdgecifarError, UsageError
 from .isa import cpu_has_bf16
 from .manifest import MANIFEST, entry_files, find_manifest, listed_paths, read_entries
+from .records import RunConfig
 from .runs import CONFIG, WEIGHTS
 from .utils import data_source, read_json, sha256_file
 
@@ -145,22 +146,20 @@ def _from_manifest(manifest: Path, notes: list[str], allow_empty: bool = False) 
     targets = []
     for e in entries:
         files = {str(manifest.parent / k): v for k, v in entry_files(e).items()}
-        if "regenerate" in e and not all(Path(f).is_file() for f in files):
-            notes.append(
-                f"not benched: {e['path']} is not in this checkout (size budget); `{e['regenerate']}` makes it"
-            )
+        if e.regenerate is not None and not all(Path(f).is_file() for f in files):
+            notes.append(f"not benched: {e.path} is not in this checkout (size budget); `{e.regenerate}` makes it")
             continue
         targets.append(
             Target(
-                model=e["model"],
-                source_run=str(e.get("source_run") or "?"),
-                format=e["format"],
-                precision=e["precision"],
-                path=manifest.parent / e["path"],
-                classes=list(e["classes"]),
+                model=e.model,
+                source_run=str(e.source_run or "?"),
+                format=e.format,
+                precision=e.precision,
+                path=manifest.parent / e.path,
+                classes=list(e.classes),
                 files=files,
-                source_sha256=e.get("source_sha256"),
-                input_size=size_of(e.get("input")),
+                source_sha256=e.source_sha256,
+                input_size=size_of(e.input),
             )
         )
     return targets
@@ -274,16 +273,16 @@ def _interleave(baselines: list[Target], artifacts: list[Target]) -> list[Target
 
 def _attach_run_and_data(target: Target, runs: Path | None, data: str | None, cache_dir) -> None:
     """Which test set counts this target: --data, else the one its source run was trained on."""
-    config: dict[str, Any] = {}
+    config: RunConfig | None = None
     run_dir = runs / target.source_run if runs else None
     if run_dir is not None and (run_dir / CONFIG).is_file():
         target.run_dir = run_dir
         try:
-            config = read_json(run_dir / CONFIG)
-        except (OSError, ValueError):
-            config = {}
-    target.data = data or (config.get("data") or {}).get("source")
-    target.cache_dir = str(cache_dir) if cache_dir else (config.get("train") or {}).get("cache_dir")
+            config = RunConfig.from_json(read_json(run_dir / CONFIG))
+        except (OSError, ValueError, EdgecifarError):  # unreadable, or another tool's config.json
+            config = None
+    target.data = data or ((config.data or {}).get("source") if config else None)
+    target.cache_dir = str(cache_dir) if cache_dir else ((config.train or {}).get("cache_dir") if config else None)
     if target.data and not data:
         try:
             data_source(config)

@@ -161,7 +161,7 @@ def _load_pytorch(run_dir: str, threads: int) -> tuple[Runner, dict[str, Any]]:
         with torch.inference_mode():
             return model(torch.from_numpy(images)).float().numpy()
 
-    meta = {k: model.meta.get(k) for k in ("model", "img_size", "num_classes")}
+    meta = {"model": model.meta.model, "img_size": model.meta.img_size, "num_classes": model.meta.num_classes}
     return run, {
         "import_s": imported - started,
         "load_s": loaded - imported,

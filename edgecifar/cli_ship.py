@@ -113,16 +113,16 @@ def export(
     for col in ("format", "precision", "MB", "agree", "max |dlogit|", "acc", "torch acc", "file"):
         table.add_column(col, justify="left" if col in ("format", "precision", "file") else "right")
     for e in entries:
-        v = e["verification"]
+        v = e.verification or {}
         table.add_row(
-            e["format"],
-            e["precision"],
-            f"{e['bytes'] / 1e6:.2f}",
+            e.format,
+            e.precision,
+            f"{(e.bytes or 0) / 1e6:.2f}",
             f"{v['agreement']:.2%}",
             f"{v['max_abs_logit_diff']:.2g}",
             f"{v['accuracy']:.2%}",
             f"{v['torch_accuracy']:.2%}",
-            escape(Path(e["path"]).name),
+            escape(Path(e.path).name),
             style="yellow" if "warning" in v else None,
         )
     console.print(table)

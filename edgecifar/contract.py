@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from .errors import UsageError
+from .records import ModelMeta
 
 DEFAULT_SIZE = (32, 32)  # CIFAR-10's, and what a file that records no size takes
 MAX_SIDE = 4096  # a sanity bound: a classifier's input, not a photo's full resolution
@@ -62,9 +63,9 @@ def recorded_size(spec: Any) -> Size | None:
     return None
 
 
-def model_size(meta: dict[str, Any]) -> Size:
+def model_size(meta: ModelMeta) -> Size:
     """The input size of a model, from its metadata."""
-    return size_of(meta.get("input"))
+    return size_of(meta.input)
 
 
 def shape_text(size: Size) -> str:

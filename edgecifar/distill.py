@@ -24,7 +24,7 @@ def teacher_logits(run_dir: str, images: torch.Tensor, classes: list[str], tta: 
     # channels_last: the NHWC input is channels_last already, and contiguous weights would be reordered on every
     # call (a third less time for airnet_m: docs/design-notes.md)
     teacher = load_run(run_dir).to(images.device, memory_format=torch.channels_last)
-    if teacher.meta["classes"] != classes:
+    if teacher.meta.classes != classes:
         raise EdgecifarError(f"teacher {run_dir} was trained on other classes")
     if model_size(teacher.meta) != tuple(images.shape[1:3]):
         raise EdgecifarError(

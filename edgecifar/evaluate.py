@@ -43,7 +43,7 @@ def evaluate_run(run_dir: Path | str, data: str | None = None, cache_dir: Path |
     model = load_run(run_dir)
     source = data_source(config, data)
     splits = load_data(source, cache_dir, input_size=model_size(model.meta))  # at the run's input size
-    classes = model.meta["classes"]
+    classes = model.meta.classes
     if splits.classes != classes:
         raise DataError(f"{source} has classes {splits.classes}, the model was trained on {classes}")
     preds = predict_logits(model, torch.from_numpy(splits.test_x)).argmax(1).numpy()
@@ -51,7 +51,7 @@ def evaluate_run(run_dir: Path | str, data: str | None = None, cache_dir: Path |
     totals = matrix.sum(axis=1)
     per_class = {c: float(matrix[i, i] / totals[i]) if totals[i] else None for i, c in enumerate(classes)}
     report = {
-        "model": model.meta["model"],
+        "model": model.meta.model,
         "run": str(run_dir),
         "data": source,
         "test_acc": float(np.trace(matrix) / max(matrix.sum(), 1)),

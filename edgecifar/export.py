@@ -30,6 +30,7 @@ from .errors import DiskFullError, ExportError, UsageError
 from .accuracy_control import export_controlled
 from .isa import DEFAULT_INT8_ISA, INT8_ISAS, int8_metadata
 from .manifest import MANIFEST, read_manifest, update_manifest
+from .records import ManifestEntry, ModelMeta, RunConfig
 from .runtime import load_artifact
 from .utils import (
     NO_ROOM,
@@ -81,7 +82,7 @@ def export_run(
     *,
     log: Log | None = None,
     **overrides: Any,
-) -> list[dict[str, Any]]:
+) -> list[ManifestEntry]:
     """Export a run to every (format, precision) asked for; returns their manifest entries.
 
     options: how (ExportOptions; its defaults when None); `overrides`, ExportOptions' fields by name, override it
@@ -102,7 +103,7 @@ def export_run(
         return _export_run(run_dir, formats, precisions, options, log or (lambda _msg: None))
 
 
-def _export_run(run_dir, formats, precisions, opts: ExportOptions, log: Log) -> list[dict[str, Any]]:
+def _export_run(run_dir, formats, precisions, opts: ExportOptions, log: Log) -> list[ManifestEntry]:
     from .qat_model import qat_section
     from .runs import load_run, read_config
 
@@ -141,7 +142,7 @@ def _export_run(run_dir, formats, precisions, opts: ExportOptions, log: Log) -> 
     for backend in dict.fromkeys(b for b, _ in jobs):  # a backend that cannot take the model says so before any work
         getattr(backend, "check_model", lambda _model: None)(model)
     run_name = Path(run_dir).resolve().name
-    model.meta["source_run"] = run_name
+    model.meta.source_run = run_name
     splits = _load_splits(config, model.meta, opts.data, opts.cache_dir)
     check = _verification_set(model, splits, opts.verify_size, opts.seed)
     calibration = None
@@ -250,13 +251,13 @@ def _jobs(
     return jobs
 
 
-def _load_splits(config: dict[str, Any], meta: dict[str, Any], data: str | None, cache_dir) -> Splits:
+def _load_splits(config: RunConfig, meta: ModelMeta, data: str | None, cache_dir) -> Splits:
     source = data_source(config, data)
-    cache_dir = cache_dir or config.get("train", {}).get("cache_dir")
+    cache_dir = cache_dir or (config.train or {}).get("cache_dir")
     splits = load_data(source, cache_dir, input_size=model_size(meta))  # at the run's input size
-    if list(splits.classes) != list(meta["classes"]):
+    if list(splits.classes) != list(meta.classes):
         raise ExportError(
-            f"data {source} has classes {splits.classes}, the model was trained on {meta['classes']}: "
+            f"data {source} has classes {splits.classes}, the model was trained on {meta.classes}: "
             f"pass the run's data with --data"
         )
     return splits
@@ -321,20 +322,20 @@ def _verification_set(model: Any, splits: Splits, size: int, seed: int) -> dict[
     }
 
 
-def metadata_for(meta: dict[str, Any], backend: Backend, precision: str) -> dict[str, str]:
+def metadata_for(meta: ModelMeta, backend: Backend, precision: str) -> dict[str, str]:
     """What every exported file carries about itself (all values are strings: ONNX and rt_info want them)."""
     found = {
         "edgecifar_version": __version__,
         "format": backend.name,
         "precision": precision,
-        "model": meta["model"],
-        "classes": json.dumps(meta["classes"]),
-        "num_classes": str(meta["num_classes"]),
-        "img_size": str(meta["img_size"] or ""),
-        "source_run": meta.get("source_run", ""),
-        "source_sha256": meta.get("source_sha256", ""),
-        "input": json.dumps(meta["input"]),
-        "output": json.dumps(meta["output"]),
+        "model": meta.model,
+        "classes": json.dumps(meta.classes),
+        "num_classes": str(meta.num_classes),
+        "img_size": str(meta.img_size or ""),
+        "source_run": meta.source_run or "",
+        "source_sha256": meta.source_sha256 or "",
+        "input": json.dumps(meta.input),
+        "output": json.dumps(meta.output),
         "contract": contract_text(model_size(meta)),
     }
     found.update(backend.metadata())
@@ -350,7 +351,7 @@ def _export_all(
     check: dict[str, Any],
     opts: ExportOptions,
     log: Log,
-) -> list[dict[str, Any]]:
+) -> list[ManifestEntry]:
     target = out_dir / run_name
     created = _missing_dirs(target)
     doing = "the export"  # what a full disk stopped, should the error not name its file
@@ -361,10 +362,10 @@ def _export_all(
                 doing = f"the {backend.name} {precision} file"
                 main = staging / f"{run_name}-{precision}{backend.suffixes[0]}"
                 entry = _export_one(model, backend, precision, main, calibration, check, opts, log)
-                entry["path"] = f"{run_name}/{main.name}"  # paths in the manifest are relative to it
-                entry["files"] = {f"{run_name}/{name}": sha for name, sha in entry["files"].items()}
+                entry.path = f"{run_name}/{main.name}"  # paths in the manifest are relative to it
+                entry.files = {f"{run_name}/{name}": sha for name, sha in (entry.files or {}).items()}
                 if calibration is not None and precision == "int8":
-                    entry["calibration"] = _calibration_info(calibration, backend, opts.seed, opts.calib_size)
+                    entry.calibration = _calibration_info(calibration, backend, opts.seed, opts.calib_size)
                 entries.append(entry)
                 staged += artifact_files(main, backend)
             _add_size_ratios(entries)
@@ -388,7 +389,7 @@ def _remove_empty(folders: list[Path]) -> None:
             folder.rmdir()
 
 
-def _commit(staged: list[Path], target: Path, manifest: Path, entries: list[dict[str, Any]]) -> None:
+def _commit(staged: list[Path], target: Path, manifest: Path, entries: list[ManifestEntry]) -> None:
     """Every artifact passed: move them in, then list them. If that fails (a full disk, SIGTERM), take back the
     new files and put back the ones they replaced (kept as hard links in the staging folder meanwhile)."""
     previous = staged[0].parent / ".replaced"
@@ -432,13 +433,15 @@ def _export_one(
     check: dict[str, Any],
     opts: ExportOptions,
     log: Log,
-) -> dict[str, Any]:
+) -> ManifestEntry:
+    """One file exported and verified; its entry's path and files are the staged file's names (the caller
+    makes them relative to the manifest)."""
     started = time.perf_counter()
     metadata = metadata_for(model.meta, backend, precision)
     if precision == "int8" and calibration is not None and backend.int8_isa_rule:
         metadata.update(int8_metadata(calibration.isa))
-    if precision == "int8" and "qat" in model.meta:
-        qat = model.meta["qat"]
+    if precision == "int8" and model.meta.qat is not None:
+        qat = model.meta.qat
         metadata["quantization"] = f"QAT: {qat['epochs']} epoch(s) from {Path(qat['source_run']).name}"
     if precision == "int8" and calibration is not None and calibration.control is not None:
         files, control = export_controlled(backend, model, main, calibration, metadata, log)
@@ -448,7 +451,7 @@ def _export_one(
             None,
         )
     exported = time.perf_counter() - started
-    verification = verify_artifact(main, check, model.meta["classes"])
+    verification = verify_artifact(main, check, model.meta.classes)
     restore_signal_stack()  # OpenVINO may have left the signal stack on freed memory: SIGTERM must still clean up
     agreement = verification["agreement"]
     what = f"{backend.name} {precision}"
@@ -475,26 +478,27 @@ def _export_one(
     targets = edge_targets(main)  # which microcontroller and phone accelerators take every op of the file
     if targets:
         log(f"{what}: {targets_text(targets)}")
-    return {
-        "model": model.meta["model"],
-        "format": backend.name,
-        "precision": precision,
-        "files": {f.name: sha256_file(f) for f in files},
-        "bytes": sum(f.stat().st_size for f in files),
-        "sha256": sha256_file(main),
-        "classes": model.meta["classes"],
-        "input": model.meta["input"],
-        "output": model.meta["output"],
-        "source_run": model.meta["source_run"],
-        "source_sha256": model.meta["source_sha256"],
-        "edgecifar_version": __version__,
-        "versions": library_versions(*backend.libraries),
-        "verification": verification,
-        "export_seconds": round(exported, 2),
-        **({"edge_targets": targets} if targets else {}),
-        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **({"accuracy_control": control} if control else {}),
-    }
+    return ManifestEntry(
+        model=model.meta.model,
+        format=backend.name,
+        precision=precision,
+        files={f.name: sha256_file(f) for f in files},
+        bytes=sum(f.stat().st_size for f in files),
+        sha256=sha256_file(main),
+        classes=model.meta.classes,
+        input=model.meta.input,
+        output=model.meta.output,
+        source_run=model.meta.source_run,
+        source_sha256=model.meta.source_sha256,
+        edgecifar_version=__version__,
+        versions=library_versions(*backend.libraries),
+        verification=verification,
+        export_seconds=round(exported, 2),
+        edge_targets=targets or None,
+        exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        accuracy_control=control or None,
+        path=main.name,
+    )
 
 
 def verify_artifact(path: Path, check: dict[str, Any], classes: list[str]) -> dict[str, Any]:
@@ -538,8 +542,8 @@ def _calibration_info(calibration: Calibration, backend: Backend, seed: int, req
     }
 
 
-def _add_size_ratios(entries: list[dict[str, Any]]) -> None:
-    fp32 = {e["format"]: e["bytes"] for e in entries if e["precision"] == "fp32"}
+def _add_size_ratios(entries: list[ManifestEntry]) -> None:
+    fp32 = {e.format: e.bytes for e in entries if e.precision == "fp32"}
     for e in entries:
-        if e["format"] in fp32 and e["precision"] != "fp32":
-            e["size_vs_fp32"] = round(e["bytes"] / fp32[e["format"]], 4)
+        if fp32.get(e.format) and e.bytes is not None and e.precision != "fp32":
+            e.size_vs_fp32 = round(e.bytes / fp32[e.format], 4)

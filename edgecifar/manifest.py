@@ -19,11 +19,13 @@ import contextlib
 import json
 import os
 import re
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from .backends import BACKENDS, PRECISIONS
 from .errors import ArtifactError
+from .records import Manifest, ManifestEntry, kind
 from .utils import atomic_path, sha256_file
 
 MANIFEST = "manifest.json"
@@ -36,13 +38,13 @@ class ForeignManifest(ArtifactError):
     """A manifest.json that is not edgecifar's (module docstring): never read as ours, never overwritten."""
 
 
-def read_manifest(path: Path | str) -> dict[str, Any]:
+def read_manifest(path: Path | str) -> Manifest:
     """The manifest at `path`; an empty one if there is none. One that is not valid JSON or breaks the schema
     is an ArtifactError with one line per problem, and is never overwritten; another tool's manifest.json is a
     ForeignManifest (an ArtifactError) that says so."""
     path = Path(path)
     if not path.exists():
-        return {"generator": GENERATOR, "version": VERSION, "artifacts": []}
+        return Manifest(generator=GENERATOR, version=VERSION, artifacts=[])
     try:
         data, problems = _load(path)
     except ForeignManifest as e:
@@ -52,15 +54,15 @@ def read_manifest(path: Path | str) -> dict[str, Any]:
         ) from None
     if problems:
         raise ArtifactError(f"invalid manifest {path} (fix or remove it):\n  " + "\n  ".join(problems))
-    return data
+    return Manifest.from_json(data, str(path))
 
 
-def read_entries(path: Path | str) -> tuple[list[dict[str, Any]], list[str]]:
+def read_entries(path: Path | str) -> tuple[list[ManifestEntry], list[str]]:
     """The valid entries of a manifest, and one line per problem with the others (which are left out): a
     hand-edited entry costs its own artifact, not the whole manifest. Raises ArtifactError only when the file
     is unreadable, not JSON, or has no "artifacts" list."""
     data, problems = _load(Path(path))
-    valid = [e for e in data["artifacts"] if not entry_problems(e)]
+    valid = [ManifestEntry.from_json(e, str(path)) for e in data["artifacts"] if not entry_problems(e)]
     return valid, problems
 
 
@@ -94,6 +96,7 @@ def _claims_ours(data: Any) -> bool:
 
 
 def _load(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """The manifest's JSON object as it is (invalid entries too), and one line per problem."""
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
@@ -117,15 +120,16 @@ def _load(path: Path) -> tuple[dict[str, Any], list[str]]:
 
 
 def entry_problems(entry: Any) -> list[str]:
-    """What is wrong with one manifest entry, one line each (empty: valid)."""
+    """What is wrong with one manifest entry (an object decoded from JSON), one line each (empty: valid, it reads
+    as a ManifestEntry)."""
     if not isinstance(entry, dict):
-        return [f"an entry must be an object, found {_kind(entry)}"]
+        return [f"an entry must be an object, found {kind(entry)}"]
     problems = []
     for key, wanted in (("model", str), ("format", str), ("precision", str), ("path", str), ("classes", list)):
         if key not in entry:
             problems.append(f"'{key}' is missing")
         elif not isinstance(entry[key], wanted):
-            problems.append(f"'{key}' must be {'a string' if wanted is str else 'a list'}, found {_kind(entry[key])}")
+            problems.append(f"'{key}' must be {'a string' if wanted is str else 'a list'}, found {kind(entry[key])}")
     if problems:
         return problems
     if entry["format"] not in BACKENDS:
@@ -142,7 +146,7 @@ def entry_problems(entry: Any) -> list[str]:
     if files is None and "sha256" not in entry:
         problems.append("needs 'files' ({path: sha256}) or 'sha256'")
     if files is not None and (not isinstance(files, dict) or not files):
-        problems.append(f"'files' must be an object mapping each file to its sha256, found {_kind(files)}")
+        problems.append(f"'files' must be an object mapping each file to its sha256, found {kind(files)}")
     elif files is not None:
         problems += [
             f"'files' entry {name!r}: not a relative path inside the manifest's folder"
@@ -161,13 +165,13 @@ def entry_problems(entry: Any) -> list[str]:
     elif isinstance(files, dict) and "sha256" in entry and files.get(entry["path"], entry["sha256"]) != entry["sha256"]:
         problems.append("'sha256' and the artifact's sha256 in 'files' differ")
     if "regenerate" in entry and not isinstance(entry["regenerate"], str):
-        problems.append(f"'regenerate' must be a command (a string), found {_kind(entry['regenerate'])}")
-    return problems
+        problems.append(f"'regenerate' must be a command (a string), found {kind(entry['regenerate'])}")
+    return problems or ManifestEntry.problems(entry)  # the types of the other keys
 
 
-def entry_files(entry: dict[str, Any]) -> dict[str, str]:
-    """{relative path: sha256} of every file of a valid entry (old entries list only the main file)."""
-    return dict(entry.get("files") or {entry["path"]: entry["sha256"]})
+def entry_files(entry: ManifestEntry) -> dict[str, str]:
+    """{relative path: sha256} of every file of an entry (old entries list only the main file)."""
+    return entry.file_hashes()
 
 
 def _relative(name: Any) -> bool:
@@ -177,41 +181,31 @@ def _relative(name: Any) -> bool:
     return not path.is_absolute() and ".." not in path.parts
 
 
-def _kind(value: Any) -> str:
-    names = {
-        type(None): "null",
-        str: "a string",
-        list: "a list",
-        dict: "an object",
-        bool: "true/false",
-        int: "a number",
-        float: "a number",
-    }
-    return names.get(type(value), type(value).__name__)
-
-
-def update_manifest(path: Path | str, entries: list[dict[str, Any]]) -> dict[str, Any]:
+def update_manifest(path: Path | str, entries: list[ManifestEntry]) -> Manifest:
     """Add `entries`, replacing any with the same path (a re-export), and write the manifest atomically.
     A replaced entry's `regenerate` command is kept (the file is still not committed)."""
     path = Path(path)
     with _locked(path.parent):  # two exports at once must not drop each other's entries
         manifest = read_manifest(path)
-        old = {e["path"]: e for e in manifest["artifacts"]}
-        new = [
-            {**e, **({"regenerate": old[e["path"]]["regenerate"]} if "regenerate" in old.get(e["path"], {}) else {})}
-            for e in entries
-        ]
-        kept = [e for p, e in old.items() if p not in {e["path"] for e in new}]
-        manifest = {
-            "generator": GENERATOR,
-            **manifest,
-            "version": VERSION,
-            "artifacts": sorted(kept + new, key=lambda e: e["path"]),
-        }
+        old = {e.path: e for e in manifest.artifacts}
+        new = [_regenerated(e, old.get(e.path)) for e in entries]
+        kept = [e for p, e in old.items() if p not in {e.path for e in new}]
+        artifacts = sorted(kept + new, key=lambda e: e.path)
+        if manifest.generator is None:  # written before the marker: it goes first
+            manifest = Manifest(generator=GENERATOR, version=VERSION, artifacts=artifacts, extra=manifest.extra)
+        else:
+            manifest = replace(manifest, generator=GENERATOR, version=VERSION, artifacts=artifacts)
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+            tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
             tmp.chmod(0o644)  # a shared listing, not a secret (the temporary file starts as 0600)
     return manifest
+
+
+def _regenerated(entry: ManifestEntry, old: ManifestEntry | None) -> ManifestEntry:
+    """`entry`, with the `regenerate` command of the entry it replaces (written last, as a key added to it)."""
+    if old is None or old.regenerate is None:
+        return entry
+    return replace(entry, regenerate=old.regenerate)
 
 
 @contextlib.contextmanager
@@ -240,10 +234,10 @@ def find_manifest(artifact: Path | str) -> Path | None:
     return None
 
 
-def manifest_entry(artifact: Path | str) -> dict[str, Any] | None:
+def manifest_entry(artifact: Path | str) -> ManifestEntry | None:
     """The artifact's valid entry in the nearest manifest, or None (no manifest, not listed, or invalid)."""
     found = _lookup(Path(artifact))
-    return found[1] if found and not found[2] else None
+    return ManifestEntry.from_json(found[1]) if found and found[1] is not None and not found[2] else None
 
 
 def _lookup(artifact: Path) -> tuple[Path, dict[str, Any] | None, list[str]] | None:
@@ -278,7 +272,7 @@ def check_artifact(artifact: Path | str) -> dict[str, Any]:
     if entry is None:
         rel = artifact.relative_to(manifest_path.parent.resolve()).as_posix()
         return {"status": "unlisted", "manifest": str(manifest_path), "detail": f"{rel} is not in the manifest"}
-    for name, sha in entry_files(entry).items():
+    for name, sha in ManifestEntry.from_json(entry).file_hashes().items():
         file = manifest_path.parent / name
         actual = sha256_file(file) if file.is_file() else None
         if actual != sha:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .contract import DEFAULT_SIZE, Size, input_spec, model_size, size_text
 from .errors import ModelError
+from .records import ModelMeta
 from .registry import (  # noqa: F401 - the registry's names, re-exported
     _REGISTRY,
     CIFAR_MEAN,
@@ -35,12 +36,12 @@ from .registry import (  # noqa: F401 - the registry's names, re-exported
 class EdgeModel(nn.Module):
     """A backbone plus the preprocessing of the input contract, and the metadata to rebuild it."""
 
-    def __init__(self, backbone: nn.Module, meta: dict[str, Any]):
+    def __init__(self, backbone: nn.Module, meta: ModelMeta):
         super().__init__()
         self.backbone = backbone
         self.meta = meta
-        mean = torch.tensor(meta["mean"]).view(1, 3, 1, 1)
-        std = torch.tensor(meta["std"]).view(1, 3, 1, 1)
+        mean = torch.tensor(meta.mean).view(1, 3, 1, 1)
+        std = torch.tensor(meta.std).view(1, 3, 1, 1)
         # (x / 255 - mean) / std folded into one multiply-add
         self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)
         self.register_buffer("shift", -mean / std, persistent=False)
@@ -54,7 +55,7 @@ class EdgeModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.normalize(images)
-        size = self.meta["img_size"]
+        size = self.meta.img_size
         if size and (size, size) != tuple(x.shape[-2:]):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         return self.backbone(x)
@@ -95,16 +96,16 @@ def create_model(
     if classes is not None and len(classes) != num_classes:
         raise ModelError(f"{len(classes)} class names for {num_classes} classes")
     backbone = spec.build(num_classes=num_classes, pretrained=pretrained, weights=weights)
-    meta = {
-        "model": name,
-        "num_classes": num_classes,
-        "classes": list(classes) if classes else [str(i) for i in range(num_classes)],
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "img_size": backbone_size(img_size, spec.recipe.img_size, input_size),
-        "input": input_spec(input_size),
-        "output": {"name": "logits", "dtype": "float32", "shape": ["N", num_classes]},
-    }
+    meta = ModelMeta(
+        model=name,
+        num_classes=num_classes,
+        classes=list(classes) if classes else [str(i) for i in range(num_classes)],
+        mean=list(spec.mean),
+        std=list(spec.std),
+        img_size=backbone_size(img_size, spec.recipe.img_size, input_size),
+        input=input_spec(input_size),
+        output={"name": "logits", "dtype": "float32", "shape": ["N", num_classes]},
+    )
     model = EdgeModel(backbone, meta)
     _check_fits(model)
     return model
@@ -132,7 +133,7 @@ def _check_fits(model: EdgeModel) -> None:
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ModelError(
-            f"{model.meta['model']} cannot take {size_text(size)} inputs (too small for its "
+            f"{model.meta.model} cannot take {size_text(size)} inputs (too small for its "
             f"poolings: {first}); choose a larger --input-size"
         ) from None
     finally:
@@ -151,7 +152,7 @@ def freeze_stages(model: EdgeModel, groups: int) -> int:
         return count_params(model)
     matcher = getattr(model.backbone, "group_matcher", None)
     if matcher is None:
-        raise ModelError(f"--freeze needs a timm backbone with layer groups; {model.meta['model']} has none")
+        raise ModelError(f"--freeze needs a timm backbone with layer groups; {model.meta.model} has none")
     from timm.models import group_parameters
 
     layer_groups = group_parameters(model.backbone, matcher(coarse=True))
@@ -166,7 +167,7 @@ def predict_logits(model: EdgeModel, images: torch.Tensor, batch_size: int = 500
     """Logits [N, classes] of uint8 images [N, H, W, 3], `batch_size` at a time, in eval mode."""
     model.eval()
     outs = [model(images[i : i + batch_size]).float() for i in range(0, len(images), batch_size)]
-    return torch.cat(outs) if outs else torch.empty(0, model.meta["num_classes"])
+    return torch.cat(outs) if outs else torch.empty(0, model.meta.num_classes)
 
 
 def count_params(model: nn.Module) -> int:

@@ -402,7 +402,7 @@ def export_step(
         log=log,
         **export_options(quick, keep_low_agreement),
     )
-    return [lay.exported / e["path"] for e in entries], "done", f"{len(entries)} exports into {lay.exported}"
+    return [lay.exported / e.path for e in entries], "done", f"{len(entries)} exports into {lay.exported}"
 
 
 def current_exports(run_dir: Path, exported: Path) -> list[Path] | None:
@@ -416,12 +416,12 @@ def current_exports(run_dir: Path, exported: Path) -> list[Path] | None:
         return None
     weights = sha256_file(run_dir / WEIGHTS)
     found = {}
-    for e in read_manifest(manifest)["artifacts"]:
-        if e.get("source_run") != run_dir.name or e.get("source_sha256") != weights:
+    for e in read_manifest(manifest).artifacts:
+        if e.source_run != run_dir.name or e.source_sha256 != weights:
             continue
-        files = e.get("files") or {e.get("path"): e.get("sha256")}
+        files = e.file_hashes()
         if all((exported / f).is_file() and sha256_file(exported / f) == sha for f, sha in files.items()):
-            found[(e.get("format"), e.get("precision"))] = exported / e["path"]
+            found[(e.format, e.precision)] = exported / e.path
     # what `export_run(..., "all", "all")` makes: each backend that can export here, in its own precisions
     wanted = [
         (f, p) for f, b in BACKENDS.items() if in_all(b) and not unavailable(b, export=True) for p in b.precisions

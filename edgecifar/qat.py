@@ -44,6 +44,7 @@ from .qat_model import (  # noqa: F401 - the QAT model format, re-exported for t
     weight_quantizers,
 )
 from .quiet import quiet_libraries
+from .records import ModelMeta, RunConfig
 
 quiet_libraries()  # before nncf loads (edgecifar.quiet)
 
@@ -95,7 +96,7 @@ def finetune(cfg: QatConfig, show_progress: bool = False, log=print) -> Path:
     created = claim_run_dir(out)
     try:
         before = evaluate(source, *test)
-        taught = teacher_logits(cfg.run, train_x, source.meta["classes"]) if cfg.distill else None
+        taught = teacher_logits(cfg.run, train_x, source.meta.classes) if cfg.distill else None
         student = _fake_quantized(source, train_x, cfg) if cfg.fake_quant else source
         ptq = evaluate(student, *test) if cfg.fake_quant else None  # nncf's PTQ: where QAT starts
         log(
@@ -132,7 +133,7 @@ def finetune(cfg: QatConfig, show_progress: bool = False, log=print) -> Path:
     return out
 
 
-def _recipe(cfg: QatConfig, config: dict[str, Any]) -> tuple[Any, Any, str]:
+def _recipe(cfg: QatConfig, config: RunConfig) -> tuple[Any, Any, str]:
     """The run's own training recipe (augmentation, batch size, label smoothing, distillation weights, bf16
     where the run had it and this machine computes in it) with this fine-tuning's epochs, learning rate and
     seed; the device; and what the summary line says about the autocast ("" when nothing)."""
@@ -140,7 +141,7 @@ def _recipe(cfg: QatConfig, config: dict[str, Any]) -> tuple[Any, Any, str]:
     from .train_config import TrainConfig
 
     known = {f.name for f in fields(TrainConfig)}
-    recorded = TrainConfig(**{k: v for k, v in config["train"].items() if k in known}).resolved()
+    recorded = TrainConfig(**{k: v for k, v in (config.train or {}).items() if k in known}).resolved()
     # a bf16 run decides again here, as its resume would: never emulated on a CPU without bf16
     tcfg = replace(
         recorded,
@@ -157,7 +158,7 @@ def _recipe(cfg: QatConfig, config: dict[str, Any]) -> tuple[Any, Any, str]:
     return tcfg, device, autocast["note"]
 
 
-def _tensors(cfg: QatConfig, config: dict[str, Any], meta: dict[str, Any], device: Any) -> tuple[tuple, tuple]:
+def _tensors(cfg: QatConfig, config: RunConfig, meta: ModelMeta, device: Any) -> tuple[tuple, tuple]:
     """(train images, labels) and (test images, labels) of the run's data at its input size, on `device`."""
     import torch
 
@@ -166,8 +167,10 @@ def _tensors(cfg: QatConfig, config: dict[str, Any], meta: dict[str, Any], devic
     from .utils import data_source
 
     source = data_source(config, cfg.data)
-    data = load_data(source, cfg.cache_dir or config["train"].get("cache_dir"), 0.0, cfg.seed, list(model_size(meta)))
-    if list(data.classes) != list(meta["classes"]):
+    data = load_data(
+        source, cfg.cache_dir or (config.train or {}).get("cache_dir"), 0.0, cfg.seed, list(model_size(meta))
+    )
+    if list(data.classes) != list(meta.classes):
         raise EdgecifarError(f"{cfg.run} was trained on other classes than {source} holds: pass its --data")
     return tuple(
         tuple(torch.from_numpy(a).to(device) for a in _subset(x, y, limit, cfg.seed))
@@ -194,13 +197,17 @@ def _save(
     plain.load_state_dict({k: v for k, v in student.state_dict().items() if not k.startswith(NNCF_PREFIX)})
     section = {
         "source_run": str(cfg.run),
-        "source_sha256": plain.meta["source_sha256"],
+        "source_sha256": plain.meta.source_sha256,
         **{k: v for k, v in asdict(cfg).items() if k not in ("run", "out", "cache_dir", "device")},
     }
     if cfg.fake_quant:
         section["nncf"] = nncf_config(student)
-    meta = {k: v for k, v in plain.meta.items() if k not in ("source_run", "source_sha256")}
-    write_config(out, {**config, "model": meta, ("qat" if cfg.fake_quant else "finetune"): section})
+    meta = replace(plain.meta, source_run=None, source_sha256=None)
+    if cfg.fake_quant:
+        written = replace(config, model=meta, qat=section)
+    else:  # a float fine-tune: a section a QAT run's readers do not take for theirs
+        written = replace(config, model=meta, extra={**config.extra, "finetune": section})
+    write_config(out, written)
     sha = save_weights(student, out)
     latent = evaluate(plain, *test)
     _write_metrics(out, {"test_acc": latent, **accuracies}, history, sha, device)

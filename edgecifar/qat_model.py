@@ -3,25 +3,27 @@
 Such a run's weights carry NNCF's quantizers' tensors (NNCF_PREFIX keys) and its config.json a "qat" section
 with NNCF's JSON of where they sit: `quantized_model` rebuilds the model from it (runs.load_run), and
 `requantizable` gives the exporters that quantize a float graph themselves its float twin on the learned weight
-grids and the activation ranges it learned. This module imports only edgecifar.errors (torch and nncf inside
-the functions), so that the run loader and the backends read QAT runs without importing the training code.
+grids and the activation ranges it learned. This module imports only edgecifar.errors and edgecifar.records
+(torch and nncf inside the functions), so that the run loader and the backends read QAT runs without importing the training code.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from .records import RunConfig
 
 NNCF_PREFIX = "__nncf"  # state-dict keys of NNCF's quantizers (scales, ranges), beside the model's own
 
 
-def qat_section(config: dict[str, Any]) -> dict[str, Any] | None:
+def qat_section(config: RunConfig) -> dict[str, Any] | None:
     """A run's config.json "qat" section (None for any other run). Raises CheckpointError when it is there but
     lacks what rebuilding and exporting the QAT model read."""
     from .errors import CheckpointError
 
-    section = config.get("qat")
+    section = config.qat
     if section is None:
         return None
     needed = ("nncf", "int8_isa", "source_run", "epochs")
@@ -180,5 +182,5 @@ def requantizable(model: Any) -> tuple[Any, list[ActivationRange]]:
                 raise ExportError(f"QAT: a quantizer at {kind} {op_name} port {port} is not one edgecifar exports")
     del twin.forward  # NNCF's ForwardWithHooks, an instance attribute over the class's forward
     delattr(twin, ATR_HOOK_STORAGE)
-    twin.meta = {k: v for k, v in model.meta.items() if k != "qat"}
+    twin.meta = replace(model.meta, qat=None)
     return twin, ranges

@@ -39,28 +39,48 @@ class Record:
     def from_json(cls: type[R], data: Any, where: str = "") -> R:
         """The record an object decoded from JSON holds. Raises cls.ERROR, one line naming `where` (a file, an
         entry) and the key, for something that is not an object, a missing required key or a value of the wrong
-        JSON type; nested records are read the same way."""
-        where = where or cls.WHAT
+        JSON type (the first such problem); nested records are read the same way."""
+        record, problems = cls._read(data, where or cls.WHAT)
+        if record is None:
+            raise cls.ERROR(problems[0])
+        return record
+
+    @classmethod
+    def problems(cls, data: Any) -> list[str]:
+        """What keeps `data` from being this record, one line each without a `where` (empty: it is one)."""
+        return cls._read(data, "")[1]
+
+    @classmethod
+    def _read(cls: type[R], data: Any, where: str) -> tuple[R | None, list[str]]:
+        at = f"{where}: " if where else ""
         if not isinstance(data, dict):
-            raise cls.ERROR(f"{where}: must be a JSON object, found {kind(data)}")
+            return None, [f"{at}must be a JSON object, found {kind(data)}"]
         hints = _hints(cls)
         values: dict[str, Any] = {}
+        problems: list[str] = []
         for f in _fields(cls):
             if f.name not in data:
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    raise cls.ERROR(f"{where}: '{f.name}' is missing")
+                    problems.append(f"{at}'{f.name}' is missing")
                 continue
             value, hint = data[f.name], hints[f.name]
-            nested = _record_type(hint)
-            if nested is not None and value is not None:
-                values[f.name] = nested.from_json(value, f"{where}: '{f.name}'")
+            nested, many = _record_type(hint)
+            if nested is not None and value is not None and (not many or isinstance(value, list)):
+                items = (
+                    [(f"{at}'{f.name}'[{i}]", v) for i, v in enumerate(value)] if many else [(f"{at}'{f.name}'", value)]
+                )
+                read = [nested._read(v, w) for w, v in items]
+                problems += [p for _, found in read for p in found]
+                values[f.name] = [r for r, _ in read] if many else read[0][0]
             elif not _fits(value, hint):
-                raise cls.ERROR(f"{where}: '{f.name}' must be {_wanted(hint)}, found {kind(value)}")
+                problems.append(f"{at}'{f.name}' must be {_wanted(hint)}, found {kind(value)}")
             else:
                 values[f.name] = value
+        if problems:
+            return None, problems
         known = {f.name for f in _fields(cls)}
         extra = {k: v for k, v in data.items() if k not in known}
-        return cls(**values, extra=extra, _keys=tuple(data))
+        return cls(**values, extra=extra, _keys=tuple(data)), []
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of this record (nested records as objects; values are this record's own, not
@@ -70,12 +90,20 @@ class Record:
             value = getattr(self, f.name)
             if value is None and (f.name not in self._keys if self._keys else f.name in self.OPTIONAL):
                 continue
-            out[f.name] = value.to_json() if isinstance(value, Record) else value
+            out[f.name] = _dumped(value)
         out.update(self.extra)
         if not self._keys:
             return out
         place = {k: i for i, k in enumerate(self._keys)}
         return {k: out[k] for k in sorted(out, key=lambda k: place.get(k, len(place)))}
+
+
+def _dumped(value: Any) -> Any:
+    if isinstance(value, Record):
+        return value.to_json()
+    if isinstance(value, list) and value and isinstance(value[0], Record):
+        return [v.to_json() for v in value]
+    return value
 
 
 def kind(value: Any) -> str:
@@ -109,8 +137,14 @@ def _options(hint: Any) -> tuple[Any, ...]:
     return get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
 
 
-def _record_type(hint: Any) -> type[Record] | None:
-    return next((h for h in _options(hint) if isinstance(h, type) and issubclass(h, Record)), None)
+def _record_type(hint: Any) -> tuple[type[Record] | None, bool]:
+    """The record type a field holds, and whether it holds a list of them."""
+    for option in _options(hint):
+        many = get_origin(option) is list
+        inner = get_args(option)[0] if many and get_args(option) else option
+        if isinstance(inner, type) and issubclass(inner, Record):
+            return inner, many
+    return None, False
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -308,3 +342,16 @@ class BenchRow(Record):
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+@dataclass(kw_only=True)
+class Manifest(Record):
+    """A manifest.json of edgecifar's (edgecifar.manifest): its marker, its schema version and its entries."""
+
+    generator: Any = None  # "edgecifar" (manifest.GENERATOR); manifests written before the marker lack it
+    version: Any = None  # manifest.VERSION
+    artifacts: list[ManifestEntry]
+
+    OPTIONAL = frozenset({"generator", "version"})
+    ERROR = ArtifactError
+    WHAT = "manifest"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import CheckpointError
+from .records import RunConfig
 from .runs import CHECKPOINT, leftovers, load_checkpoint, load_state, read_config
 
 if TYPE_CHECKING:
@@ -45,17 +46,18 @@ def find_checkpoint(out: Path, log: Callable[[str], None]) -> dict[str, Any] | N
     return None
 
 
-def saved_config(checkpoint: dict[str, Any], out: Path) -> dict[str, Any]:
+def saved_config(checkpoint: dict[str, Any], out: Path) -> RunConfig:
     """The run's config as its checkpoint records it (config.json for checkpoints older than that)."""
-    return checkpoint.get("config") or read_config(out)
+    saved = checkpoint.get("config")
+    return RunConfig.from_json(saved, f"{out / CHECKPOINT}'s config") if saved else read_config(out)
 
 
-def resume_config(cfg: TrainConfig, saved: dict[str, Any], epochs_done: int) -> tuple[TrainConfig, dict[str, list]]:
+def resume_config(cfg: TrainConfig, saved: RunConfig, epochs_done: int) -> tuple[TrainConfig, dict[str, list]]:
     """The run's training options with those given in `cfg` applied; returns it and the changes
     ({option: [run's value, new value]}). CheckpointError for an option that may not change."""
     from .train_config import TrainConfig
 
-    run, defaults = saved.get("train") or {}, TrainConfig()
+    run, defaults = saved.train or {}, TrainConfig()
     values, changes, refused = {}, {}, []
     for name in (f.name for f in fields(TrainConfig)):
         given, default = getattr(cfg, name), getattr(defaults, name)
@@ -83,9 +85,9 @@ def resume_config(cfg: TrainConfig, saved: dict[str, Any], epochs_done: int) -> 
     return replace(cfg, **values), changes
 
 
-def check_same_data(saved: dict[str, Any], data: Splits, log: Callable[[str], None]) -> None:
+def check_same_data(saved: RunConfig, data: Splits, log: Callable[[str], None]) -> None:
     """A resumed run must see the images it was started on: the same classes and image counts."""
-    was, now = saved.get("data") or {}, data.describe()
+    was, now = saved.data or {}, data.describe()
     differ = [
         f"{k} {was.get(k)!r} now {now[k]!r}"
         for k in ("classes", "train", "val", "test")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .contract import model_size
 from .errors import CheckpointError, EdgecifarError
+from .records import RunConfig
 from .utils import atomic_path, folder_holder, read_json, release_folder, sha256_file, take_folder, write_json
 
 if TYPE_CHECKING:  # torch and the models load with the functions that need them: the names below need neither
@@ -146,7 +147,9 @@ def kept_message(out: Path) -> str:
     return f"the run in {out} keeps its checkpoint{epoch}: continue it with `edgecifar train --resume --out {out}`"
 
 
-def read_config(run_dir: Path | str) -> dict[str, Any]:
+def read_config(run_dir: Path | str) -> RunConfig:
+    """A run folder's config.json. CheckpointError (one line) when there is no run folder or config.json, when
+    it is another tool's config.json, or is corrupt (not JSON, no model name, a section of the wrong type)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder not found: {run_dir}")
@@ -165,9 +168,9 @@ def read_config(run_dir: Path | str) -> dict[str, Any]:
         )
     try:
         config["model"]["model"]
-        return config
     except (KeyError, TypeError) as e:
         raise CheckpointError(f"corrupt {run_dir / CONFIG}: no model name ({type(e).__name__}: {e})") from e
+    return RunConfig.from_json(config, f"corrupt {run_dir / CONFIG}")
 
 
 def load_run(run_dir: Path | str) -> EdgeModel:
@@ -181,12 +184,12 @@ def load_run(run_dir: Path | str) -> EdgeModel:
     if not weights.is_file():
         raise CheckpointError(f"{run_dir} has no {WEIGHTS} (training did not finish?)")
     model = model_from_config(config)
-    if "qat" in config:  # a QAT run (edgecifar.qat): its quantizers, then all weights
+    if config.qat is not None:  # a QAT run (edgecifar.qat): its quantizers, then all weights
         from .qat_model import qat_section, quantized_model
 
         qat = qat_section(config)
         model = quantized_model(model, qat["nncf"])
-        model.meta["qat"] = {k: qat[k] for k in ("int8_isa", "source_run", "epochs")}
+        model.meta.qat = {k: qat[k] for k in ("int8_isa", "source_run", "epochs")}
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
@@ -198,21 +201,21 @@ def load_run(run_dir: Path | str) -> EdgeModel:
             f"({', '.join(bad[:3])}): its training diverged; train it again with a lower --lr"
         )
     load_state(model, state, str(weights))
-    model.meta["source_run"] = run_dir.name
-    model.meta["source_sha256"] = sha256_file(weights)
+    model.meta.source_run = run_dir.name
+    model.meta.source_sha256 = sha256_file(weights)
     return model.eval()
 
 
-def model_from_config(config: dict[str, Any]) -> EdgeModel:
+def model_from_config(config: RunConfig) -> EdgeModel:
     from .models import create_model
 
-    meta = config["model"]
+    meta = config.model
     try:
         return create_model(
-            meta["model"],
-            meta["num_classes"],
-            img_size=meta.get("img_size"),
-            classes=meta["classes"],
+            meta.model,
+            meta.num_classes,
+            img_size=meta.img_size,
+            classes=meta.classes,
             input_size=model_size(meta),
         )
     except EdgecifarError as e:
@@ -248,8 +251,8 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"corrupt checkpoint {path}: {str(e).splitlines()[0][:200]}") from e
 
 
-def write_config(run_dir: Path, config: dict[str, Any]) -> None:
-    write_json(run_dir / CONFIG, config)
+def write_config(run_dir: Path, config: RunConfig) -> None:
+    write_json(run_dir / CONFIG, config.to_json())
 
 
 def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:

@@ -112,7 +112,8 @@ def load_artifact(path: Path | str, threads: int | None = None, precision: str |
 def _exported_with(path: Path, fmt: str) -> str:
     """ "; its manifest says it was exported and verified with onnxruntime 1.32.0": the runtime version known
     to read the file, when a manifest beside it records one."""
-    versions = (manifest_entry(path) or {}).get("versions")
+    entry = manifest_entry(path)
+    versions = entry.versions if entry else None
     backend = BACKENDS.get(fmt)
     runtime = backend.runtime if backend else fmt  # the manifest keys versions by distribution: ai-edge-litert
     library = next((lib for lib in getattr(backend, "libraries", ()) if lib.replace("-", "_") == runtime), runtime)

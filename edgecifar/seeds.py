@@ -21,7 +21,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import CheckpointError, UsageError
+from .records import RunConfig
 from .runs import CONFIG, METRICS
 
 Log = Callable[[str], None]
@@ -83,7 +84,7 @@ def _finished(run_dir: Path, cfg: Any) -> bool:
     )
 
 
-def recipe_of(config: dict[str, Any]) -> dict[str, Any]:
+def recipe_of(config: RunConfig) -> dict[str, Any]:
     """The recipe a run's config.json records, in today's terms, so that a run made before an option existed
     compares with one made after: an option the older run did not record takes TrainConfig's default (each was
     added with the earlier behaviour as its default); the evaluation schedule (eval_every) changes no weight and
@@ -93,11 +94,11 @@ def recipe_of(config: dict[str, Any]) -> dict[str, Any]:
 
     from .train_config import TrainConfig
 
-    train = config.get("train") or {}
+    train = config.train or {}
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     recipe = {k: v for k, v in {**defaults, **train}.items() if k not in NOT_RECIPE | {"eval_every"}}
-    side = (config.get("model") or {}).get("img_size")
-    size = recipe.get("input_size") or (config.get("data") or {}).get("input_size") or ([side, side] if side else None)
+    side = config.model.img_size
+    size = recipe.get("input_size") or (config.data or {}).get("input_size") or ([side, side] if side else None)
     recipe["input_size"] = list(size) if size else None
     recipe["img_size"] = recipe.get("img_size") or (max(size) if size else None)
     return recipe
@@ -111,13 +112,13 @@ def summarize(run_dirs: Sequence[Path | str]) -> dict[str, Any]:
     runs, recipes, images = [], [], set()
     for run_dir in map(Path, run_dirs):
         try:
-            config = json.loads((run_dir / CONFIG).read_text())
+            config = RunConfig.from_json(json.loads((run_dir / CONFIG).read_text()))
             acc = json.loads((run_dir / METRICS).read_text())["test_acc"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, CheckpointError):
             raise UsageError(f"{run_dir} holds no finished run (config.json and metrics.json with test_acc)") from None
-        train = config.get("train") or {}
+        train = config.train or {}
         recipes.append(recipe_of(config))
-        images.add((config.get("data") or {}).get("test"))
+        images.add((config.data or {}).get("test"))
         runs.append({"seed": train.get("seed"), "run": str(run_dir), "test_acc": float(acc)})
     if not runs:
         raise UsageError("no runs to summarize")

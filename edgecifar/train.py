@@ -36,6 +36,7 @@ from .runs import (
     write_config,
     write_metrics,
 )
+from .records import RunConfig
 from .train_config import TrainConfig
 from .utils import library_versions, remove_tree, terminate_as_interrupt
 
@@ -154,7 +155,7 @@ def _options(cfg: TrainConfig, log, ranks: Ranks) -> tuple[TrainConfig, dict[str
         return replace(cfg, resume=False), None, {}
     saved = saved_config(checkpoint, Path(cfg.out))
     cfg, changes = resume_config(cfg, saved, int(checkpoint.get("epoch", 0)))
-    processes = (saved.get("distributed") or {}).get("world_size", 1)
+    processes = (saved.distributed or {}).get("world_size", 1)
     if processes != ranks.world_size:
         changes["processes"] = [processes, ranks.world_size]
     if cfg.input_size is None:  # a run from before input sizes were recorded: it took 32x32
@@ -225,7 +226,7 @@ def _train(
     model = model.to(device, memory_format=torch.channels_last)
     init_from_data(model, train_x, cfg.seed)
     teacher_started = time.perf_counter()
-    taught = teacher_logits(cfg.teacher, train_x, model.meta["classes"], cfg.teacher_tta) if cfg.teacher else None
+    taught = teacher_logits(cfg.teacher, train_x, model.meta.classes, cfg.teacher_tta) if cfg.teacher else None
     teacher_seconds = time.perf_counter() - teacher_started
 
     steps_per_epoch = len(batch_bounds(len(train_y), cfg.batch_size))
@@ -238,22 +239,22 @@ def _train(
         start_epoch, history = restore_state(checkpoint, out, model, optimizer, ema)
     scheduler = make_scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch, start_epoch * steps_per_epoch, peaks)
     net, synced_bn = distributed.wrap(model, device, ranks)  # what the steps run: DDP on several processes
-    config = {
-        "model": model.meta,
-        "train": asdict(cfg),
-        "data": data.describe(),
-        "device": str(device),
-        "distributed": ranks.describe(cfg.batch_size, cfg.lr, synced_bn),
-        "params": count_params(model),
-        "trainable_params": trainable,
-        "autocast": autocast or {"bf16": bool(cfg.bf16)},
-        "versions": {
+    config = RunConfig(
+        model=model.meta,
+        train=asdict(cfg),
+        data=data.describe(),
+        device=str(device),
+        distributed=ranks.describe(cfg.batch_size, cfg.lr, synced_bn),
+        params=count_params(model),
+        trainable_params=trainable,
+        autocast=autocast or {"bf16": bool(cfg.bf16)},
+        versions={
             "edgecifar": __version__,
             "python": platform.python_version(),
             **library_versions("torch", "torchvision", "timm"),
         },
-        "resumed": _resumes(checkpoint, start_epoch, changes),
-    }
+        resumed=_resumes(checkpoint, start_epoch, changes),
+    )
     for line in data.summary():  # classes, images per split and class, skipped files, warnings
         log(line)
     if len(train_y) % cfg.batch_size == 1 and len(train_y) > cfg.batch_size:
@@ -262,7 +263,7 @@ def _train(
             f"batch before it each epoch (batch norm cannot train on one image)"
         )
     log(
-        f"training {cfg.model} ({config['params']:,} params, {trainable:,} trainable) on {len(train_y):,} images, "
+        f"training {cfg.model} ({config.params:,} params, {trainable:,} trainable) on {len(train_y):,} images, "
         f"{device}{ranks.summary(cfg.batch_size, synced_bn)}, {(autocast or {}).get('note') or _precision(cfg)}, -> {out}"
         + (f", from epoch {start_epoch + 1}" if start_epoch else "")
         + "".join(f", {k} {was} -> {now}" for k, (was, now) in changes.items())
@@ -362,7 +363,7 @@ def _save_epoch(
     scheduler,
     ema,
     history: list[dict[str, Any]],
-    config: dict[str, Any],
+    config: RunConfig,
     first: bool,
 ) -> None:
     """Checkpoint a finished epoch. Weights that hold NaN or infinity (the epoch's last step diverged) are never
@@ -382,7 +383,7 @@ def _save_epoch(
             "scheduler": scheduler.state_dict(),
             "ema": ema.state_dict() if ema else {},
             "history": history,
-            "config": config,
+            "config": config.to_json(),  # plain JSON types: checkpoints load with weights_only
         },
     )
     if first:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import DataError, DiskFullError
+from .records import RunConfig
 
 # errno -> what it means for the user: a write that failed for lack of room
 NO_ROOM = {
@@ -279,12 +280,13 @@ def _same_file(fd: int, path: Path) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def data_source(config: dict[str, Any], data: str | None = None) -> str:
+def data_source(config: RunConfig | None, data: str | None = None) -> str:
     """The data a trained run is exported, evaluated or benched with: `data` if given, else the source its
-    training recorded. DataError, naming --data, if none is recorded or the recorded one is gone."""
+    training recorded (config: its config.json; None: none read). DataError, naming --data, if none is recorded
+    or the recorded one is gone."""
     if data:
         return data
-    source = (config.get("data") or {}).get("source") or (config.get("train") or {}).get("data")
+    source = ((config.data or {}).get("source") or (config.train or {}).get("data")) if config else None
     if not source:
         raise DataError("the run's config.json records no data source: pass --data")
     if source != "cifar10" and not Path(source).expanduser().exists():

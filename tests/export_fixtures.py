@@ -15,6 +15,7 @@ import pytest
 CLASSES = ["alpha", "beta", "gamma"]
 TINTS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]])
 from edgecifar.backends import BACKENDS, in_all, unavailable  # noqa: E402
+from edgecifar.records import ManifestEntry, RunConfig  # noqa: E402
 
 CALIB_SIZE, VERIFY_SIZE = 32, 200  # 200 test images: one flipped prediction is 0.5 %, between 0.1 % and 1 %
 
@@ -92,11 +93,9 @@ def make_run(run_dir: Path, data_dir: Path, cache_dir: Path, steps: int = 15) ->
     save_weights(model.eval(), run_dir)
     write_config(
         run_dir,
-        {
-            "model": model.meta,
-            "train": {"model": "scratch_cnn", "cache_dir": str(cache_dir)},
-            "data": splits.describe(),
-        },
+        RunConfig(
+            model=model.meta, train={"model": "scratch_cnn", "cache_dir": str(cache_dir)}, data=splits.describe()
+        ),
     )
     return run_dir
 
@@ -121,7 +120,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def exported(tiny_run, tmp_path_factory) -> tuple[Path, list[dict]]:
+def exported(tiny_run, tmp_path_factory) -> tuple[Path, list[ManifestEntry]]:
     """(out folder, manifest entries) of the tiny run exported to every format and precision."""
     from edgecifar.export import export_run
 

@@ -154,8 +154,8 @@ def test_airnet_recipe_trains_and_exports_through_verification(name, image_tree,
     entries = export_run(
         run, ["onnx", "openvino"], "all", out_dir=tmp_path / "exported", calib_size=32, verify_size=30
     )  # the edge formats' global max pool rewrite: tests/test_edge_backends.py
-    fp32 = [e for e in entries if e["precision"] == "fp32"]
-    assert len(entries) == 6 and all(e["verification"]["agreement"] >= 0.999 for e in fp32), fp32
+    fp32 = [e for e in entries if e.precision == "fp32"]
+    assert len(entries) == 6 and all(e.verification["agreement"] >= 0.999 for e in fp32), fp32
 
 
 def test_alternating_flips_show_every_image_both_ways_in_two_epochs():

@@ -75,8 +75,8 @@ def test_one_row_per_artifact_and_thread_setting(benched, exported):
     assert all(r["status"] == "ok" and r["reason"] == "" for r in rows)
     _, entries = exported
     for e in entries:  # file size and checksum are the manifest's
-        row = next(r for r in rows if r["format"] == e["format"] and r["precision"] == e["precision"])
-        assert row["size_bytes"] == e["bytes"] and row["sha256"] == e["sha256"] and row["checksum"] == "ok"
+        row = next(r for r in rows if r["format"] == e.format and r["precision"] == e.precision)
+        assert row["size_bytes"] == e.bytes and row["sha256"] == e.sha256 and row["checksum"] == "ok"
 
 
 def test_fields_present_and_sane(benched):
@@ -114,18 +114,18 @@ def test_accuracy_equals_an_independent_count(benched, exported, tiny_run):
     rows, _ = benched
     out_dir, entries = exported
     config = read_config(tiny_run)
-    splits = load_data(config["data"]["source"], config["train"]["cache_dir"])
+    splits = load_data(config.data["source"], config.train["cache_dir"])
     fingerprint = stats.test_set_fingerprint(splits.test_y, splits.test_x, splits.classes)
     for e in entries:
-        preds = load_artifact(out_dir / e["path"]).run(splits.test_x).argmax(1)
-        for r in (r for r in rows if r["format"] == e["format"] and r["precision"] == e["precision"]):
+        preds = load_artifact(out_dir / e.path).run(splits.test_x).argmax(1)
+        for r in (r for r in rows if r["format"] == e.format and r["precision"] == e.precision):
             # which images it got right, kept per row with the test set's fingerprint
             assert stats.row_hits(r)[0] == r["test_set"] == fingerprint
             assert np.array_equal(stats.row_hits(r)[1], preds == splits.test_y)
         hits = int((preds == splits.test_y).sum())
         # per class: the share of that class's test images predicted as that class
         per_class = {c: float(np.mean(preds[splits.test_y == i] == i)) for i, c in enumerate(CLASSES)}
-        for r in (r for r in rows if r["format"] == e["format"] and r["precision"] == e["precision"]):
+        for r in (r for r in rows if r["format"] == e.format and r["precision"] == e.precision):
             assert r["correct"] == hits and r["accuracy"] == hits / len(splits.test_y)
             assert r["per_class"] == pytest.approx(per_class)
     logits = predict_logits(load_run(tiny_run), torch.from_numpy(splits.test_x))
@@ -182,16 +182,16 @@ def test_artifact_worker_is_a_fresh_process_without_torch(exported, tiny_run):
 
     out_dir, entries = exported
     config = read_config(tiny_run)
-    splits = load_data(config["data"]["source"], config["train"]["cache_dir"])
+    splits = load_data(config.data["source"], config.train["cache_dir"])
     data = out_dir.parent / "worker-test.npz"
     np.savez(data, test_x=splits.test_x[:40], test_y=splits.test_y[:40])
     for e in entries:
-        if e["precision"] == "int8":
+        if e.precision == "int8":
             job = {
                 "kind": "artifact",
-                "path": str(out_dir / e["path"]),
+                "path": str(out_dir / e.path),
                 "threads": 1,
-                "classes": e["classes"],
+                "classes": e.classes,
                 "data": str(data),
                 "accuracy": True,
                 "batch_size": 16,
@@ -200,7 +200,7 @@ def test_artifact_worker_is_a_fresh_process_without_torch(exported, tiny_run):
             }
             result = run_worker(job, 1)
             # ExecuTorch's Python runtime imports torch itself (README: on the device side)
-            assert result["ok"] and result["torch_imported"] is (e["format"] == "executorch"), result
+            assert result["ok"] and result["torch_imported"] is (e.format == "executorch"), result
             assert result["accuracy"]["images"] == 40
 
 
@@ -508,9 +508,9 @@ def test_committed_manifest_lists_committed_files_or_how_to_regenerate_them():
     if listed.returncode != 0 or not listed.stdout:
         pytest.skip("not a git checkout")
     tracked = set(listed.stdout.split())
-    for entry in read_manifest(root / "exported" / "manifest.json")["artifacts"]:
+    for entry in read_manifest(root / "exported" / "manifest.json").artifacts:
         untracked = [f for f in entry_files(entry) if f"exported/{f}" not in tracked]
-        command = entry.get("regenerate", "")
+        command = entry.regenerate or ""
         assert not untracked or (command.startswith("uv run ") and " edgecifar export " in command), untracked
     targets, notes = resolve_targets([root / "exported"], runs_dir=None, baseline=False, data="unused")
     assert [t.checksum for t in targets] == ["ok"] * len(targets)

@@ -37,10 +37,10 @@ def test_two_files_on_one_test_set(exported, tiny_run):
     from edgecifar.runtime import load_artifact
 
     out_dir, entries = exported
-    fp32 = next(out_dir / e["path"] for e in entries if e["format"] == "onnx" and e["precision"] == "fp32")
-    int8 = next(out_dir / e["path"] for e in entries if e["format"] == "onnx" and e["precision"] == "int8")
+    fp32 = next(out_dir / e.path for e in entries if e.format == "onnx" and e.precision == "fp32")
+    int8 = next(out_dir / e.path for e in entries if e.format == "onnx" and e.precision == "int8")
     config = read_config(tiny_run)
-    data, cache = config["data"]["source"], config["train"]["cache_dir"]
+    data, cache = config.data["source"], config.train["cache_dir"]
     result = invoke("compare", fp32, int8, "--data", data, "--cache-dir", cache)
     assert result.exit_code == 0, result.output
     splits = load_data(data, cache)

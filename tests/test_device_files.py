@@ -116,7 +116,7 @@ def test_export_never_overwrites_another_tools_manifest(tmp_path):
 def test_ours_is_marked_and_older_or_broken_ones_are_still_ours(tmp_path):
     model = tiny_onnx(tmp_path / "exp" / "run" / "run-fp32.onnx")
     written = update_manifest(tmp_path / "exp" / "manifest.json", [])
-    assert written["generator"] == "edgecifar"
+    assert written.generator == "edgecifar"
     (tmp_path / "exp" / "manifest.json").write_text('{"version": 1, "artifacts": []}')  # before the marker
     assert check_artifact(model)["status"] == "unlisted"
     (tmp_path / "exp" / "manifest.json").write_text('{"version": 1, "artifacts": [')  # a hand edit gone wrong

@@ -30,7 +30,7 @@ EDGE = [name for name in BACKENDS if name not in ("onnx", "openvino")]
 
 def artifact(exported, fmt: str, precision: str) -> Path:
     out, entries = exported
-    return out / next(e["path"] for e in entries if e["format"] == fmt and e["precision"] == precision)
+    return out / next(e.path for e in entries if e.format == fmt and e.precision == precision)
 
 
 def run_python(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -167,8 +167,8 @@ print(sorted(m for m in ('torch', 'tensorflow', 'timm') if m in sys.modules))
 def test_litert_int8_logits_are_in_scale(exported):
     """The full-integer file's int8 logits are dequantized with the output tensor's scale and zero point."""
     out, entries = exported
-    e = next(e for e in entries if (e["format"], e["precision"]) == ("litert", "int8"))
-    assert e["verification"]["max_abs_logit_diff"] < 5
+    e = next(e for e in entries if (e.format, e.precision) == ("litert", "int8"))
+    assert e.verification["max_abs_logit_diff"] < 5
 
 
 def _interpreter_logits(data: bytes, images: np.ndarray) -> np.ndarray:

@@ -22,14 +22,14 @@ def test_edge_net_exports_pass_verification(name, image_tree, tmp_path):
     # the architectures' ops in the x86 runtimes; LiteRT and ExecuTorch convert edge_tiny and airnet_m in the
     # reference exports (exported/), at a minute per file, too slow to repeat here for two nets
     entries = export_run(run, ["onnx", "openvino"], "all", out_dir=tmp_path / "exported", calib_size=32, verify_size=30)
-    assert {(e["format"], e["precision"]) for e in entries} == {
+    assert {(e.format, e.precision) for e in entries} == {
         (f, p) for f in ("onnx", "openvino") for p in ("fp32", "fp16", "int8")
     }
     for entry in entries:
-        assert (tmp_path / "exported" / entry["path"]).is_file()
-        assert entry["model"] == name
-    fp32 = [e for e in entries if e["precision"] == "fp32"]
-    assert all(e["verification"]["agreement"] >= 0.999 for e in fp32), fp32
+        assert (tmp_path / "exported" / entry.path).is_file()
+        assert entry.model == name
+    fp32 = [e for e in entries if e.precision == "fp32"]
+    assert all(e.verification["agreement"] >= 0.999 for e in fp32), fp32
 
 
 @pytest.mark.parametrize("name", ["airnet_t_relu", "airnet_m_relu"])
@@ -76,7 +76,7 @@ def test_export_reports_which_accelerators_take_every_op(act, tmp_path):
         if act == "GELU"
         else AirbenchNet((8, 8, 8), 10, act=nn.ReLU, pool=GlobalMaxPool, group=ActThenPoolGroup)
     )
-    model = EdgeModel(backbone, dict(create_model("airnet_t").meta)).eval()
+    model = EdgeModel(backbone, create_model("airnet_t").meta).eval()
     path = tmp_path / "net-fp32.onnx"
     BACKENDS["onnx"].export(model, path, "fp32", None, {"classes": json.dumps(list("abcdefghij"))})
     nnapi = edge_targets(path)["NNAPI"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from edgecifar.backends import BACKENDS
 from edgecifar.cli import app
 from edgecifar.errors import ArtifactError, CheckpointError, DiskFullError, ExportError, UsageError
 from edgecifar.export import export_run
+from edgecifar.records import ManifestEntry
 from edgecifar.runtime import load_artifact
 from edgecifar.utils import sha256_file
 
@@ -33,8 +35,8 @@ def tree_snapshot(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def entry(entries: list[dict], fmt: str, precision: str) -> dict:
-    return next(e for e in entries if e["format"] == fmt and e["precision"] == precision)
+def entry(entries: list[ManifestEntry], fmt: str, precision: str) -> ManifestEntry:
+    return next(e for e in entries if e.format == fmt and e.precision == precision)
 
 
 # ---------------------------------------------------------------- the export itself
@@ -42,33 +44,33 @@ def entry(entries: list[dict], fmt: str, precision: str) -> dict:
 
 def test_exports_every_format_and_precision(exported):
     out, entries = exported
-    assert sorted((e["format"], e["precision"]) for e in entries) == sorted(ALL_EXPORTS)
+    assert sorted((e.format, e.precision) for e in entries) == sorted(ALL_EXPORTS)
     assert sorted(p.name for p in (out / "tiny").iterdir()) == sorted(
         f"tiny-{p}{s}" for f, p in ALL_EXPORTS for s in BACKENDS[f].suffixes
     )
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging folder left behind"
     for e in entries:
-        v = e["verification"]
+        v = e.verification
         assert v["images"] == VERIFY_SIZE
-        assert v["inference_precision"] == BACKENDS[e["format"]].exec_precision
-        if e["precision"] == "fp32":
+        assert v["inference_precision"] == BACKENDS[e.format].exec_precision
+        if e.precision == "fp32":
             assert v["agreement"] == 1.0 and v["max_abs_logit_diff"] < 1e-3
-        elif (e["format"], e["precision"]) == ("litert", "int8"):  # see test_litert_int8_logits_are_in_scale
+        elif (e.format, e.precision) == ("litert", "int8"):  # see test_litert_int8_logits_are_in_scale
             assert v["agreement"] >= 0.95
         else:  # the figures come from running the reduced-precision file: it is close, but not identical
             assert 0 < v["max_abs_logit_diff"] < 5 and v["agreement"] >= 0.95
     for fmt, precision in ALL_EXPORTS:
         if precision == "int8":
-            assert entry(entries, fmt, "int8")["size_vs_fp32"] <= 0.30
+            assert entry(entries, fmt, "int8").size_vs_fp32 <= 0.30
         if precision == "fp16":
-            assert 0.45 < entry(entries, fmt, "fp16")["size_vs_fp32"] < 0.55
+            assert 0.45 < entry(entries, fmt, "fp16").size_vs_fp32 < 0.55
 
 
 def test_artifacts_follow_the_input_contract(exported):
     out, entries = exported
     images = np.random.default_rng(0).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
     for e in entries:
-        artifact = load_artifact(out / e["path"])
+        artifact = load_artifact(out / e.path)
         for batch in (images[:1], images):  # dynamic batch axis
             logits = artifact.run(batch)
             assert logits.dtype == np.float32 and logits.shape == (len(batch), len(CLASSES))
@@ -79,7 +81,7 @@ def test_onnx_graph_is_current_and_checked(exported):
 
     out, entries = exported
     for precision in PRECISIONS:
-        proto = onnx.load(str(out / entry(entries, "onnx", precision)["path"]))
+        proto = onnx.load(str(out / entry(entries, "onnx", precision).path))
         onnx.checker.check_model(proto, full_check=True)
         assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
         (inp,), (outp,) = proto.graph.input, proto.graph.output
@@ -87,7 +89,7 @@ def test_onnx_graph_is_current_and_checked(exported):
         assert outp.name == "logits" and outp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
         assert inp.type.tensor_type.shape.dim[0].dim_param  # symbolic: any batch size
         assert [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]] == [32, 32, 3]
-    int8 = onnx.load(str(out / entry(entries, "onnx", "int8")["path"]))
+    int8 = onnx.load(str(out / entry(entries, "onnx", "int8").path))
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in int8.graph.node}  # QDQ format
     # the normalization (x * scale + shift) stays float: quantized it is a slow broadcast in onnxruntime
     producers = {o: n.op_type for n in int8.graph.node for o in n.output}
@@ -107,28 +109,28 @@ def test_metadata_round_trip(exported, tiny_run):
     out, entries = exported
     weights_sha = sha256_file(tiny_run / "model.safetensors")
     for e in entries:
-        path = out / e["path"]
+        path = out / e.path
         meta = load_artifact(path).metadata  # what the device side reads
         assert meta["classes"] == CLASSES and meta["model"] == "scratch_cnn"
-        assert meta["precision"] == e["precision"] and meta["format"] == e["format"]
+        assert meta["precision"] == e.precision and meta["format"] == e.format
         assert meta["source_run"] == "tiny" and meta["source_sha256"] == weights_sha
         assert meta["edgecifar_version"] and "uint8 [N, 32, 32, 3]" in meta["contract"]
         assert meta["input"]["name"] == "image" and meta["output"]["shape"] == ["N", len(CLASSES)]
-        if e["format"] == "onnx":  # and what the files themselves hold
+        if e.format == "onnx":  # and what the files themselves hold
             props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-        elif e["format"] != "openvino":  # read by the backend's own reader (test_edge_backends.py)
+        elif e.format != "openvino":  # read by the backend's own reader (test_edge_backends.py)
             continue
         else:
             model = ov.Core().read_model(str(path))
             props = {k: model.get_rt_info(["edgecifar", k]).astype(str) for k in ("classes", "precision")}
             assert model.inputs[0].get_any_name() == "image" and model.outputs[0].get_any_name() == "logits"
-        assert json.loads(props["classes"]) == CLASSES and props["precision"] == e["precision"]
+        assert json.loads(props["classes"]) == CLASSES and props["precision"] == e.precision
 
 
 def test_manifest_lists_every_artifact_with_checksums(exported, tiny_run):
     out, entries = exported
     manifest = json.loads((out / "manifest.json").read_text())
-    assert [a["path"] for a in manifest["artifacts"]] == sorted(e["path"] for e in entries)
+    assert [a["path"] for a in manifest["artifacts"]] == sorted(e.path for e in entries)
     for a in manifest["artifacts"]:
         for key in (
             "model",
@@ -167,16 +169,16 @@ def test_reexport_replaces_its_manifest_entry(tiny_run, tmp_path):
 def test_int8_calibration_is_deterministic(exported, tiny_run, tmp_path):
     # the first is the session's export (every precision, the same calibration size), with the seed it records
     runs = {"a": exported[1]}
-    first = entry(runs["a"], FORMATS[0], "int8")["calibration"]["seed"]
+    first = entry(runs["a"], FORMATS[0], "int8").calibration["seed"]
     for name, seed in (("b", first), ("c", first + 1)):
         runs[name] = export_run(
             tiny_run, "all", "int8", out_dir=tmp_path / name, calib_size=CALIB_SIZE, verify_size=50, seed=seed
         )
     for fmt in FORMATS:
         a, b, c = (entry(runs[n], fmt, "int8") for n in "abc")
-        assert a["files"] == b["files"], f"{fmt}: same seed, different INT8 files"
-        assert a["calibration"]["images_sha256"] == b["calibration"]["images_sha256"]
-        assert a["calibration"]["images_sha256"] != c["calibration"]["images_sha256"]
+        assert a.files == b.files, f"{fmt}: same seed, different INT8 files"
+        assert a.calibration["images_sha256"] == b.calibration["images_sha256"]
+        assert a.calibration["images_sha256"] != c.calibration["images_sha256"]
 
 
 # ---------------------------------------------------------------- verification cannot be skipped or loosened
@@ -227,7 +229,7 @@ def test_low_agreement_in_reduced_precision_warns_but_is_kept(monkeypatch, tiny_
         verify_size=VERIFY_SIZE,
         log=logs.append,
     )
-    assert e["verification"]["agreement"] == pytest.approx(0.95) and "warning" in e["verification"]
+    assert e.verification["agreement"] == pytest.approx(0.95) and "warning" in e.verification
     assert any(line.startswith("warning: onnx int8") for line in logs)
 
 
@@ -339,7 +341,7 @@ def test_onnx_int8_keeps_shape_arithmetic_out_of_the_graph(tmp_path):
         torch.nn.Flatten(),
         torch.nn.Linear(16, 3),
     )
-    model = EdgeModel(backbone, {**meta, "source_sha256": "same-padding"}).eval()
+    model = EdgeModel(backbone, replace(meta, source_sha256="same-padding")).eval()
     rng = np.random.default_rng(0)
     calib, test = (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8) for n in (64, 200))
     path = tmp_path / "same.onnx"
@@ -389,8 +391,8 @@ def test_collapsed_agreement_is_refused_unless_kept(monkeypatch, tiny_run, tmp_p
         verify_size=50,
         keep_low_agreement=True,
     )
-    assert e["verification"]["agreement"] == 0.0 and "warning" in e["verification"]
-    assert (tmp_path / "kept" / e["path"]).is_file()
+    assert e.verification["agreement"] == 0.0 and "warning" in e.verification
+    assert (tmp_path / "kept" / e.path).is_file()
 
 
 def test_fewer_calibration_images_than_asked_are_reported(tiny_run, tmp_path):
@@ -398,8 +400,8 @@ def test_fewer_calibration_images_than_asked_are_reported(tiny_run, tmp_path):
     (e,) = export_run(
         tiny_run, "onnx", "int8", out_dir=tmp_path / "exp", calib_size=1000, verify_size=50, log=logs.append
     )
-    assert e["calibration"]["images"] == 60 and e["calibration"]["requested"] == 1000
-    assert "60" in e["calibration"]["note"] and "1000" in e["calibration"]["note"]
+    assert e.calibration["images"] == 60 and e.calibration["requested"] == 1000
+    assert "60" in e.calibration["note"] and "1000" in e.calibration["note"]
     assert any("all 60 training images, fewer than --calib-size 1000" in line for line in logs)
 
 
@@ -429,6 +431,7 @@ SIGTERM_DURING_EXPORT = """
 import signal, sys, tempfile
 import edgecifar.backends.onnx as onnx_backend
 from edgecifar.export import export_run
+from edgecifar.records import ManifestEntry
 
 real_quantize = onnx_backend._quantize
 
@@ -564,7 +567,7 @@ def test_predict_never_prints_nan(monkeypatch, exported, tmp_path):
     monkeypatch.setattr(backend, "run", lambda session, images: real_run(session, images) * np.float32("nan"))
     for extra in ([], ["--json"]):
         result = CliRunner().invoke(
-            app, ["predict", str(image), "--model", str(out / entry(entries, "onnx", "fp32")["path"]), *extra]
+            app, ["predict", str(image), "--model", str(out / entry(entries, "onnx", "fp32").path), *extra]
         )
         assert result.exit_code == ArtifactError.exit_code and "NaN or infinite outputs" in result.output
         assert "nan%" not in result.output and "NaN," not in result.output
@@ -578,7 +581,7 @@ def test_signals_survive_openvino_models_freed_out_of_order(exported):
     import sys
 
     out, entries = exported
-    files = [str(out / entry(entries, "openvino", p)["path"]) for p in PRECISIONS]
+    files = [str(out / entry(entries, "openvino", p).path) for p in PRECISIONS]
     script = f"""
 import signal
 import numpy as np
@@ -702,7 +705,7 @@ def test_the_quick_profile_keeps_a_near_chance_int8_file_and_says_why(monkeypatc
     (e,) = export_run(
         tiny_run, "onnx", "int8", out_dir=tmp_path / "quick", log=said.append, **export_options(quick=True)
     )
-    assert e["verification"]["agreement"] == 0.0 and "near chance" in e["verification"]["warning"]
+    assert e.verification["agreement"] == 0.0 and "near chance" in e.verification["warning"]
     assert [line for line in said if line.startswith("note: onnx int8") and "kept" in line]
     (e,) = export_run(tiny_run, "onnx", "int8", out_dir=tmp_path / "asked", **export_options(False, True))
-    assert e["verification"]["agreement"] == 0.0  # pipeline --keep-low-agreement
+    assert e.verification["agreement"] == 0.0  # pipeline --keep-low-agreement

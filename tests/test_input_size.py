@@ -79,7 +79,7 @@ def test_every_registered_model_takes_the_input_size(size):
 
     for name in list_models():
         model = create_model(name, 3, input_size=size).eval()
-        assert model.meta["input"]["shape"] == ["N", *size, 3], name
+        assert model.meta.input["shape"] == ["N", *size, 3], name
         with torch.no_grad():
             assert tuple(model(torch.from_numpy(images)).shape) == (2, 3), name
 
@@ -87,13 +87,13 @@ def test_every_registered_model_takes_the_input_size(size):
 def test_a_size_too_small_for_the_net_is_one_clear_error():
     with pytest.raises(ModelError, match="edge_small cannot take 8x8 inputs"):
         create_model("edge_small", 3, input_size=(8, 8))
-    assert create_model("edge_tiny", 3, input_size=(8, 8)).meta["img_size"] is None  # global pool: any size
+    assert create_model("edge_tiny", 3, input_size=(8, 8)).meta.img_size is None  # global pool: any size
 
 
 def test_transfer_models_resize_inside_never_below_the_input():
-    assert create_model("efficientnet_lite0", 3).meta["img_size"] == 40  # its recipe, for 32 px images
-    assert create_model("efficientnet_lite0", 3, input_size=(96, 96)).meta["img_size"] == 96
-    assert create_model("efficientnet_lite0", 3, img_size=64, input_size=(96, 96)).meta["img_size"] == 64
+    assert create_model("efficientnet_lite0", 3).meta.img_size == 40  # its recipe, for 32 px images
+    assert create_model("efficientnet_lite0", 3, input_size=(96, 96)).meta.img_size == 96
+    assert create_model("efficientnet_lite0", 3, img_size=64, input_size=(96, 96)).meta.img_size == 64
 
 
 # MACs of one 32x32 image with the backbone at 32, 64 and 96 px (edgecifar.models.count_macs): the cost side of
@@ -116,13 +116,13 @@ def test_transfer_models_at_three_backbone_sizes(name):
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8))
     for size, macs in TRANSFER_MACS[name].items():
         model = create_model(name, 10, img_size=size).eval()
-        assert model.meta["img_size"] == size and model.meta["input"]["shape"] == ["N", 32, 32, 3]
+        assert model.meta.img_size == size and model.meta.input["shape"] == ["N", 32, 32, 3]
         assert count_macs(model) == macs, (name, size)
         with torch.no_grad():
             assert tuple(model(images).shape) == (2, 10)
     # 96 px photos with no --backbone-size: the backbone takes them as they are, at the same cost
     photos = create_model(name, 10, input_size=(96, 96))
-    assert photos.meta["img_size"] == 96 and count_macs(photos) == TRANSFER_MACS[name][96]
+    assert photos.meta.img_size == 96 and count_macs(photos) == TRANSFER_MACS[name][96]
 
 
 def test_cli_input_size_is_checked_and_img_size_still_works(tmp_path):
@@ -181,7 +181,7 @@ def test_every_file_and_the_manifest_carry_the_contract(sized_export):
     side, _, out, entries, _ = sized_export
     precision = "int8" if side == 64 else "fp32"
     manifest = json.loads((out / "manifest.json").read_text())["artifacts"]
-    assert {e["format"] for e in entries} == {
+    assert {e.format for e in entries} == {
         name
         for name, b in BACKENDS.items()  # every one installed here
         if in_all(b) and unavailable(b, export=True) is None and precision in b.precisions
@@ -204,9 +204,9 @@ def test_predict_full_size_photos_at_the_files_size(sized_export, tmp_path):
         photos.append(tmp_path / f"photo{c}.jpg")
         Image.fromarray(tinted_image(c, rng, (h, w))).save(photos[-1], quality=92)
     for entry in entries:
-        results = runtime.predict(photos, out / entry["path"], topk=1)
-        assert [r["predictions"][0]["class"] for r in results] == CLASSES, entry["path"]
-    code = runtime.main([*map(str, photos), "--model", str(out / entries[0]["path"]), "--json"])
+        results = runtime.predict(photos, out / entry.path, topk=1)
+        assert [r["predictions"][0]["class"] for r in results] == CLASSES, entry.path
+    code = runtime.main([*map(str, photos), "--model", str(out / entries[0].path), "--json"])
     assert code == 0
 
 

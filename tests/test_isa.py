@@ -114,14 +114,14 @@ def test_int8_isa_is_recorded_and_decides_the_weight_range(exported, exported_vn
 
     for (out, entries), setting in ((exported, "x86"), (exported_vnni, "vnni")):
         manifest = {a["path"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}
-        for e in (e for e in entries if e["precision"] == "int8" and e["format"] in ISA_FORMATS):
-            meta = load_artifact(out / e["path"]).metadata
+        for e in (e for e in entries if e.precision == "int8" and e.format in ISA_FORMATS):
+            meta = load_artifact(out / e.path).metadata
             assert meta["int8_isa"] == setting and meta["int8_weight_bits"] == str(isa.WEIGHT_BITS[setting])
-            assert manifest[e["path"]]["calibration"]["int8_isa"] == setting
-            weights = _int8_weights(out / e["path"])
+            assert manifest[e.path]["calibration"]["int8_isa"] == setting
+            weights = _int8_weights(out / e.path)
             widest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
             # 7-bit: |w| <= 64, so a u8 * s8 pair sum (255 * 64 * 2) fits int16 on AVX2; 8-bit uses the range
-            assert widest <= 64 if setting == "x86" else widest > 64, (e["path"], widest)
+            assert widest <= 64 if setting == "x86" else widest > 64, (e.path, widest)
 
 
 def test_predict_warns_for_a_vnni_file_on_a_cpu_without_vnni(exported_vnni, tmp_path):
@@ -134,10 +134,10 @@ def test_predict_warns_for_a_vnni_file_on_a_cpu_without_vnni(exported_vnni, tmp_
     Image.fromarray(tinted_image(0, np.random.default_rng(0))).save(image)
     for e in entries:
         warnings: list[str] = []
-        predict([image], out / e["path"], on_warning=warnings.append, cpu=fake_cpu(ZEN3))
-        assert [w for w in warnings if "VNNI" in w], e["path"]
+        predict([image], out / e.path, on_warning=warnings.append, cpu=fake_cpu(ZEN3))
+        assert [w for w in warnings if "VNNI" in w], e.path
         warnings.clear()
-        predict([image], out / e["path"], on_warning=warnings.append, cpu=fake_cpu(ICELAKE))
+        predict([image], out / e.path, on_warning=warnings.append, cpu=fake_cpu(ICELAKE))
         assert not [w for w in warnings if "VNNI" in w]
 
 
@@ -174,10 +174,10 @@ def test_formats_the_isa_rule_does_not_apply_to_record_no_isa(exported):
     from edgecifar.runtime import load_artifact
 
     out, entries = exported
-    others = [e for e in entries if e["precision"] == "int8" and e["format"] not in ISA_FORMATS]
+    others = [e for e in entries if e.precision == "int8" and e.format not in ISA_FORMATS]
     for e in others:
-        assert "int8_isa" not in load_artifact(out / e["path"]).metadata
-        assert "int8_isa" not in e["calibration"]
+        assert "int8_isa" not in load_artifact(out / e.path).metadata
+        assert "int8_isa" not in e.calibration
 
 
 def _grouped_convs(path):

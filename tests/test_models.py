@@ -28,8 +28,8 @@ def test_input_contract(name):
     with torch.no_grad():
         logits = model(images)
     assert logits.shape == (3, 7) and logits.dtype == torch.float32
-    assert model.meta["input"]["dtype"] == "uint8" and model.meta["input"]["shape"] == ["N", 32, 32, 3]
-    assert len(model.meta["classes"]) == 7
+    assert model.meta.input["dtype"] == "uint8" and model.meta.input["shape"] == ["N", 32, 32, 3]
+    assert len(model.meta.classes) == 7
 
 
 def test_normalization_lives_in_the_model():
@@ -47,7 +47,7 @@ def test_normalization_lives_in_the_model():
 def test_img_size_override(name, size):
     """A size other than the recipe's reaches the backbone: the resize inside the model uses it."""
     model = create_model(name, img_size=size).eval()
-    assert model.meta["img_size"] == size != get_spec(name).recipe.img_size
+    assert model.meta.img_size == size != get_spec(name).recipe.img_size
     seen = {}
     model.backbone.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
     with torch.no_grad():
@@ -173,7 +173,7 @@ def test_pretrained_mobilenet_v2_keeps_backbone_weights_and_resolution():
     assert torch.equal(pretrained.backbone.features[0][0].weight, state["features.0.0.weight"])
     assert pretrained.backbone.classifier[-1].out_features == 10
     assert pretrained.backbone.features[2].conv[1][0].stride == (1, 1)  # as Lite0's stage 1: see models.py
-    assert pretrained.meta["img_size"] == 40 and get_spec("mobilenet_v2").family == "transfer"
+    assert pretrained.meta.img_size == 40 and get_spec("mobilenet_v2").family == "transfer"
     with torch.no_grad():
         assert pretrained.eval()(torch.zeros(2, 32, 32, 3, dtype=torch.uint8)).shape == (2, 10)
 

@@ -30,7 +30,7 @@ HEAVY = ("torch", "timm", "torchvision", "typer", "rich")
 
 def artifact(exported, fmt: str, precision: str) -> Path:
     out, entries = exported
-    return out / next(e["path"] for e in entries if e["format"] == fmt and e["precision"] == precision)
+    return out / next(e.path for e in entries if e.format == fmt and e.precision == precision)
 
 
 @pytest.fixture(scope="module")

@@ -97,13 +97,13 @@ def test_qat_exports_int8_in_every_format_with_its_learned_quantizers(qat_run, t
 
     said: list[str] = []
     entries = export_run(qat_run, "all", "all", out_dir=tmp_path, calib_size=16, verify_size=60, log=said.append)
-    assert sorted((e["format"], e["precision"]) for e in entries) == sorted((b.name, "int8") for b in EXPORTABLE)
+    assert sorted((e.format, e.precision) for e in entries) == sorted((b.name, "int8") for b in EXPORTABLE)
     # the formats that re-quantize its float twin say that QAT trained for another quantizer layout
     assert any(line.startswith("note: onnx quantizes more tensors") for line in said), said
     assert not any(line.startswith("note: openvino quantizes") for line in said)
     for entry in entries:
-        assert entry["verification"]["agreement"] >= 0.95, entry  # each file computes the fake-quantized model
-        artifact = load_artifact(tmp_path / entry["path"])
+        assert entry.verification["agreement"] >= 0.95, entry  # each file computes the fake-quantized model
+        artifact = load_artifact(tmp_path / entry.path)
         assert artifact.metadata["quantization"].startswith("QAT: 1 epoch(s) from ")
 
 
@@ -119,7 +119,7 @@ def test_qat_onnx_file_quantizes_with_the_learned_scales(qat_run, tmp_path):
 
     twin, learned = requantizable(load_run(qat_run))
     (entry,) = export_run(qat_run, "onnx", "int8", out_dir=tmp_path, calib_size=16, verify_size=60, log=lambda _: None)
-    graph = onnx.load(str(tmp_path / entry["path"])).graph
+    graph = onnx.load(str(tmp_path / entry.path)).graph
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     scales = sorted(
         float(consts[n.input[1]]) for n in graph.node if n.op_type == "QuantizeLinear" and consts[n.input[1]].ndim == 0
@@ -212,7 +212,7 @@ def test_float_finetune_control_is_a_plain_run(tiny_run, tmp_path):
     )
     config = json.loads((out / "config.json").read_text())
     assert "qat" not in config and config["finetune"]["fake_quant"] is False
-    assert "qat" not in load_run(out).meta
+    assert load_run(out).meta.qat is None
 
 
 def test_a_config_naming_other_modules_is_refused(qat_run, tmp_path):

@@ -114,6 +114,8 @@ def hard_model():
     channel 0 of that conv is always zero (the first conv's channel 0 is switched off), and each of its output
     channels gets a weight of 1000 there. The float model is unchanged; per-channel INT8 scales stretch to
     1000 / 64 and round every other weight of that conv to zero."""
+    from dataclasses import replace
+
     import torch
 
     from edgecifar.models import EdgeModel, create_model
@@ -131,7 +133,7 @@ def hard_model():
         torch.nn.Flatten(),
         torch.nn.Linear(8, 3),
     )
-    meta = {**create_model("scratch_cnn", 3, classes=CLASSES).meta, "source_sha256": "hard-layer"}
+    meta = replace(create_model("scratch_cnn", 3, classes=CLASSES).meta, source_sha256="hard-layer")
     model = EdgeModel(backbone, meta)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     x, y = torch.from_numpy(images), torch.from_numpy(labels)

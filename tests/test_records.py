@@ -101,3 +101,17 @@ def test_a_malformed_object_is_one_line(record, data, error, words):
     with pytest.raises(error) as caught:
         record.from_json(data, "the file")
     assert words in str(caught.value) and "\n" not in str(caught.value) and str(caught.value).startswith("the file")
+
+
+def test_update_manifest_writes_the_committed_manifest_back_unchanged(tmp_path):
+    from edgecifar.manifest import read_entries, update_manifest
+
+    path = ROOT / "exported" / "manifest.json"
+    if not path.is_file():
+        pytest.skip("no committed manifest")
+    copy = tmp_path / "manifest.json"
+    copy.write_text(path.read_text())
+    entries, problems = read_entries(copy)
+    assert problems == [] and all(isinstance(e, ManifestEntry) for e in entries)
+    update_manifest(copy, entries[:3])  # a re-export of the same entries: replaced by themselves
+    assert copy.read_text() == path.read_text()

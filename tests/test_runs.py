@@ -9,6 +9,7 @@ import resource
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 import edgecifar.train as train_module
 from edgecifar.cli import app
 from edgecifar.errors import CheckpointError, DataError, DiskFullError, EdgecifarError, TrainingError
-from edgecifar.runs import load_run
+from edgecifar.runs import load_run, read_config
 from edgecifar.train import TrainConfig, make_scheduler, train
 from edgecifar.utils import atomic_path, data_source, terminate_as_interrupt, write_json
 
@@ -350,11 +351,11 @@ def test_json_is_always_strict(tmp_path):
 def test_relative_data_is_recorded_absolute(image_tree, tmp_path, monkeypatch):
     monkeypatch.chdir(image_tree.parent)
     run = train(tiny(image_tree.name, tmp_path / "run", cache_dir=str(tmp_path / "c"), epochs=1), **QUIET)
-    config = json.loads((run / "config.json").read_text())
-    assert config["data"]["source"] == config["train"]["data"] == str(image_tree)
+    config = read_config(run)
+    assert config.data["source"] == config.train["data"] == str(image_tree)
     monkeypatch.chdir(tmp_path)
     assert data_source(config) == str(image_tree)
-    gone = {**config, "data": {**config["data"], "source": str(tmp_path / "moved-away")}}
+    gone = replace(config, data={**config.data, "source": str(tmp_path / "moved-away")})
     with pytest.raises(DataError, match="moved-away, is not there: pass --data"):
         data_source(gone)
     assert data_source(gone, "elsewhere") == "elsewhere"

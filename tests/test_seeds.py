@@ -79,10 +79,19 @@ def test_the_cli_option(image_tree, tmp_path):
     assert result.exit_code == UsageError.exit_code and "leave it out" in result.output
 
 
+MODEL = {"model": "m", "num_classes": 2, "classes": ["a", "b"]}  # config.json's model section, its required keys
+
+
 def fake_run(folder, seed, acc, lr=0.01, images=30):
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(
-        json.dumps({"train": {"model": "m", "lr": lr, "seed": seed, "out": str(folder)}, "data": {"test": images}})
+        json.dumps(
+            {
+                "model": MODEL,
+                "train": {"model": "m", "lr": lr, "seed": seed, "out": str(folder)},
+                "data": {"test": images},
+            }
+        )
     )
     (folder / "metrics.json").write_text(json.dumps({"test_acc": acc}))
     return folder
@@ -122,7 +131,7 @@ def test_a_run_made_before_an_option_existed_is_the_same_recipe(tmp_path):
     def run(folder, seed, train, model_side=32):
         folder.mkdir()
         config = {
-            "model": {"img_size": model_side},
+            "model": {**MODEL, "img_size": model_side},
             "train": {"model": "m", "seed": seed, **train},
             "data": {"test": 9},
         }

@@ -40,7 +40,7 @@ def tiny_model(act: str = "ReLU"):
         nn.Flatten(),
         nn.Linear(16, 10),
     )
-    return EdgeModel(backbone, dict(create_model("edge_tiny").meta)).eval()
+    return EdgeModel(backbone, create_model("edge_tiny").meta).eval()
 
 
 def pixels(n: int, seed: int) -> np.ndarray:
@@ -149,6 +149,7 @@ def test_gelu_is_refused_with_one_line_and_nothing_written(tmp_path):
 
     from edgecifar.cli import app
     from edgecifar.models import create_model
+    from edgecifar.records import RunConfig
     from edgecifar.runs import save_weights, write_config
 
     data = make_image_tree(tmp_path / "data", n_train=4, n_test=4)
@@ -160,11 +161,11 @@ def test_gelu_is_refused_with_one_line_and_nothing_written(tmp_path):
     save_weights(model, run)
     write_config(
         run,
-        {
-            "model": model.meta,
-            "train": {"model": "airnet_t", "cache_dir": str(tmp_path / "cache")},
-            "data": {"source": str(data), "classes": classes},
-        },
+        RunConfig(
+            model=model.meta,
+            train={"model": "airnet_t", "cache_dir": str(tmp_path / "cache")},
+            data={"source": str(data), "classes": classes},
+        ),
     )
     out = tmp_path / "exported"
     result = CliRunner().invoke(
@@ -207,10 +208,8 @@ def test_export_and_bench_report_the_microcontroller_figures(tmp_path):
     data = make_image_tree(tmp_path / "data", n_train=8, n_test=6)
     run = make_run(tmp_path / "runs" / "tiny", data, tmp_path / "cache", steps=3)
     entries = export_run(run, "tflm", "all", out_dir=tmp_path / "exported", calib_size=8, verify_size=12)
-    assert [(e["format"], e["precision"], e["path"]) for e in entries] == [
-        ("tflm", "int8", "tiny/tiny-int8.micro.tflite")
-    ]
-    assert entries[0]["edge_targets"] == {"TFLite Micro": {"all_ops": True, "lacking": []}}
+    assert [(e.format, e.precision, e.path) for e in entries] == [("tflm", "int8", "tiny/tiny-int8.micro.tflite")]
+    assert entries[0].edge_targets == {"TFLite Micro": {"all_ops": True, "lacking": []}}
     rows = bench(
         [tmp_path / "exported"],
         threads=(1,),
@@ -222,7 +221,7 @@ def test_export_and_bench_report_the_microcontroller_figures(tmp_path):
         throughput_seconds=0.05,
     )
     (row,) = rows
-    file = tmp_path / "exported" / entries[0]["path"]
+    file = tmp_path / "exported" / entries[0].path
     assert row["status"] == "ok" and row["images"] == 18 and row["flash_bytes"] == file.stat().st_size
     assert row["arena_bytes"] == arena_size(file.read_bytes()) and row["latency_note"] == LATENCY_NOTE
     md = (tmp_path / "results" / "bench.md").read_text()  # the report's memory table: flash and arena, in bytes

@@ -35,7 +35,7 @@ def test_run_folder_contents(image_tree, tmp_path):
     assert len(metrics["epochs"]) == 2 and 0 <= metrics["test_acc"] <= 1
     assert metrics["train_seconds"] > 0 and metrics["images_per_s"] > 0
     model = load_run(run)  # rebuilt from config.json + safetensors alone
-    assert model.meta["classes"] == ["cat", "dog", "ship"] and not model.training
+    assert model.meta.classes == ["cat", "dog", "ship"] and not model.training
 
 
 def test_eval_every_chooses_the_evaluated_epochs_and_not_the_weights(image_tree, tmp_path):

@@ -176,7 +176,7 @@ def check_threads(threads: Any) -> int | None:
 def float_graph(model: Any) -> tuple[Any, list]:
     """What an exporter that quantizes a float graph itself takes: (the model, no learned ranges), or for a QAT
     model (edgecifar.qat) its float twin on the learned weight grids and the activation ranges it learned."""
-    if "qat" not in model.meta:
+    if model.meta.qat is None:
         return model, []
     from ..qat_model import requantizable
 

@@ -217,7 +217,7 @@ _FP32_CACHE: dict[tuple[int, str], bytes] = {}  # one conversion per model, reus
 
 
 def _fp32(model: Any) -> bytes:
-    key = (id(model), model.meta.get("source_sha256", ""))
+    key = (id(model), model.meta.source_sha256 or "")
     if key not in _FP32_CACHE:
         _FP32_CACHE.clear()  # hold one model's bytes at most
         _FP32_CACHE[key] = _convert(global_max_pools_as_amax(model), _example(model))

@@ -235,7 +235,7 @@ def _torch_export(model: Any, path: Path) -> None:
 
     from ..contract import model_size
 
-    key = (id(model), model.meta.get("source_sha256", ""))
+    key = (id(model), model.meta.source_sha256 or "")
     if key not in _FP32_CACHE:
         example = torch.zeros(2, *model_size(model.meta), 3, dtype=torch.uint8)  # the run's input size
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():

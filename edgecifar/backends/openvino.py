@@ -81,7 +81,7 @@ class OpenVinoBackend:
         if precision not in ("fp32", "fp16", "int8"):
             raise ExportError(f"openvino: unknown precision '{precision}'")
         ov_model = _convert(model)
-        if precision == "int8" and "qat" not in model.meta:  # a QAT model converts with its FakeQuantize nodes
+        if precision == "int8" and model.meta.qat is None:  # a QAT model converts with its FakeQuantize nodes
             if calibration is None:
                 raise ExportError("INT8 export needs calibration images")
             ov_model = _quantize(ov_model, calibration, metadata)
@@ -194,7 +194,7 @@ def _convert(model: Any) -> Any:
 
     from ..contract import model_size
 
-    key = (id(model), model.meta.get("source_sha256", ""))
+    key = (id(model), model.meta.source_sha256 or "")
     height, width = model_size(model.meta)  # the run's input size
     if key not in _CONVERTED:
         example = torch.zeros(1, height, width, 3, dtype=torch.uint8)
