@@ -134,7 +134,7 @@ def main() -> int:
                     )
                     if k in r
                 }
-                for r in rows
+                for r in (row.to_json() for row in rows)
             ],
             "predictions": [
                 {

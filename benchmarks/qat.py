@@ -71,7 +71,9 @@ def main() -> None:
 
 
 def _report(result, variants: dict[str, dict[str, str]], formats: list[str], args, seconds: float) -> None:
-    rows = {(r["source_run"], r["format"], r["precision"]): r for r in result if r["status"] == "ok"}
+    rows = {
+        (r["source_run"], r["format"], r["precision"]): r for r in (x.to_json() for x in result) if r["status"] == "ok"
+    }
     table = []
     for name, v in variants.items():
         for fmt in formats:

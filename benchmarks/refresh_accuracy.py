@@ -48,7 +48,7 @@ def refresh(
     from edgecifar.report import load_result
     from edgecifar.stats import wilson_interval
 
-    result = load_result(bench_json)
+    result = load_result(bench_json).to_json()  # edited here as JSON, written back as rows
     rows = result["rows"]
     files = present(rows)
     if baseline_only:  # one file per run brings its run's PyTorch row
@@ -68,7 +68,7 @@ def refresh(
             throughput_seconds=0.02,
             log=log,
         )
-    counted = {(r["path"], r["exec_precision"]): r for r in fresh if r["status"] == "ok"}
+    counted = {(r.path, r.exec_precision): r.to_json() for r in fresh if r.status == "ok"}
     differ = []
     for r in rows:
         if r.get("status") != "ok" or not isinstance(r.get("correct"), int):
@@ -119,10 +119,11 @@ def main() -> int:
     parser.add_argument("--baseline-only", action="store_true", help="the PyTorch rows and one file per run only")
     args = parser.parse_args()
     os.chdir(ROOT)  # the bench's rows name their files relative to the repository
+    from edgecifar.records import BenchRow
     from edgecifar.report import write_reports
 
     result, differ = refresh(args.bench, args.data, args.baseline, args.baseline_only)
-    write_reports(result["header"], result["rows"], args.bench.parent)
+    write_reports(result["header"], [BenchRow.from_json(r) for r in result["rows"]], args.bench.parent)
     for line in differ:
         print(f"count differs: {line}")
     print(f"refreshed {args.bench}: {result['header']['refreshed']['per_image_rows']} rows with per-image results")

@@ -197,14 +197,14 @@ def reference(args: argparse.Namespace) -> int:
     print(f"reference bench: {seconds:.0f} s ({'within' if seconds < BUDGET_S else 'OVER'} the {BUDGET_S} s budget)")
     status = 0 if seconds < BUDGET_S else 1
     if args.verify:
-        checks = verify(list(rows), args.data)
+        checks = verify([r.to_json() for r in rows], args.data)
         write_json(RESULTS / "verify.json", {"tolerance": ACCURACY_TOLERANCE, "checks": checks})
         status |= 0 if all(c["ok"] for c in checks) else 1
         print(f"independent evaluation: {sum(c['ok'] for c in checks)}/{len(checks)} within 0.05 points")
     if args.repeat:
         with tempfile.TemporaryDirectory() as tmp:
             second = run_bench(artifacts, Path(tmp), args)
-        pairs = compare(list(rows), list(second))
+        pairs = compare([r.to_json() for r in rows], [r.to_json() for r in second])
         write_json(RESULTS / "repeatability.json", {"p50_tolerance": P50_TOLERANCE, "pairs": pairs})
         status |= 0 if all(p["ok"] for p in pairs) else 1
         worst = max(pairs, key=lambda p: abs(p["p50_change"]))

@@ -31,10 +31,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .backends import BACKENDS, backend_for
+from .bench_rows import BenchResult
 from .bench_targets import Target, check_device, parse_threads, resolve_targets
 from .contract import Size, size_text
 from .errors import BenchError, DataError, UsageError
 from .isa import cap_command, current_isa, emulated, isa_variants, parse_isa
+from .records import BenchRow
 from .stats import per_image_record, spread, test_set_fingerprint, wilson_interval
 from .utils import library_versions, machine_info, read_json, terminate_as_interrupt, threads_warning
 
@@ -45,14 +47,6 @@ VERSIONED = tuple(
 LATENCY_TRIALS = 5  # independent batch-1 trials per row (a fresh session each): the spread a row reports
 STARTUP_S = {"pytorch": 3.0, **{name: b.startup_s for name, b in BACKENDS.items()}}  # for the ETA only
 Log = Callable[[str], None]
-
-
-class BenchResult(list):
-    """The rows (one dict per artifact and thread setting), plus `header` and the report `files` written."""
-
-    header: dict[str, Any]
-    files: dict[str, Path]
-    reused: bool = False  # True: an earlier, still current result returned without measuring
 
 
 @dataclass(frozen=True)
@@ -174,8 +168,8 @@ def _measure_and_write(
                 log(f"warning: {notes[-1]}")
         measured = _measure_all(targets, thread_list, settings, test_sets, show_progress, log)
     rows = _rows(targets, thread_list, measured, test_sets, settings)
-    if not any(r["status"] == "ok" for r in rows):
-        reasons = list(dict.fromkeys(f"{r['model']} {r['variant']}: {r['reason']}" for r in rows))
+    if not any(r.status == "ok" for r in rows):
+        reasons = list(dict.fromkeys(f"{r.model} {r.variant}: {r.reason}" for r in rows))
         more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
         raise BenchError(f"nothing could be measured: {'; '.join(reasons[:3])}{more}")
     loads.append(_load_average())
@@ -184,8 +178,8 @@ def _measure_and_write(
         log(f"warning: {busy}")
     header = _header(settings, key, time.perf_counter() - started, notes)
     header["load_average"] = loads
-    result = BenchResult(rows)
-    result.header, result.files = header, write_reports(header, rows, out_dir)
+    result = BenchResult(rows, header)
+    result.files = write_reports(header, rows, out_dir)
     return result
 
 
@@ -223,8 +217,10 @@ def _previous_result(out_dir: Path, key: str) -> BenchResult | None:
         return None
     if not isinstance(previous, dict) or previous.get("header", {}).get("key") != key:
         return None
-    result = BenchResult(previous["rows"])
-    result.header, result.files, result.reused = previous["header"], files, True
+    result = BenchResult.from_json(previous)
+    if result.unread:  # not a result bench wrote: measure again
+        return None
+    result.files, result.reused = files, True
     return result
 
 
@@ -427,8 +423,8 @@ class _progress:
 
 def _rows(
     targets: list[Target], threads: tuple[int, ...], measured: dict, test_sets: dict, settings: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """One flat row per target and thread setting (skipped and failed ones too, with their reason)."""
+) -> list[BenchRow]:
+    """One row per target and thread setting (skipped and failed ones too, with their reason)."""
     machine, date = machine_info(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     isa_record = current_isa().record()
     versions = library_versions(*VERSIONED)
@@ -476,7 +472,7 @@ def _rows(
                 "date": date,
                 "versions": versions,
             }
-            rows.append(row)
+            rows.append(BenchRow.from_json(row))
     return rows
 
 

@@ -399,8 +399,7 @@ def recommend(
     console.print(
         Text.assemble(
             ("recommended:", "green"),
-            f" {choice.get('path', choice['model'])} at "
-            f"{choice['threads']} thread{'s' if choice['threads'] > 1 else ''}",
+            f" {choice.path or choice.model} at {choice.threads} thread{'s' if choice.threads > 1 else ''}",
         ),
         highlight=False,
     )

@@ -19,7 +19,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import stats
+from .bench_rows import BenchResult
 from .errors import UsageError
+from .records import BenchRow
 
 
 @dataclass(frozen=True)
@@ -101,32 +103,32 @@ def lines(a: Measured, b: Measured, c: stats.PairedComparison, alpha: float) -> 
     ]
 
 
-def from_bench(result: dict[str, Any], wanted: str, source: str) -> Measured:
+def from_bench(result: BenchResult, wanted: str, source: str) -> Measured:
     """The bench row `wanted` names (its file path as the row records it, the same file by another path, or
     "model variant"), with its per-image results. UsageError when no row or several different ones match, or
     the row has no per-image results (a bench written before they were kept)."""
     from .bench_rows import model_shown
 
-    rows = [r for r in result["rows"] if isinstance(r, dict) and r.get("status") == "ok"]
+    rows = [r for r in result if r.status == "ok"]
     target = Path(wanted).resolve()
 
-    def named(r: dict[str, Any]) -> bool:
-        label = f"{model_shown(r)} {r.get('variant')}"
-        if wanted in (r.get("path"), label, f"{r.get('model')} {r.get('variant')}"):
+    def named(r: BenchRow) -> bool:
+        label = f"{model_shown(r)} {r.variant}"
+        if wanted in (r.path, label, f"{r.model} {r.variant}"):
             return True
-        return bool(r.get("path")) and Path(str(r["path"])).resolve() == target
+        return bool(r.path) and Path(str(r.path)).resolve() == target
 
     found = [r for r in rows if named(r)]
     if not found:
         raise UsageError(
             f"no measured row of {wanted} in {source} (name a row by its file path or as "
-            f"'MODEL VARIANT', e.g. '{model_shown(rows[0])} {rows[0]['variant']}')"
+            f"'MODEL VARIANT', e.g. '{model_shown(rows[0])} {rows[0].variant}')"
             if rows
             else f"{source} has no measured rows"
         )
     distinct = {(stats.row_hits(r) or ("", np.zeros(0)))[1].tobytes(): r for r in found}
     if len(distinct) > 1:  # e.g. an OpenVINO FP32 file's f32 and bf16 rows: the same path, other results
-        names = ", ".join(sorted({f"'{model_shown(r)} {r['variant']}'" for r in distinct.values()}))
+        names = ", ".join(sorted({f"'{model_shown(r)} {r.variant}'" for r in distinct.values()}))
         raise UsageError(f"{wanted} names rows with different results in {source}: name one of {names}")
     row = found[0]
     got = stats.row_hits(row)
@@ -135,7 +137,7 @@ def from_bench(result: dict[str, Any], wanted: str, source: str) -> Measured:
             f"the row of {wanted} in {source} has no per-image results (a bench written before they "
             f"were kept): bench it again, or compare the files with --data"
         )
-    return Measured(f"{model_shown(row)} {row['variant']} ({row.get('path')})", got[0], got[1], f"bench {source}")
+    return Measured(f"{model_shown(row)} {row.variant} ({row.path})", got[0], got[1], f"bench {source}")
 
 
 def measure_files(

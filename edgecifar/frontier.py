@@ -30,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from .bench_rows import BenchResult
 from .errors import BenchError, UsageError
+from .records import BenchRow
 
 LATENCY_BUDGETS_MS = (0.25, 0.5, 1.0, 2.0, 4.0)
 SIZE_BUDGETS_BYTES = (128_000, 500_000, 1_000_000, 4_000_000)  # decimal, as bench's size_mb
@@ -155,53 +157,53 @@ def family_of(model: str, families: Mapping[str, str] | None = None) -> str:
 
 
 def points_from_rows(
-    rows: Iterable[Mapping[str, Any]], families: Mapping[str, str] | None = None, formats: Sequence[str] | None = None
+    rows: Iterable[BenchRow], families: Mapping[str, str] | None = None, formats: Sequence[str] | None = None
 ) -> tuple[list[Point], list[str]]:
     """One Point per exported file measured at its native ISA (rows merged by path: accuracy from the row that
     has it, latency from the 1-thread row), and notes on what was left out. formats: keep only these runtimes
     (bench's `format` names)."""
     from . import stats
 
-    by_path: dict[str, list[Mapping[str, Any]]] = {}
+    by_path: dict[str, list[BenchRow]] = {}
     skipped = {"baseline": 0, "isa": 0, "status": 0}
     for row in rows:
-        if row.get("status") != "ok" or not isinstance(row.get("accuracy"), (int, float)):
+        if row.status != "ok" or not isinstance(row.accuracy, (int, float)):
             skipped["status"] += 1
-        elif row.get("format") == "pytorch":
+        elif row.format == "pytorch":
             skipped["baseline"] += 1
-        elif (row.get("isa") or {}).get("cap"):
+        elif (row.isa or {}).get("cap"):
             skipped["isa"] += 1
-        elif not formats or row.get("format") in formats:
-            by_path.setdefault(str(row.get("path")), []).append(row)
+        elif not formats or row.format in formats:
+            by_path.setdefault(str(row.path), []).append(row)
     points, notes = [], []
     for path, group in by_path.items():
-        one = [r for r in group if r.get("threads") == 1]
+        one = [r for r in group if r.threads == 1]
         row = one[0] if one else group[0]
-        correct, images = row.get("correct"), row.get("images")
-        if isinstance(row.get("accuracy_low"), (int, float)) and isinstance(row.get("accuracy_high"), (int, float)):
-            low, high = float(row["accuracy_low"]), float(row["accuracy_high"])
+        correct, images = row.correct, row.images
+        if isinstance(row.accuracy_low, (int, float)) and isinstance(row.accuracy_high, (int, float)):
+            low, high = float(row.accuracy_low), float(row.accuracy_high)
         elif isinstance(correct, int) and isinstance(images, int) and images > 0:
             low, high = stats.wilson_interval(correct, images)
         else:
-            low = high = float(row["accuracy"])
-        run = str(row.get("source_run") or row.get("model"))
-        latency = one[0].get("latency_p50_ms") if one else None
+            low = high = float(row.accuracy)
+        run = str(row.source_run or row.model)
+        latency = one[0].latency_p50_ms if one else None
         points.append(
             Point(
-                label=f"{run} {row.get('variant', row.get('format'))}",
-                model=str(row.get("model")),
+                label=f"{run} {row.variant}",
+                model=row.model,
                 run=run,
-                variant=str(row.get("variant", "")),
-                format=str(row.get("format")),
-                family=family_of(str(row.get("model")), families),
-                accuracy=float(row["accuracy"]),
+                variant=row.variant,
+                format=str(row.format),
+                family=family_of(row.model, families),
+                accuracy=float(row.accuracy),
                 correct=correct if isinstance(correct, int) else None,
                 images=images if isinstance(images, int) else None,
                 low=low,
                 high=high,
                 latency_ms=float(latency) if isinstance(latency, (int, float)) else None,
-                size_bytes=int(row.get("size_bytes") or 0),
-                input_size=str(row.get("input_size", "")),
+                size_bytes=int(row.size_bytes or 0),
+                input_size=row.input_size or "",
                 path=path,
                 hits=stats.row_hits(row),
             )
@@ -283,29 +285,29 @@ def crossovers(points: Sequence[Point], axis: str, families: Sequence[str] = FAM
 
 
 def build_frontier(
-    results: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    results: BenchResult | Sequence[BenchResult],
     alpha: float = 0.05,
     formats: Sequence[str] | None = None,
     latency_budgets: Sequence[float] = LATENCY_BUDGETS_MS,
     size_budgets: Sequence[float] = SIZE_BUDGETS_BYTES,
     families: Mapping[str, str] | None = None,
 ) -> Frontier:
-    """The frontier of one bench result ({"header", "rows"}) or several (e.g. new runs benched on their own
+    """The frontier of one bench result (bench_rows.BenchResult) or several (e.g. new runs benched on their own
     beside the reference bench): a file in more than one counts as measured by the last. Results from different
     machines are combined with a note, since their latencies do not compare. Raises BenchError when no row makes
     a point."""
-    results = [results] if isinstance(results, Mapping) else list(results)
-    rows: dict[str, Mapping[str, Any]] = {}
+    results = [results] if isinstance(results, BenchResult) else list(results)
+    rows: dict[str, BenchRow] = {}
     for i, result in enumerate(results):
-        for n, row in enumerate(result.get("rows", [])):
-            rows[f"{row.get('path', f'{i}:{n}')}|{row.get('threads')}|{(row.get('isa') or {}).get('cap')}"] = row
+        for n, row in enumerate(result):
+            rows[f"{row.path or f'{i}:{n}'}|{row.threads}|{(row.isa or {}).get('cap')}"] = row
     points, notes = points_from_rows(list(rows.values()), families, formats)
     if not points:
         raise BenchError(
             "no exported file with a measured accuracy in this bench result"
             + (f" for {', '.join(formats)}" if formats else "")
         )
-    machines = list(dict.fromkeys(_machine_text((r.get("header") or {}).get("machine") or {}) for r in results))
+    machines = list(dict.fromkeys(_machine_text(r.header.get("machine") or {}) for r in results))
     if len(machines) > 1:
         notes.append(f"rows from {len(machines)} machines ({'; '.join(machines)}): their latencies do not compare")
     axes = {"latency": list(latency_budgets), "size": list(size_budgets)}

@@ -175,7 +175,7 @@ def _verdict(rows, threads) -> dict[str, Any] | None:
     if DEFAULT_SHIPPING["threads"] not in threads:
         return None
     try:
-        return shipping_verdict({"header": rows.header, "rows": list(rows)})
+        return shipping_verdict(rows)
     except BenchError:
         return None
 

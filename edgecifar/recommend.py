@@ -26,7 +26,8 @@ import numpy as np
 
 from . import stats
 from .errors import BenchError, UsageError
-from .bench_rows import load_result, model_shown, threads_shown
+from .bench_rows import BenchResult, load_result, model_shown, threads_shown
+from .records import BenchRow
 
 PERCENTILES = ("p50", "p90", "p99")
 
@@ -35,11 +36,11 @@ PERCENTILES = ("p50", "p90", "p99")
 class Constraint:
     name: str  # the CLI option
     limit: float
-    value: Callable[[dict[str, Any]], float]  # the row's figure, in the limit's unit
+    value: Callable[[BenchRow], float]  # the row's figure, in the limit's unit
     upper: bool  # True: value <= limit; False: value >= limit
     unit: str
 
-    def gap(self, row: dict[str, Any]) -> float:
+    def gap(self, row: BenchRow) -> float:
         """How far the row is from meeting it (<= 0: met)."""
         v = self.value(row)
         return v - self.limit if self.upper else self.limit - v
@@ -57,12 +58,10 @@ def constraints_for(
     found = []
     if max_latency_ms is not None:
         found.append(
-            Constraint(
-                "max_latency_ms", max_latency_ms, lambda r: r[f"latency_{percentile}_ms"], True, f"ms {percentile}"
-            )
+            Constraint("max_latency_ms", max_latency_ms, lambda r: r.latency(percentile), True, f"ms {percentile}")
         )
     if max_size_mb is not None:
-        found.append(Constraint("max_size_mb", max_size_mb, lambda r: r["size_mb"], True, "MB"))
+        found.append(Constraint("max_size_mb", max_size_mb, lambda r: r.size_mb, True, "MB"))
     if min_accuracy is not None:
         if not 0 <= min_accuracy <= 100:
             raise UsageError(f"--min-accuracy is a top-1 percentage (0-100), got {min_accuracy}")
@@ -71,12 +70,12 @@ def constraints_for(
                 f"--min-accuracy is top-1 in percent, so {min_accuracy:g} would mean {min_accuracy:g} %: "
                 f"for {min_accuracy:.0%} pass --min-accuracy {100 * min_accuracy:g}"
             )
-        found.append(Constraint("min_accuracy", min_accuracy, lambda r: 100 * r["accuracy"], False, "points"))
+        found.append(Constraint("min_accuracy", min_accuracy, lambda r: 100 * r.accuracy, False, "points"))
     return found
 
 
 def recommend(
-    result: dict[str, Any] | Path | str,
+    result: BenchResult | Path | str,
     max_latency_ms: float | None = None,
     max_size_mb: float | None = None,
     min_accuracy: float | None = None,
@@ -99,10 +98,10 @@ def recommend(
     if not 0 < alpha < 1:
         raise UsageError(f"--alpha is a significance level between 0 and 1 (e.g. 0.05), got {alpha:g}")
     key = f"latency_{percentile}_ms"
-    data = result if isinstance(result, dict) else load_result(result)
+    data = result if isinstance(result, BenchResult) else load_result(result)
     rows, ignored = _measured(data, threads, key)
     eligible = sorted(
-        (r for r in rows if all(c.gap(r) <= 0 for c in cons)), key=lambda r: (-r["accuracy"], r[key], r["size_mb"])
+        (r for r in rows if all(c.gap(r) <= 0 for c in cons)), key=lambda r: (-r.accuracy, getattr(r, key), r.size_mb)
     )
     base = {
         "percentile": percentile,
@@ -112,7 +111,7 @@ def recommend(
         "constraints": {c.name: c.limit for c in cons},
         "threads": threads,
         "ignored": ignored,
-        **machine_lines(data.get("header") or {}),
+        **machine_lines(data.header),
     }
     if not eligible:
         shortfalls = [_shortfall(c, cons, rows, key) for c in cons]
@@ -132,7 +131,7 @@ def recommend(
     best = eligible[0]
     judged = [accuracy_tie(r, best, alpha) for r in eligible]
     tied = [t for t in judged if t.tied]
-    choice = min(tied, key=lambda t: (t.row["size_mb"], t.row[key])).row
+    choice = min(tied, key=lambda t: (t.row.size_mb, getattr(t.row, key))).row
     runner_up = next((r for r in eligible if r is not choice), None)
     method = max((t.method for t in judged), key=METHODS.index)  # the weakest judgement made
     return {
@@ -152,7 +151,7 @@ def recommend(
 class Tie:
     """How a row's top-1 compares with a reference row's (the most accurate one)."""
 
-    row: dict[str, Any]
+    row: BenchRow
     tied: bool  # not significantly less accurate than the reference
     difference: float  # row - reference, a fraction
     p_value: float | None  # exact McNemar, where the two have per-image results on one test set
@@ -174,11 +173,11 @@ PAIRED, WILSON, TOP1 = "exact McNemar", "Wilson intervals", "top-1 only"
 METHODS = (PAIRED, WILSON, TOP1)  # strongest first
 
 
-def accuracy_tie(row: dict[str, Any], reference: dict[str, Any], alpha: float = stats.ALPHA) -> Tie:
+def accuracy_tie(row: BenchRow, reference: BenchRow, alpha: float = stats.ALPHA) -> Tie:
     """Whether `row` is tied on accuracy with `reference` (not significantly less accurate, at `alpha`): the exact
     McNemar test where both carry per-image results on one test set; else overlapping Wilson 95 % intervals
     (not a paired test) where both carry counts; else only an equal top-1 is a tie."""
-    diff = row["accuracy"] - reference["accuracy"]
+    diff = row.accuracy - reference.accuracy
     if row is reference:
         return Tie(row, True, 0.0, 1.0, PAIRED if stats.row_hits(row) else _counted(row))
     a, b = _hits(row), _hits(reference)
@@ -187,17 +186,17 @@ def accuracy_tie(row: dict[str, Any], reference: dict[str, Any], alpha: float = 
         p = stats.mcnemar_exact(better, worse)
         return Tie(row, diff >= 0 or p >= alpha, (better - worse) / len(a[1]), p, PAIRED)
     if _counted(row) == WILSON and _counted(reference) == WILSON:
-        high, ref_low = _wilson(row["correct"], row["images"])[1], _wilson(reference["correct"], reference["images"])[0]
+        high, ref_low = _wilson(row.correct, row.images)[1], _wilson(reference.correct, reference.images)[0]
         return Tie(row, diff >= 0 or high >= ref_low, diff, None, WILSON)
     return Tie(row, diff >= 0, diff, None, TOP1)
 
 
-def more_accurate(a: dict[str, Any], b: dict[str, Any], alpha: float = stats.ALPHA) -> bool:
+def more_accurate(a: BenchRow, b: BenchRow, alpha: float = stats.ALPHA) -> bool:
     """Whether `a` is significantly more accurate than `b` (accuracy_tie's rules, seen from `b`)."""
-    return a["accuracy"] > b["accuracy"] and not accuracy_tie(b, a, alpha).tied
+    return a.accuracy > b.accuracy and not accuracy_tie(b, a, alpha).tied
 
 
-def faster(a: dict[str, Any], b: dict[str, Any], percentile: str = "p50") -> bool:
+def faster(a: BenchRow, b: BenchRow, percentile: str = "p50") -> bool:
     """Whether `a`'s latency is below `b`'s beyond the noise: the bootstrap interval of the ratio of their trial
     medians (stats.latency_ratio) lies below 1; with one measurement each (an older bench), a lower figure."""
     ta, tb = stats.trials_of(a, percentile), stats.trials_of(b, percentile)
@@ -212,10 +211,10 @@ def faster(a: dict[str, Any], b: dict[str, Any], percentile: str = "p50") -> boo
     return stats.latency_ratio(ta, tb, resamples=2000)[2] < 1
 
 
-_HITS: dict[int, tuple[dict, tuple[str, np.ndarray] | None]] = {}
+_HITS: dict[int, tuple[BenchRow, tuple[str, np.ndarray] | None]] = {}
 
 
-def _hits(row: dict[str, Any]) -> tuple[str, np.ndarray] | None:
+def _hits(row: BenchRow) -> tuple[str, np.ndarray] | None:
     """stats.row_hits, unpacked once per row object (the front compares every pair)."""
     cached = _HITS.get(id(row))
     if cached is None or cached[0] is not row:
@@ -230,9 +229,9 @@ def _wilson(correct: int, images: int) -> tuple[float, float]:
     return stats.wilson_interval(correct, images)
 
 
-def _counted(row: dict[str, Any]) -> str:
-    ok = isinstance(row.get("correct"), int) and isinstance(row.get("images"), int) and row["images"] > 0
-    return WILSON if ok and 0 <= row["correct"] <= row["images"] else TOP1
+def _counted(row: BenchRow) -> str:
+    ok = isinstance(row.correct, int) and isinstance(row.images, int) and row.images > 0
+    return WILSON if ok and 0 <= row.correct <= row.images else TOP1
 
 
 def _p(p: float | None) -> str:
@@ -262,13 +261,17 @@ def machine_lines(header: dict[str, Any]) -> dict[str, str | None]:
     }
 
 
-def _measured(data: dict[str, Any], threads: int | None, key: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """The usable measured rows (at `threads`, when given), and a line for each one left out."""
+def _measured(data: BenchResult, threads: int | None, key: str) -> tuple[list[BenchRow], list[str]]:
+    """The usable measured rows (at `threads`, when given), and a line for each one left out (the file's rows
+    that are not bench rows too, in the file's order)."""
     ok, ignored = [], []
-    for i, row in enumerate(data["rows"]):
-        if isinstance(row, dict) and row.get("status") not in (None, "ok"):
+    rows = iter(data)
+    for i in range(len(data) + len(data.unread)):
+        problem = data.unread.get(i)
+        row = next(rows) if problem is None else None
+        if row is not None and row.status not in (None, "ok"):
             continue  # skipped or failed at bench time: the bench said why
-        problem = _malformed(row, key)
+        problem = problem or _malformed(row, key)
         if problem:
             ignored.append(f"bench row {i + 1} ignored: {problem}")
         else:
@@ -277,26 +280,24 @@ def _measured(data: dict[str, Any], threads: int | None, key: str) -> tuple[list
         more = f" ({ignored[0]}{' ...' if len(ignored) > 1 else ''})" if ignored else ""
         raise BenchError(f"the bench result has no measured rows{more}")
     if threads is not None:
-        picked = [r for r in ok if r["threads"] == threads]
+        picked = [r for r in ok if r.threads == threads]
         if not picked:
-            measured = ", ".join(str(t) for t in sorted({r["threads"] for r in ok}))
+            measured = ", ".join(str(t) for t in sorted({r.threads for r in ok}))
             raise BenchError(f"no rows measured at {threads} threads (the result has {measured})")
         return picked, ignored
-    machine = (data.get("header") or {}).get("machine") or {}
+    machine = data.header.get("machine") or {}
     cores = machine.get("cores_available") or machine.get("cores")
-    if isinstance(cores, int) and (over := [r for r in ok if r["threads"] > cores]) and len(over) < len(ok):
+    if isinstance(cores, int) and (over := [r for r in ok if r.threads > cores]) and len(over) < len(ok):
         ignored.append(
             f"{len(over)} rows measured at more threads than the bench machine's {cores} cores left out "
             f"(pass --threads N to consider them)"
         )
-        ok = [r for r in ok if r["threads"] <= cores]
+        ok = [r for r in ok if r.threads <= cores]
     return ok, ignored
 
 
-def _malformed(row: Any, key: str) -> str | None:
+def _malformed(row: BenchRow, key: str) -> str | None:
     """Why a bench row cannot be compared (None: it can)."""
-    if not isinstance(row, dict):
-        return f"not an object ({type(row).__name__})"
     checks = {
         "model": lambda v: isinstance(v, str),
         "variant": lambda v: isinstance(v, str),
@@ -305,9 +306,11 @@ def _malformed(row: Any, key: str) -> str | None:
         key: lambda v: _number(v) and v > 0,
         "size_mb": lambda v: _number(v) and v >= 0,
     }
-    bad = [name for name, valid in checks.items() if not valid(row.get(name))]
+    bad = [name for name, valid in checks.items() if not valid(getattr(row, name))]
     if bad:
-        return ", ".join(f"{name} {row.get(name)!r}" for name in bad) + " (the bench writes measured figures there)"
+        return (
+            ", ".join(f"{name} {getattr(row, name)!r}" for name in bad) + " (the bench writes measured figures there)"
+        )
     return None
 
 
@@ -315,12 +318,12 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def name(row: dict[str, Any]) -> str:
-    return f"{model_shown(row)} {row['variant']} @{threads_shown(row)} thread{'s' if row['threads'] > 1 else ''}"
+def name(row: BenchRow) -> str:
+    return f"{model_shown(row)} {row.variant} @{threads_shown(row)} thread{'s' if row.threads > 1 else ''}"
 
 
-def describe(row: dict[str, Any], key: str) -> str:
-    return f"top-1 {row['accuracy']:.2%}, {key.split('_')[1]} {row[key]:.3f} ms, {row['size_mb']:.2f} MB"
+def describe(row: BenchRow, key: str) -> str:
+    return f"top-1 {row.accuracy:.2%}, {key.split('_')[1]} {getattr(row, key):.3f} ms, {row.size_mb:.2f} MB"
 
 
 def _joined(cons: list[Constraint]) -> str:
@@ -328,12 +331,12 @@ def _joined(cons: list[Constraint]) -> str:
 
 
 def _why(
-    choice: dict,
-    best: dict,
+    choice: BenchRow,
+    best: BenchRow,
     tied: list[Tie],
     judged: list[Tie],
-    eligible: list[dict],
-    rows: list[dict],
+    eligible: list[BenchRow],
+    rows: list[BenchRow],
     cons: list[Constraint],
     key: str,
     alpha: float,
@@ -376,21 +379,21 @@ def _why(
             f" [{len(unpaired)} of the {len(judged)} rows judged against {name(best)} by {how}, not a paired "
             f"test: no per-image results on one test set for them; bench again to pair them]"
         )
-    fastest = min(eligible, key=lambda r: r[key])
+    fastest = min(eligible, key=lambda r: getattr(r, key))
     if fastest is not choice and faster(fastest, choice, percentile):
         text += f"; the fastest that qualifies is {name(fastest)} ({describe(fastest, key)})"
     return text
 
 
-def _size_text(small: dict[str, Any], large: dict[str, Any]) -> str:
-    if small["size_mb"] == large["size_mb"]:
+def _size_text(small: BenchRow, large: BenchRow) -> str:
+    if small.size_mb == large.size_mb:
         return "the same size"
-    ratio = large["size_mb"] / small["size_mb"] if small["size_mb"] else float("inf")
+    ratio = large.size_mb / small.size_mb if small.size_mb else float("inf")
     shown = max(ratio, 1 / ratio)
     return f"{shown:.{1 if shown >= 1.5 else 2}f}x {'smaller' if ratio >= 1 else 'larger'}"
 
 
-def _shortfall(c: Constraint, cons: list[Constraint], rows: list[dict], key: str) -> dict[str, Any]:
+def _shortfall(c: Constraint, cons: list[Constraint], rows: list[BenchRow], key: str) -> dict[str, Any]:
     """The row closest to meeting `c` among those that meet every other constraint (or among all rows, when
     none does), and how far it is."""
     others = [r for r in rows if all(o.gap(r) <= 0 for o in cons if o is not c)]
@@ -421,7 +424,7 @@ DEFAULT_SHIPPING = {"max_latency_ms": 1.0, "max_size_mb": 5.0, "threads": 1}
 
 
 def shipping_verdict(
-    result: dict[str, Any] | Path | str, alpha: float = stats.ALPHA, **constraints: Any
+    result: BenchResult | Path | str, alpha: float = stats.ALPHA, **constraints: Any
 ) -> dict[str, Any]:
     """Which file to ship under `constraints` (default DEFAULT_SHIPPING), with recommend()'s tie rule at `alpha`,
     and the Pareto front of accuracy against batch-1 p50 latency at that thread count (significant_front), each
@@ -430,7 +433,7 @@ def shipping_verdict(
     Returns {"recommendation": recommend()'s answer, "front": [{"row", "reason"}], "lines": [str]}.
     """
     wanted = {**DEFAULT_SHIPPING, **constraints}
-    data = result if isinstance(result, dict) else load_result(result)
+    data = result if isinstance(result, BenchResult) else load_result(result)
     found = recommend(data, alpha=alpha, **wanted)
     rows, _ = _measured(data, wanted["threads"], "latency_p50_ms")
     front_rows = significant_front(rows, alpha)
@@ -451,11 +454,7 @@ def shipping_verdict(
     limits = ", ".join(c.text() for c in constraints_for(wanted["max_latency_ms"], wanted["max_size_mb"], None))
     lines = [
         f"ship ({limits}, {wanted['threads']} thread): "
-        + (
-            f"{found['choice'].get('path', name(found['choice']))}: {found['reason']}"
-            if found["met"]
-            else found["reason"]
-        )
+        + (f"{found['choice'].path or name(found['choice'])}: {found['reason']}" if found["met"] else found["reason"])
     ]
     lines += [f"Pareto front (accuracy against p50 latency, {wanted['threads']} thread, ties at alpha {alpha:g}):"]
     lines += [f"  {name(f['row'])} ({describe(f['row'], 'latency_p50_ms')}): {f['reason']}" for f in front]
@@ -466,19 +465,17 @@ def shipping_verdict(
     return {"recommendation": found, "front": front, "lines": lines}
 
 
-def significant_front(
-    rows: list[dict[str, Any]], alpha: float = stats.ALPHA, percentile: str = "p50"
-) -> list[dict[str, Any]]:
+def significant_front(rows: list[BenchRow], alpha: float = stats.ALPHA, percentile: str = "p50") -> list[BenchRow]:
     """The Pareto front of accuracy against latency with ties respected, fastest first: a row is off the front
     when another row is significantly faster (faster()) and not significantly less accurate (accuracy_tie), or
     significantly more accurate (more_accurate()) and not significantly slower. Without per-image results or
     latency trials, the comparisons fall back as accuracy_tie and faster() say, which on an old bench gives the
     plain Pareto front."""
     key = f"latency_{percentile}_ms"
-    timed = [r for r in rows if isinstance(r.get(key), (int, float)) and r.get("accuracy") is not None]
-    order = sorted(timed, key=lambda r: (r[key], -r["accuracy"]))
+    timed = [r for r in rows if isinstance(r.latency(percentile), (int, float)) and r.accuracy is not None]
+    order = sorted(timed, key=lambda r: (getattr(r, key), -r.accuracy))
 
-    def dominates(s: dict[str, Any], r: dict[str, Any]) -> bool:
+    def dominates(s: BenchRow, r: BenchRow) -> bool:
         if faster(s, r, percentile) and accuracy_tie(s, r, alpha).tied:  # s not significantly less accurate
             return True
         return more_accurate(s, r, alpha) and not faster(r, s, percentile)

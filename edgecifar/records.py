@@ -51,6 +51,18 @@ class Record:
         return cls._read(data, "")[1]
 
     @classmethod
+    def bad_keys(cls, data: dict[str, Any]) -> list[str]:
+        """The keys of `data` (an object) that keep it from being this record: required ones it lacks, and
+        those whose values have the wrong JSON type, in declared order."""
+        hints = _hints(cls)
+        return [
+            f.name
+            for f in _fields(cls)
+            if (f.name in data and not _fits_deep(data[f.name], hints[f.name]))
+            or (f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        ]
+
+    @classmethod
     def _read(cls: type[R], data: Any, where: str) -> tuple[R | None, list[str]]:
         at = f"{where}: " if where else ""
         if not isinstance(data, dict):
@@ -145,6 +157,15 @@ def _record_type(hint: Any) -> tuple[type[Record] | None, bool]:
         if isinstance(inner, type) and issubclass(inner, Record):
             return inner, many
     return None, False
+
+
+def _fits_deep(value: Any, hint: Any) -> bool:
+    """_fits, nested records included."""
+    nested, many = _record_type(hint)
+    if nested is None or value is None:
+        return _fits(value, hint)
+    values = value if many and isinstance(value, list) else [value]
+    return (isinstance(value, list) or not many) and not any(nested._read(v, "")[1] for v in values)
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -279,13 +300,13 @@ class BenchRow(Record):
     versions lack the later fields (accuracy_low/high, test_set, per_image, the trials, input_size, isa)."""
 
     model: str
-    variant: str  # the runtime as shown ("ONNX Runtime", "PyTorch", ...)
-    format: str  # "pytorch" or a backend's name
-    precision: str
+    variant: str  # the runtime and precision as shown ("ONNX INT8", "PyTorch", ...)
+    format: str | None = None  # "pytorch" or a backend's name
+    precision: str | None = None
     exec_precision: str | None = None  # what the runtime computes in
     threads: int
-    status: str  # ok | skipped | error
-    reason: str = ""
+    status: str | None = None  # ok | skipped | error (None in a hand-made row: counted as ok)
+    reason: str | None = None  # why it was skipped or failed ("" when measured)
     # accuracy on the test set: top-1 with its Wilson 95 % interval, per class, and per image (stats)
     accuracy: float | None = None
     accuracy_low: float | None = None
@@ -339,9 +360,13 @@ class BenchRow(Record):
     ERROR = BenchError
     WHAT = "bench row"
 
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
+    def latency(self, percentile: str = "p50") -> float | None:
+        """The batch-1 latency at "p50", "p90" or "p99" (ms)."""
+        return getattr(self, f"latency_{percentile}_ms")
+
+    def latency_trials_at(self, percentile: str = "p50") -> list[float] | None:
+        """Every trial's latency at "p50" or "p99" (ms); None where the row keeps none."""
+        return getattr(self, f"latency_trial_{percentile}_ms", None)
 
 
 @dataclass(kw_only=True)

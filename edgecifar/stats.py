@@ -27,6 +27,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .records import BenchRow
+
 CONFIDENCE = 0.95
 ALPHA = 0.05  # the significance level of every "tied / different" decision unless an option says otherwise
 RESAMPLES = 10_000
@@ -195,10 +197,10 @@ def per_image_record(hits: np.ndarray, test_set: str) -> dict[str, Any]:
     return {"test_set": test_set, "images": int(len(hits)), "encoding": ENCODING, "correct": pack_hits(hits)}
 
 
-def row_hits(row: Mapping[str, Any]) -> tuple[str, np.ndarray] | None:
+def row_hits(row: BenchRow) -> tuple[str, np.ndarray] | None:
     """(test-set fingerprint, hit vector) of a bench row, or None when the row has no (readable) per-image
     results (a bench file written before they were kept, or a row without an accuracy pass)."""
-    record = row.get(PER_IMAGE) if isinstance(row, Mapping) else None
+    record = row.per_image
     if not isinstance(record, Mapping) or record.get("encoding") != ENCODING:
         return None
     try:
@@ -206,7 +208,7 @@ def row_hits(row: Mapping[str, Any]) -> tuple[str, np.ndarray] | None:
         hits = unpack_hits(str(record["correct"]), n)
     except (KeyError, TypeError, ValueError):
         return None
-    if isinstance(row.get("correct"), int) and int(hits.sum()) != row["correct"]:
+    if isinstance(row.correct, int) and int(hits.sum()) != row.correct:
         return None  # the bits and the count disagree: trust neither as a pair
     return str(record.get("test_set")), hits
 
@@ -326,17 +328,17 @@ def latency_ratio(
     return ratio, float(low), float(high)
 
 
-def trials_of(row: Mapping[str, Any], percentile: str = "p50") -> list[float]:
+def trials_of(row: BenchRow, percentile: str = "p50") -> list[float]:
     """A bench row's per-trial latencies at `percentile` (ms), or its single figure for a row written before
     trials were kept, or [] when it has none."""
-    trials = row.get(f"latency_trial_{percentile}_ms")
+    trials = row.latency_trials_at(percentile)
     if isinstance(trials, list) and trials and all(isinstance(t, (int, float)) and t > 0 for t in trials):
         return [float(t) for t in trials]
-    single = row.get(f"latency_{percentile}_ms")
+    single = row.latency(percentile)
     return [float(single)] if isinstance(single, (int, float)) and single > 0 else []
 
 
-def speed_text(fast: Mapping[str, Any], slow: Mapping[str, Any], percentile: str = "p50") -> str:
+def speed_text(fast: BenchRow, slow: BenchRow, percentile: str = "p50") -> str:
     """How `fast`'s latency compares with `slow`'s, said only as far as the trials support it: "1.8x faster"
     where the ratio's interval excludes 1, "1.8x faster on one measurement each" without trials, and "as fast
     (ratio 0.95x, 95 % interval 0.90-1.02)" where the interval includes 1."""

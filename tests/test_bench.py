@@ -71,35 +71,35 @@ def exported_copy(exported, tiny_run, tmp_path) -> Path:
 
 def test_one_row_per_artifact_and_thread_setting(benched, exported):
     rows, _ = benched
-    assert sorted((r["variant"], r["threads"]) for r in rows) == sorted((v, n) for v in VARIANTS for n in (1, 2))
-    assert all(r["status"] == "ok" and r["reason"] == "" for r in rows)
+    assert sorted((r.variant, r.threads) for r in rows) == sorted((v, n) for v in VARIANTS for n in (1, 2))
+    assert all(r.status == "ok" and r.reason == "" for r in rows)
     _, entries = exported
     for e in entries:  # file size and checksum are the manifest's
-        row = next(r for r in rows if r["format"] == e.format and r["precision"] == e.precision)
-        assert row["size_bytes"] == e.bytes and row["sha256"] == e.sha256 and row["checksum"] == "ok"
+        row = next(r for r in rows if r.format == e.format and r.precision == e.precision)
+        assert row.size_bytes == e.bytes and row.sha256 == e.sha256 and row.checksum == "ok"
 
 
 def test_fields_present_and_sane(benched):
     rows, _ = benched
-    params, macs = {r["params"] for r in rows}, {r["macs"] for r in rows}
+    params, macs = {r.params for r in rows}, {r.macs for r in rows}
     assert len(params) == len(macs) == 1 and params.pop() > 0 and macs.pop() > 0  # one architecture
     for r in rows:
-        assert 0 < r["latency_p50_ms"] <= r["latency_p90_ms"] <= r["latency_p99_ms"]
+        assert 0 < r.latency_p50_ms <= r.latency_p90_ms <= r.latency_p99_ms
         # two trials, each a fresh session: the row's p50 is their median, with their min-max
-        assert r["latency_trials"] == 2 and len(r["latency_trial_p50_ms"]) == len(r["latency_trial_p99_ms"]) == 2
-        assert r["latency_p50_min_ms"] <= r["latency_p50_ms"] <= r["latency_p50_max_ms"]
-        assert r["latency_p50_ms"] == pytest.approx(float(np.median(r["latency_trial_p50_ms"])))
-        assert r["accuracy_low"] <= r["accuracy"] <= r["accuracy_high"]  # Wilson 95 %
+        assert r.latency_trials == 2 and len(r.latency_trial_p50_ms) == len(r.latency_trial_p99_ms) == 2
+        assert r.latency_p50_min_ms <= r.latency_p50_ms <= r.latency_p50_max_ms
+        assert r.latency_p50_ms == pytest.approx(float(np.median(r.latency_trial_p50_ms)))
+        assert r.accuracy_low <= r.accuracy <= r.accuracy_high  # Wilson 95 %
         # the same CPU; under EDGECIFAR_CPU_FLAGS the ISA record says its flags are the switch's
-        assert r["isa"]["cpu"].startswith(r["cpu"]) and isinstance(r["isa"]["flags"], list)
-        assert r["latency_iterations"] >= 20 and r["throughput_ips"] > 0 and r["load_s"] >= 0
-        assert r["threads_runtime"] == r["threads"]  # the runtime reports the pinned count
-        assert r["images"] == 3 * 70 and list(r["per_class"]) == CLASSES
-        assert r["cpu"] and r["cores"] >= 1 and r["date"] and r["device"] == "cpu"
-        assert {"onnxruntime", "openvino", "numpy"} <= set(r["versions"])
+        assert r.isa["cpu"].startswith(r.cpu) and isinstance(r.isa["flags"], list)
+        assert r.latency_iterations >= 20 and r.throughput_ips > 0 and r.load_s >= 0
+        assert r.threads_runtime == r.threads  # the runtime reports the pinned count
+        assert r.images == 3 * 70 and list(r.per_class) == CLASSES
+        assert r.cpu and r.cores >= 1 and r.date and r.device == "cpu"
+        assert {"onnxruntime", "openvino", "numpy"} <= set(r.versions)
     for variant in VARIANTS:  # accuracy is counted once per artifact and shared by its thread settings
-        pair = [r for r in rows if r["variant"] == variant]
-        assert pair[0]["correct"] == pair[1]["correct"] and pair[0]["per_class"] == pair[1]["per_class"]
+        pair = [r for r in rows if r.variant == variant]
+        assert pair[0].correct == pair[1].correct and pair[0].per_class == pair[1].per_class
 
 
 def test_accuracy_equals_an_independent_count(benched, exported, tiny_run):
@@ -118,26 +118,26 @@ def test_accuracy_equals_an_independent_count(benched, exported, tiny_run):
     fingerprint = stats.test_set_fingerprint(splits.test_y, splits.test_x, splits.classes)
     for e in entries:
         preds = load_artifact(out_dir / e.path).run(splits.test_x).argmax(1)
-        for r in (r for r in rows if r["format"] == e.format and r["precision"] == e.precision):
+        for r in (r for r in rows if r.format == e.format and r.precision == e.precision):
             # which images it got right, kept per row with the test set's fingerprint
-            assert stats.row_hits(r)[0] == r["test_set"] == fingerprint
+            assert stats.row_hits(r)[0] == r.test_set == fingerprint
             assert np.array_equal(stats.row_hits(r)[1], preds == splits.test_y)
         hits = int((preds == splits.test_y).sum())
         # per class: the share of that class's test images predicted as that class
         per_class = {c: float(np.mean(preds[splits.test_y == i] == i)) for i, c in enumerate(CLASSES)}
-        for r in (r for r in rows if r["format"] == e.format and r["precision"] == e.precision):
-            assert r["correct"] == hits and r["accuracy"] == hits / len(splits.test_y)
-            assert r["per_class"] == pytest.approx(per_class)
+        for r in (r for r in rows if r.format == e.format and r.precision == e.precision):
+            assert r.correct == hits and r.accuracy == hits / len(splits.test_y)
+            assert r.per_class == pytest.approx(per_class)
     logits = predict_logits(load_run(tiny_run), torch.from_numpy(splits.test_x))
     hits = int((logits.argmax(1).numpy() == splits.test_y).sum())
-    assert {r["correct"] for r in rows if r["format"] == "pytorch"} == {hits}
+    assert {r.correct for r in rows if r.format == "pytorch"} == {hits}
 
 
 def test_report_files(benched):
     rows, results = benched
     assert sorted(p.name for p in results.iterdir()) == sorted(REPORTS)  # no temporary files left
     data = json.loads((results / "bench.json").read_text())
-    assert data["rows"] == json.loads(json.dumps(list(rows)))
+    assert data["rows"] == json.loads(json.dumps([r.to_json() for r in rows]))
     assert data["header"]["machine"]["cores"] >= 1 and data["header"]["settings"]["threads"] == [1, 2]
     with open(results / "bench.csv", newline="") as f:
         table = list(csv.DictReader(f))
@@ -167,8 +167,8 @@ def test_report_files(benched):
     } <= set(table[0])
     assert "per_image" not in table[0] and len(table[0]["latency_trial_p50_ms"].split()) == 2
     md = (results / "bench.md").read_text()
-    row = next(r for r in rows if r["threads"] == 1)
-    shown = f"{100 * row['accuracy']:.2f} ({100 * row['accuracy_low']:.2f}-{100 * row['accuracy_high']:.2f})"
+    row = next(r for r in rows if r.threads == 1)
+    shown = f"{100 * row.accuracy:.2f} ({100 * row.accuracy_low:.2f}-{100 * row.accuracy_high:.2f})"
     assert shown in md and "p50 ms (trials min-max)" in md
     md = (results / "bench.md").read_text()
     assert "## 1 thread" in md and "## 2 threads" in md and "Pareto front" in md and "bench.png" in md
@@ -244,9 +244,9 @@ def test_listed_but_missing_artifact_is_skipped(exported_copy, tmp_path):
         show_progress=True,
         **ONE_TRIAL,
     )  # the progress bar (on stderr) along the way
-    by_variant = {r["variant"]: r for r in rows}
-    assert by_variant["OpenVINO FP32"]["status"] == "skipped" and "missing" in by_variant["OpenVINO FP32"]["reason"]
-    assert sum(r["status"] == "ok" for r in rows) == len(COPIED) - 1
+    by_variant = {r.variant: r for r in rows}
+    assert by_variant["OpenVINO FP32"].status == "skipped" and "missing" in by_variant["OpenVINO FP32"].reason
+    assert sum(r.status == "ok" for r in rows) == len(COPIED) - 1
 
 
 def test_runtime_not_installed_is_that_rows_error(exported_copy, tmp_path, monkeypatch):
@@ -262,10 +262,10 @@ def test_runtime_not_installed_is_that_rows_error(exported_copy, tmp_path, monke
         baseline=False,
         **ONE_TRIAL,
     )
-    by_variant = {r["variant"]: r for r in rows}
-    assert by_variant["ONNX FP32"]["status"] == "ok"
-    assert by_variant["OpenVINO FP32"]["status"] == "error"
-    assert "openvino is not installed" in by_variant["OpenVINO FP32"]["reason"]
+    by_variant = {r.variant: r for r in rows}
+    assert by_variant["ONNX FP32"].status == "ok"
+    assert by_variant["OpenVINO FP32"].status == "error"
+    assert "openvino is not installed" in by_variant["OpenVINO FP32"].reason
 
 
 def test_nothing_measurable_fails_and_writes_nothing(exported_copy, tmp_path):
@@ -330,7 +330,7 @@ def test_reuse_returns_a_current_result_without_measuring(benched, exported, tin
     again = bench(
         [out_dir], threads=(1, 2), batch_size=32, out_dir=results, runs_dir=tiny_run.parent, reuse=True, **FAST
     )
-    assert again.reused and list(again) == json.loads(json.dumps(list(rows)))
+    assert again.reused and [r.to_json() for r in again] == json.loads(json.dumps([r.to_json() for r in rows]))
 
 
 # ---------------------------------------------------------------- manifests edited by hand, files it does not list
@@ -438,7 +438,7 @@ def test_unlisted_files_and_uncommitted_artifacts_are_said(exported_copy, tmp_pa
         baseline=False,
         **ONE_TRIAL,
     )
-    assert all(r["status"] == "ok" for r in rows) and "OpenVINO FP32" not in {r["variant"] for r in rows}
+    assert all(r.status == "ok" for r in rows) and "OpenVINO FP32" not in {r.variant for r in rows}
     assert len(rows) == len(COPIED) - 2  # no baseline, and not the artifact that is not here
     notes = rows.header["notes"]
     assert any("tiny/extra.onnx is not listed in" in n for n in notes)
@@ -462,11 +462,9 @@ def test_threads_above_the_cores_warn_and_record_what_ran(exported_copy, tmp_pat
     )
     assert sum(f"warning: {over} threads is more than the {available_cores()} core" in line for line in logs) == 1
     for r in rows:  # what the runtime reports it used, beside what was asked
-        assert isinstance(r["threads_runtime"], int) and 1 <= r["threads_runtime"] <= r["threads"]
+        assert isinstance(r.threads_runtime, int) and 1 <= r.threads_runtime <= r.threads
     md = (tmp_path / "res" / "bench.md").read_text()
-    assert all(
-        f"| {r['threads']} (ran {r['threads_runtime']}) |" in md for r in rows if r["threads_runtime"] != r["threads"]
-    )
+    assert all(f"| {r.threads} (ran {r.threads_runtime}) |" in md for r in rows if r.threads_runtime != r.threads)
     assert rows.header["machine"]["cores_available"] == available_cores()
 
 
@@ -489,8 +487,8 @@ def test_class_without_test_images_is_null_in_the_bench(exported, tmp_path):
         **ONE_TRIAL,
     )
     (row,) = rows
-    assert row["per_class"]["gamma"] is None and row["images"] == 8
-    assert all(isinstance(row["per_class"][c], float) for c in ("alpha", "beta"))
+    assert row.per_class["gamma"] is None and row.images == 8
+    assert all(isinstance(row.per_class[c], float) for c in ("alpha", "beta"))
     assert any("no images of 'gamma'" in line for line in logs)
     assert json.loads((tmp_path / "res" / "bench.json").read_text())["rows"][0]["per_class"]["gamma"] is None
 

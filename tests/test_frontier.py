@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from edgecifar.bench_rows import BenchResult
 from edgecifar.cli import app
 from edgecifar.errors import BenchError, UsageError
 from edgecifar.frontier import (
@@ -18,7 +19,20 @@ from edgecifar.frontier import (
     pareto_front,
     points_from_rows,
 )
+from edgecifar.records import BenchRow
 from edgecifar.stats import per_image_record
+
+
+def points_of(rows: list[dict], *args, **kwargs):
+    """points_from_rows on rows as bench.json holds them."""
+    return points_from_rows([BenchRow.from_json(r) for r in rows], *args, **kwargs)
+
+
+def frontier_of(results: dict | list[dict], *args, **kwargs):
+    """build_frontier on bench results as bench.json holds them."""
+    read = [BenchResult.from_json(r) for r in ([results] if isinstance(results, dict) else results)]
+    return build_frontier(read, *args, **kwargs)
+
 
 N = 1000  # test images of the synthetic bench
 
@@ -86,7 +100,7 @@ def test_families_come_from_the_registry_and_baselines_are_left_out():
         {**SCRATCH_MID, "threads": 2, "latency_p50_ms": 0.5},  # the same file at 2 threads: latency from 1
         row("some_timm_net", "t", "ONNX FP32", 1.0, 1, 500),
     ]
-    points, notes = points_from_rows(rows)
+    points, notes = points_of(rows)
     assert {p.label: p.family for p in points} == {
         "airnet_m-kd ONNX INT8": "scratch",
         "efficientnet_lite0 ONNX INT8": "transfer",
@@ -97,18 +111,18 @@ def test_families_come_from_the_registry_and_baselines_are_left_out():
     assert any("some_timm_net" in n for n in notes)
     mid = next(p for p in points if p.run == "airnet_m-kd")
     assert mid.low < 0.9 < mid.high and mid.high - mid.low == pytest.approx(0.0372, abs=0.002)  # Wilson, n=1000
-    (own,) = points_from_rows([{**SCRATCH_MID, "accuracy_low": 0.88, "accuracy_high": 0.91}])[0]
+    (own,) = points_of([{**SCRATCH_MID, "accuracy_low": 0.88, "accuracy_high": 0.91}])[0]
     assert (own.low, own.high) == (0.88, 0.91)  # the interval bench recorded, where the row has one
 
 
 def test_pareto_front_per_family():
-    points, _ = points_from_rows(
+    points, _ = points_of(
         [SCRATCH_FAST, SCRATCH_MID, SCRATCH_SLOW, row("airnet_t", "airnet_t-kd", "ONNX FP32", 0.3, 300_000, 880)]
     )
     assert [p.label for p in pareto_front(points, "latency")] == ["airnet_s-kd ONNX INT8", "airnet_m-kd ONNX INT8"]
     # on size, the smaller file of equal top-1 is the one on the front
     assert [p.label for p in pareto_front(points, "size")] == ["airnet_t-kd ONNX FP32", "airnet_m-kd ONNX INT8"]
-    fr = build_frontier(bench([SCRATCH_FAST, SCRATCH_MID, SCRATCH_SLOW, TRANSFER_MID, TRANSFER_BIG]))
+    fr = frontier_of(bench([SCRATCH_FAST, SCRATCH_MID, SCRATCH_SLOW, TRANSFER_MID, TRANSFER_BIG]))
     assert [p.label for p in fr.fronts["latency"]["transfer"]] == [
         "efficientnet_lite0 ONNX INT8",
         "mobilenet_v2-96 ONNX FP32",
@@ -116,7 +130,7 @@ def test_pareto_front_per_family():
 
 
 def test_budget_table_says_which_family_wins_and_that_one_run_is_not_tested():
-    fr = build_frontier(
+    fr = frontier_of(
         bench([SCRATCH_FAST, SCRATCH_MID, SCRATCH_SLOW, TRANSFER_MID, TRANSFER_BIG]),
         latency_budgets=(0.25, 0.5, 1.0, 4.0),
         size_budgets=(128_000, 4_000_000),
@@ -134,7 +148,7 @@ def test_budget_table_says_which_family_wins_and_that_one_run_is_not_tested():
 
 def test_equal_top1_is_a_tie():
     twin = {**TRANSFER_MID, "correct": 900, "accuracy": 0.9}
-    fr = build_frontier(bench([SCRATCH_MID, twin]), latency_budgets=(1.0,), size_budgets=(4_000_000,))
+    fr = frontier_of(bench([SCRATCH_MID, twin]), latency_budgets=(1.0,), size_budgets=(4_000_000,))
     verdict = fr.budgets["latency"][0]
     assert verdict.winner == "tie" and verdict.leader is None and verdict.difference == 0
 
@@ -145,14 +159,14 @@ def test_paired_results_decide_ties_and_significant_wins():
         row("airnet_m", "airnet_m-kd", "ONNX INT8", 0.9, 1_100_000, 900, per_image=hits(900)),
         row("efficientnet_lite0", "efficientnet_lite0", "ONNX INT8", 0.8, 3_800_000, 905, per_image=hits(905, first=3)),
     ]  # 8 images only the transfer file gets, 3 only the scratch one
-    v = build_frontier(bench(close), latency_budgets=(1.0,)).budgets["latency"][0]
+    v = frontier_of(bench(close), latency_budgets=(1.0,)).budgets["latency"][0]
     assert v.test == "exact McNemar" and v.winner == "tie" and v.leader == "transfer"
     assert v.p_value == pytest.approx(0.2266, abs=1e-3)  # binomial(3; 11, 1/2), two-sided
     clear = [
         close[0],
         row("efficientnet_lite0", "efficientnet_lite0", "ONNX INT8", 0.8, 3_800_000, 950, per_image=hits(950)),
     ]
-    v = build_frontier(bench(clear), latency_budgets=(1.0,)).budgets["latency"][0]
+    v = frontier_of(bench(clear), latency_budgets=(1.0,)).budgets["latency"][0]
     assert v.winner == "transfer" and v.p_value < 1e-10 and v.difference == pytest.approx(0.05)
 
 
@@ -170,19 +184,19 @@ def test_results_on_different_test_sets_are_not_paired():
             test_set="set-b",
         ),
     ]
-    v = build_frontier(bench(rows), latency_budgets=(1.0,)).budgets["latency"][0]
+    v = frontier_of(bench(rows), latency_budgets=(1.0,)).budgets["latency"][0]
     assert v.test == NOT_TESTED and v.p_value is None and v.winner == "transfer"
-    fr = build_frontier(bench([rows[0], TRANSFER_MID]), latency_budgets=(1.0,))
+    fr = frontier_of(bench([rows[0], TRANSFER_MID]), latency_budgets=(1.0,))
     assert fr.budgets["latency"][0].test == NOT_TESTED  # one of the two lacks per-image results
     assert "1 of 2 files carry per-image results" in " ".join(fr.notes)
 
 
 def test_the_crossover_is_named():
-    points, _ = points_from_rows([SCRATCH_FAST, SCRATCH_MID, TRANSFER_MID, TRANSFER_BIG])
+    points, _ = points_of([SCRATCH_FAST, SCRATCH_MID, TRANSFER_MID, TRANSFER_BIG])
     # wherever both families have a file within the latency (from 0.8 ms), transfer's best is the more accurate
     assert crossovers(points, "latency") == []
     cheap_transfer = row("mobilenet_v2", "mobilenet_v2-32", "ONNX INT8", 0.2, 2_000_000, 850)
-    points, _ = points_from_rows([SCRATCH_FAST, SCRATCH_MID, cheap_transfer, TRANSFER_BIG])
+    points, _ = points_of([SCRATCH_FAST, SCRATCH_MID, cheap_transfer, TRANSFER_BIG])
     (cross,) = crossovers(points, "latency")  # scratch leads from 0.3 ms (88 against 85), transfer from 2.5 ms
     assert (cross.before, cross.after, cross.cost, cross.point) == (
         "scratch",
@@ -198,7 +212,7 @@ def test_several_bench_results_combine_and_the_last_measurement_counts():
     """New runs benched on their own beside the reference bench; a file in both counts as the later bench's."""
     later = {**TRANSFER_MID, "latency_p50_ms": 0.45}
     other_machine = {"header": {"machine": {"cpu": "Other CPU", "cores": 4}}, "rows": [later, TRANSFER_BIG]}
-    fr = build_frontier([bench([SCRATCH_FAST, SCRATCH_MID, TRANSFER_MID]), other_machine], latency_budgets=(0.5,))
+    fr = frontier_of([bench([SCRATCH_FAST, SCRATCH_MID, TRANSFER_MID]), other_machine], latency_budgets=(0.5,))
     assert len(fr.points) == 4 and {p.label: p.latency_ms for p in fr.points}["efficientnet_lite0 ONNX INT8"] == 0.45
     assert fr.budgets["latency"][0].winner == "transfer"  # 90.5 within 0.5 ms now
     assert any("2 machines" in n and "Other CPU" in n for n in fr.notes)

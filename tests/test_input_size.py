@@ -224,6 +224,6 @@ def test_bench_reads_the_size_from_the_manifest(sized_export, tmp_path):
         throughput_seconds=0.05,
         latency_trials=1,
     )
-    assert rows and all(r["status"] == "ok" for r in rows), [r["reason"] for r in rows]
-    assert {r["input_size"] for r in rows} == {f"{side}x{side}"} and {r["format"] for r in rows} >= {"pytorch", "onnx"}
-    assert all(r["images"] == 3 * 8 and r["macs"] for r in rows)
+    assert rows and all(r.status == "ok" for r in rows), [r.reason for r in rows]
+    assert {r.input_size for r in rows} == {f"{side}x{side}"} and {r.format for r in rows} >= {"pytorch", "onnx"}
+    assert all(r.images == 3 * 8 and r.macs for r in rows)

@@ -157,15 +157,15 @@ def test_bench_records_the_isa_of_every_row_and_runs_the_avx2_path(exported_vnni
         latency_seconds=0.05,
         throughput_seconds=0.05,
     )
-    by_variant = {r["variant"]: r for r in rows}
+    by_variant = {r.variant: r for r in rows}
     assert set(by_variant) == {"ONNX INT8", "OpenVINO INT8", "ONNX INT8 @avx2", "OpenVINO INT8 @avx2"}
-    native = by_variant["OpenVINO INT8"]["isa"]
+    native = by_variant["OpenVINO INT8"].isa
     assert native["int8_path"] == read_cpu_isa().int8_path and native["cap"] is None
     capped = by_variant["OpenVINO INT8 @avx2"]
-    assert capped["status"] == "ok" and capped["isa"]["int8_path"] == "avx2"
-    assert capped["isa"]["cap"] == "ONEDNN_MAX_CPU_ISA=AVX2" and capped["latency_p50_ms"] > 0
-    assert "VNNI" in capped["isa_warning"]  # the 8-bit file on the capped path
-    assert by_variant["ONNX INT8 @avx2"]["status"] == "skipped" and "qemu" in by_variant["ONNX INT8 @avx2"]["reason"]
+    assert capped.status == "ok" and capped.isa["int8_path"] == "avx2"
+    assert capped.isa["cap"] == "ONEDNN_MAX_CPU_ISA=AVX2" and capped.latency_p50_ms > 0
+    assert "VNNI" in capped.isa_warning  # the 8-bit file on the capped path
+    assert by_variant["ONNX INT8 @avx2"].status == "skipped" and "qemu" in by_variant["ONNX INT8 @avx2"].reason
     assert "## INT8 paths" in (tmp_path / "res" / "bench.md").read_text()
 
 

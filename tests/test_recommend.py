@@ -8,6 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from edgecifar.bench_rows import BenchResult
 from edgecifar.cli import app
 from edgecifar.errors import BenchError, UsageError
 from edgecifar.recommend import recommend
@@ -38,42 +39,46 @@ ROWS = [
     row("lite0", "ONNX FP16", 1, None, None, 6.7, status="skipped"),
     row("lite0", "OpenVINO FP16", 1, 0.99, 0.01, 0.1, status="error"),  # never chosen, whatever its figures
 ]
-RESULT = {"header": {}, "rows": ROWS}
+RESULT = {"header": {}, "rows": ROWS}  # a bench.json's JSON
+
+
+def read(result: dict) -> BenchResult:
+    return BenchResult.from_json(result)
 
 
 def pick(**constraints):
-    return recommend(RESULT, **constraints)
+    return recommend(read(RESULT), **constraints)
 
 
 def test_no_constraints_gives_the_most_accurate():
     found = pick()
-    assert found["met"] and found["choice"]["variant"] == "ONNX FP32" and found["considered"] == 5
+    assert found["met"] and found["choice"].variant == "ONNX FP32" and found["considered"] == 5
     assert "most accurate" in found["reason"]
 
 
 def test_latency_limit_with_a_tie_goes_to_the_faster():
     found = pick(max_latency_ms=2)
-    assert (found["choice"]["variant"], found["choice"]["threads"]) == ("OpenVINO INT8", 2)
-    assert found["runner_up"]["threads"] == 1 and len(found["eligible"]) == 4
+    assert (found["choice"].variant, found["choice"].threads) == ("OpenVINO INT8", 2)
+    assert found["runner_up"].threads == 1 and len(found["eligible"]) == 4
 
 
 def test_threads_restrict_the_rows():
     found = pick(max_latency_ms=2, threads=1)
-    assert (found["choice"]["variant"], found["choice"]["threads"]) == ("OpenVINO INT8", 1)
-    assert all(r["threads"] == 1 for r in found["eligible"])
+    assert (found["choice"].variant, found["choice"].threads) == ("OpenVINO INT8", 1)
+    assert all(r.threads == 1 for r in found["eligible"])
 
 
 def test_size_limit():
     found = pick(max_size_mb=2)
-    assert found["choice"]["variant"] == "ONNX INT8"  # the only file under 2 MB
+    assert found["choice"].variant == "ONNX INT8"  # the only file under 2 MB
     found = pick(max_size_mb=5, min_accuracy=80)
-    assert found["choice"]["variant"] == "OpenVINO INT8" and found["choice"]["threads"] == 2
+    assert found["choice"].variant == "OpenVINO INT8" and found["choice"].threads == 2
 
 
 def test_percentile_applies_the_limit_to_the_tail():
-    assert pick(max_latency_ms=5, threads=1)["choice"]["variant"] == "ONNX FP32"
+    assert pick(max_latency_ms=5, threads=1)["choice"].variant == "ONNX FP32"
     found = pick(max_latency_ms=5, threads=1, min_accuracy=91.5, percentile="p99")
-    assert found["choice"]["variant"] == "ONNX FP32"  # OpenVINO INT8's p99 of 9 ms is over the limit
+    assert found["choice"].variant == "ONNX FP32"  # OpenVINO INT8's p99 of 9 ms is over the limit
 
 
 def test_one_unmeetable_constraint_says_by_how_much():
@@ -81,7 +86,7 @@ def test_one_unmeetable_constraint_says_by_how_much():
     assert not found["met"] and found["choice"] is None
     (short,) = found["shortfalls"]
     assert short["constraint"] == "max_latency_ms" and short["gap"] == pytest.approx(0.05)
-    assert short["closest"]["variant"] == "ONNX INT8" and "0.05 ms" in found["reason"]
+    assert short["closest"].variant == "ONNX INT8" and "0.05 ms" in found["reason"]
 
 
 def test_constraints_that_conflict_report_each_gap():
@@ -90,7 +95,7 @@ def test_constraints_that_conflict_report_each_gap():
     gaps = {s["constraint"]: s for s in found["shortfalls"]}
     # best accuracy among files under 2 MB: 79 %, 12 points short; smallest file with >= 91 %: 3.6 MB, 1.6 over
     assert gaps["min_accuracy"]["gap"] == pytest.approx(12)
-    assert gaps["min_accuracy"]["closest"]["variant"] == "ONNX INT8"
+    assert gaps["min_accuracy"]["closest"].variant == "ONNX INT8"
     assert gaps["max_size_mb"]["gap"] == pytest.approx(1.6)
     assert "min-accuracy 91 is missed by 12 points" in found["reason"]
 
@@ -103,7 +108,7 @@ def test_bad_requests():
     with pytest.raises(UsageError, match="unknown latency percentile"):
         pick(percentile="p95")
     with pytest.raises(BenchError, match="no measured rows"):
-        recommend({"rows": [ROWS[-2]]})
+        recommend(read({"rows": [ROWS[-2]]}))
 
 
 def test_cli(tmp_path):
@@ -145,8 +150,8 @@ MALFORMED = [
 
 
 def test_malformed_rows_are_left_out_and_listed(tmp_path):
-    found = recommend({"header": {}, "rows": ROWS + MALFORMED})
-    assert found["choice"] is pick()["choice"] and found["considered"] == 5
+    found = recommend(read({"header": {}, "rows": ROWS + MALFORMED}))
+    assert found["choice"] == pick()["choice"] and found["considered"] == 5
     assert len(found["ignored"]) == len(MALFORMED)
     assert "accuracy 'high'" in found["ignored"][4] and "latency_p50_ms nan" in found["ignored"][5]
     (tmp_path / "bench.json").write_text(json.dumps({"header": {}, "rows": ROWS + MALFORMED}))
@@ -165,25 +170,25 @@ def test_rows_at_more_threads_than_cores_are_left_out_unless_asked_for():
     over = {**row("lite0", "ONNX FP32", 16, 0.920, 2.0, 13.4, p99=30.0), "threads_runtime": 16}
     capped = {**row("lite0", "OpenVINO INT8", 16, 0.915, 0.5, 3.6), "threads_runtime": 2}
     result = {"header": {"machine": {"cores": 2, "cores_available": 2}}, "rows": ROWS + [over, capped]}
-    found = recommend(result, max_latency_ms=2.5)
-    assert (found["choice"]["variant"], found["choice"]["threads"]) == ("OpenVINO INT8", 2)
+    found = recommend(read(result), max_latency_ms=2.5)
+    assert (found["choice"].variant, found["choice"].threads) == ("OpenVINO INT8", 2)
     assert any("2 rows measured at more threads than the bench machine's 2 cores" in n for n in found["ignored"])
-    found = recommend(result, max_latency_ms=2.5, threads=16)  # asked for: considered, labelled as run
-    assert found["choice"]["threads"] == 16 and found["choice"]["variant"] == "ONNX FP32"
+    found = recommend(read(result), max_latency_ms=2.5, threads=16)  # asked for: considered, labelled as run
+    assert found["choice"].threads == 16 and found["choice"].variant == "ONNX FP32"
     assert "@16 threads" in found["reason"]
-    assert "lite0 OpenVINO INT8 @16 (ran 2) threads" in recommend(result, max_size_mb=4, threads=16)["reason"]
+    assert "lite0 OpenVINO INT8 @16 (ran 2) threads" in recommend(read(result), max_size_mb=4, threads=16)["reason"]
 
 
 def test_shipping_verdict_names_the_file_and_the_pareto_front_with_reasons():
     from edgecifar.recommend import shipping_verdict
 
     rows = ROWS + [row("airnet_m", "ONNX INT8", 1, 0.897, 0.55, 1.2), row("airnet_m", "ONNX FP32", 1, 0.897, 0.9, 4.5)]
-    verdict = shipping_verdict({"header": {}, "rows": rows})  # 1 thread, p50 <= 1 ms, <= 5 MB
-    assert verdict["recommendation"]["choice"]["model"] == "airnet_m"
-    assert verdict["recommendation"]["choice"]["variant"] == "ONNX INT8"  # as accurate as FP32, and faster
+    verdict = shipping_verdict(read({"header": {}, "rows": rows}))  # 1 thread, p50 <= 1 ms, <= 5 MB
+    assert verdict["recommendation"]["choice"].model == "airnet_m"
+    assert verdict["recommendation"]["choice"].variant == "ONNX INT8"  # as accurate as FP32, and faster
     # at one thread: scratch INT8 (0.15 ms) < airnet INT8 (0.55 ms, +10.7 points) < lite0 OpenVINO INT8 (1.2 ms,
     # 91.5 %) < lite0 FP32 (3.0 ms, 92 %); the others are beaten on both
-    front = [(f["row"]["model"], f["row"]["variant"]) for f in verdict["front"]]
+    front = [(f["row"].model, f["row"].variant) for f in verdict["front"]]
     assert front == [
         ("scratch_cnn", "ONNX INT8"),
         ("airnet_m", "ONNX INT8"),
@@ -233,8 +238,8 @@ def test_a_tie_ships_the_smaller_file_and_says_why():
         hits_row("lite0", "ONNX INT8", best, 0.92, 3.82, trials=[0.90, 0.92, 0.95, 0.91, 0.93]),
         hits_row("airnet_m-kd", "ONNX INT8", tied, 0.50, 1.16, trials=[0.49, 0.50, 0.52, 0.50, 0.51]),
     ]
-    found = recommend({"header": {}, "rows": rows})
-    assert found["best"]["model"] == "lite0" and found["choice"]["model"] == "airnet_m-kd"
+    found = recommend(read({"header": {}, "rows": rows}))
+    assert found["best"].model == "lite0" and found["choice"].model == "airnet_m-kd"
     assert found["method"] == "exact McNemar" and len(found["tied"]) == 2
     reason = found["reason"]
     assert reason.startswith(
@@ -246,18 +251,18 @@ def test_a_tie_ships_the_smaller_file_and_says_why():
 def test_a_clear_winner_is_shipped_whatever_its_size():
     best, _, worse = vectors()
     rows = [hits_row("lite0", "ONNX INT8", best, 0.92, 3.82), hits_row("scratch", "ONNX INT8", worse, 0.15, 1.17)]
-    found = recommend({"header": {}, "rows": rows})
-    assert found["choice"]["model"] == "lite0" and [t.row["model"] for t in found["tied"]] == ["lite0"]
+    found = recommend(read({"header": {}, "rows": rows}))
+    assert found["choice"].model == "lite0" and [t.row.model for t in found["tied"]] == ["lite0"]
     assert "significantly less accurate (p = " in found["reason"] and "-5.00 pt" in found["reason"]
 
 
 def test_the_threshold_is_an_option():
     best, tied, _ = vectors()
     rows = [hits_row("lite0", "ONNX INT8", best, 0.92, 3.82), hits_row("airnet_m-kd", "ONNX INT8", tied, 0.5, 1.16)]
-    assert recommend({"header": {}, "rows": rows}, alpha=0.05)["choice"]["model"] == "airnet_m-kd"  # p = 0.75
-    assert recommend({"header": {}, "rows": rows}, alpha=0.8)["choice"]["model"] == "lite0"  # p < 0.8: not tied
+    assert recommend(read({"header": {}, "rows": rows}), alpha=0.05)["choice"].model == "airnet_m-kd"  # p = 0.75
+    assert recommend(read({"header": {}, "rows": rows}), alpha=0.8)["choice"].model == "lite0"  # p < 0.8: not tied
     with pytest.raises(UsageError, match="--alpha"):
-        recommend({"header": {}, "rows": rows}, alpha=1.5)
+        recommend(read({"header": {}, "rows": rows}), alpha=1.5)
     result = CliRunner().invoke(app, ["recommend", "--alpha", "0"])
     assert result.exit_code == UsageError.exit_code and result.output.startswith("error: --alpha")
 
@@ -268,8 +273,8 @@ def test_without_per_image_results_ties_fall_back_to_wilson_intervals_and_say_so
         {**row("airnet_m-kd", "ONNX INT8", 1, 0.8990, 0.50, 1.16), "correct": 8990, "images": 10000},
         {**row("scratch", "ONNX INT8", 1, 0.8530, 0.15, 1.17), "correct": 8530, "images": 10000},
     ]
-    found = recommend({"header": {}, "rows": rows})
-    assert found["choice"]["model"] == "airnet_m-kd" and found["method"] == "Wilson intervals"
+    found = recommend(read({"header": {}, "rows": rows}))
+    assert found["choice"].model == "airnet_m-kd" and found["method"] == "Wilson intervals"
     assert "Wilson intervals overlap" in found["reason"] and "not a paired test" in found["reason"]
     # test sets that differ cannot be paired either: the same fallback
     best, tied, _ = vectors()
@@ -277,7 +282,7 @@ def test_without_per_image_results_ties_fall_back_to_wilson_intervals_and_say_so
         hits_row("lite0", "ONNX INT8", best, 0.92, 3.82),
         hits_row("airnet_m-kd", "ONNX INT8", tied, 0.5, 1.16, test_set="another"),
     ]
-    assert recommend({"header": {}, "rows": rows})["method"] == "Wilson intervals"
+    assert recommend(read({"header": {}, "rows": rows}))["method"] == "Wilson intervals"
 
 
 def test_the_pareto_front_respects_ties():
@@ -291,8 +296,8 @@ def test_the_pareto_front_respects_ties():
         # as accurate as airnet_m-kd and its latency inside airnet's noise: on the front beside it
         hits_row("airnet_m-kd", "LiteRT INT8", tied, 0.505, 1.15, trials=[0.48, 0.53, 0.50, 0.51, 0.49]),
     ]
-    verdict = shipping_verdict({"header": {}, "rows": rows})
-    front = [(f["row"]["model"], f["row"]["variant"]) for f in verdict["front"]]
+    verdict = shipping_verdict(read({"header": {}, "rows": rows}))
+    front = [(f["row"].model, f["row"].variant) for f in verdict["front"]]
     # lite0 is more accurate than airnet_m-kd by 2 images of 2,000, not significantly, and 1.8x slower: off it
     assert front == [("scratch", "ONNX INT8"), ("airnet_m-kd", "ONNX INT8"), ("airnet_m-kd", "LiteRT INT8")]
     assert "significantly more accurate (p = " in verdict["front"][1]["reason"]
@@ -304,11 +309,11 @@ def test_recommend_names_the_machine_and_warns_when_it_is_another(tmp_path):
 
     here = machine_info()
     found = recommend(
-        {"header": {"machine": {"cpu": here["cpu"], "isa": here["isa"]}, "date": "2026-11-30"}, "rows": ROWS}
+        read({"header": {"machine": {"cpu": here["cpu"], "isa": here["isa"]}, "date": "2026-11-30"}, "rows": ROWS})
     )
     assert found["machine"].startswith(f"rows measured on {here['cpu']}") and found["machine_warning"] is None
     other = {"header": {"machine": {"cpu": "Some Other CPU 9000", "isa": ["avx2"]}, "date": "2026-11-30"}, "rows": ROWS}
-    found = recommend(other)
+    found = recommend(read(other))
     assert "Some Other CPU 9000 (avx2)" in found["machine_warning"] and "not on this" in found["machine_warning"]
     (tmp_path / "bench.json").write_text(json.dumps(other))
     result = CliRunner().invoke(app, ["recommend", str(tmp_path)])

@@ -9,6 +9,12 @@ import numpy as np
 import pytest
 
 from edgecifar import stats
+from edgecifar.records import BenchRow
+
+
+def bench_row(figures: dict) -> BenchRow:
+    """A bench row holding `figures` (the keys a row names itself by, made up)."""
+    return BenchRow.from_json({"model": "m", "variant": "v", "threads": 1, **figures})
 
 
 @pytest.mark.parametrize(
@@ -87,7 +93,7 @@ def test_per_image_store_round_trips(n):
     text = stats.pack_hits(hits)
     assert np.array_equal(stats.unpack_hits(text, n), hits)
     record = stats.per_image_record(hits, "abc")
-    row = {"correct": int(hits.sum()), stats.PER_IMAGE: record}
+    row = bench_row({"correct": int(hits.sum()), stats.PER_IMAGE: record})
     fingerprint, back = stats.row_hits(row)
     assert fingerprint == "abc" and np.array_equal(back, hits)
     assert len(text) <= 4 * ((n + 7) // 8 + 2) // 3 + 4  # packed bits: 1,668 characters for 10,000 images
@@ -96,10 +102,10 @@ def test_per_image_store_round_trips(n):
 def test_damaged_per_image_results_are_not_used():
     hits = np.ones(16, dtype=bool)
     record = stats.per_image_record(hits, "abc")
-    assert stats.row_hits({"per_image": {**record, "images": 40}}) is None  # not that many bits
-    assert stats.row_hits({"per_image": {**record, "correct": "not base64!"}}) is None
-    assert stats.row_hits({"correct": 3, "per_image": record}) is None  # the count disagrees with the bits
-    assert stats.row_hits({"accuracy": 0.9}) is None  # an older bench row
+    assert stats.row_hits(bench_row({"per_image": {**record, "images": 40}})) is None  # not that many bits
+    assert stats.row_hits(bench_row({"per_image": {**record, "correct": "not base64!"}})) is None
+    assert stats.row_hits(bench_row({"correct": 3, "per_image": record})) is None  # the count disagrees with the bits
+    assert stats.row_hits(bench_row({"accuracy": 0.9})) is None  # an older bench row
     with pytest.raises(ValueError):
         stats.unpack_hits(stats.pack_hits(hits), 30)
 
@@ -128,10 +134,13 @@ def test_latency_ratio_and_what_may_be_called_faster():
     fast, slow = [1.0, 1.1, 0.9, 1.05, 1.0], [2.0, 2.1, 1.9, 2.2, 2.0]
     ratio, low, high = stats.latency_ratio(fast, slow)
     assert ratio == pytest.approx(0.5) and low <= ratio <= high < 1
-    assert stats.speed_text({"latency_trial_p50_ms": fast}, {"latency_trial_p50_ms": slow}) == "2.0x faster"
+    assert stats.speed_text(bench_row({"latency_trial_p50_ms": fast}), bench_row({"latency_trial_p50_ms": slow})) == (
+        "2.0x faster"
+    )
     overlapping = [1.0, 1.3, 0.8, 1.2, 0.9]
-    text = stats.speed_text({"latency_trial_p50_ms": fast}, {"latency_trial_p50_ms": overlapping})
+    text = stats.speed_text(bench_row({"latency_trial_p50_ms": fast}), bench_row({"latency_trial_p50_ms": overlapping}))
     assert text.startswith("as fast (p50 ratio")
     # an older bench: one figure each, said as such
-    assert stats.speed_text({"latency_p50_ms": 1.0}, {"latency_p50_ms": 2.0}) == "2.0x faster on one measurement each"
+    one = stats.speed_text(bench_row({"latency_p50_ms": 1.0}), bench_row({"latency_p50_ms": 2.0}))
+    assert one == "2.0x faster on one measurement each"
     assert stats.spread([3.0, 1.0, 2.0]) == (2.0, 1.0, 3.0)

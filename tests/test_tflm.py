@@ -222,8 +222,8 @@ def test_export_and_bench_report_the_microcontroller_figures(tmp_path):
     )
     (row,) = rows
     file = tmp_path / "exported" / entries[0].path
-    assert row["status"] == "ok" and row["images"] == 18 and row["flash_bytes"] == file.stat().st_size
-    assert row["arena_bytes"] == arena_size(file.read_bytes()) and row["latency_note"] == LATENCY_NOTE
+    assert row.status == "ok" and row.images == 18 and row.flash_bytes == file.stat().st_size
+    assert row.arena_bytes == arena_size(file.read_bytes()) and row.latency_note == LATENCY_NOTE
     md = (tmp_path / "results" / "bench.md").read_text()  # the report's memory table: flash and arena, in bytes
     assert "## Microcontroller memory" in md
-    assert f"| {row['flash_bytes']:,} | {row['arena_bytes']:,} |" in md
+    assert f"| {row.flash_bytes:,} | {row.arena_bytes:,} |" in md
