@@ -78,6 +78,19 @@ SECTIONS = (
                 "uv run edgecifar frontier benchmarks/results/bench.json --out benchmarks/results/frontier",
             ),
             Entry(
+                ("mobilenet_v2",),
+                "MobileNetV2 (40 px, torchvision's ImageNet weights, Lite0's transfer recipe) beside "
+                "EfficientNet-Lite0 (40 px, seed 0), INT8 in ONNX Runtime, OpenVINO, LiteRT and ExecuTorch, full "
+                "test set, 1 thread (2026-12-07, two trainings on the same 2 cores: latencies contended): 89.42-89.51 "
+                "% against 89.98-90.10 %, paired -0.51 to -0.62 points (p = 0.08 / 0.07 / 0.03 / 0.04, "
+                "`compare.txt`), 2.5-2.8 MB against 3.7-4.0 MB.",
+                "uv run --extra edge edgecifar bench exported/mobilenet_v2/*-int8.{onnx,xml,tflite,pte} "
+                "exported/efficientnet_lite0/*-int8.{onnx,xml,tflite,pte} --threads 1 --no-baseline --runs "
+                "runs/reference --out benchmarks/results/mobilenet_v2",
+                note="then `edgecifar compare --bench benchmarks/results/mobilenet_v2 'mobilenet_v2 ONNX INT8' "
+                "'efficientnet_lite0 ONNX INT8'` and likewise per runtime for compare.txt",
+            ),
+            Entry(
                 ("seeds",),
                 "The headline over three training seeds per recipe (the reference runs <run>, -s1, -s2): "
                 "airnet_m-kd 90.18 % mean (sd 0.06), EfficientNet-Lite0 89.88 % (sd 0.25); +0.30 points, Welch "
