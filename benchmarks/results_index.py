@@ -91,6 +91,16 @@ SECTIONS = (
                 "'efficientnet_lite0 ONNX INT8'` and likewise per runtime for compare.txt",
             ),
             Entry(
+                ("transfer-sizes",),
+                "MobileNetV2's INT8 ONNX file at each backbone size (32, 40, 64 px) beside Lite0 (40 px), "
+                "airnet_m-kd and airnet_m_relu-kd, one bench run, 1 thread, 5 latency trials (2026-12-07, one "
+                "training beside it): the transfer side's input-size points of the frontier.",
+                "uv run --extra edge edgecifar bench exported/mobilenet_v2*/*-int8.onnx "
+                "exported/efficientnet_lite0/efficientnet_lite0-int8.onnx exported/airnet_m-kd/airnet_m-kd-int8.onnx "
+                "exported/airnet_m_relu-kd/airnet_m_relu-kd-int8.onnx --threads 1 --no-baseline --runs runs/reference "
+                "--out benchmarks/results/transfer-sizes",
+            ),
+            Entry(
                 ("seeds",),
                 "The headline over three training seeds per recipe (the reference runs <run>, -s1, -s2): "
                 "airnet_m-kd 90.18 % mean (sd 0.06), EfficientNet-Lite0 89.88 % (sd 0.25); +0.30 points, Welch "
