@@ -238,11 +238,10 @@ SECTIONS = (
                 ("relu",),
                 "`airnet_m_relu-kd` against `airnet_m-kd` (`relu/airnet_m`) and `airnet_t_relu-kd` against "
                 "`airnet_t-kd` (`relu/airnet_t`), INT8 in four runtimes, full test set, 1 thread, 5 latency "
-                "trials (2026-12-07, contended: load 4.2 on 2 cores). Accuracy paired per runtime (`compare.txt`): "
+                "trials (2026-12-07; airnet_m with one core free, airnet_t at load 4.2 on 2 cores). Accuracy paired per runtime (`compare.txt`): "
                 "airnet_m -0.18 to -0.40 points (p = 0.13-0.51), airnet_t -0.15 to -0.29 (p = 0.39-0.67): tied. "
-                "Latency ReLU / GELU: airnet_m 0.91x / 0.95x / 0.93x in ONNX Runtime, LiteRT, ExecuTorch (intervals "
-                "below 1); airnet_t 0.82x and 0.89x in LiteRT and ExecuTorch. OpenVINO's contended figures "
-                "do not compare. `relu/airnet_m` lists airnet_t's files as skipped (run without --data).",
+                "Latency ReLU / GELU: airnet_m 0.82x / 0.78x / 0.93x / 0.93x in ONNX Runtime, OpenVINO, LiteRT, "
+                "ExecuTorch (every interval below 1); airnet_t 0.82x and 0.89x in LiteRT and ExecuTorch.",
                 "uv run --extra edge edgecifar bench exported/{airnet_m_relu-kd,airnet_m-kd}/*-int8.{onnx,xml,"
                 "tflite,pte} --threads 1 --no-baseline --runs runs/reference --data ../shared/data/cifar10-jpeg.tar.gz "
                 "--out benchmarks/results/relu/airnet_m",
