@@ -70,12 +70,13 @@ SECTIONS = (
             ),
             Entry(
                 ("frontier",),
-                "Scratch against transfer per budget, from the reference bench (docs/frontier.md): each "
-                "family's best file within 0.25-4 ms (1 thread) and 128 KB-4 MB. Only scratch files fit below "
-                "0.88 ms and 3.67 MB; at 1 ms and 4 MB the two best INT8 files are tied (scratch ahead by 0.17 "
-                "and 0.12 points, exact McNemar p = 0.61 and 0.73); at 2 and 4 ms scratch leads Lite0's FP16 "
-                "file by 0.04 points (one run, not tested); no crossover.",
-                "uv run edgecifar frontier benchmarks/results/bench.json --out benchmarks/results/frontier",
+                "Scratch against transfer per budget, from the reference bench and transfer-sizes (docs/frontier.md): "
+                "each family's best file within 0.25-4 ms (1 thread) and 128 KB-4 MB. Scratch wins to 0.5 ms (by "
+                "2.69 points over MobileNetV2 at 32 px, p = 7e-17) and below 2.62 MB; from 0.95 ms and 2.62 MB "
+                "MobileNetV2 at 64 px wins by 1.65 points (91.87 against 90.22 %, exact McNemar p = 2.5e-08): the "
+                "crossover. One training run per point.",
+                "uv run edgecifar frontier benchmarks/results/bench.json benchmarks/results/transfer-sizes "
+                "--out benchmarks/results/frontier",
             ),
             Entry(
                 ("mobilenet_v2",),
@@ -92,9 +93,10 @@ SECTIONS = (
             ),
             Entry(
                 ("transfer-sizes",),
-                "MobileNetV2's INT8 ONNX file at each backbone size (32, 40, 64 px) beside Lite0 (40 px), "
-                "airnet_m-kd and airnet_m_relu-kd, one bench run, 1 thread, 5 latency trials (2026-12-07, one "
-                "training beside it): the transfer side's input-size points of the frontier.",
+                "MobileNetV2's INT8 ONNX file at each backbone size beside Lite0 (40 px), airnet_m-kd and "
+                "airnet_m_relu-kd, one bench run, 1 thread, 5 latency trials (2026-12-07, machine otherwise idle): "
+                "32 px 87.51 % 0.337 ms, 40 px 89.47 % 0.511 ms, 64 px 91.87 % 0.952 ms (2.62 MB each); "
+                "airnet_m-kd 90.22 % 0.621 ms, Lite0 89.98 % 0.654 ms.",
                 "uv run --extra edge edgecifar bench exported/mobilenet_v2*/*-int8.onnx "
                 "exported/efficientnet_lite0/efficientnet_lite0-int8.onnx exported/airnet_m-kd/airnet_m-kd-int8.onnx "
                 "exported/airnet_m_relu-kd/airnet_m_relu-kd-int8.onnx --threads 1 --no-baseline --runs runs/reference "
