@@ -152,3 +152,14 @@ def real_data() -> Path:
     if not SHARED_ARCHIVE.exists():
         pytest.skip("../shared/data/cifar10-jpeg.tar.gz is not here")
     return SHARED_ARCHIVE
+
+
+@pytest.fixture(autouse=True)
+def _default_sigint():
+    """Each test starts with Python's own Ctrl-C handler. A library may leave SIGINT ignored in this process, and a
+    subprocess inherits an ignored signal (POSIX), so a test that sends a CLI Ctrl-C would then wait in vain."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
