@@ -2,7 +2,7 @@
 
     uv run python benchmarks/latency_ratios.py benchmarks/results/relu/airnet_m/bench.json airnet_m_relu-kd airnet_m-kd
 
-For each INT8 runtime both runs have a measured row in: A's p50 over B's, the median of each file's latency trials,
+For each variant (runtime and precision) both runs have a measured row in, in the bench's order: A's p50 over B's, the median of each file's latency trials,
 with a percentile bootstrap 95 % interval (`edgecifar.stats.latency_ratio`). Only rows of one bench run compare: a
 latency is comparable only inside one run on one machine.
 """
@@ -14,15 +14,13 @@ import sys
 from edgecifar.bench_rows import load_result
 from edgecifar.stats import latency_ratio, spread, trials_of
 
-VARIANTS = ("ONNX INT8", "OpenVINO INT8", "LiteRT INT8", "ExecuTorch INT8")
-
 
 def main(argv: list[str]) -> int:
     if len(argv) != 3:
         sys.exit("usage: latency_ratios.py BENCH_JSON RUN_A RUN_B")
     path, run_a, run_b = argv
     rows = {(r.source_run, r.variant): r for r in load_result(path) if r.status == "ok"}
-    for variant in VARIANTS:
+    for variant in dict.fromkeys(variant for run, variant in rows if run == run_a):
         a, b = rows.get((run_a, variant)), rows.get((run_b, variant))
         if a is None or b is None:
             continue

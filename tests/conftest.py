@@ -156,8 +156,9 @@ def real_data() -> Path:
 
 @pytest.fixture(autouse=True)
 def _default_sigint():
-    """Each test starts with Python's own Ctrl-C handler. A library may leave SIGINT ignored in this process, and a
-    subprocess inherits an ignored signal (POSIX), so a test that sends a CLI Ctrl-C would then wait in vain."""
+    """Each test starts with Python's own Ctrl-C handler. A suite started with SIGINT ignored (a background job of a
+    non-interactive shell) passes that on to every subprocess (POSIX), and a CLI sent Ctrl-C by a test would then
+    never stop; restored here, the subprocesses start with the default disposition."""
     import signal
 
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
