@@ -71,7 +71,10 @@ def train(
     schedule: Annotated[Optional[Schedule], typer.Option(help="learning-rate schedule")] = None,
     translate: Annotated[Optional[int], typer.Option(min=0, help="random translation in pixels")] = None,
     flip: Annotated[Optional[Flip], typer.Option(help="random flips, or airbench's alternating flips")] = None,
-    teacher: Annotated[Optional[Path], typer.Option(help="run folder of a model to distill from")] = None,
+    teacher: Annotated[
+        Optional[list[Path]],
+        typer.Option(help="run folder of a model to distill from; repeated: an ensemble, its logits averaged"),
+    ] = None,
     teacher_tta: Annotated[bool, typer.Option(help="distill the teacher's logits averaged over both flips")] = False,
     val_split: Annotated[float, typer.Option(min=0.0, max=0.9, help="fraction of train held out")] = 0.0,
     max_train: Annotated[Optional[int], typer.Option(help="use at most N training images")] = None,
@@ -138,7 +141,7 @@ def train(
         schedule=schedule.value if schedule else None,
         translate=translate,
         flip=flip.value if flip else None,
-        teacher=str(teacher) if teacher else None,
+        teacher=teacher_option(teacher),
         teacher_tta=teacher_tta,
         val_split=val_split,
         max_train=max_train,
@@ -160,6 +163,13 @@ def train(
         train_model(cfg, show_progress=sys.stderr.isatty() and ranks.main, log=say)
 
 
+def teacher_option(teachers: list[Path] | None) -> str | list[str] | None:
+    """One teacher as its path (as run configs have always held it), several as a list."""
+    if not teachers:
+        return None
+    return str(teachers[0]) if len(teachers) == 1 else [str(t) for t in teachers]
+
+
 def given_options(ctx: typer.Context, leave_out: set[str]) -> list[str]:
     """The options given to this command on its command line (not those left at their defaults), as a
     command line again: what `train --nproc` passes on to each process."""
@@ -171,6 +181,8 @@ def given_options(ctx: typer.Context, leave_out: set[str]) -> list[str]:
         value = ctx.params[param.name]
         if getattr(param, "is_flag", False):  # --pretrained/--no-pretrained, --bf16/--no-bf16, ...
             argv += [param.opts[0]] if value else param.secondary_opts[:1]
+        elif isinstance(value, (list, tuple)) and getattr(param, "multiple", False):  # a repeated option
+            argv += [part for item in value for part in (param.opts[0], str(item))]
         else:
             argv += [param.opts[0], str(getattr(value, "value", value))]  # an Enum by its value
     return argv

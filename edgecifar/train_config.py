@@ -33,7 +33,7 @@ class TrainConfig:
     schedule: str | None = None  # onecycle | linear
     translate: int | None = None  # random translation, pixels
     flip: str | None = None  # random | alternating
-    teacher: str | None = None  # run folder of a trained model to distill from
+    teacher: str | list[str] | None = None  # run folder(s) to distill from; several: their averaged logits
     teacher_tta: bool = False  # soft targets: the teacher's logits averaged over both flips, not the student's view
     distill_alpha: float = 0.5
     distill_temperature: float = 4.0

@@ -201,6 +201,14 @@ def test_distillation_from_a_teacher_run(image_tree, tmp_path):
     assert json.loads((taught / "metrics.json").read_text())["teacher_seconds"] > 0
     assert not torch.equal(weights(plain)["backbone.0.weight"], weights(taught)["backbone.0.weight"])
 
+    # several teachers: an ensemble, its members' logits averaged; the run config keeps the list
+    pair = teacher_logits([str(teacher), str(plain)], images, ["cat", "dog", "ship"])
+    alone = teacher_logits(str(plain), images, ["cat", "dog", "ship"])
+    assert torch.allclose(pair, (logits + alone) / 2, atol=1e-6)
+    ensemble = [str(teacher), str(plain)]
+    by_two = train(tiny(image_tree, tmp_path / "by-two", cache_dir=cache, teacher=ensemble), log=lambda *a: None)
+    assert json.loads((by_two / "config.json").read_text())["train"]["teacher"] == ensemble
+
 
 def test_real_data_smoke(real_data, tmp_path):
     """scratch_cnn, briefly, on a subset of the real CIFAR-10 JPEG copy must beat 35 %."""
