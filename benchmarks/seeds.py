@@ -1,8 +1,9 @@
 """The README's question over training seeds: `airnet_m-kd` (from scratch, distilled) against EfficientNet-Lite0
 (ImageNet, fine-tuned), each recipe trained with several seeds (the committed reference runs <run>, <run>-s1,
-<run>-s2, ...).
+<run>-s2, ...); and the lever tried to widen the scratch margin, `airnet_m-kd-ens` (`airnet_m-kd`'s recipe
+distilled from the ensemble of the three `airnet_m-kd` seeds, flip-averaged), against both.
 
-Two answers side by side:
+Two answers side by side, for each pair in PAIRS:
 - over seeds: per model the mean test accuracy, its sample standard deviation and each run; between the two the
   difference of the means with Welch's 95 % interval and p-value (edgecifar.seeds, Welch 1947);
 - per file: for each seed k, the INT8 ONNX files of both models' k-th runs (exported now, verified as always)
@@ -32,7 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "reference"
 OUT = ROOT / "benchmarks" / "results" / "seeds"
 DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-GROUPS = {"airnet_m-kd": "airnet_m-kd", "efficientnet_lite0": "efficientnet_lite0"}  # name -> first run folder
+GROUPS = ("airnet_m-kd", "airnet_m-kd-ens", "efficientnet_lite0")  # each group's first run folder (seed 0)
+PAIRS = (  # (A, B): A - B over seeds and per file
+    ("airnet_m-kd", "efficientnet_lite0"),
+    ("airnet_m-kd-ens", "efficientnet_lite0"),
+    ("airnet_m-kd-ens", "airnet_m-kd"),
+)
 
 
 def runs_of(first: str) -> list[Path]:
@@ -82,7 +88,7 @@ def main() -> int:
     from edgecifar.seeds import compare_seeds, summarize, summary_text
     from edgecifar.utils import library_versions, write_json
 
-    groups = {name: runs_of(first) for name, first in GROUPS.items()}
+    groups = {name: runs_of(name) for name in GROUPS}
     if args.export_only:
         for run in (r for runs in groups.values() for r in runs):
             int8_onnx(run, Path(args.work), Path(args.data))
@@ -94,26 +100,21 @@ def main() -> int:
         summaries[name] = summarize(runs)
         summaries[name]["runs"] = [run_record(r) for r in runs]  # paths relative to the repository
         write_json(out / f"{name}-seeds.json", summaries[name])
-    a, b = (summaries[n] for n in GROUPS)
-    over_seeds = compare_seeds(a, b)
+    over_seeds = []
+    for a, b in PAIRS:
+        found = compare_seeds(summaries[a], summaries[b])
+        over_seeds.append({"a": a, "b": b, **found["comparison"].as_dict(), "lines": found["lines"]})
 
     pairs = []
     if not args.no_files:
-        n = min(len(r) for r in groups.values())
         with tempfile.TemporaryDirectory() as tmp:
-            for k in range(n):
-                files = [int8_onnx(groups[name][k], Path(args.work or tmp), Path(args.data)) for name in GROUPS]
-                found = compare(str(files[0]), str(files[1]), data=args.data)
-                c = found["comparison"]
-                pairs.append(
-                    {
-                        "seed_index": k,
-                        "a": groups["airnet_m-kd"][k].name,
-                        "b": groups["efficientnet_lite0"][k].name,
-                        **c.as_dict(),
-                        "lines": found["lines"],
-                    }
-                )
+            for a, b in PAIRS:
+                for run_a, run_b in zip(groups[a], groups[b]):  # the k-th seed of each
+                    files = [int8_onnx(run, Path(args.work or tmp), Path(args.data)) for run in (run_a, run_b)]
+                    found = compare(str(files[0]), str(files[1]), data=args.data)
+                    pairs.append(
+                        {"a": run_a.name, "b": run_b.name, **found["comparison"].as_dict(), "lines": found["lines"]}
+                    )
 
     cpu = read_cpu_isa().record()
     versions = {"python": platform.python_version(), **library_versions("torch", "onnxruntime", "scipy", "numpy")}
@@ -124,7 +125,7 @@ def main() -> int:
         "machine": cpu,
         "versions": versions,
         "groups": summaries,
-        "over_seeds": {**over_seeds["comparison"].as_dict(), "lines": over_seeds["lines"]},
+        "over_seeds": over_seeds,
         "per_file": pairs,
     }
     write_json(out / "seeds.json", record)
@@ -136,7 +137,7 @@ def main() -> int:
 def markdown(rec: dict, summary_text) -> str:
     cpu = rec["machine"]
     lines = [
-        "# Scratch against transfer over training seeds",
+        "# Scratch against transfer over training seeds, and the ensemble-teacher lever",
         "",
         f"Test set: the {rec['data']}. Runs trained on {cpu['cpu']} ({', '.join(cpu['flags'])}); versions: "
         + ", ".join(f"{k} {v}" for k, v in rec["versions"].items())
@@ -154,7 +155,8 @@ def markdown(rec: dict, summary_text) -> str:
         )
         sd = f"{100 * s['std']:.2f}" if s.get("std") is not None else "n/a"
         lines.append(f"| {name} | {s['n']} | {100 * s['mean']:.2f} | {sd} | {each} |")
-    lines += ["", "## The difference over seeds (Welch)", ""] + [f"- {x}" for x in rec["over_seeds"]["lines"]]
+    for pair in rec["over_seeds"]:
+        lines += ["", f"## {pair['a']} - {pair['b']} over seeds (Welch)", ""] + [f"- {x}" for x in pair["lines"]]
     if rec["per_file"]:
         lines += [
             "",

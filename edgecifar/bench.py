@@ -37,7 +37,7 @@ from .contract import Size, size_text
 from .errors import BenchError, DataError, UsageError
 from .isa import cap_command, current_isa, emulated, isa_variants, parse_isa
 from .records import BenchRow
-from .stats import per_image_record, spread, test_set_fingerprint, wilson_interval
+from .stats import busy_note, per_image_record, spread, test_set_fingerprint, wilson_interval
 from .utils import library_versions, machine_info, read_json, terminate_as_interrupt, threads_warning
 
 DEFAULT_OUT = Path("benchmarks/results")
@@ -584,19 +584,6 @@ def _load_average() -> float | None:
         return round(os.getloadavg()[0], 2)
     except (OSError, AttributeError):
         return None
-
-
-def busy_note(loads: Sequence[float | None], cores: int | None) -> str | None:
-    """A note for the header when the CPU was busy with other work while the bench ran (a 1-minute load average
-    above the cores available, at its start or end): its latencies are then the contention's as much as the
-    files'. None on a quiet machine, or where the load is not known."""
-    known = [x for x in loads if x is not None]
-    if not known or not cores or max(known) <= cores:
-        return None
-    return (
-        f"the CPU was busy while this bench ran (load average up to {max(known):g} on {cores} cores): its "
-        f"latencies are contended, read them as such; accuracy is not affected"
-    )
 
 
 def _header(settings: dict[str, Any], key: str, seconds: float, notes: list[str]) -> dict[str, Any]:

@@ -386,8 +386,9 @@ def recommend(
     for line in found["ignored"]:
         note(f"warning: {line}")
     note(found["machine"])
-    if found["machine_warning"]:
-        note(found["machine_warning"])
+    for warning in (found["machine_warning"], found["load_warning"]):
+        if warning:
+            note(warning)
     if not found["met"]:
         err_console.print(
             Text.assemble(("no artifact meets the constraints:", "red"), " ", found["reason"]),

@@ -90,7 +90,8 @@ def recommend(
     Returns {"met", "choice", "best" (the most accurate eligible row), "tied" ([Tie] of the rows tied with it,
     itself first), "method" (how ties were judged), "reason", "runner_up", "eligible", "considered",
     "shortfalls", "percentile", "alpha", "ignored", "machine" (where the rows were measured), "machine_warning"
-    (a line, or None when that is this machine)}; `choice` is None and `shortfalls` says by how much each
+    (a line, or None when that is this machine), "load_warning" (a line, or None when the bench's CPU was not
+    busy)}; `choice` is None and `shortfalls` says by how much each
     constraint is missed when nothing meets them all; `ignored` has a line per row left out (malformed, or more
     threads than cores). Raises UsageError for bad constraints, BenchError when no usable row is left.
     """
@@ -240,17 +241,27 @@ def _p(p: float | None) -> str:
 
 def machine_lines(header: dict[str, Any]) -> dict[str, str | None]:
     """{"machine": where the rows were measured, "machine_warning": a line when that CPU (model or ISA
-    features) is not this one's, else None}."""
+    features) is not this one's, else None, "load_warning": a line when the bench ran on a busy CPU (its header's
+    load average above its cores, stats.busy_note), else None}."""
     from .utils import machine_info
 
     there = header.get("machine") or {}
+    loads = header.get("load_average")
+    busy = (
+        stats.busy_note(loads, there.get("cores_available") or there.get("cores")) if isinstance(loads, list) else None
+    )
+    contended = {
+        "load_warning": None
+        if busy is None
+        else f"warning: {busy}: the latency limit and every 'faster' here are read from contended figures"
+    }
     if not there.get("cpu"):
-        return {"machine": "the bench does not record its machine", "machine_warning": None}
+        return {"machine": "the bench does not record its machine", "machine_warning": None, **contended}
     isa = ", ".join(there.get("isa") or []) or "ISA not recorded"
     line = f"rows measured on {there['cpu']} ({isa}), {str(header.get('date', ''))[:10] or 'date not recorded'}"
     here = machine_info()
     if here["cpu"] == there["cpu"] and (not there.get("isa") or list(here["isa"]) == list(there["isa"])):
-        return {"machine": line + " (this machine's CPU)", "machine_warning": None}
+        return {"machine": line + " (this machine's CPU)", "machine_warning": None, **contended}
     here_isa = ", ".join(here["isa"]) or "no AVX2"
     return {
         "machine": line,
@@ -258,6 +269,7 @@ def machine_lines(header: dict[str, Any]) -> dict[str, str | None]:
             f"warning: the bench was measured on {there['cpu']} ({isa}), not on this {here['cpu']} ({here_isa}): its "
             f"latencies may not hold here; bench on this machine for figures that do"
         ),
+        **contended,
     }
 
 

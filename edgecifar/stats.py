@@ -354,3 +354,16 @@ def speed_text(fast: BenchRow, slow: BenchRow, percentile: str = "p50") -> str:
     if high < 1:
         return f"{1 / ratio:.1f}x slower"
     return f"as fast ({percentile} ratio {ratio:.2f}x, {100 * CONFIDENCE:.0f} % interval {low:.2f}-{high:.2f})"
+
+
+def busy_note(loads: Sequence[float | None], cores: int | None) -> str | None:
+    """A note for the header when the CPU was busy with other work while the bench ran (a 1-minute load average
+    above the cores available, at its start or end): its latencies are then the contention's as much as the
+    files'. None on a quiet machine, or where the load is not known."""
+    known = [x for x in loads if x is not None]
+    if not known or not cores or max(known) <= cores:
+        return None
+    return (
+        f"the CPU was busy while this bench ran (load average up to {max(known):g} on {cores} cores): its "
+        f"latencies are contended, read them as such; accuracy is not affected"
+    )

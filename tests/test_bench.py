@@ -600,7 +600,7 @@ def test_a_signal_stops_bench_and_its_worker_at_once(signame, exported, tiny_run
 
 
 def test_a_busy_cpu_is_said_in_the_header():
-    from edgecifar.bench import busy_note
+    from edgecifar.stats import busy_note
 
     assert busy_note([0.4, 1.2], 2) is None and busy_note([None, None], 2) is None
     note = busy_note([3.1, 14.5], 2)

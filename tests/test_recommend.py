@@ -318,3 +318,17 @@ def test_recommend_names_the_machine_and_warns_when_it_is_another(tmp_path):
     (tmp_path / "bench.json").write_text(json.dumps(other))
     result = CliRunner().invoke(app, ["recommend", str(tmp_path)])
     assert result.exit_code == 0 and result.output.count("warning: the bench was measured on Some Other CPU 9000") == 1
+    assert found["load_warning"] is None  # no load recorded: nothing said
+
+
+def test_recommend_warns_when_the_bench_ran_on_a_busy_cpu(tmp_path):
+    """Latencies taken beside other work are the contention's: recommend still answers, and says so once."""
+    machine = {"cpu": "Some CPU", "isa": ["avx2"], "cores_available": 2}
+    quiet = {"header": {"machine": machine, "load_average": [0.3, 1.1]}, "rows": ROWS}
+    assert recommend(read(quiet))["load_warning"] is None
+    busy = {"header": {"machine": machine, "load_average": [1.5, 4.6]}, "rows": ROWS}
+    found = recommend(read(busy))
+    assert "load average up to 4.6 on 2 cores" in found["load_warning"] and found["met"]
+    (tmp_path / "bench.json").write_text(json.dumps(busy))
+    result = CliRunner().invoke(app, ["recommend", str(tmp_path)])
+    assert result.exit_code == 0 and result.output.count("latencies are contended") == 1
