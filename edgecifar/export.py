@@ -29,7 +29,7 @@ from .edge_targets import edge_targets, targets_text
 from .errors import DiskFullError, ExportError, UsageError
 from .accuracy_control import export_controlled
 from .isa import DEFAULT_INT8_ISA, INT8_ISAS, int8_metadata
-from .manifest import MANIFEST, read_manifest, update_manifest
+from .manifest import MANIFEST, add_size_ratios, read_manifest, update_manifest
 from .records import ManifestEntry, ModelMeta, RunConfig
 from .runtime import load_artifact
 from .utils import (
@@ -368,7 +368,7 @@ def _export_all(
                     entry.calibration = _calibration_info(calibration, backend, opts.seed, opts.calib_size)
                 entries.append(entry)
                 staged += artifact_files(main, backend)
-            _add_size_ratios(entries)
+            add_size_ratios(entries)
             target.mkdir(parents=True, exist_ok=True)
             _commit(staged, target, out_dir / MANIFEST, entries)
             return entries
@@ -542,8 +542,3 @@ def _calibration_info(calibration: Calibration, backend: Backend, seed: int, req
     }
 
 
-def _add_size_ratios(entries: list[ManifestEntry]) -> None:
-    fp32 = {e.format: e.bytes for e in entries if e.precision == "fp32"}
-    for e in entries:
-        if fp32.get(e.format) and e.bytes is not None and e.precision != "fp32":
-            e.size_vs_fp32 = round(e.bytes / fp32[e.format], 4)

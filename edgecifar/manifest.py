@@ -191,6 +191,7 @@ def update_manifest(path: Path | str, entries: list[ManifestEntry]) -> Manifest:
         new = [_regenerated(e, old.get(e.path)) for e in entries]
         kept = [e for p, e in old.items() if p not in {e.path for e in new}]
         artifacts = sorted(kept + new, key=lambda e: e.path)
+        add_size_ratios(artifacts)  # an FP16 file exported apart from its FP32 one still gets its ratio
         if manifest.generator is None:  # written before the marker: it goes first
             manifest = Manifest(generator=GENERATOR, version=VERSION, artifacts=artifacts, extra=manifest.extra)
         else:
@@ -199,6 +200,16 @@ def update_manifest(path: Path | str, entries: list[ManifestEntry]) -> Manifest:
             tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
             tmp.chmod(0o644)  # a shared listing, not a secret (the temporary file starts as 0600)
     return manifest
+
+
+def add_size_ratios(entries: list[ManifestEntry]) -> None:
+    """Set each FP16/INT8 entry's size_vs_fp32: its bytes over those of the same run's FP32 file in the same
+    format, where `entries` hold that file (entries of one run share the folder of their path)."""
+    fp32 = {(PurePosixPath(e.path).parent, e.format): e.bytes for e in entries if e.precision == "fp32" and e.bytes}
+    for e in entries:
+        base = fp32.get((PurePosixPath(e.path).parent, e.format))
+        if base and e.bytes is not None and e.precision != "fp32":
+            e.size_vs_fp32 = round(e.bytes / base, 4)
 
 
 def _regenerated(entry: ManifestEntry, old: ManifestEntry | None) -> ManifestEntry:

@@ -115,3 +115,22 @@ def test_update_manifest_writes_the_committed_manifest_back_unchanged(tmp_path):
     assert problems == [] and all(isinstance(e, ManifestEntry) for e in entries)
     update_manifest(copy, entries[:3])  # a re-export of the same entries: replaced by themselves
     assert copy.read_text() == path.read_text()
+
+
+def test_an_fp16_file_exported_apart_from_its_fp32_one_gets_its_size_ratio(tmp_path):
+    """`export --precision fp32`, then `--precision fp16`: the manifest still gives the FP16 file's size over the
+    FP32 one's, per run and format."""
+    from edgecifar.manifest import read_entries, update_manifest
+
+    def made(run: str, fmt: str, precision: str, size: int) -> ManifestEntry:
+        return ManifestEntry(
+            model="m", format=fmt, precision=precision, bytes=size, classes=["a", "b"], sha256="0" * 64,
+            path=f"{run}/{run}-{precision}{ {'onnx': '.onnx', 'litert': '.tflite'}[fmt]}",
+        )  # fmt: skip
+
+    manifest = tmp_path / "manifest.json"
+    update_manifest(manifest, [made("r", "onnx", "fp32", 1000), made("s", "onnx", "fp32", 400)])
+    update_manifest(manifest, [made("r", "onnx", "fp16", 501), made("r", "litert", "fp16", 300)])
+    ratios = {e.path: e.size_vs_fp32 for e in read_entries(manifest)[0]}
+    assert ratios["r/r-fp16.onnx"] == 0.501  # against its own run's FP32 file, not run s's
+    assert ratios["r/r-fp16.tflite"] is None and ratios["r/r-fp32.onnx"] is None  # no FP32 LiteRT file; FP32 itself
