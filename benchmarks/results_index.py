@@ -45,16 +45,14 @@ SECTIONS = (
         (
             Entry(
                 BENCH,
-                "The published comparison (2026-11-30, 2-core AMD EPYC Zen 4 with AVX-512 VNNI/bf16, 1,293 s): "
-                "top-1 on the 10,000 test images of the JPEG copy through each file's own runtime, size, "
-                "parameters, MACs, p50/p90/p99 batch-1 latency, batch-64 throughput, load time, and the "
-                "accuracy-latency plot. `airnet_m-kd` INT8 against EfficientNet-Lite0 INT8: 90.15-90.22 % "
-                "against 89.98-90.10 %, 1.14-1.19 MB against 3.67-4.02 MB, 0.43-0.51 ms against 0.88-1.15 ms. "
-                "Since 2026-12-07 every row carries top-1's Wilson 95 % interval, and the 66 rows whose file is "
-                "in the checkout their per-image results (a fresh accuracy pass, every count equal to the "
-                "bench's; latencies kept from 2026-11-30).",
+                "The published comparison (2026-12-07, 2-core AMD EPYC Zen 4 with AVX-512 VNNI/bf16, quiet, 1,748 s): "
+                "192 rows, top-1 with its Wilson 95 % interval and per-image results on the 10,000 test images of "
+                "the JPEG copy through each file's own runtime, size, parameters, MACs, p50/p90/p99 batch-1 "
+                "latency from 5 independent trials (their spread), batch-64 throughput, load time, and the "
+                "accuracy-latency plot. `airnet_m-kd` INT8 against EfficientNet-Lite0 INT8 at 1 thread: "
+                "90.15-90.22 % against 89.98-90.10 %, 1.14-1.19 MB against 3.67-4.02 MB, 0.40-0.54 ms against "
+                "0.69-0.90 ms (p50 ratios 0.48-0.78x, each interval below 1).",
                 "uv run --extra edge python benchmarks/run_reference.py",
-                note="then `uv run --extra edge python benchmarks/refresh_accuracy.py` for the per-image results",
             ),
             Entry(
                 ("verify.json",),
@@ -107,7 +105,9 @@ SECTIONS = (
                 "The headline over three training seeds per recipe (the reference runs <run>, -s1, -s2): "
                 "airnet_m-kd 90.18 % mean (sd 0.06), EfficientNet-Lite0 89.88 % (sd 0.25); +0.30 points, Welch "
                 "95 % interval [-0.27, +0.87], p = 0.17: tied; beside it the paired test of each seed's INT8 "
-                "ONNX pair (docs/statistics.md).",
+                "ONNX pair (docs/statistics.md). The lever tried, airnet_m-kd distilled from the ensemble of its "
+                "three seeds (airnet_m-kd-ens, 2 seeds): 90.02 % mean, 0.16 points under airnet_m-kd (p = 0.03), "
+                "tied with Lite0 (p = 0.43).",
                 "uv run --extra edge python benchmarks/seeds.py",
             ),
             Entry(
@@ -174,6 +174,16 @@ SECTIONS = (
                 "EfficientNet-Lite0's re-exported INT8 IR: 90.11 % on both paths.",
                 "uv run edgecifar bench exported/efficientnet_lite0/efficientnet_lite0-int8.xml "
                 "--isa native,avx2 --threads 1 --no-baseline --out benchmarks/results/isa_paths_openvino_lite0",
+            ),
+            Entry(
+                ("isa-latency-openvino",),
+                "Latency on OpenVINO's AVX2 INT8 kernels, timed natively on the Zen 4 (oneDNN held to AVX2; not "
+                "an AVX2-only CPU): airnet_m-kd / Lite0 p50 0.80x [0.73, 0.87] held to AVX2, 0.92x [0.66, 1.07] "
+                "unheld in the same run (5 trials each; benchmarks/latency_ratios.py); top-1 equal on both paths.",
+                "uv run --extra edge edgecifar bench exported/airnet_m-kd/airnet_m-kd-int8.xml "
+                "exported/efficientnet_lite0/efficientnet_lite0-int8.xml exported/airnet_s-kd/airnet_s-kd-int8.xml "
+                "exported/scratch_cnn/scratch_cnn-int8.xml --isa native,avx2 --threads 1 --no-baseline --runs "
+                "runs/reference --out benchmarks/results/isa-latency-openvino",
             ),
             Entry(
                 ("isa_paths_openvino_qat",),
