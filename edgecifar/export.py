@@ -540,5 +540,3 @@ def _calibration_info(calibration: Calibration, backend: Backend, seed: int, req
         **(int8_metadata(calibration.isa) if backend.int8_isa_rule else {}),
         "images_sha256": hashlib.sha256(calibration.images.tobytes()).hexdigest(),
     }
-
-
