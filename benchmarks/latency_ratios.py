@@ -2,9 +2,10 @@
 
     uv run python benchmarks/latency_ratios.py benchmarks/results/relu/airnet_m/bench.json airnet_m_relu-kd airnet_m-kd
 
-For each variant (runtime and precision) and thread setting both runs have a measured row in, in the bench's order: A's p50 over B's, the median of each file's latency trials,
-with a percentile bootstrap 95 % interval (`edgecifar.stats.latency_ratio`). Only rows of one bench run compare: a
-latency is comparable only inside one run on one machine.
+For each variant (runtime and precision) and thread setting both runs have a measured row in, in the bench's
+order: A's p50 over B's, the median of each file's latency trials, with a percentile bootstrap 95 % interval
+(`edgecifar.stats.latency_ratio`). Only rows of one bench run compare: a latency is comparable only inside one run
+on one machine.
 """
 
 from __future__ import annotations
